@@ -1,0 +1,3 @@
+from iceward.cli import main
+
+main()

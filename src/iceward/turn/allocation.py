@@ -1,0 +1,93 @@
+"""An allocation and what hangs off it: relayed addresses, permissions, channels, counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class FiveTuple:
+    """Client side of an allocation: transport ("udp", "tcp", "tls"), client and server address."""
+
+    transport: str
+    client: Address
+    server: Address
+
+    @property
+    def is_stream(self) -> bool:
+        return self.transport != "udp"
+
+    def __str__(self) -> str:
+        return f"{self.transport}:{self.client[0]}:{self.client[1]}"
+
+
+class RelayHandle(Protocol):
+    """A relay socket as the core sees it: where it is bound and what address peers see."""
+
+    @property
+    def family(self) -> int: ...
+
+    @property
+    def relayed_address(self) -> Address: ...
+
+
+class TrafficCounters:
+    """Bytes and packets both ways; shared with the forwarding path, which increments them."""
+
+    __slots__ = ("bytes_to_client", "bytes_to_peer", "packets_to_client", "packets_to_peer")
+
+    def __init__(self) -> None:
+        self.packets_to_peer = 0
+        self.bytes_to_peer = 0
+        self.packets_to_client = 0
+        self.bytes_to_client = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+@dataclass(slots=True)
+class Channel:
+    number: int
+    peer: Address
+    expires: float
+    #: Owned by the forwarding path once installed (see ``ChannelInstalled``).
+    allocation: Allocation
+
+
+@dataclass(slots=True)
+class Allocation:
+    five_tuple: FiveTuple
+    username: str
+    account: str
+    #: The key that authenticated the Allocate: later requests must verify with the same one.
+    key: bytes
+    algorithm: int
+    relays: dict[int, RelayHandle]
+    expires: float
+    created: float
+    transaction_id: bytes
+    allocate_response: bytes
+    dont_fragment: bool = False
+    permissions: dict[str, float] = field(default_factory=dict)
+    channels: dict[int, Channel] = field(default_factory=dict)
+    channels_by_peer: dict[Address, Channel] = field(default_factory=dict)
+    counters: TrafficCounters = field(default_factory=TrafficCounters)
+    #: Deadline the timer heap holds for this allocation (to avoid duplicate heap entries).
+    scheduled: float = float("inf")
+    alive: bool = True
+
+    def next_deadline(self) -> float:
+        deadline = self.expires
+        for t in self.permissions.values():
+            deadline = min(deadline, t)
+        for ch in self.channels.values():
+            deadline = min(deadline, ch.expires)
+        return deadline
+
+    def has_permission(self, host: str, now: float) -> bool:
+        expires = self.permissions.get(host)
+        return expires is not None and expires > now

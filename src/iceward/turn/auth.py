@@ -1,0 +1,145 @@
+"""Long-term credential authentication (RFC 8489 section 9.2): nonces, users, REST secrets.
+
+Nonces are stateless (a timestamp and an HMAC of it with the client address) so any worker or node
+holding the nonce key verifies them. Keys come from static users (stored as keys, never passwords)
+and from TURN REST API shared secrets, several at once so a secret can be rotated without downtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
+from iceward.stun.integrity import long_term_key
+from iceward.turn.credentials import parse_rest_username, rest_password
+
+log = logging.getLogger("iceward.auth")
+
+Address = tuple[str, int]
+
+#: RFC 8489 9.2: nonce cookie, then the security feature set (here: password algorithms only).
+NONCE_COOKIE = "obMatJos2"
+FEATURES_PASSWORD_ALGORITHMS = "gAAA"  # base64 of 0x800000: bit 0 set
+
+
+class NonceManager:
+    """Issues and checks stateless nonces bound to the client address and a validity window."""
+
+    def __init__(self, key: bytes, lifetime: float = 600.0) -> None:
+        self._key = key
+        self.lifetime = lifetime
+        self.prefix = NONCE_COOKIE + FEATURES_PASSWORD_ALGORITHMS
+
+    def _mac(self, stamp: str, client: Address) -> str:
+        msg = f"{stamp}|{client[0]}|{client[1]}".encode()
+        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:24]
+
+    def issue(self, client: Address, now: float) -> str:
+        stamp = f"{int(now):010x}"
+        return self.prefix + stamp + self._mac(stamp, client)
+
+    def check(self, nonce: str, client: Address, now: float) -> bool:
+        """True when the nonce is ours, for this client, and not older than the lifetime."""
+        p = len(self.prefix)
+        if len(nonce) != p + 34 or not nonce.startswith(self.prefix):
+            return False
+        stamp = nonce[p : p + 10]
+        try:
+            issued = int(stamp, 16)
+        except ValueError:
+            return False
+        if not (issued - 5 <= now <= issued + self.lifetime):
+            return False
+        return hmac.compare_digest(nonce[p + 10 :], self._mac(stamp, client))
+
+    def advertises_password_algorithms(self, nonce: str) -> bool:
+        return nonce.startswith(NONCE_COOKIE) and nonce[9:13] == FEATURES_PASSWORD_ALGORITHMS
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLookup:
+    """The candidate keys for a username; empty ``keys`` with ``refusal`` when there are none."""
+
+    keys: tuple[bytes, ...]
+    #: The account the quota counts against (the user part of a REST username).
+    account: str
+    refusal: str = ""
+
+
+@dataclass(slots=True)
+class _StaticUser:
+    keys: dict[int, bytes] = field(default_factory=dict)
+
+
+class CredentialStore:
+    """Static users and REST secrets for one realm; answers "which keys may sign this request"."""
+
+    def __init__(self, realm: str) -> None:
+        self.realm = realm
+        self._users: dict[str, _StaticUser] = {}
+        self._userhash: dict[bytes, str] = {}
+        self._secrets: list[str] = []
+
+    # -- configuration -------------------------------------------------------------------------
+    def add_user(self, username: str, password: str) -> None:
+        """Keep the long-term keys (MD5, SHA-256) derived from the password, never the password."""
+        self._users[username] = _StaticUser(
+            {
+                ALGORITHM_MD5: long_term_key(username, self.realm, password, ALGORITHM_MD5),
+                ALGORITHM_SHA256: long_term_key(username, self.realm, password, ALGORITHM_SHA256),
+            }
+        )
+        self._index_userhash(username)
+
+    def add_user_key(self, username: str, md5_key: bytes) -> None:
+        """A precomputed MD5 key (coturn's ``user:0x<hex>`` form): the password is never known."""
+        if len(md5_key) != 16:
+            raise ValueError("an MD5 long-term key is 16 bytes")
+        self._users[username] = _StaticUser({ALGORITHM_MD5: md5_key})
+        self._index_userhash(username)
+
+    def remove_user(self, username: str) -> None:
+        self._users.pop(username, None)
+        self._userhash = {h: u for h, u in self._userhash.items() if u != username}
+
+    def _index_userhash(self, username: str) -> None:
+        digest = hashlib.sha256(f"{username}:{self.realm}".encode()).digest()
+        self._userhash[digest] = username
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        self._secrets = [s for s in secrets if s]
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
+    @property
+    def usernames(self) -> tuple[str, ...]:
+        return tuple(self._users)
+
+    def username_for_hash(self, userhash: bytes) -> str | None:
+        return self._userhash.get(userhash)
+
+    # -- lookup --------------------------------------------------------------------------------
+    def lookup(self, username: str, algorithm: int, now: float) -> KeyLookup:
+        user = self._users.get(username)
+        if user is not None:
+            key = user.keys.get(algorithm)
+            if key is None:
+                return KeyLookup((), username, "no key for that password algorithm")
+            return KeyLookup((key,), username)
+        rest = parse_rest_username(username) if self._secrets else None
+        if rest is None:
+            return KeyLookup((), username, "unknown user")
+        expiry, account = rest
+        if expiry < now:
+            return KeyLookup((), account, f"REST credential expired {int(now - expiry)} s ago")
+        keys = tuple(
+            long_term_key(username, self.realm, rest_password(secret, username), algorithm)
+            for secret in self._secrets
+        )
+        return KeyLookup(keys, account)

@@ -1,0 +1,73 @@
+"""What the TURN core asks its I/O adapter to do, and what it tells it changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, RelayHandle
+
+
+@dataclass(slots=True)
+class ToClient:
+    """Send ``data`` to the client on the transport of ``five_tuple``."""
+
+    five_tuple: FiveTuple
+    data: bytes
+
+
+@dataclass(slots=True)
+class ToPeer:
+    """Send ``data`` from relay socket ``relay`` to ``peer``."""
+
+    relay: RelayHandle
+    peer: Address
+    data: bytes
+    dont_fragment: bool = False
+
+
+@dataclass(slots=True)
+class AllocationCreated:
+    allocation: Allocation
+
+
+@dataclass(slots=True)
+class AllocationRemoved:
+    """The allocation ended (``reason``: refresh, expired, connection closed, admin)."""
+
+    allocation: Allocation
+    reason: str
+
+
+@dataclass(slots=True)
+class ChannelInstalled:
+    """Forwarding entry (client, channel) <-> (relay, peer) may be served without the core."""
+
+    channel: Channel
+
+
+@dataclass(slots=True)
+class ChannelRemoved:
+    """Forwarding entry to drop: the channel expired or its allocation ended."""
+
+    channel: Channel
+
+
+@dataclass(slots=True)
+class PeerRefused:
+    """A request named a peer the policy refuses (logged with the reason by the adapter)."""
+
+    five_tuple: FiveTuple
+    username: str
+    peer: str
+    reason: str
+
+
+Output = (
+    ToClient
+    | ToPeer
+    | AllocationCreated
+    | AllocationRemoved
+    | ChannelInstalled
+    | ChannelRemoved
+    | PeerRefused
+)

@@ -1,0 +1,635 @@
+"""The TURN server state machine (RFC 8656, UDP relays), sans-IO.
+
+``handle_client`` takes bytes from a client five-tuple, ``handle_peer`` bytes arriving on a relay,
+``handle_timer`` the passing of time; each returns :mod:`iceward.turn.events` outputs for the I/O
+adapter to carry out. Relay sockets come from an injected :class:`RelayAllocator`, credentials from
+a :class:`CredentialStore`, peer decisions from a :class:`PeerPolicy`: the core owns no socket,
+no clock and no task.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+from iceward import SOFTWARE as DEFAULT_SOFTWARE
+from iceward.stun import attributes as A
+from iceward.stun import constants as C
+from iceward.stun.integrity import verify_integrity
+from iceward.stun.message import Message, StunError, encode_message, parse_message
+from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, RelayHandle
+from iceward.turn.auth import CredentialStore, NonceManager
+from iceward.turn.events import (
+    AllocationCreated,
+    AllocationRemoved,
+    ChannelInstalled,
+    ChannelRemoved,
+    Output,
+    PeerRefused,
+    ToClient,
+    ToPeer,
+)
+from iceward.turn.policy import PeerPolicy
+
+log = logging.getLogger("iceward.turn")
+
+_CHANNEL_HEADER = struct.Struct("!HH")
+_TURN_METHODS = frozenset({C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND})
+_OFFERED_ALGORITHMS = A.encode_password_algorithm(C.ALGORITHM_MD5) + A.encode_password_algorithm(
+    C.ALGORITHM_SHA256
+)
+
+
+class RelayUnavailable(Exception):
+    """No relay socket can be had (port range exhausted, family not configured, bad token)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class RelayAllocator(Protocol):
+    """Hands out relay sockets; the I/O adapter implements it with real sockets."""
+
+    def families(self) -> frozenset[int]: ...
+
+    def allocate(
+        self, family: int, *, even: bool = False, reserve_next: bool = False
+    ) -> tuple[RelayHandle, bytes | None]:
+        """A relay for ``family``; with ``reserve_next`` also a token for the next port."""
+        ...
+
+    def allocate_reserved(self, token: bytes) -> RelayHandle: ...
+
+    def release(self, relay: RelayHandle) -> None: ...
+
+
+def family_of(host: str) -> int:
+    return C.FAMILY_IPV6 if ":" in host else C.FAMILY_IPV4
+
+
+@dataclass(slots=True)
+class TurnConfig:
+    realm: str = "iceward"
+    software: str = DEFAULT_SOFTWARE
+    default_lifetime: int = 600
+    max_lifetime: int = 3600
+    permission_lifetime: int = 300
+    channel_lifetime: int = 600
+    #: 0 means unlimited.
+    max_allocations_per_user: int = 0
+    max_allocations: int = 10_000
+    max_permissions_per_allocation: int = 256
+
+
+@dataclass(slots=True)
+class _Auth:
+    username: str
+    account: str
+    key: bytes
+    algorithm: int
+    sha256_mac: bool
+
+
+class _Reply(Exception):
+    """Raised inside request handlers to answer with an error response."""
+
+    def __init__(
+        self, code: int, reason: str | None = None, extra: tuple[tuple[int, bytes], ...] = ()
+    ) -> None:
+        super().__init__(reason or C.ERROR_REASONS.get(code, ""))
+        self.code = code
+        self.reason = reason
+        self.extra = list(extra)
+
+
+class TurnServer:
+    """All allocations of one server (or one worker) and the protocol rules around them."""
+
+    def __init__(
+        self,
+        config: TurnConfig,
+        credentials: CredentialStore,
+        nonces: NonceManager,
+        policy: PeerPolicy,
+        relays: RelayAllocator,
+    ) -> None:
+        self.config = config
+        self.credentials = credentials
+        self.nonces = nonces
+        self.policy = policy
+        self.relays = relays
+        self._allocations: dict[FiveTuple, Allocation] = {}
+        self._by_relay: dict[int, Allocation] = {}
+        self._per_account: Counter[str] = Counter()
+        self._timers: list[tuple[float, int, Allocation]] = []
+        self._seq = itertools.count()
+        #: Event counters for metrics: requests by method, errors by code, drops by reason.
+        self.counters: Counter[str] = Counter()
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def allocations(self) -> list[Allocation]:
+        return list(self._allocations.values())
+
+    def allocation_for(self, five_tuple: FiveTuple) -> Allocation | None:
+        return self._allocations.get(five_tuple)
+
+    # -- input from clients --------------------------------------------------------------------
+    def handle_client(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Output]:
+        """Bytes of one STUN message or ChannelData message from a client."""
+        if len(data) < 4:
+            self.counters["drop.short"] += 1
+            return []
+        if 0x40 <= data[0] <= 0x4F:
+            return self._channel_data_from_client(data, five_tuple, now)
+        try:
+            msg = parse_message(data)
+        except StunError:
+            self.counters["drop.malformed"] += 1
+            return []
+        if msg.cls == C.REQUEST:
+            self.counters[f"request.{C.METHOD_NAMES.get(msg.method, 'unknown')}"] += 1
+            return self._request(msg, five_tuple, now)
+        if msg.cls == C.INDICATION and msg.method == C.SEND:
+            return self._send_indication(msg, five_tuple, now)
+        self.counters["drop.unexpected"] += 1
+        return []
+
+    def close_client(self, five_tuple: FiveTuple, now: float) -> list[Output]:
+        """A stream transport closed: its allocation ends with it (RFC 8656 section 3.1)."""
+        return self.delete(five_tuple, "connection closed")
+
+    def delete(self, five_tuple: FiveTuple, reason: str = "deleted by admin") -> list[Output]:
+        alloc = self._allocations.get(five_tuple)
+        out: list[Output] = []
+        if alloc is not None:
+            self._remove(alloc, reason, out)
+        return out
+
+    # -- input from peers ----------------------------------------------------------------------
+    def handle_peer(
+        self, relay: RelayHandle, data: bytes, peer: Address, now: float
+    ) -> list[Output]:
+        """A datagram from ``peer`` on a relay: ChannelData, Data indication, or dropped."""
+        alloc = self._by_relay.get(id(relay))
+        if alloc is None:
+            return []
+        channel = alloc.channels_by_peer.get(peer)
+        ft = alloc.five_tuple
+        if channel is not None and channel.expires > now:
+            alloc.counters.packets_to_client += 1
+            alloc.counters.bytes_to_client += len(data)
+            return [ToClient(ft, encode_channel_data(channel.number, data, ft.is_stream))]
+        if alloc.has_permission(peer[0], now):
+            alloc.counters.packets_to_client += 1
+            alloc.counters.bytes_to_client += len(data)
+            txid = _transaction_id()
+            attrs = [
+                (C.XOR_PEER_ADDRESS, A.encode_xor_address(peer, txid)),
+                (C.DATA_ATTR, data),
+            ]
+            return [ToClient(ft, encode_message(C.DATA, C.INDICATION, txid, attrs))]
+        self.counters["drop.peer_no_permission"] += 1
+        return []
+
+    # -- time ----------------------------------------------------------------------------------
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` next has work to do, or None."""
+        timers = self._timers
+        while timers and not timers[0][2].alive:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    def handle_timer(self, now: float) -> list[Output]:
+        out: list[Output] = []
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, alloc = heapq.heappop(timers)
+            if not alloc.alive:
+                continue
+            alloc.scheduled = float("inf")
+            if alloc.expires <= now:
+                self._remove(alloc, "expired", out)
+                continue
+            for host, expires in list(alloc.permissions.items()):
+                if expires <= now:
+                    del alloc.permissions[host]
+            for number, channel in list(alloc.channels.items()):
+                if channel.expires <= now:
+                    del alloc.channels[number]
+                    del alloc.channels_by_peer[channel.peer]
+                    out.append(ChannelRemoved(channel))
+            self._schedule(alloc)
+        return out
+
+    def _schedule(self, alloc: Allocation) -> None:
+        deadline = alloc.next_deadline()
+        if deadline < alloc.scheduled:
+            alloc.scheduled = deadline
+            heapq.heappush(self._timers, (deadline, next(self._seq), alloc))
+
+    # -- requests ------------------------------------------------------------------------------
+    def _request(self, msg: Message, ft: FiveTuple, now: float) -> list[Output]:
+        if msg.method == C.BINDING:
+            if msg.unknown_required:
+                return [self._error(msg, ft, 420, None, _unknown(msg))]
+            attrs = [(C.XOR_MAPPED_ADDRESS, A.encode_xor_address(ft.client, msg.transaction_id))]
+            return [self._reply(msg, ft, C.SUCCESS, attrs, None)]
+        if msg.method not in _TURN_METHODS:
+            return [self._error(msg, ft, 400, None, reason="Unsupported method")]
+        auth_or_reply = self._authenticate(msg, ft, now)
+        if isinstance(auth_or_reply, ToClient):
+            return [auth_or_reply]
+        auth = auth_or_reply
+        if msg.unknown_required:
+            return [self._error(msg, ft, 420, auth, _unknown(msg))]
+        out: list[Output] = []
+        try:
+            if msg.method == C.ALLOCATE:
+                self._allocate(msg, ft, auth, now, out)
+                return out
+            alloc = self._allocations.get(ft)
+            if alloc is None:
+                raise _Reply(437)
+            if alloc.username != auth.username:
+                raise _Reply(441)
+            if msg.method == C.REFRESH:
+                self._refresh(msg, alloc, auth, now, out)
+            elif msg.method == C.CREATE_PERMISSION:
+                self._create_permission(msg, alloc, auth, now, out)
+            else:
+                self._channel_bind(msg, alloc, auth, now, out)
+        except _Reply as r:
+            out.append(self._error(msg, ft, r.code, auth, r.extra, r.reason))
+        except StunError as exc:  # a malformed attribute value in an authenticated request
+            out.append(self._error(msg, ft, 400, auth, reason=str(exc)[:100]))
+        return out
+
+    def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> _Auth | ToClient:
+        if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
+            return self._challenge(msg, ft, 401, now)
+        realm_v, nonce_v = msg.get(C.REALM), msg.get(C.NONCE)
+        user_v, userhash = msg.get(C.USERNAME), msg.get(C.USERHASH)
+        if realm_v is None or nonce_v is None or (user_v is None and userhash is None):
+            return self._error(msg, ft, 400, None, reason="Missing USERNAME, REALM or NONCE")
+        try:
+            nonce = A.decode_text(nonce_v, A.MAX_NONCE, "NONCE")
+            if user_v is not None:
+                username = A.decode_text(user_v, A.MAX_USERNAME, "USERNAME")
+            else:
+                found = self.credentials.username_for_hash(userhash or b"")
+                if found is None:
+                    return self._challenge(msg, ft, 401, now)
+                username = found
+        except StunError:
+            return self._error(msg, ft, 400, None, reason="Malformed USERNAME or NONCE")
+        if not self.nonces.check(nonce, ft.client, now):
+            return self._challenge(msg, ft, 438, now)
+        algorithm = C.ALGORITHM_MD5
+        pa, pas = msg.get(C.PASSWORD_ALGORITHM), msg.get(C.PASSWORD_ALGORITHMS)
+        if pa is not None or pas is not None:
+            # RFC 8489 9.2.4: both or neither, and the list must be the one we offered.
+            if pa is None or pas != _OFFERED_ALGORITHMS:
+                return self._error(msg, ft, 400, None, reason="Password algorithm mismatch")
+            try:
+                chosen = A.decode_password_algorithms(pa)
+            except StunError:
+                chosen = []
+            if len(chosen) != 1 or chosen[0][0] not in (C.ALGORITHM_MD5, C.ALGORITHM_SHA256):
+                return self._error(msg, ft, 400, None, reason="Unsupported password algorithm")
+            algorithm = chosen[0][0]
+        lookup = self.credentials.lookup(username, algorithm, now)
+        for key in lookup.keys:
+            if verify_integrity(msg, key):
+                return _Auth(
+                    username, lookup.account, key, algorithm, msg.integrity_sha256_offset >= 0
+                )
+        why = lookup.refusal or "wrong credential"
+        self.counters["auth.expired" if "expired" in why else "auth.failed"] += 1
+        log.warning("auth refused client=%s username=%r reason=%r", ft, username, why)
+        return self._challenge(msg, ft, 401, now)
+
+    def _challenge(self, msg: Message, ft: FiveTuple, code: int, now: float) -> ToClient:
+        attrs = [
+            (C.ERROR_CODE, A.encode_error_code(code)),
+            (C.REALM, self.config.realm.encode()),
+            (C.NONCE, self.nonces.issue(ft.client, now).encode()),
+            (C.PASSWORD_ALGORITHMS, _OFFERED_ALGORITHMS),
+            (C.SOFTWARE, self.config.software.encode()),
+        ]
+        self.counters[f"error.{code}"] += 1
+        return self._reply(msg, ft, C.ERROR, attrs, None)
+
+    def _error(
+        self,
+        msg: Message,
+        ft: FiveTuple,
+        code: int,
+        auth: _Auth | None,
+        extra: list[tuple[int, bytes]] | tuple[tuple[int, bytes], ...] = (),
+        reason: str | None = None,
+    ) -> ToClient:
+        self.counters[f"error.{code}"] += 1
+        attrs = [(C.ERROR_CODE, A.encode_error_code(code, reason)), *extra]
+        return self._reply(msg, ft, C.ERROR, attrs, auth)
+
+    def _reply(
+        self,
+        msg: Message,
+        ft: FiveTuple,
+        cls: int,
+        attrs: list[tuple[int, bytes]],
+        auth: _Auth | None,
+    ) -> ToClient:
+        key = auth.key if auth is not None else None
+        sha = auth is not None and auth.sha256_mac
+        data = encode_message(
+            msg.method,
+            cls,
+            msg.transaction_id,
+            attrs,
+            integrity_key=None if sha else key,
+            integrity_sha256_key=key if sha else None,
+            fingerprint=msg.fingerprint_offset >= 0,
+        )
+        return ToClient(ft, data)
+
+    def _lifetime(self, msg: Message) -> int:
+        """RFC 8656 7.2: max(default, min(requested, max)); zero stays zero."""
+        value = msg.get(C.LIFETIME)
+        if value is None:
+            return self.config.default_lifetime
+        requested = A.decode_u32(value, "LIFETIME")
+        if requested == 0:
+            return 0
+        return max(self.config.default_lifetime, min(requested, self.config.max_lifetime))
+
+    def _allocate(
+        self, msg: Message, ft: FiveTuple, auth: _Auth, now: float, out: list[Output]
+    ) -> None:
+        existing = self._allocations.get(ft)
+        if existing is not None:
+            if existing.transaction_id == msg.transaction_id:  # a retransmission over UDP
+                out.append(ToClient(ft, existing.allocate_response))
+                return
+            raise _Reply(437)
+        transport = msg.get(C.REQUESTED_TRANSPORT)
+        if transport is None:
+            raise _Reply(400, "REQUESTED-TRANSPORT missing")
+        if A.decode_one_byte(transport, "REQUESTED-TRANSPORT") != C.TRANSPORT_UDP:
+            raise _Reply(442)
+        token = msg.get(C.RESERVATION_TOKEN)
+        even = msg.get(C.EVEN_PORT)
+        requested_family = msg.get(C.REQUESTED_ADDRESS_FAMILY)
+        additional_family = msg.get(C.ADDITIONAL_ADDRESS_FAMILY)
+        if token is not None and (
+            even is not None or requested_family is not None or additional_family is not None
+        ):
+            raise _Reply(400, "RESERVATION-TOKEN with EVEN-PORT or an address family")
+        if requested_family is not None and additional_family is not None:
+            raise _Reply(400, "REQUESTED- and ADDITIONAL-ADDRESS-FAMILY together")
+        supported = self.relays.families()
+        families = [C.FAMILY_IPV4]
+        if requested_family is not None:
+            fam = A.decode_one_byte(requested_family, "REQUESTED-ADDRESS-FAMILY")
+            if fam not in (C.FAMILY_IPV4, C.FAMILY_IPV6) or fam not in supported:
+                raise _Reply(440)
+            families = [fam]
+        elif additional_family is not None:
+            if A.decode_one_byte(additional_family, "ADDITIONAL-ADDRESS-FAMILY") != C.FAMILY_IPV6:
+                raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY must be IPv6")
+            families = [C.FAMILY_IPV4, C.FAMILY_IPV6]
+        if token is None and families[0] not in supported:
+            raise _Reply(440)
+        limit = self.config.max_allocations_per_user
+        if limit and self._per_account[auth.account] >= limit:
+            raise _Reply(486)
+        if len(self._allocations) >= self.config.max_allocations:
+            raise _Reply(508)
+        lifetime = self._lifetime(msg) or self.config.default_lifetime
+        relays: dict[int, RelayHandle] = {}
+        new_token: bytes | None = None
+        try:
+            if token is not None:
+                relay = self.relays.allocate_reserved(token)
+            else:
+                reserve_next = A.decode_even_port(even) if even is not None else False
+                relay, new_token = self.relays.allocate(
+                    families[0], even=even is not None, reserve_next=reserve_next
+                )
+        except RelayUnavailable as exc:
+            raise _Reply(exc.code, str(exc)) from None
+        relays[relay.family] = relay
+        attrs: list[tuple[int, bytes]] = []
+        if len(families) == 2:
+            try:
+                if C.FAMILY_IPV6 not in supported:
+                    raise RelayUnavailable(440, "IPv6 relaying not configured")
+                relays[C.FAMILY_IPV6] = self.relays.allocate(C.FAMILY_IPV6)[0]
+            except RelayUnavailable as exc:
+                attrs.append(
+                    (C.ADDRESS_ERROR_CODE, A.encode_address_error_code(C.FAMILY_IPV6, exc.code))
+                )
+        txid = msg.transaction_id
+        for r in relays.values():
+            attrs.append((C.XOR_RELAYED_ADDRESS, A.encode_xor_address(r.relayed_address, txid)))
+        attrs.append((C.LIFETIME, A.encode_u32(lifetime)))
+        if new_token is not None:
+            attrs.append((C.RESERVATION_TOKEN, new_token))
+        attrs.append((C.XOR_MAPPED_ADDRESS, A.encode_xor_address(ft.client, txid)))
+        attrs.append((C.SOFTWARE, self.config.software.encode()))
+        reply = self._reply(msg, ft, C.SUCCESS, attrs, auth)
+        alloc = Allocation(
+            five_tuple=ft,
+            username=auth.username,
+            account=auth.account,
+            key=auth.key,
+            algorithm=auth.algorithm,
+            relays=relays,
+            expires=now + lifetime,
+            created=now,
+            transaction_id=txid,
+            allocate_response=reply.data,
+            dont_fragment=msg.has(C.DONT_FRAGMENT),
+        )
+        self._allocations[ft] = alloc
+        for r in relays.values():
+            self._by_relay[id(r)] = alloc
+        self._per_account[auth.account] += 1
+        self._schedule(alloc)
+        out.append(reply)
+        out.append(AllocationCreated(alloc))
+
+    def _refresh(
+        self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
+    ) -> None:
+        family_v = msg.get(C.REQUESTED_ADDRESS_FAMILY)
+        family = None
+        if family_v is not None:
+            family = A.decode_one_byte(family_v, "REQUESTED-ADDRESS-FAMILY")
+            if family not in alloc.relays:
+                raise _Reply(443)
+        lifetime = self._lifetime(msg)
+        if lifetime == 0:
+            if family is not None and len(alloc.relays) > 1:
+                relay = alloc.relays.pop(family)
+                self._by_relay.pop(id(relay), None)
+                self.relays.release(relay)
+            else:
+                self._remove(alloc, "refreshed with lifetime 0", out)
+        else:
+            alloc.expires = now + lifetime
+        out.insert(0, self._reply(msg, alloc.five_tuple, C.SUCCESS, _lifetime_attr(lifetime), auth))
+
+    def _peer_address(
+        self, value: bytes, msg: Message, alloc: Allocation, out: list[Output]
+    ) -> Address:
+        peer = A.decode_xor_address(value, msg.transaction_id)
+        if family_of(peer[0]) not in alloc.relays:
+            raise _Reply(443)
+        decision = self.policy.check(peer[0])
+        if not decision.allowed:
+            out.append(PeerRefused(alloc.five_tuple, alloc.username, peer[0], decision.reason))
+            log.warning(
+                "peer refused client=%s user=%r peer=%s reason=%r",
+                alloc.five_tuple,
+                alloc.username,
+                peer[0],
+                decision.reason,
+            )
+            self.counters["peer.refused"] += 1
+            raise _Reply(403, "Forbidden peer address")
+        return peer
+
+    def _create_permission(
+        self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
+    ) -> None:
+        values = msg.get_all(C.XOR_PEER_ADDRESS)
+        if not values:
+            raise _Reply(400, "XOR-PEER-ADDRESS missing")
+        refused: list[Output] = []
+        try:
+            hosts = {self._peer_address(v, msg, alloc, refused)[0] for v in values}
+        finally:
+            out.extend(refused)
+        new = [h for h in hosts if h not in alloc.permissions]
+        if len(alloc.permissions) + len(new) > self.config.max_permissions_per_allocation:
+            raise _Reply(508, "Too many permissions")
+        expires = now + self.config.permission_lifetime
+        for host in hosts:
+            alloc.permissions[host] = max(alloc.permissions.get(host, 0.0), expires)
+        self._schedule(alloc)
+        out.insert(0, self._reply(msg, alloc.five_tuple, C.SUCCESS, [], auth))
+
+    def _channel_bind(
+        self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
+    ) -> None:
+        number_v, peer_v = msg.get(C.CHANNEL_NUMBER), msg.get(C.XOR_PEER_ADDRESS)
+        if number_v is None or peer_v is None:
+            raise _Reply(400, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
+        number = A.decode_channel_number(number_v)
+        if not C.CHANNEL_MIN <= number <= C.CHANNEL_MAX:
+            raise _Reply(400, "Channel number out of range")
+        refused: list[Output] = []
+        try:
+            peer = self._peer_address(peer_v, msg, alloc, refused)
+        finally:
+            out.extend(refused)
+        channel = alloc.channels.get(number)
+        if channel is not None and channel.peer != peer:
+            raise _Reply(400, "Channel already bound to another peer")
+        by_peer = alloc.channels_by_peer.get(peer)
+        if by_peer is not None and by_peer.number != number:
+            raise _Reply(400, "Peer already bound to another channel")
+        host = peer[0]
+        if (
+            host not in alloc.permissions
+            and len(alloc.permissions) >= self.config.max_permissions_per_allocation
+        ):
+            raise _Reply(508, "Too many permissions")
+        expires = now + self.config.channel_lifetime
+        if channel is None:
+            channel = Channel(number, peer, expires, alloc)
+            alloc.channels[number] = channel
+            alloc.channels_by_peer[peer] = channel
+            out.append(ChannelInstalled(channel))
+        else:
+            channel.expires = expires
+        # The permission lives at least as long as the channel (clients such as aioice rely on it).
+        alloc.permissions[host] = max(alloc.permissions.get(host, 0.0), expires)
+        self._schedule(alloc)
+        out.insert(0, self._reply(msg, alloc.five_tuple, C.SUCCESS, [], auth))
+
+    # -- data from clients ---------------------------------------------------------------------
+    def _send_indication(self, msg: Message, ft: FiveTuple, now: float) -> list[Output]:
+        alloc = self._allocations.get(ft)
+        peer_v, data = msg.get(C.XOR_PEER_ADDRESS), msg.get(C.DATA_ATTR)
+        if alloc is None or peer_v is None or data is None or msg.unknown_required:
+            self.counters["drop.send_indication"] += 1
+            return []
+        try:
+            peer = A.decode_xor_address(peer_v, msg.transaction_id)
+        except StunError:
+            self.counters["drop.send_indication"] += 1
+            return []
+        relay = alloc.relays.get(family_of(peer[0]))
+        if relay is None or not alloc.has_permission(peer[0], now):
+            self.counters["drop.no_permission"] += 1
+            return []
+        alloc.counters.packets_to_peer += 1
+        alloc.counters.bytes_to_peer += len(data)
+        return [ToPeer(relay, peer, data, msg.has(C.DONT_FRAGMENT) or alloc.dont_fragment)]
+
+    def _channel_data_from_client(self, data: bytes, ft: FiveTuple, now: float) -> list[Output]:
+        number, length = _CHANNEL_HEADER.unpack_from(data, 0)
+        alloc = self._allocations.get(ft)
+        channel = alloc.channels.get(number) if alloc is not None else None
+        if alloc is None or channel is None or channel.expires <= now or 4 + length > len(data):
+            self.counters["drop.channel_data"] += 1
+            return []
+        payload = data[4 : 4 + length]
+        alloc.counters.packets_to_peer += 1
+        alloc.counters.bytes_to_peer += length
+        relay = alloc.relays[family_of(channel.peer[0])]
+        return [ToPeer(relay, channel.peer, payload, alloc.dont_fragment)]
+
+    # -- teardown ------------------------------------------------------------------------------
+    def _remove(self, alloc: Allocation, reason: str, out: list[Output]) -> None:
+        alloc.alive = False
+        self._allocations.pop(alloc.five_tuple, None)
+        self._per_account[alloc.account] -= 1
+        if self._per_account[alloc.account] <= 0:
+            del self._per_account[alloc.account]
+        for relay in alloc.relays.values():
+            self._by_relay.pop(id(relay), None)
+            self.relays.release(relay)
+        for channel in alloc.channels.values():
+            out.append(ChannelRemoved(channel))
+        out.append(AllocationRemoved(alloc, reason))
+
+
+def encode_channel_data(number: int, payload: bytes, padded: bool) -> bytes:
+    """ChannelData framing; over streams the message is padded to a multiple of 4 bytes."""
+    header = _CHANNEL_HEADER.pack(number, len(payload))
+    if padded and len(payload) & 3:
+        return header + payload + b"\x00" * (-len(payload) & 3)
+    return header + payload
+
+
+def _lifetime_attr(lifetime: int) -> list[tuple[int, bytes]]:
+    return [(C.LIFETIME, A.encode_u32(lifetime))]
+
+
+def _unknown(msg: Message) -> list[tuple[int, bytes]]:
+    return [(C.UNKNOWN_ATTRIBUTES, A.encode_unknown_attributes(msg.unknown_required))]
+
+
+def _transaction_id() -> bytes:
+    return os.urandom(12)
