@@ -1,0 +1,156 @@
+"""Server settings: flags over ``ICEWARD_*`` environment over a TOML file over defaults.
+
+The knob names follow coturn's where one exists (realm, relay ports, external IP, static auth
+secret, denied/allowed peers, user quota) so operators moving over recognise them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "iceward"
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ICEWARD_", extra="forbid")
+
+    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0"])
+    port: int = Field(3478, ge=1, le=65535)
+    tls_port: int = Field(5349, ge=0, le=65535)
+    cert: Path | None = None
+    key: Path | None = None
+    relay_ip: list[str] = Field(default_factory=list)
+    relay_ports: str = "49152-65535"
+    external_ip: str | None = None
+    realm: str = "iceward"
+    secret: list[str] = Field(default_factory=list)
+    user: list[str] = Field(default_factory=list)
+    allow_peer: list[str] = Field(default_factory=list)
+    deny_peer: list[str] = Field(default_factory=list)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    max_allocations_per_user: int = Field(0, ge=0)
+    max_allocations: int = Field(10_000, ge=1)
+    max_permissions: int = Field(256, ge=1)
+    default_lifetime: int = Field(600, ge=60)
+    max_lifetime: int = Field(3600, ge=60)
+    permission_lifetime: int = Field(300, ge=10)
+    channel_lifetime: int = Field(600, ge=10)
+    nonce_lifetime: int = Field(600, ge=10)
+    log_level: str = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _CONFIG_FILE.get("path")
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @field_validator("relay_ports")
+    @classmethod
+    def _check_range(cls, value: str) -> str:
+        parse_port_range(value)
+        return value
+
+    @field_validator("listen", "relay_ip")
+    @classmethod
+    def _check_ips(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ipaddress.ip_address(v)
+        return values
+
+    @field_validator("allow_peer", "deny_peer")
+    @classmethod
+    def _check_cidrs(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ipaddress.ip_network(v, strict=False)
+        return values
+
+    @field_validator("user")
+    @classmethod
+    def _check_users(cls, values: list[str]) -> list[str]:
+        for v in values:
+            name, sep, secret = v.partition(":")
+            if not sep or not name or not secret:
+                raise ValueError(f"user {v!r} must be NAME:PASSWORD or NAME:0xKEY")
+        return values
+
+    @field_validator("external_ip")
+    @classmethod
+    def _check_external(cls, value: str | None) -> str | None:
+        if value is not None:
+            for part in value.split("/"):
+                ipaddress.ip_address(part)
+        return value
+
+    @model_validator(mode="after")
+    def _check_lifetimes(self) -> ServerSettings:
+        if self.max_lifetime < self.default_lifetime:
+            raise ValueError("max_lifetime must be at least default_lifetime")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+        return self
+
+    @property
+    def port_range(self) -> tuple[int, int]:
+        return parse_port_range(self.relay_ports)
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    lo_s, sep, hi_s = text.partition("-")
+    if not sep or not lo_s.strip().isdigit() or not hi_s.strip().isdigit():
+        raise ValueError(f"relay port range {text!r} must look like LOW-HIGH")
+    lo, hi = int(lo_s), int(hi_s)
+    if not 1024 <= lo <= hi <= 65535:
+        raise ValueError(f"relay port range {text!r} must be within 1024-65535, low <= high")
+    return lo, hi
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Settings from flags (``overrides``, None meaning "not given"), environment and TOML file."""
+    if config_file is not None and not config_file.is_file():
+        raise ValueError(f"config file {config_file} does not exist")
+    _CONFIG_FILE["path"] = config_file
+    try:
+        given = {k: v for k, v in overrides.items() if v is not None and v != []}
+        return ServerSettings(**given)
+    finally:
+        _CONFIG_FILE.pop("path", None)
+
+
+def ensure_secret(data_dir: Path) -> str:
+    """The REST secret kept in the data dir, created (0600) on first start."""
+    path = data_dir / "rest-secret"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value

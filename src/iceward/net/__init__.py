@@ -1,0 +1,1 @@
+"""asyncio I/O adapters around the sans-IO core: UDP, TCP/TLS streams, relay sockets."""

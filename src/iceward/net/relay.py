@@ -1,0 +1,261 @@
+"""Relay sockets: a UDP port per allocation from the configured range, read on the event loop.
+
+Each :class:`RelaySocket` is the core's ``RelayHandle``. Its reader drains the socket in batches and
+serves datagrams from peers that have a channel straight from its forwarding table (one dict lookup,
+a header written in place, one ``sendto``); anything else goes to the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any
+
+from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
+from iceward.turn.allocation import Address, TrafficCounters
+from iceward.turn.server import RelayUnavailable
+
+BATCH = 64
+BUFFER_SIZE = 65536 + 4
+_HEADER = struct.Struct("!HH")
+
+#: What the relay does with a datagram that is not a forwarding-table hit.
+PeerHandler = Callable[["RelaySocket", bytes, Address], None]
+
+
+class PeerEntry:
+    """Forwarding entry peer -> client: where the ChannelData goes and how it is framed."""
+
+    __slots__ = ("client", "counters", "number", "send", "stream")
+
+    def __init__(
+        self,
+        send: Callable[..., Any],
+        client: Address | None,
+        number: int,
+        counters: TrafficCounters,
+        stream: bool,
+    ) -> None:
+        #: ``sock.sendto`` of the client's UDP listener, or the stream connection's ``write``.
+        self.send = send
+        self.client = client
+        self.number = number
+        self.counters = counters
+        self.stream = stream
+
+
+class RelaySocket:
+    """One relay port; hashable by identity, so the core can key allocations by it."""
+
+    __slots__ = (
+        "_buf",
+        "_family",
+        "_loop",
+        "_mv",
+        "_on_miss",
+        "_payload",
+        "advertised",
+        "bound",
+        "channels",
+        "sock",
+    )
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        family: int,
+        advertised: Address,
+        loop: asyncio.AbstractEventLoop,
+        on_miss: PeerHandler,
+    ) -> None:
+        self.sock = sock
+        self._family = family
+        self.bound: Address = sock.getsockname()[:2]
+        self.advertised = advertised
+        self.channels: dict[Any, PeerEntry] = {}
+        self._loop = loop
+        self._on_miss = on_miss
+        self._buf = bytearray(BUFFER_SIZE)
+        self._mv = memoryview(self._buf)
+        self._payload = self._mv[4:]
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    @property
+    def family(self) -> int:
+        return self._family
+
+    @property
+    def relayed_address(self) -> Address:
+        return self.advertised
+
+    def send(self, data: bytes, peer: Address) -> None:
+        try:
+            self.sock.sendto(data, peer)
+        except OSError:
+            pass  # UDP semantics: a full buffer or an unreachable peer loses the datagram
+
+    def close(self) -> None:
+        try:
+            self._loop.remove_reader(self.sock.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sock.close()
+        self.channels.clear()
+
+    def _on_readable(self) -> None:
+        recv = self.sock.recvfrom_into
+        payload = self._payload
+        buf = self._buf
+        mv = self._mv
+        channels = self.channels
+        v6 = self._family == FAMILY_IPV6
+        for _ in range(BATCH):
+            try:
+                n, addr = recv(payload)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue
+            key = addr[:2] if v6 else addr
+            entry = channels.get(key)
+            if entry is None:
+                self._on_miss(self, bytes(payload[:n]), key)
+                continue
+            number = entry.number
+            buf[0] = number >> 8
+            buf[1] = number & 0xFF
+            buf[2] = n >> 8
+            buf[3] = n & 0xFF
+            counters = entry.counters
+            counters.packets_to_client += 1
+            counters.bytes_to_client += n
+            try:
+                if entry.stream:
+                    pad = -n & 3
+                    entry.send(bytes(mv[: 4 + n]) + b"\x00" * pad if pad else bytes(mv[: 4 + n]))
+                else:
+                    entry.send(mv[: 4 + n], entry.client)
+            except OSError:
+                pass
+
+
+def _family_of_ip(ip: str) -> int:
+    return FAMILY_IPV6 if ":" in ip else FAMILY_IPV4
+
+
+class UdpRelayAllocator:
+    """Binds relay sockets on the relay IPs within a port range (the core's ``RelayAllocator``).
+
+    ``advertise`` maps a bound relay IP to the address peers must use (``--external-ip``).
+    EVEN-PORT reservations hold the next port bound (so nobody else takes it) until claimed by
+    the RESERVATION-TOKEN or released after 30 seconds.
+    """
+
+    RESERVATION_SECONDS = 30.0
+
+    def __init__(
+        self,
+        relay_ips: list[str],
+        port_range: tuple[int, int],
+        loop: asyncio.AbstractEventLoop,
+        on_miss: PeerHandler,
+        advertise: dict[str, str] | None = None,
+    ) -> None:
+        self._ips: dict[int, str] = {}
+        for ip in relay_ips:
+            self._ips.setdefault(_family_of_ip(ip), ip)
+        self._low, self._high = port_range
+        self._loop = loop
+        self._on_miss = on_miss
+        self._advertise = advertise or {}
+        self._reserved: dict[bytes, tuple[socket.socket, int, asyncio.TimerHandle]] = {}
+        self.active: set[RelaySocket] = set()
+
+    def families(self) -> frozenset[int]:
+        return frozenset(self._ips)
+
+    def _bind(self, family: int, port: int) -> socket.socket | None:
+        ip = self._ips[family]
+        af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
+        sock = socket.socket(af, socket.SOCK_DGRAM)
+        try:
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((ip, port))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return None
+            raise RelayUnavailable(508, f"cannot bind relay on {ip}: {exc.strerror}") from None
+        sock.setblocking(False)
+        return sock
+
+    def _wrap(self, sock: socket.socket, family: int) -> RelaySocket:
+        ip, port = sock.getsockname()[:2]
+        advertised = (self._advertise.get(ip, ip), port)
+        relay = RelaySocket(sock, family, advertised, self._loop, self._on_miss)
+        self.active.add(relay)
+        return relay
+
+    def allocate(
+        self, family: int, *, even: bool = False, reserve_next: bool = False
+    ) -> tuple[RelaySocket, bytes | None]:
+        if family not in self._ips:
+            raise RelayUnavailable(440, "address family not configured for relaying")
+        span = self._high - self._low + 1
+        start = random.randrange(span)
+        attempts = min(span, 256)
+        for i in range(attempts):
+            port = self._low + (start + i * 7919) % span
+            if even and port & 1:
+                port = port - 1 if port > self._low else port + 1
+                if port & 1 or port > self._high:
+                    continue
+            if reserve_next and port + 1 > self._high:
+                continue
+            sock = self._bind(family, port)
+            if sock is None:
+                continue
+            token = None
+            if reserve_next:
+                nxt = self._bind(family, port + 1)
+                if nxt is None:
+                    sock.close()
+                    continue
+                token = os.urandom(8)
+                timer = self._loop.call_later(self.RESERVATION_SECONDS, self._expire, token)
+                self._reserved[token] = (nxt, family, timer)
+            return self._wrap(sock, family), token
+        raise RelayUnavailable(508, "no free relay port")
+
+    def allocate_reserved(self, token: bytes) -> RelaySocket:
+        entry = self._reserved.pop(token, None)
+        if entry is None:
+            raise RelayUnavailable(508, "unknown or expired RESERVATION-TOKEN")
+        sock, family, timer = entry
+        timer.cancel()
+        return self._wrap(sock, family)
+
+    def _expire(self, token: bytes) -> None:
+        entry = self._reserved.pop(token, None)
+        if entry is not None:
+            entry[0].close()
+
+    def release(self, relay: Any) -> None:
+        if relay in self.active:
+            self.active.discard(relay)
+            relay.close()
+
+    def close(self) -> None:
+        for relay in list(self.active):
+            relay.close()
+        self.active.clear()
+        for sock, _, timer in self._reserved.values():
+            timer.cancel()
+            sock.close()
+        self._reserved.clear()
