@@ -44,8 +44,7 @@ class StreamConnection(asyncio.Protocol):
         self._closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # TLS transports are not subclasses
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.five_tuple = FiveTuple(self.kind, tuple(peer[:2]), tuple(local[:2]))  # type: ignore[arg-type]
@@ -77,7 +76,7 @@ class StreamConnection(asyncio.Protocol):
         channels = self.channels
         while size - pos >= 4:
             first = buf[pos]
-            if 0x40 <= first <= 0x4F:
+            if 0x40 <= first <= 0x7F:
                 length = (buf[pos + 2] << 8) | buf[pos + 3]
                 total = 4 + length + (-length & 3)
                 if size - pos < total:

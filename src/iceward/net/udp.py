@@ -100,7 +100,7 @@ class UdpListener:
                 continue
             if v6:
                 addr = addr[:2]
-            if n >= 4 and 0x40 <= buf[0] <= 0x4F:
+            if n >= 4 and 0x40 <= buf[0] <= 0x7F:
                 entry = channels.get((addr, (buf[0] << 8) | buf[1]))
                 if entry is not None:
                     length = (buf[2] << 8) | buf[3]

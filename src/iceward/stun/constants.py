@@ -154,9 +154,11 @@ TRANSPORT_TCP = 6
 ALGORITHM_MD5 = 0x0001
 ALGORITHM_SHA256 = 0x0002
 
-# ChannelData channel numbers (RFC 8656 section 12).
+# ChannelData channel numbers. RFC 8656 section 12 narrowed the range to 0x4000-0x4FFF; RFC 5766
+# clients (coturn's among them) still pick numbers up to 0x7FFE, so servers accept those too.
 CHANNEL_MIN = 0x4000
-CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX_RFC8656 = 0x4FFF
+CHANNEL_MAX = 0x7FFE
 
 ERROR_REASONS = {
     300: "Try Alternate",

@@ -147,7 +147,7 @@ class TurnServer:
         if len(data) < 4:
             self.counters["drop.short"] += 1
             return []
-        if 0x40 <= data[0] <= 0x4F:
+        if 0x40 <= data[0] <= 0x7F:
             return self._channel_data_from_client(data, five_tuple, now)
         try:
             msg = parse_message(data)

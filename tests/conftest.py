@@ -1,0 +1,252 @@
+"""Shared test fixtures: a real ``iceward serve`` process on loopback, and a test CA for TLS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from iceward.stun import constants as C
+from iceward.stun import encode_message, parse_message
+
+HOST = "127.0.0.1"
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require_tool(name: str) -> str:
+    """Path of an external tool; skip with a reason off CI, fail in CI (which must install it)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (.ci/run installs it)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port_pair() -> int:
+    """A port free for both UDP and TCP on loopback (the server uses the same number for both)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((HOST, 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((HOST, port))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no free port pair")
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind((HOST, 0))
+        return int(t.getsockname()[1])
+
+
+def stun_binding(port: int, host: str = HOST, timeout: float = 0.2) -> tuple[str, int] | None:
+    """One UDP Binding request; the XOR-MAPPED-ADDRESS or None if nothing answered."""
+    from iceward.stun.attributes import decode_xor_address
+
+    txid = os.urandom(12)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(encode_message(C.BINDING, C.REQUEST, txid, fingerprint=True), (host, port))
+        try:
+            data, _ = s.recvfrom(2048)
+        except OSError:
+            return None
+    msg = parse_message(data)
+    value = msg.get(C.XOR_MAPPED_ADDRESS)
+    return decode_xor_address(value, txid) if value else None
+
+
+@dataclass
+class RunningServer:
+    proc: subprocess.Popen[bytes]
+    port: int
+    tls_port: int
+    data_dir: Path
+    log_path: Path
+    secret: str
+    users: dict[str, str] = field(default_factory=dict)
+    host: str = HOST
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return int(self.proc.returncode)
+
+
+def start_server(
+    workdir: Path,
+    *extra: str,
+    secret: str = "test-shared-secret",
+    users: dict[str, str] | None = None,
+    tls: bool = True,
+    cert: tuple[Path, Path] | None = None,
+    allow_loopback: bool = True,
+) -> RunningServer:
+    """Start ``iceward serve`` as a subprocess on loopback and wait until it answers STUN."""
+    users = {"alice": "wonderland"} if users is None else users
+    port = free_port_pair()
+    tls_port = free_tcp_port() if tls else 0
+    data_dir = workdir / "data"
+    log_path = workdir / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "iceward",
+        "serve",
+        "--listen",
+        HOST,
+        "--port",
+        str(port),
+        "--tls-port",
+        str(tls_port),
+        "--data-dir",
+        str(data_dir),
+        "--realm",
+        "iceward.test",
+        "--log-level",
+        "debug",
+    ]
+    if secret:
+        cmd += ["--secret", secret]
+    for name, password in users.items():
+        cmd += ["--user", f"{name}:{password}"]
+    if allow_loopback:
+        cmd += ["--allow-peer", "127.0.0.0/8"]
+    if cert is not None:
+        cmd += ["--cert", str(cert[0]), "--key", str(cert[1])]
+    cmd += list(extra)
+    log_file = log_path.open("wb")
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
+    server = RunningServer(proc, port, tls_port, data_dir, log_path, secret, dict(users))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"iceward serve exited early:\n{server.log_text()}")
+        if stun_binding(port) is not None:
+            return server
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"iceward serve did not answer STUN:\n{server.log_text()}")
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """Factory fixture: ``make_server(*extra_flags, **options)``; every server stopped after."""
+    started: list[RunningServer] = []
+
+    def factory(*extra: str, **options: object) -> RunningServer:
+        workdir = tmp_path / f"server{len(started)}"
+        workdir.mkdir()
+        server = start_server(workdir, *extra, **options)  # type: ignore[arg-type]
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@dataclass
+class CertAuthority:
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+def make_test_ca(directory: Path, names: tuple[str, ...] = ("localhost", HOST)) -> CertAuthority:
+    """A CA and a server certificate it signs for ``names`` (DNS names or IPs)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "iceward test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            sans.append(x509.DNSName(name))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    out = CertAuthority(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    out.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    out.cert.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    out.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return out
+
+
+@pytest.fixture
+def test_ca(tmp_path: Path) -> CertAuthority:
+    return make_test_ca(tmp_path / "ca")
