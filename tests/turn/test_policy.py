@@ -1,0 +1,61 @@
+"""The peer policy refuses internal ranges, including IPv4 hidden in IPv6, unless opened."""
+
+from __future__ import annotations
+
+import pytest
+
+from iceward.turn.policy import PeerPolicy
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("0.0.0.0", "never"),
+        ("::", "never"),
+        ("::1", "loopback"),
+        ("10.20.30.40", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.0.1", "private"),
+        ("100.64.1.1", "carrier-grade"),
+        ("169.254.169.254", "metadata"),
+        ("169.254.1.1", "link-local"),
+        ("fe80::1", "link-local"),
+        ("fd00::1", "unique local"),
+        ("224.0.0.251", "multicast"),
+        ("ff02::1", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("64:ff9b::7f00:1", "loopback"),
+        ("64:ff9b::a9fe:a9fe", "metadata"),
+        ("2002:7f00:1::", "loopback"),
+        ("2002:c0a8:101::1", "private"),
+        ("::127.0.0.1", "loopback"),
+        ("not-an-ip", "not an IP"),
+    ],
+)
+def test_internal_addresses_are_refused_by_default(host: str, why: str) -> None:
+    decision = PeerPolicy().check(host)
+    assert not decision.allowed
+    assert why in decision.reason
+
+
+@pytest.mark.parametrize("host", ["198.51.100.1", "203.0.113.9", "8.8.8.8", "2a00:1450::1"])
+def test_public_addresses_are_allowed(host: str) -> None:
+    assert PeerPolicy().check(host).allowed
+
+
+def test_allow_opens_a_range_and_deny_closes_one() -> None:
+    policy = PeerPolicy(allow=["127.0.0.0/8"], deny=["198.51.100.0/24"])
+    assert policy.check("127.0.0.1").allowed
+    assert policy.check("::ffff:127.0.0.1").allowed  # judged as the IPv4 it reaches
+    assert not policy.check("10.0.0.1").allowed
+    assert not policy.check("198.51.100.5").allowed
+    assert policy.check("203.0.113.5").allowed
+
+
+@pytest.mark.parametrize("cidr", ["0.0.0.0/8", "0.0.0.0/0", "::/0", "::/128"])
+def test_never_allowed_ranges_cannot_be_opened(cidr: str) -> None:
+    with pytest.raises(ValueError, match="never"):
+        PeerPolicy(allow=[cidr])
