@@ -109,6 +109,7 @@ def start_server(
     tls: bool = True,
     cert: tuple[Path, Path] | None = None,
     allow_loopback: bool = True,
+    realm: str | None = "iceward.test",
 ) -> RunningServer:
     """Start ``iceward serve`` as a subprocess on loopback and wait until it answers STUN."""
     users = {"alice": "wonderland"} if users is None else users
@@ -129,11 +130,11 @@ def start_server(
         str(tls_port),
         "--data-dir",
         str(data_dir),
-        "--realm",
-        "iceward.test",
         "--log-level",
         "debug",
     ]
+    if realm:
+        cmd += ["--realm", realm]
     if secret:
         cmd += ["--secret", secret]
     for name, password in users.items():

@@ -20,6 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from iceward.turn.policy import PeerPolicy
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -30,7 +32,7 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ICEWARD_", extra="forbid")
 
     listen: list[str] = Field(default_factory=lambda: ["0.0.0.0"])
-    port: int = Field(3478, ge=1, le=65535)
+    port: int = Field(3478, ge=0, le=65535)
     tls_port: int = Field(5349, ge=0, le=65535)
     cert: Path | None = None
     key: Path | None = None
@@ -86,6 +88,7 @@ class ServerSettings(BaseSettings):
     def _check_cidrs(cls, values: list[str]) -> list[str]:
         for v in values:
             ipaddress.ip_network(v, strict=False)
+        PeerPolicy(allow=values)  # refuses ranges that can never be opened
         return values
 
     @field_validator("user")

@@ -208,11 +208,7 @@ def test_encode_error_code_truncates_long_reason() -> None:
     assert (code, reason) == (400, "x" * MAX_REASON)
 
 
-# BUG (src/iceward/stun/attributes.py, encode_error_code and encode_address_error_code):
-# ``text[:MAX_REASON]`` cuts the UTF-8 bytes of the reason, possibly in the middle of a character,
-# so the codec emits an ERROR-CODE that its own decoder (and any strict peer) rejects as invalid
-# UTF-8. Remove the xfail once the truncation respects character boundaries.
-@pytest.mark.xfail(strict=True, reason="BUG: reason truncated mid UTF-8 sequence", raises=StunError)
+# The reason phrase is cut on a UTF-8 character boundary, never inside one.
 def test_encode_error_code_truncates_on_a_character_boundary() -> None:
     reason = "\u00e9" * 500  # 1000 bytes, 2 per character; 763 is odd
     code, decoded = decode_error_code(encode_error_code(400, reason))
@@ -221,7 +217,6 @@ def test_encode_error_code_truncates_on_a_character_boundary() -> None:
     assert len(decoded.encode()) <= MAX_REASON
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reason truncated mid UTF-8 sequence", raises=StunError)
 def test_encode_address_error_code_truncates_on_a_character_boundary() -> None:
     family, code, decoded = decode_address_error_code(
         encode_address_error_code(c.FAMILY_IPV6, 440, "\u00e9" * 500)
@@ -464,13 +459,7 @@ def test_short_term_key() -> None:
     assert short_term_key("caf\u0065\u0301") == "caf\u00e9".encode()
 
 
-# BUG (src/iceward/stun/integrity.py, long_term_key): RFC 8489 9.2.2 and 18.5.1 define
-# key = MD5(username ":" OpaqueString(realm) ":" OpaqueString(password)); the codec prepares the
-# password but hashes the realm as given. Any realm that OpaqueString changes (non-NFC text,
-# non-ASCII spaces) gives a key other peers do not compute. Remove the xfail once fixed.
-@pytest.mark.xfail(
-    strict=True, reason="BUG: realm is not OpaqueString-prepared", raises=AssertionError
-)
+# RFC 8489 9.2.2: the realm is OpaqueString-prepared like the password.
 def test_long_term_key_prepares_the_realm() -> None:
     realm = "cafe\u0301.example"  # decomposed e + COMBINING ACUTE ACCENT
     prepared = unicodedata.normalize("NFC", realm)
@@ -635,12 +624,7 @@ def test_attributes_after_mi_sha256_are_ignored() -> None:
     assert verify_integrity(msg, KEY)
 
 
-# Deviation (src/iceward/stun/message.py, parse_message): RFC 8489 14.5 says agents MUST ignore
-# every attribute after MESSAGE-INTEGRITY except MI-SHA256 and FINGERPRINT, and 14.6 says the same
-# after MI-SHA256 except FINGERPRINT. The parser rejects a second MESSAGE-INTEGRITY or
-# MI-SHA256 as a "duplicate" instead of ignoring it. Low impact (a well-behaved peer never sends
-# one), but it is a MUST. Remove the xfail once fixed.
-@pytest.mark.xfail(strict=True, reason="deviation: duplicate MI rejected", raises=StunParseError)
+# RFC 8489 14.5/14.6: a second integrity attribute is ignored, not an error.
 def test_second_message_integrity_is_ignored() -> None:
     sealed = encode_message(c.BINDING, c.REQUEST, TXID, [(c.USERNAME, b"u")], integrity_key=KEY)
     msg = parse_message(_raw(sealed[20:] + _attr(c.MESSAGE_INTEGRITY, bytes(20))))
@@ -648,9 +632,6 @@ def test_second_message_integrity_is_ignored() -> None:
     assert msg.get_all(c.MESSAGE_INTEGRITY) == [msg.raw[msg.integrity_offset + 4 :][:20]]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="deviation: duplicate MI-SHA256 rejected", raises=StunParseError
-)
 def test_second_message_integrity_sha256_is_ignored() -> None:
     sealed = encode_message(c.BINDING, c.REQUEST, TXID, [], integrity_sha256_key=KEY)
     msg = parse_message(_raw(sealed[20:] + _attr(c.MESSAGE_INTEGRITY_SHA256, bytes(32))))

@@ -181,25 +181,42 @@ def _set_length(data: bytearray, length: int) -> None:
         struct.pack_into("!H", data, 2, length)
 
 
-def _set_attr_length(data: bytearray, index: int, length: int) -> None:
-    """Rewrite the length of the index-th attribute header found by walking the message."""
+def _attribute_offsets(data: bytearray) -> list[int]:
     offsets = []
     pos = c.HEADER_LENGTH
     while pos + 4 <= len(data):
         offsets.append(pos)
         pos += 4 + ((struct.unpack_from("!H", data, pos + 2)[0] + 3) & ~3)
+    return offsets
+
+
+def _set_attr_length(data: bytearray, index: int, length: int) -> None:
+    """Rewrite the length of the index-th attribute header found by walking the message."""
+    offsets = _attribute_offsets(data)
     if offsets:
         struct.pack_into("!H", data, offsets[index % len(offsets)] + 2, length)
 
 
 def _set_attr_type(data: bytearray, pos: int, attr_type: int) -> None:
-    offsets = []
-    walk = c.HEADER_LENGTH
-    while walk + 4 <= len(data):
-        offsets.append(walk)
-        walk += 4 + ((struct.unpack_from("!H", data, walk + 2)[0] + 3) & ~3)
+    offsets = _attribute_offsets(data)
     if offsets:
         struct.pack_into("!H", data, offsets[pos % len(offsets)], attr_type)
+
+
+def _resize_attr(data: bytearray, index: int, size: int, fill: int) -> None:
+    """Structure-aware edit: give one attribute a value of another size, keeping the framing
+    consistent (padding and header length fixed), so odd-sized values reach the decoders."""
+    offsets = [o for o in _attribute_offsets(data) if o + 4 <= len(data)]
+    if not offsets:
+        return
+    pos = offsets[index % len(offsets)]
+    old_len = struct.unpack_from("!H", data, pos + 2)[0]
+    end = min(pos + 4 + ((old_len + 3) & ~3), len(data))
+    value = bytes(data[pos + 4 : pos + 4 + min(old_len, size)])
+    value += bytes([fill]) * (size - len(value))
+    data[pos:end] = struct.pack("!HH", struct.unpack_from("!H", data, pos)[0], size) + value
+    data[pos + 4 + size : pos + 4 + size] = bytes(-size & 3)
+    _fix_length(data)
 
 
 def _insert(data: bytearray, pos: int, chunk: bytes) -> None:
@@ -233,6 +250,9 @@ mutations = st.one_of(
     st.tuples(st.just(_set_length), interesting_lengths),
     st.tuples(st.just(_set_attr_length), positions, interesting_lengths),
     st.tuples(st.just(_set_attr_type), positions, interesting_types),
+    # Listed twice: one_of picks branches uniformly, and this is the edit that keeps framing valid.
+    st.tuples(st.just(_resize_attr), positions, st.integers(0, 40), st.integers(0, 255)),
+    st.tuples(st.just(_resize_attr), positions, st.integers(0, 40), st.integers(0, 255)),
     st.tuples(st.just(_insert), positions, st.binary(min_size=1, max_size=12)),
     st.tuples(st.just(_delete), positions, st.integers(1, 12)),
 )

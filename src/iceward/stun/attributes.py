@@ -64,6 +64,8 @@ def _xor_bytes(data: bytes, mask: bytes) -> bytes:
 
 def encode_xor_address(address: Address, transaction_id: bytes) -> bytes:
     """XOR-MAPPED-ADDRESS style value (also XOR-PEER-ADDRESS and XOR-RELAYED-ADDRESS)."""
+    if len(transaction_id) != 12:
+        raise ValueError("transaction id must be 12 bytes")
     host, port = address[0], address[1]
     xport = port ^ _COOKIE_HIGH
     if _family_of(host) == FAMILY_IPV6:
@@ -92,11 +94,18 @@ def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
     raise StunParseError(f"unknown address family 0x{family:02x}")
 
 
+def _reason_bytes(code: int, reason: str | None) -> bytes:
+    """UTF-8 reason phrase cut to MAX_REASON bytes on a character boundary."""
+    text = (reason if reason is not None else ERROR_REASONS.get(code, "")).encode()
+    if len(text) > MAX_REASON:
+        text = text[:MAX_REASON].decode("utf-8", "ignore").encode()
+    return text
+
+
 def encode_error_code(code: int, reason: str | None = None) -> bytes:
     if not 300 <= code <= 699:
         raise ValueError(f"error code {code} out of range 300-699")
-    text = (reason if reason is not None else ERROR_REASONS.get(code, "")).encode()
-    return struct.pack("!HBB", 0, code // 100, code % 100) + text[:MAX_REASON]
+    return struct.pack("!HBB", 0, code // 100, code % 100) + _reason_bytes(code, reason)
 
 
 def decode_error_code(value: bytes) -> tuple[int, str]:
@@ -111,8 +120,9 @@ def decode_error_code(value: bytes) -> tuple[int, str]:
 
 def encode_address_error_code(family: int, code: int, reason: str | None = None) -> bytes:
     """ADDRESS-ERROR-CODE (RFC 8656 14.12): which family of a dual allocation failed, and why."""
-    text = (reason if reason is not None else ERROR_REASONS.get(code, "")).encode()
-    return struct.pack("!BBBB", family, 0, code // 100, code % 100) + text[:MAX_REASON]
+    if not 300 <= code <= 699:
+        raise ValueError(f"error code {code} out of range 300-699")
+    return struct.pack("!BBBB", family, 0, code // 100, code % 100) + _reason_bytes(code, reason)
 
 
 def decode_address_error_code(value: bytes) -> tuple[int, int, str]:

@@ -22,20 +22,28 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return hmac.digest(key, data, "sha256")
 
 
+def _opaque(text: str, what: str) -> str:
+    try:
+        prepared: str = _OPAQUE.enforce(text)
+    except UnicodeError as exc:
+        raise StunError(f"{what} is not a valid OpaqueString: {exc}") from exc
+    return prepared
+
+
 def prepare_password(password: str) -> str:
     """OpaqueString-prepare a password (RFC 8265), as RFC 8489 asks for long-term keys."""
-    try:
-        prepared: str = _OPAQUE.enforce(password)
-    except UnicodeError as exc:
-        raise StunError(f"password is not a valid OpaqueString: {exc}") from exc
-    return prepared
+    return _opaque(password, "password")
 
 
 def long_term_key(
     username: str, realm: str, password: str, algorithm: int = ALGORITHM_MD5
 ) -> bytes:
-    """The long-term credential key: MD5 or SHA-256 of ``username:realm:password``."""
-    material = f"{username}:{realm}:{prepare_password(password)}".encode()
+    """The long-term key (RFC 8489 9.2.2): MD5 or SHA-256 of ``username:realm:password``.
+
+    Realm and password are OpaqueString-prepared; ASCII ones are unchanged, so keys match
+    servers and clients that skip the preparation.
+    """
+    material = f"{username}:{_opaque(realm, 'realm')}:{prepare_password(password)}".encode()
     if algorithm == ALGORITHM_MD5:
         return hashlib.md5(material, usedforsecurity=False).digest()
     if algorithm == ALGORITHM_SHA256:

@@ -133,24 +133,20 @@ def parse_message(data: bytes, *, check_fingerprint: bool = True) -> Message:
             if attr_len != 4:
                 raise StunParseError("FINGERPRINT must be 4 bytes")
             fingerprint = pos
+        elif integrity256 >= 0:
+            pos = next_pos  # RFC 8489 14.6: ignore everything after it but FINGERPRINT
+            continue
         elif attr_type == MESSAGE_INTEGRITY_SHA256:
-            if integrity256 >= 0:
-                raise StunParseError("duplicate MESSAGE-INTEGRITY-SHA256")
             if attr_len < 16 or attr_len > 32 or attr_len & 3:
                 raise StunParseError("MESSAGE-INTEGRITY-SHA256 must be 16 to 32 bytes, 4-aligned")
             integrity256 = pos
-        elif integrity256 >= 0:
-            pos = next_pos  # RFC 8489 14.6: ignore everything after the integrity but FINGERPRINT
-            continue
-        elif attr_type == MESSAGE_INTEGRITY:
-            if integrity >= 0:
-                raise StunParseError("duplicate MESSAGE-INTEGRITY")
-            if attr_len != 20:
-                raise StunParseError("MESSAGE-INTEGRITY must be 20 bytes")
-            integrity = pos
         elif integrity >= 0:
             pos = next_pos  # RFC 8489 14.5: ignore all but MI-SHA256 and FINGERPRINT after it
             continue
+        elif attr_type == MESSAGE_INTEGRITY:
+            if attr_len != 20:
+                raise StunParseError("MESSAGE-INTEGRITY must be 20 bytes")
+            integrity = pos
         elif attr_type < 0x8000 and attr_type not in KNOWN_ATTRIBUTES:
             unknown.append(attr_type)
         attributes.append((attr_type, value))

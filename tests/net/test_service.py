@@ -1,0 +1,271 @@
+"""End-to-end behaviour of a real ``iceward serve`` process over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from iceward.turn.credentials import mint_rest_credential, rest_password
+
+from ..conftest import HOST, RunningServer, stun_binding
+from .turnclient import BlockingTurnClient, TurnError
+
+MakeServer = Callable[..., RunningServer]
+
+
+def udp_peer() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    sock.settimeout(2.0)
+    return sock
+
+
+def rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_relay_both_ways_with_channel_and_send_indication(
+    make_server: MakeServer, transport: str
+) -> None:
+    server = make_server()
+    peer = udp_peer()
+    peer_addr = peer.getsockname()
+    client = BlockingTurnClient((HOST, server.port), "alice", "wonderland", transport=transport)
+    try:
+        relayed = client.allocate()
+        assert relayed[0] == HOST
+        client.create_permission(peer_addr)
+        client.send_indication(peer_addr, b"via send indication")
+        data, source = peer.recvfrom(2048)
+        assert (data, source) == (b"via send indication", relayed)
+        peer.sendto(b"back as data indication", relayed)
+        assert client.receive_data() == (None, b"back as data indication")
+        client.channel_bind(0x4001, peer_addr)
+        for i in range(50):
+            payload = os.urandom(random.randint(1, 1200)) + bytes([i])
+            client.send_channel_data(0x4001, payload)
+            got, source = peer.recvfrom(2048)
+            assert got == payload and source == relayed
+            peer.sendto(payload[::-1], relayed)
+            assert client.receive_data() == (0x4001, payload[::-1])
+        client.refresh(0)
+    finally:
+        client.close()
+        peer.close()
+    time.sleep(0.3)
+    log = server.log_text()
+    assert "allocation end" in log
+    assert re.search(r"to_peer_packets=51 .*to_client_packets=51", log), log
+
+
+def test_send_to_a_refused_peer_is_never_delivered(make_server: MakeServer) -> None:
+    server = make_server(allow_loopback=False)
+    peer = udp_peer()
+    peer.settimeout(0.5)
+    peer_addr = peer.getsockname()
+    client = BlockingTurnClient((HOST, server.port), "alice", "wonderland")
+    try:
+        client.allocate()
+        with pytest.raises(TurnError) as refused:
+            client.create_permission(peer_addr)
+        assert refused.value.code == 403
+        with pytest.raises(TurnError) as refused_channel:
+            client.channel_bind(0x4000, peer_addr)
+        assert refused_channel.value.code == 403
+        client.send_indication(peer_addr, b"must not arrive")
+        client.send_channel_data(0x4000, b"nor this")
+        with pytest.raises(socket.timeout):
+            peer.recvfrom(2048)
+    finally:
+        client.close()
+        peer.close()
+    assert "peer refused" in server.log_text() and "loopback" in server.log_text()
+
+
+def test_malformed_flood_leaves_the_server_answering_with_bounded_memory(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    before = rss_kib(server.proc.pid)
+    rng = random.Random(7)
+    target = (HOST, server.port)
+    templates = [b"\x00\x01\x00\x08\x21\x12\xa4\x42", b"\x40\x00\xff\xff", b"\x00\x03"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        deadline = time.monotonic() + 3.0
+        sent = 0
+        while sent < 30000 and time.monotonic() < deadline:
+            head = rng.choice(templates)
+            s.sendto(head + rng.randbytes(rng.randint(0, 1400)), target)
+            sent += 1
+            if sent % 500 == 0:
+                time.sleep(0.001)
+    # TCP garbage closes that connection, nothing else.
+    with socket.create_connection(target, timeout=2) as t:
+        t.sendall(b"\xff" * 64)
+        t.settimeout(2)
+        assert t.recv(10) == b""
+    assert stun_binding(server.port, timeout=2.0) is not None
+    assert server.proc.poll() is None
+    growth = rss_kib(server.proc.pid) - before
+    assert growth < 20 * 1024, f"RSS grew by {growth} KiB after {sent} malformed datagrams"
+    client = BlockingTurnClient(target, "alice", "wonderland")
+    try:
+        assert client.allocate()[0] == HOST
+    finally:
+        client.close()
+
+
+def test_relay_port_range_is_respected_and_exhaustion_gives_508(make_server: MakeServer) -> None:
+    base = random.randrange(42000, 60000, 10)
+    server = make_server("--relay-ports", f"{base}-{base + 3}")
+    clients = []
+    try:
+        ports = set()
+        for _ in range(4):
+            c = BlockingTurnClient((HOST, server.port), "alice", "wonderland")
+            clients.append(c)
+            ports.add(c.allocate()[1])
+        assert ports == set(range(base, base + 4))
+        extra = BlockingTurnClient((HOST, server.port), "alice", "wonderland")
+        clients.append(extra)
+        with pytest.raises(TurnError) as full:
+            extra.allocate()
+        assert full.value.code == 508
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_sigterm_closes_cleanly_and_logs_open_allocations(make_server: MakeServer) -> None:
+    server = make_server()
+    client = BlockingTurnClient((HOST, server.port), "alice", "wonderland", transport="tcp")
+    try:
+        client.allocate()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(10) == 0
+    finally:
+        client.close()
+    log = server.log_text()
+    assert "reason='server shutdown'" in log
+    assert "Traceback" not in log
+
+
+def test_rest_credential_from_the_cli_works_against_the_server(make_server: MakeServer) -> None:
+    server = make_server()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iceward",
+            "credentials",
+            "--secret",
+            server.secret,
+            "--user",
+            "bot",
+            "--ttl",
+            "120",
+            "--port",
+            str(server.port),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["ttl"] == 120
+    expiry, user = doc["username"].split(":")
+    assert user == "bot" and abs(int(expiry) - time.time() - 120) < 5
+    assert doc["password"] == rest_password(server.secret, doc["username"])
+    assert f"turn:127.0.0.1:{server.port}?transport=udp" in doc["uris"]
+    turn = [s for s in doc["iceServers"] if "username" in s]
+    assert turn[0]["credential"] == doc["password"]
+    client = BlockingTurnClient((HOST, server.port), doc["username"], doc["password"])
+    try:
+        client.allocate()
+    finally:
+        client.close()
+    expired = mint_rest_credential(server.secret, "late", 10, time.time() - 100)
+    late = BlockingTurnClient((HOST, server.port), expired.username, expired.password)
+    try:
+        with pytest.raises(TurnError) as refused:
+            late.allocate()
+        assert refused.value.code == 401
+    finally:
+        late.close()
+    assert "expired" in server.log_text()
+
+
+def test_no_flags_generates_a_secret_once_and_prints_working_ice_servers(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(secret="", users={})
+    secret_file = server.data_dir / "rest-secret"
+    assert secret_file.exists() and oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    printed = server.log_text()
+    doc = json.loads(printed[printed.index("{") : printed.index("\n}") + 2])
+    turn = next(s for s in doc["iceServers"] if "username" in s)
+    assert any(u.startswith("turns:") for u in turn["urls"])
+    client = BlockingTurnClient((HOST, server.port), turn["username"], turn["credential"])
+    try:
+        client.allocate()
+    finally:
+        client.close()
+    first_secret = secret_file.read_text()
+    server.stop()
+    make_server("--data-dir", str(server.data_dir), secret="", users={})
+    assert secret_file.read_text() == first_secret  # kept, not regenerated
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--relay-ports", "5000-4000"], "relay-ports"),
+        (["--relay-ports", "abc"], "LOW-HIGH"),
+        (["--user", "nopassword"], "NAME:PASSWORD"),
+        (["--listen", "not-an-ip"], "listen"),
+        (["--allow-peer", "0.0.0.0/0"], "never"),
+        (["--config", "/nonexistent/iceward.toml"], "does not exist"),
+        (["--cert", "/tmp/only-cert.pem"], "--cert and --key"),
+    ],
+)
+def test_bad_configuration_exits_2_with_a_message(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceward", "serve", "--port", "0", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_toml_config_file_and_environment(tmp_path: Path, make_server: MakeServer) -> None:
+    config = tmp_path / "iceward.toml"
+    config.write_text('realm = "from-file"\nuser = ["carol:fromfile"]\n')
+    os.environ["ICEWARD_MAX_LIFETIME"] = "1800"
+    try:
+        server = make_server("--config", str(config), users={}, realm=None)
+    finally:
+        del os.environ["ICEWARD_MAX_LIFETIME"]
+    client = BlockingTurnClient((HOST, server.port), "carol", "fromfile")
+    try:
+        client.allocate()
+        assert client.realm == "from-file"
+        assert client.refresh(99999) == 1800  # ICEWARD_MAX_LIFETIME from the environment
+    finally:
+        client.close()
