@@ -269,3 +269,70 @@ def test_toml_config_file_and_environment(tmp_path: Path, make_server: MakeServe
         assert client.refresh(99999) == 1800  # ICEWARD_MAX_LIFETIME from the environment
     finally:
         client.close()
+
+
+def test_ipv6_clients_and_dual_family_allocations(make_server: MakeServer) -> None:
+    from iceward.stun import attributes as A
+    from iceward.stun import constants as C
+
+    server = make_server(
+        "--listen",
+        "::1",
+        "--relay-ip",
+        "127.0.0.1",
+        "--relay-ip",
+        "::1",
+        "--allow-peer",
+        "::1/128",
+    )
+    peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    peer.bind(("::1", 0))
+    peer.settimeout(2.0)
+    client = BlockingTurnClient(("::1", server.port), "alice", "wonderland")
+    try:
+        relayed = client.allocate_all((C.ADDITIONAL_ADDRESS_FAMILY, A.encode_one_byte(2)))
+        assert [h for h, _ in relayed] == ["127.0.0.1", "::1"]
+        peer_addr = peer.getsockname()[:2]
+        client.channel_bind(0x4000, peer_addr)
+        client.send_channel_data(0x4000, b"over ipv6")
+        data, source = peer.recvfrom(100)
+        assert data == b"over ipv6" and source[:2] == relayed[1]
+        peer.sendto(b"back", relayed[1])
+        assert client.receive_data() == (0x4000, b"back")
+    finally:
+        client.close()
+        peer.close()
+
+
+def test_sighup_reloads_the_tls_certificate(tmp_path: Path, make_server: MakeServer) -> None:
+    import ssl
+
+    from ..conftest import make_test_ca
+
+    first = make_test_ca(tmp_path / "first")
+    live_cert, live_key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
+    live_cert.write_bytes(first.cert.read_bytes())
+    live_key.write_bytes(first.key.read_bytes())
+    server = make_server(cert=(live_cert, live_key))
+
+    def presented_issuer_ok(ca: Path) -> bool:
+        ctx = ssl.create_default_context(cafile=str(ca))
+        try:
+            with (
+                socket.create_connection((HOST, server.tls_port), timeout=3) as raw,
+                ctx.wrap_socket(raw, server_hostname="localhost"),
+            ):
+                return True
+        except ssl.SSLCertVerificationError:
+            return False
+
+    second = make_test_ca(tmp_path / "second")
+    assert presented_issuer_ok(first.ca_cert) and not presented_issuer_ok(second.ca_cert)
+    live_cert.write_bytes(second.cert.read_bytes())
+    live_key.write_bytes(second.key.read_bytes())
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not presented_issuer_ok(second.ca_cert):
+        time.sleep(0.1)
+    assert presented_issuer_ok(second.ca_cert)
+    assert "reloaded TLS certificate" in server.log_text()

@@ -35,10 +35,11 @@ class BlockingTurnClient:
         self.password = password
         self.transport = transport
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        self.sock = socket.socket(socket.AF_INET, kind)
+        v6 = ":" in server[0]
+        self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
         self.sock.settimeout(timeout)
         if transport == "udp":
-            self.sock.bind(("127.0.0.1", 0))
+            self.sock.bind(("::1" if v6 else "127.0.0.1", 0))
         else:
             self.sock.connect(server)
         self.realm = ""
@@ -57,7 +58,7 @@ class BlockingTurnClient:
 
     def recv_raw(self) -> bytes:
         if self.transport == "udp":
-            return self.sock.recvfrom(65536)[0]
+            return bytes(self.sock.recvfrom(65536)[0])
         while True:
             buf = self._stream
             if len(buf) >= 4:
@@ -113,12 +114,15 @@ class BlockingTurnClient:
             raise TurnError(code, reason)
         raise TurnError(401, "authentication failed")
 
-    def allocate(self) -> Address:
+    def allocate(self, *extra: tuple[int, bytes]) -> Address:
+        return self.allocate_all(*extra)[0]
+
+    def allocate_all(self, *extra: tuple[int, bytes]) -> list[Address]:
+        """Allocate; every relayed address (two for a dual-family allocation)."""
         txid = os.urandom(12)
-        reply = self.request(
-            C.ALLOCATE, [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP))], txid
-        )
-        return A.decode_xor_address(reply.get(C.XOR_RELAYED_ADDRESS) or b"", txid)
+        attrs = [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP)), *extra]
+        reply = self.request(C.ALLOCATE, attrs, txid)
+        return [A.decode_xor_address(v, txid) for v in reply.get_all(C.XOR_RELAYED_ADDRESS)]
 
     def create_permission(self, peer: Address) -> None:
         txid = os.urandom(12)
