@@ -232,5 +232,16 @@ def credentials(
     typer.echo(json.dumps(out, indent=2))
 
 
+def _register_subcommands() -> None:
+    from iceward.analyze.command import register as register_analyze
+    from iceward.doctor.command import register as register_doctor
+
+    register_doctor(app)
+    register_analyze(app)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     app()

@@ -1,0 +1,1 @@
+"""``iceward analyze``: root cause from webrtc-internals dumps, rtcstats dumps and getStats JSON."""

@@ -1,0 +1,1 @@
+"""``iceward doctor``: active probes of an iceServers configuration."""
