@@ -3,6 +3,12 @@
 Each :class:`RelaySocket` is the core's ``RelayHandle``. Its reader drains the socket in batches and
 serves datagrams from peers that have a channel straight from its forwarding table (one dict lookup,
 a header written in place, one ``sendto``); anything else goes to the core.
+
+A peer with a channel also gets a *link*: a socket on the relay's address connected to that peer.
+The relay port is bound exclusively first (so no other process can hold it) and only then marked
+SO_REUSEPORT, which lets the links bind it too. The kernel hands the peer's datagrams to the
+link, whose reader needs no address and no lookup per datagram; data for the peer leaves through
+the link's ``send`` (no address to parse, no route lookup).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from iceward.turn.server import RelayUnavailable
 BATCH = 64
 BUFFER_SIZE = 65536 + 4
 _HEADER = struct.Struct("!HH")
+_IP_MTU_DISCOVER = 10
 
 #: What the relay does with a datagram that is not a forwarding-table hit.
 PeerHandler = Callable[["RelaySocket", bytes, Address], None]
@@ -62,6 +69,7 @@ class RelaySocket:
         "advertised",
         "bound",
         "channels",
+        "links",
         "sock",
     )
 
@@ -78,6 +86,8 @@ class RelaySocket:
         self.bound: Address = sock.getsockname()[:2]
         self.advertised = advertised
         self.channels: dict[Any, PeerEntry] = {}
+        #: peer address -> socket connected to it (see the module docstring).
+        self.links: dict[Any, socket.socket] = {}
         self._loop = loop
         self._on_miss = on_miss
         self._buf = bytearray(BUFFER_SIZE)
@@ -99,7 +109,40 @@ class RelaySocket:
         except OSError:
             pass  # UDP semantics: a full buffer or an unreachable peer loses the datagram
 
+    def link(self, peer: Address) -> Callable[..., Any] | None:
+        """The ``send`` of this peer's link, made on first use; None if the kernel says no."""
+        sock = self.links.get(peer)
+        if sock is None:
+            sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
+            try:
+                if self._family == FAMILY_IPV6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                else:  # DONT-FRAGMENT, if the allocation asked for it, holds for links too
+                    mtu = self.sock.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER)
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, mtu)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(self.bound)
+                sock.connect(peer)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                return None
+            self.links[peer] = sock
+            self._loop.add_reader(sock.fileno(), self._on_link_readable, sock, peer)
+        return sock.send
+
+    def unlink(self, peer: Address) -> None:
+        sock = self.links.pop(peer, None)
+        if sock is not None:
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
+
     def close(self) -> None:
+        for peer in list(self.links):
+            self.unlink(peer)
         try:
             self._loop.remove_reader(self.sock.fileno())
         except (ValueError, OSError):
@@ -107,8 +150,45 @@ class RelaySocket:
         self.sock.close()
         self.channels.clear()
 
+    def _on_link_readable(self, sock: socket.socket, peer: Address) -> None:
+        entry = self.channels.get(peer)
+        if entry is None or entry.stream or entry.client is not None:
+            self._drain(sock.recvfrom_into)
+            return
+        # The common case: a channel to a UDP client that has a link too. Nothing below can
+        # change the forwarding table, so the entry holds for the whole batch.
+        recv = sock.recv_into
+        payload = self._payload
+        buf = self._buf
+        mv = self._mv
+        send = entry.send
+        pack = _HEADER.pack_into
+        number = entry.number
+        packets = nbytes = 0
+        try:
+            for _ in range(BATCH):
+                try:
+                    n = recv(payload)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue
+                pack(buf, 0, number, n)
+                packets += 1
+                nbytes += n
+                try:
+                    send(mv[: 4 + n])
+                except OSError:
+                    pass
+        finally:
+            counters = entry.counters
+            counters.packets_to_client += packets
+            counters.bytes_to_client += nbytes
+
     def _on_readable(self) -> None:
-        recv = self.sock.recvfrom_into
+        self._drain(self.sock.recvfrom_into)
+
+    def _drain(self, recv: Callable[..., Any]) -> None:
         payload = self._payload
         buf = self._buf
         mv = self._mv
@@ -138,6 +218,8 @@ class RelaySocket:
                 if entry.stream:
                     pad = -n & 3
                     entry.send(bytes(mv[: 4 + n]) + b"\x00" * pad if pad else bytes(mv[: 4 + n]))
+                elif entry.client is None:
+                    entry.send(mv[: 4 + n])
                 else:
                     entry.send(mv[: 4 + n], entry.client)
             except OSError:
@@ -186,7 +268,9 @@ class UdpRelayAllocator:
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((ip, port))
+            sock.bind((ip, port))  # exclusive: fails if anyone, this process included, has it
+            # Only now may the relay's links (same uid) bind the port too.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         except OSError as exc:
             sock.close()
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):

@@ -303,11 +303,19 @@ class TurnService:
         assert isinstance(relay, RelaySocket)
         to_peer = ClientEntry(relay.sock.sendto, channel.peer, alloc.counters)
         if ft.transport == "udp":
+            peer_send = relay.link(channel.peer)
+            if peer_send is not None:
+                to_peer = ClientEntry(peer_send, None, alloc.counters)
             listener = self._udp[ft.server]
             listener.channels[(ft.client, channel.number)] = to_peer
-            relay.channels[channel.peer] = PeerEntry(
-                listener.sock.sendto, ft.client, channel.number, alloc.counters, False
-            )
+            client_send = listener.link(ft.client)
+            if client_send is not None:
+                to_client = PeerEntry(client_send, None, channel.number, alloc.counters, False)
+            else:
+                to_client = PeerEntry(
+                    listener.sock.sendto, ft.client, channel.number, alloc.counters, False
+                )
+            relay.channels[channel.peer] = to_client
         else:
             conn = self._streams.get(ft)
             if conn is None:
@@ -323,6 +331,7 @@ class TurnService:
         relay = alloc.relays.get(family_of(channel.peer[0]))
         if isinstance(relay, RelaySocket):
             relay.channels.pop(channel.peer, None)
+            relay.unlink(channel.peer)
         if ft.transport == "udp":
             listener = self._udp.get(ft.server)
             if listener is not None:
@@ -348,6 +357,11 @@ class TurnService:
                     relay.sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER=DO
 
     def _removed(self, alloc: Allocation, reason: str) -> None:
+        ft = alloc.five_tuple
+        if ft.transport == "udp":
+            listener = self._udp.get(ft.server)
+            if listener is not None:
+                listener.unlink(ft.client)
         c = alloc.counters
         log.info(
             "allocation end client=%s user=%r reason=%r duration=%.1fs "

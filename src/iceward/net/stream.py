@@ -47,7 +47,7 @@ class StreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # TLS transports are not subclasses
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
-        self.five_tuple = FiveTuple(self.kind, tuple(peer[:2]), tuple(local[:2]))  # type: ignore[arg-type]
+        self.five_tuple = FiveTuple(self.kind, (peer[0], peer[1]), (local[0], local[1]))
         self._on_open(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -1,9 +1,18 @@
-"""The UDP listener: bound-channel ChannelData goes straight to the peer, the rest to the core."""
+"""The UDP listener: bound-channel ChannelData goes straight to the peer, the rest to the core.
+
+A client with a channel also gets a *link*: a socket on the listener's address connected to that
+client (the listener is bound exclusively, then marked SO_REUSEPORT so links can join). The
+kernel hands that client's datagrams to the link, which reads them with ``recv_into`` (no address
+to build) and forwards with ``send`` (no address to parse, no route lookup), as coturn does with
+its per-client sockets. A link bound to a wildcard listener picks its source address by routing,
+exactly as ``sendto`` on the wildcard listener does.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -11,17 +20,21 @@ from iceward.turn.allocation import Address, TrafficCounters
 
 BATCH = 64
 BUFFER_SIZE = 65536
+_HEADER = struct.Struct("!HH")
 
 #: (client address as the socket reports it, channel number) -> entry.
 ChannelKey = tuple[Any, int]
 
 
 class ClientEntry:
-    """Forwarding entry client -> peer: the relay socket's ``sendto`` and the peer address."""
+    """Forwarding entry client -> peer: the relay socket's ``sendto`` and the peer address, or
+    (``peer`` None) the ``send`` of a relay link already connected to the peer."""
 
     __slots__ = ("counters", "peer", "send")
 
-    def __init__(self, send: Callable[..., Any], peer: Address, counters: TrafficCounters) -> None:
+    def __init__(
+        self, send: Callable[..., Any], peer: Address | None, counters: TrafficCounters
+    ) -> None:
         self.send = send
         self.peer = peer
         self.counters = counters
@@ -42,6 +55,8 @@ class UdpListener:
         self._v6 = sock.family == socket.AF_INET6
         self._loop = loop
         self._on_miss = on_miss
+        #: client address -> socket connected to it (see the module docstring).
+        self.links: dict[Any, socket.socket] = {}
         self._buf = bytearray(BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         sock.setblocking(False)
@@ -54,23 +69,49 @@ class UdpListener:
         port: int,
         loop: asyncio.AbstractEventLoop,
         on_miss: Callable[[UdpListener, bytes, Address], None],
-        *,
-        reuse_port: bool = False,
     ) -> UdpListener:
+        """Bind exclusively (no one else may hold the port), then let this uid's links join."""
         af = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(af, socket.SOCK_DGRAM)
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
             sock.bind((host, port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         except OSError:
             sock.close()
             raise
         return cls(sock, loop, on_miss)
+
+    def link(self, client: Address) -> Callable[..., Any] | None:
+        """The ``send`` of this client's link, made on first use; None if the kernel says no."""
+        sock = self.links.get(client)
+        if sock is None:
+            sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
+            try:
+                if self._v6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                sock.bind(self.local)
+                sock.connect(client)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                return None
+            self.links[client] = sock
+            self._loop.add_reader(sock.fileno(), self._on_link_readable, sock, client)
+        return sock.send
+
+    def unlink(self, client: Address) -> None:
+        sock = self.links.pop(client, None)
+        if sock is not None:
+            try:
+                self._loop.remove_reader(sock.fileno())
+            except (ValueError, OSError):
+                pass
+            sock.close()
 
     def send(self, data: bytes, client: Address) -> None:
         try:
@@ -79,6 +120,8 @@ class UdpListener:
             pass
 
     def close(self) -> None:
+        for client in list(self.links):
+            self.unlink(client)
         try:
             self._loop.remove_reader(self.sock.fileno())
         except (ValueError, OSError):
@@ -89,7 +132,8 @@ class UdpListener:
         recv = self.sock.recvfrom_into
         buf = self._buf
         mv = self._mv
-        channels = self.channels
+        get = self.channels.get
+        unpack = _HEADER.unpack_from
         v6 = self._v6
         for _ in range(BATCH):
             try:
@@ -101,16 +145,48 @@ class UdpListener:
             if v6:
                 addr = addr[:2]
             if n >= 4 and 0x40 <= buf[0] <= 0x7F:
-                entry = channels.get((addr, (buf[0] << 8) | buf[1]))
-                if entry is not None:
-                    length = (buf[2] << 8) | buf[3]
-                    if 4 + length <= n:
-                        counters = entry.counters
-                        counters.packets_to_peer += 1
-                        counters.bytes_to_peer += length
-                        try:
+                number, length = unpack(buf)
+                entry = get((addr, number))
+                if entry is not None and 4 + length <= n:
+                    counters = entry.counters
+                    counters.packets_to_peer += 1
+                    counters.bytes_to_peer += length
+                    try:
+                        if entry.peer is None:
+                            entry.send(mv[4 : 4 + length])
+                        else:
                             entry.send(mv[4 : 4 + length], entry.peer)
-                        except OSError:
-                            pass
-                        continue
+                    except OSError:
+                        pass
+                    continue
             self._on_miss(self, bytes(mv[:n]), addr)
+
+    def _on_link_readable(self, sock: socket.socket, client: Address) -> None:
+        recv = sock.recv_into
+        buf = self._buf
+        mv = self._mv
+        get = self.channels.get
+        unpack = _HEADER.unpack_from
+        for _ in range(BATCH):
+            try:
+                n = recv(buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
+            if n >= 4 and 0x40 <= buf[0] <= 0x7F:
+                number, length = unpack(buf)
+                entry = get((client, number))
+                if entry is not None and 4 + length <= n:
+                    counters = entry.counters
+                    counters.packets_to_peer += 1
+                    counters.bytes_to_peer += length
+                    try:
+                        if entry.peer is None:
+                            entry.send(mv[4 : 4 + length])
+                        else:
+                            entry.send(mv[4 : 4 + length], entry.peer)
+                    except OSError:
+                        pass
+                    continue
+            self._on_miss(self, bytes(mv[:n]), client)

@@ -1,0 +1,792 @@
+"""TURN relay throughput, iceward against coturn, one core each: ``python bench/relay_bench.py``
+
+What it measures: relayed round trips per second through a TURN server over UDP, and the CPU time
+of the server's core per round trip. One round trip is
+
+    client --ChannelData--> server --UDP--> echo peer --UDP--> server --ChannelData--> client
+
+so the server receives and sends two datagrams per round trip (listener and relay socket).
+
+How:
+
+* iceward (``iceward serve``) and coturn (``turnserver``) both run on 127.0.0.1, each pinned to
+  ``--server-cpu`` (default 1); coturn with ``--relay-threads=1`` (``--coturn-relay-threads``).
+  Both stay up the whole time and are measured one after the other, alternating, so a
+  disturbance on the machine hits both alike (``--rounds`` repeats the set; medians are shown).
+* Setup is done here with iceward's own STUN codec: ``--clients`` UDP sockets each make an
+  Allocate (401, then again with USERNAME/REALM/NONCE/MESSAGE-INTEGRITY) and a ChannelBind to the
+  echo peer's address. Before every measurement each client refreshes its channel and allocation.
+* The load is driven by ``bench/loadgen.c``, compiled here with gcc into a temporary directory and
+  pinned to ``--client-cpu`` (default 0). It inherits the client sockets and the echo peer's socket
+  and runs a closed loop: every client keeps ``--window`` ChannelData messages of the payload size
+  in flight, replacing each as it comes back; the echo peer (same process) sends each datagram back
+  to the relayed address it came from. recvmmsg/sendmmsg batch both sides, datagrams to one
+  address leave in one UDP GSO send (``--no-gso``), and the generator busy-polls (``--sleep``
+  makes it sleep in epoll_wait), so the server never pays for waking it, as with remote clients.
+  Over loopback the sender's core also does the receive path of what it sends, so the generator
+  costs about as much per round trip as the server: "gen idle" (the share of its time spent in
+  polls that found nothing to do) shows it was not the bottleneck; near 0% with the server core
+  below 95% busy, a warning says the round trips/s understate the server.
+* After ``--warmup`` seconds the generator samples /proc/stat (both CPUs) and
+  /proc/SERVER_PID/stat, runs ``--duration`` seconds, samples again and reports. CPU time per
+  round trip is the server core's busy time (user+nice+system+irq+softirq+steal, so the softirq
+  of the datagrams the server sends is counted) over the round trips in the window; the server
+  process's own utime+stime per round trip is shown beside it. A run in which other programs
+  took more than 3% of the server core is reported as disturbed and left out of the medians
+  when an undisturbed run of the same server and payload exists; on a shared machine, more
+  ``--rounds`` or ``--nice -10`` (root) help.
+
+Output: a table per payload with both servers and the ratios iceward/coturn of round trips/s and
+of core CPU per round trip; ``--json`` prints the same as JSON (plus every run). Target: iceward
+>= 0.8x coturn's round trips/s at every payload; ``--strict`` makes a miss exit with status 1.
+
+Everything stays on 127.0.0.1; the servers are stopped at exit, on Ctrl-C and on SIGTERM. Needs 2
+CPUs, gcc, and ``turnserver`` for the comparison (``--servers iceward`` runs iceward alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iceward.stun import constants as c
+from iceward.stun.attributes import (
+    decode_error_code,
+    decode_xor_address,
+    encode_channel_number,
+    encode_one_byte,
+    encode_u32,
+    encode_xor_address,
+)
+from iceward.stun.integrity import long_term_key
+from iceward.stun.message import Message, StunError, encode_message, parse_message
+
+HOST = "127.0.0.1"  # the only address this benchmark ever sends to
+USER = PASSWORD = REALM = "bench"
+TARGET = 0.8  # iceward round trips/s as a fraction of coturn's
+HERE = Path(__file__).resolve().parent
+LOADGEN_SOURCE = HERE / "loadgen.c"
+ICEWARD_RELAY_PORTS = (62000, 62999)
+COTURN_RELAY_PORTS = (63000, 63999)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OTHER_LIMIT = 0.03  # share of the server core other programs may take in a run that counts
+
+
+class BenchError(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# Servers
+
+
+def _free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (the servers listen on both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind((HOST, 0))
+            port: int = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind((HOST, port))
+                except OSError:
+                    continue
+            return port
+    raise BenchError("no free port on 127.0.0.1")
+
+
+def _pin(cpu: int, nice: int = 0) -> Callable[[], None]:
+    def preexec() -> None:
+        os.sched_setaffinity(0, {cpu})
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+    return preexec
+
+
+class Server:
+    def __init__(
+        self, name: str, argv: list[str], port: int, log: Path, cpu: int, nice: int
+    ) -> None:
+        self.name = name
+        self.nice = nice
+        self.argv = argv
+        self.port = port
+        self.log = log
+        self.cpu = cpu
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (HOST, self.port)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 20.0) -> None:
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C on the terminal is ours to pass on
+                preexec_fn=_pin(self.cpu, self.nice),
+            )
+        deadline = time.monotonic() + timeout
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.2)
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise BenchError(f"{self.name} exited at start:\n{self.log_tail()}")
+                txid = os.urandom(12)
+                try:
+                    s.sendto(encode_message(c.BINDING, c.REQUEST, txid), self.address)
+                    data = s.recv(2048)
+                    if parse_message(data).transaction_id == txid:
+                        return
+                except (OSError, StunError):
+                    time.sleep(0.1)
+        raise BenchError(f"{self.name} did not answer on {self.address}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def affinity(self) -> str:
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return "?"
+
+    def threads(self) -> int:
+        try:
+            return len(os.listdir(f"/proc/{self.pid}/task"))
+        except OSError:
+            return 0
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def iceward_command(args: argparse.Namespace) -> list[str]:
+    if args.iceward_cmd:
+        return shlex.split(args.iceward_cmd)
+    venv = HERE.parent / ".venv" / "bin" / "iceward"
+    if venv.exists():
+        return [str(venv)]
+    found = shutil.which("iceward")
+    return [found] if found else [sys.executable, "-m", "iceward"]
+
+
+def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
+    port = _free_port()
+    low, high = ICEWARD_RELAY_PORTS
+    argv = [
+        *iceward_command(args),
+        "serve",
+        "--listen", HOST,
+        "--port", str(port),
+        "--tls-port", "0",
+        "--relay-ip", HOST,
+        "--relay-ports", f"{low}-{high}",
+        "--user", f"{USER}:{PASSWORD}",
+        "--realm", REALM,
+        "--allow-peer", "127.0.0.0/8",
+        "--data-dir", str(tmp / "iceward-data"),
+        "--log-level", "warning",
+    ]  # fmt: skip
+    return Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu, args.nice)
+
+
+def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
+    binary = shutil.which("turnserver")
+    if binary is None:
+        raise BenchError("turnserver (coturn) not found; install it or use --servers iceward")
+    port = _free_port()
+    low, high = COTURN_RELAY_PORTS
+    argv = [
+        binary,
+        "-n",
+        f"--listening-ip={HOST}",
+        f"--relay-ip={HOST}",
+        f"--listening-port={port}",
+        f"--min-port={low}",
+        f"--max-port={high}",
+        f"--relay-threads={args.coturn_relay_threads}",
+        "--lt-cred-mech",
+        f"--user={USER}:{PASSWORD}",
+        f"--realm={REALM}",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--allow-loopback-peers",
+        f"--pidfile={tmp / 'turnserver.pid'}",
+        f"--userdb={tmp / 'turndb'}",
+        f"--log-file={tmp / 'coturn-file.log'}",
+        "--simple-log",
+    ]
+    return Server("coturn", argv, port, tmp / "coturn.log", args.server_cpu, args.nice)
+
+
+# --------------------------------------------------------------------------------------------
+# TURN clients (setup only; the load itself is loadgen.c)
+
+
+class TurnClient:
+    """One UDP socket with one allocation and one channel bound to the echo peer."""
+
+    def __init__(self, server: tuple[str, int], channel: int) -> None:
+        self.server = server
+        self.channel = channel
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((HOST, 0))
+        self.sock.connect(server)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        self.realm: bytes | None = None
+        self.nonce: bytes | None = None
+        self.key: bytes | None = None
+        self.relayed: tuple[str, int] | None = None
+
+    def _drain(self) -> None:
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.recv(65536)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass
+
+    def _exchange(self, data: bytes, txid: bytes) -> Message:
+        self._drain()
+        self.sock.settimeout(0.5)
+        for _ in range(6):
+            try:
+                self.sock.send(data)
+            except ConnectionRefusedError:
+                continue
+            deadline = time.monotonic() + 0.5
+            while time.monotonic() < deadline:
+                try:
+                    reply = self.sock.recv(65536)
+                except TimeoutError:
+                    break
+                except ConnectionRefusedError:
+                    continue
+                if not reply or reply[0] >= 0x40:
+                    continue  # a late ChannelData from the previous run
+                try:
+                    msg = parse_message(reply)
+                except StunError:
+                    continue
+                if msg.transaction_id == txid:
+                    return msg
+        raise BenchError(f"no answer from {self.server}")
+
+    def transact(
+        self, method: int, attributes: Callable[[bytes], list[tuple[int, bytes]]]
+    ) -> Message:
+        name = c.METHOD_NAMES.get(method, hex(method))
+        for _ in range(4):
+            txid = os.urandom(12)
+            attrs = attributes(txid)
+            if self.nonce is not None:
+                assert self.realm is not None
+                attrs += [
+                    (c.USERNAME, USER.encode()),
+                    (c.REALM, self.realm),
+                    (c.NONCE, self.nonce),
+                ]
+            data = encode_message(
+                method, c.REQUEST, txid, attrs, integrity_key=self.key, fingerprint=True
+            )
+            msg = self._exchange(data, txid)
+            if msg.cls == c.SUCCESS:
+                return msg
+            raw = msg.get(c.ERROR_CODE)
+            code, reason = decode_error_code(raw) if raw else (0, "no ERROR-CODE")
+            nonce = msg.get(c.NONCE)
+            if code in (401, 438) and nonce is not None:
+                self.nonce = nonce
+                self.realm = msg.get(c.REALM) or self.realm or REALM.encode()
+                self.key = long_term_key(USER, self.realm.decode(), PASSWORD)
+                continue
+            raise BenchError(f"{name} to {self.server}: {code} {reason}")
+        raise BenchError(f"{name} to {self.server}: authentication keeps failing")
+
+    def allocate(self) -> None:
+        msg = self.transact(
+            c.ALLOCATE,
+            lambda _: [
+                (c.REQUESTED_TRANSPORT, encode_one_byte(c.TRANSPORT_UDP)),
+                (c.LIFETIME, encode_u32(3600)),
+            ],
+        )
+        value = msg.get(c.XOR_RELAYED_ADDRESS)
+        if value is None:
+            raise BenchError("Allocate success without XOR-RELAYED-ADDRESS")
+        self.relayed = decode_xor_address(value, msg.transaction_id)
+
+    def bind(self, peer: tuple[str, int]) -> None:
+        """ChannelBind (also refreshes the channel and the peer's permission)."""
+        self.transact(
+            c.CHANNEL_BIND,
+            lambda txid: [
+                (c.CHANNEL_NUMBER, encode_channel_number(self.channel)),
+                (c.XOR_PEER_ADDRESS, encode_xor_address(peer, txid)),
+            ],
+        )
+
+    def refresh(self) -> None:
+        self.transact(c.REFRESH, lambda _: [(c.LIFETIME, encode_u32(3600))])
+
+
+# --------------------------------------------------------------------------------------------
+# Load generator
+
+
+def build_loadgen(tmp: Path) -> Path:
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise BenchError("gcc not found (needed to build bench/loadgen.c)")
+    out = tmp / "loadgen"
+    cmd = [gcc, "-O2", "-Wall", "-o", str(out), str(LOADGEN_SOURCE)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        raise BenchError(f"building loadgen failed:\n{res.stderr}")
+    return out
+
+
+def _cpu_line(line: str) -> tuple[int, int]:
+    """(busy, total) jiffies from a /proc/stat cpuN line."""
+    f = [int(x) for x in line.split()[1:9]]
+    user, nice, system, idle, iowait, irq, softirq, steal = f + [0] * (8 - len(f))
+    busy = user + nice + system + irq + softirq + steal
+    return busy, busy + idle + iowait
+
+
+def _cpu_fields(line: str) -> dict[str, int]:
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    return dict(zip(names, (int(x) for x in line.split()[1:9]), strict=False))
+
+
+def _proc_times(line: str) -> int:
+    """utime + stime jiffies from a /proc/PID/stat line (all threads of the process)."""
+    if not line:
+        return 0
+    rest = line.rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+def drain(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    try:
+        while True:
+            sock.recv(65536)
+    except (BlockingIOError, ConnectionRefusedError):
+        pass
+
+
+def run_once(
+    args: argparse.Namespace,
+    loadgen: Path,
+    server: Server,
+    clients: list[TurnClient],
+    echo: socket.socket,
+    payload: int,
+) -> dict[str, Any]:
+    if server.proc is None or server.proc.poll() is not None:
+        raise BenchError(f"{server.name} is not running:\n{server.log_tail()}")
+    peer = echo.getsockname()
+    drain(echo)
+    for client in clients:
+        client.refresh()
+        client.bind(peer)
+    drain(echo)
+    fds = [cl.sock.fileno() for cl in clients]
+    argv = [
+        str(loadgen),
+        str(int(args.warmup * 1000)),
+        str(int(args.duration * 1000)),
+        str(args.window),
+        str(payload),
+        str(server.pid),
+        str(args.server_cpu),
+        str(args.client_cpu),
+        str(echo.fileno()),
+        *(f"{fd}:{cl.channel}" for fd, cl in zip(fds, clients, strict=True)),
+    ]
+    proc = subprocess.Popen(
+        argv,
+        pass_fds=[*fds, echo.fileno()],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_pin(args.client_cpu, args.nice),
+        env={
+            **os.environ,
+            "LOADGEN_NO_GSO": "1" if args.no_gso else "0",
+            "LOADGEN_SLEEP": "1" if args.sleep else "0",
+        },
+    )
+    try:
+        out, err = proc.communicate(timeout=args.warmup + args.duration + 30)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        drain(echo)
+    if proc.returncode != 0:
+        raise BenchError(f"loadgen failed ({proc.returncode}): {err.strip()}")
+    if server.proc is None or server.proc.poll() is not None:
+        raise BenchError(f"{server.name} died during the run:\n{server.log_tail()}")
+    raw = json.loads(out)
+    seconds = raw["seconds"]
+    rts = raw["round_trips"]
+    s_busy0, s_total0 = _cpu_line(raw["server_cpu_before"])
+    s_busy1, s_total1 = _cpu_line(raw["server_cpu_after"])
+    c_busy0, c_total0 = _cpu_line(raw["client_cpu_before"])
+    c_busy1, c_total1 = _cpu_line(raw["client_cpu_after"])
+    s_busy = s_busy1 - s_busy0
+    s_total = max(s_total1 - s_total0, 1)
+    c_busy = c_busy1 - c_busy0
+    c_total = max(c_total1 - c_total0, 1)
+    sf0, sf1 = _cpu_fields(raw["server_cpu_before"]), _cpu_fields(raw["server_cpu_after"])
+    sdelta = {k: sf1[k] - sf0[k] for k in sf0}
+    proc_jiffies = _proc_times(raw["server_proc_after"]) - _proc_times(raw["server_proc_before"])
+    self_jiffies = _proc_times(raw["self_proc_after"]) - _proc_times(raw["self_proc_before"])
+    per_rt = 1e6 / CLK_TCK / rts if rts else float("nan")
+    # Busy time on the server core not accounted to the server process (whose time includes the
+    # softirq work done in its context): other programs, if any.
+    other = s_busy - proc_jiffies
+    return {
+        "server": server.name,
+        "payload": payload,
+        "seconds": seconds,
+        "round_trips": rts,
+        "round_trips_per_s": rts / seconds,
+        "core_cpu_us_per_rt": s_busy * per_rt,
+        "proc_cpu_us_per_rt": proc_jiffies * per_rt,
+        "softirq_us_per_rt": (sdelta["softirq"] + sdelta["irq"]) * per_rt,
+        "server_core_busy": s_busy / s_total,
+        "server_core_other": max(other, 0) / s_total,
+        "client_core_busy": c_busy / c_total,
+        "loadgen_cpu_share": self_jiffies / c_total,
+        "rtt_mean_us": raw["rtt_mean_us"],
+        "rtt_p50_us": raw["rtt_p50_us"],
+        "rtt_p99_us": raw["rtt_p99_us"],
+        "lost": raw["lost"],
+        "bad": raw["bad"],
+        "echo_drops": raw["echo_drops"],
+        "loadgen_gso": bool(raw["gso"]),
+        "loadgen_spin": bool(raw["spin"]),
+        # Share of the run the generator had nothing to do: polls that came back empty when it
+        # busy-polls, else its core's idle share.
+        "generator_idle": raw["idle"] if raw["spin"] else 1 - c_busy / c_total,
+        "server_core_jiffies": sdelta,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return float(statistics.median(r[key] for r in runs))
+
+
+def summarize(
+    results: list[dict[str, Any]], servers: list[str], payloads: list[int]
+) -> list[dict[str, Any]]:
+    keys = (
+        "round_trips_per_s",
+        "core_cpu_us_per_rt",
+        "proc_cpu_us_per_rt",
+        "softirq_us_per_rt",
+        "server_core_busy",
+        "server_core_other",
+        "client_core_busy",
+        "generator_idle",
+        "rtt_p50_us",
+        "rtt_p99_us",
+    )
+    out = []
+    for payload in payloads:
+        row: dict[str, Any] = {"payload": payload}
+        for name in servers:
+            runs = [r for r in results if r["server"] == name and r["payload"] == payload]
+            if runs:
+                # Runs where other programs took part of the server core are left out when
+                # there are undisturbed ones.
+                clean = [r for r in runs if r["server_core_other"] <= OTHER_LIMIT]
+                med = {k: _median(clean or runs, k) for k in keys}
+                med["rounds"] = len(runs)
+                med["clean_rounds"] = len(clean)
+                med["lost"] = sum(r["lost"] for r in runs)
+                row[name] = med
+        if "iceward" in row and "coturn" in row:
+            ice, cot = row["iceward"], row["coturn"]
+            row["throughput_ratio"] = ice["round_trips_per_s"] / cot["round_trips_per_s"]
+            row["cpu_per_rt_ratio"] = ice["core_cpu_us_per_rt"] / cot["core_cpu_us_per_rt"]
+            row["meets_target"] = row["throughput_ratio"] >= TARGET
+        out.append(row)
+    return out
+
+
+def warnings_for(results: list[dict[str, Any]]) -> list[str]:
+    notes = []
+    for r in results:
+        tag = f"{r['server']} {r['payload']} B"
+        if r["server_core_busy"] < 0.95 and r["generator_idle"] < 0.05:
+            notes.append(
+                f"{tag}: the load generator had no headroom and the server core was "
+                f"{r['server_core_busy']:.0%} busy: round trips/s may understate this server; "
+                "compare CPU per round trip"
+            )
+        if r["server_core_other"] > OTHER_LIMIT:
+            notes.append(
+                f"{tag}: {r['server_core_other']:.0%} of the server core went to other "
+                "processes: run disturbed, left out of the medians if an undisturbed one exists"
+            )
+        if r["bad"]:
+            notes.append(f"{tag}: {r['bad']} datagrams came back with a wrong header or size")
+        if r["round_trips"] and r["lost"] > 0.01 * r["round_trips"]:
+            notes.append(
+                f"{tag}: {r['lost']} datagrams lost (a client silent for 200 ms refills its window)"
+            )
+    return notes
+
+
+def print_table(
+    summary: list[dict[str, Any]], servers: list[str], args: argparse.Namespace
+) -> None:
+    print(
+        f"relay round trips over UDP ChannelData, {args.clients} clients x {args.window} in "
+        f"flight, {args.duration:g} s per run, median of {args.rounds} rounds (undisturbed ones "
+        f"if any); server on CPU "
+        f"{args.server_cpu}, load on CPU {args.client_cpu}"
+    )
+    head = (
+        f"{'server':<9}{'payload':>8}{'rt/s':>11}{'core us/rt':>12}{'proc us/rt':>12}"
+        f"{'irq us/rt':>11}{'srv core':>10}{'gen idle':>10}{'rtt p50/p99 us':>17}{'runs':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for row in summary:
+        for name in servers:
+            m = row.get(name)
+            if m is None:
+                continue
+            rtt = f"{m['rtt_p50_us']:.0f}/{m['rtt_p99_us']:.0f}"
+            runs = f"{m['clean_rounds'] or m['rounds']}/{m['rounds']}"
+            print(
+                f"{name:<9}{row['payload']:>8}{m['round_trips_per_s']:>11,.0f}"
+                f"{m['core_cpu_us_per_rt']:>12.2f}{m['proc_cpu_us_per_rt']:>12.2f}"
+                f"{m['softirq_us_per_rt']:>11.2f}{m['server_core_busy']:>10.0%}"
+                f"{m['generator_idle']:>10.0%}{rtt:>17}{runs:>7}"
+            )
+        if "throughput_ratio" in row:
+            verdict = "meets" if row["meets_target"] else "BELOW"
+            print(
+                f"{'ratio':<9}{row['payload']:>8}{row['throughput_ratio']:>10.2f}x"
+                f"{row['cpu_per_rt_ratio']:>11.2f}x"
+                f"   iceward/coturn; throughput {verdict} the {TARGET:g}x target"
+            )
+        print()
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per run [5]")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before measuring [1]")
+    p.add_argument("--clients", type=int, default=16, help="allocations, one channel each [16]")
+    p.add_argument("--window", type=int, default=8, help="datagrams in flight per client [8]")
+    p.add_argument("--payloads", default="100,1200", help="payload sizes in bytes [100,1200]")
+    p.add_argument("--rounds", type=int, default=3, help="runs per server and payload [3]")
+    p.add_argument("--servers", default="iceward,coturn", help="which to run [iceward,coturn]")
+    p.add_argument("--server-cpu", type=int, default=1, help="CPU the servers are pinned to [1]")
+    p.add_argument("--client-cpu", type=int, default=0, help="CPU of the load generator [0]")
+    p.add_argument("--coturn-relay-threads", type=int, default=1, help="coturn -m [1]")
+    p.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="nice value for the servers and the load generator, e.g. -10 (root) to hold off "
+        "other work on a shared machine [0]",
+    )
+    p.add_argument(
+        "--no-gso", action="store_true", help="load generator: no UDP GSO (one send per datagram)"
+    )
+    p.add_argument(
+        "--sleep",
+        action="store_true",
+        help="load generator sleeps in epoll_wait instead of busy-polling (the server then pays "
+        "for waking it)",
+    )
+    p.add_argument("--iceward-cmd", help="command that runs iceward [.venv/bin/iceward]")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when below the target")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
+    args = p.parse_args(argv)
+    try:
+        args.payloads = [int(x) for x in args.payloads.split(",") if x.strip()]
+    except ValueError:
+        p.error("--payloads: comma-separated integers")
+    args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if not args.payloads or any(not 12 <= n <= 65000 for n in args.payloads):
+        p.error("--payloads: sizes from 12 to 65000 bytes")
+    if any(s not in ("iceward", "coturn") for s in args.servers) or not args.servers:
+        p.error("--servers: iceward and/or coturn")
+    if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
+        p.error("--clients 1..1000, --window 1..4096")
+    if not -20 <= args.nice <= 19:
+        p.error("--nice -20..19")
+    if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 50:
+        p.error("--duration 0..600 s, --warmup 0..60 s, --rounds 1..50")
+    cpus = os.sched_getaffinity(0)
+    if args.server_cpu == args.client_cpu or not {args.server_cpu, args.client_cpu} <= cpus:
+        p.error(f"--server-cpu and --client-cpu must be two different CPUs of {sorted(cpus)}")
+    return args
+
+
+CONFIG_KEYS = (
+    "duration", "warmup", "clients", "window", "payloads", "rounds",
+    "servers", "server_cpu", "client_cpu", "coturn_relay_threads", "nice", "no_gso", "sleep",
+)  # fmt: skip
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Both end the run through the cleanup below (explicit for SIGINT too: a shell starts
+    # background jobs with it ignored).
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    os.sched_setaffinity(0, {args.client_cpu})  # keep this process off the server's core
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    servers: list[Server] = []
+    sockets: list[socket.socket] = []
+    clients_of: dict[str, list[TurnClient]] = {}
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    try:
+        loadgen = build_loadgen(tmp)
+        makers = {"iceward": make_iceward, "coturn": make_coturn}
+        for name in args.servers:
+            server = makers[name](args, tmp)
+            servers.append(server)
+            server.start()
+        echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sockets.append(echo)
+        for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE
+            try:
+                echo.setsockopt(socket.SOL_SOCKET, force, 8 << 20)
+            except OSError:
+                echo.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+        echo.bind((HOST, 0))
+        for server in servers:
+            clients = []
+            for i in range(args.clients):
+                client = TurnClient(server.address, 0x4000 + i)
+                clients.append(client)
+                sockets.append(client.sock)
+                client.allocate()
+                client.bind(echo.getsockname())
+            clients_of[server.name] = clients
+            log(
+                f"# {server.name}: pid {server.pid}, CPUs {server.affinity()}, "
+                f"{server.threads()} threads, {len(clients)} allocations on "
+                f"{server.address[0]}:{server.address[1]}"
+            )
+        results = []
+        for rnd in range(args.rounds):
+            for payload in args.payloads:
+                for server in servers:
+                    r = run_once(args, loadgen, server, clients_of[server.name], echo, payload)
+                    r["round"] = rnd
+                    results.append(r)
+                    log(
+                        f"#   {server.name:<8} {payload:>5} B  {r['round_trips_per_s']:>10,.0f} "
+                        f"rt/s  {r['core_cpu_us_per_rt']:6.2f} us/rt  server core "
+                        f"{r['server_core_busy']:.0%}  generator idle {r['generator_idle']:.0%}"
+                    )
+        names = [s.name for s in servers]
+        summary = summarize(results, names, args.payloads)
+        notes = warnings_for(results)
+        below = any(row.get("meets_target") is False for row in summary)
+        if args.json:
+            out = {
+                "config": {k: getattr(args, k) for k in CONFIG_KEYS},
+                "machine": {
+                    "python": platform.python_version(),
+                    "kernel": platform.release(),
+                    "cpus": os.cpu_count(),
+                },
+                "target_throughput_ratio": TARGET,
+                "summary": summary,
+                "runs": results,
+                "warnings": notes,
+            }
+            print(json.dumps(out, indent=2))
+        else:
+            print()
+            print_table(summary, names, args)
+            for note in notes:
+                print(f"warning: {note}")
+        return 1 if args.strict and below else 0
+    except BenchError as exc:
+        print(f"relay_bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relay_bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for s in sockets:
+            s.close()
+        for server in servers:
+            server.stop()
+        if args.keep_tmp:
+            print(f"# logs kept in {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
