@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -86,6 +87,11 @@ class RunningServer:
     secret: str
     users: dict[str, str] = field(default_factory=dict)
     host: str = HOST
+    http_port: int = 0
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -110,6 +116,7 @@ def start_server(
     cert: tuple[Path, Path] | None = None,
     allow_loopback: bool = True,
     realm: str | None = "iceward.test",
+    http: bool = True,
 ) -> RunningServer:
     """Start ``iceward serve`` as a subprocess on loopback and wait until it answers STUN."""
     users = {"alice": "wonderland"} if users is None else users
@@ -135,6 +142,7 @@ def start_server(
     ]
     if realm:
         cmd += ["--realm", realm]
+    cmd += ["--http", "127.0.0.1:0" if http else "off"]
     if secret:
         cmd += ["--secret", secret]
     for name, password in users.items():
@@ -152,7 +160,12 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"iceward serve exited early:\n{server.log_text()}")
         if stun_binding(port) is not None:
-            return server
+            if not http:
+                return server
+            found = re.search(r"HTTP API on http://127\.0\.0\.1:(\d+)", server.log_text())
+            if found:
+                server.http_port = int(found.group(1))
+                return server
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"iceward serve did not answer STUN:\n{server.log_text()}")

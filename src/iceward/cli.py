@@ -111,6 +111,25 @@ def serve(
     default_lifetime: Annotated[int | None, Opt("--default-lifetime")] = None,
     max_lifetime: Annotated[int | None, Opt("--max-lifetime")] = None,
     log_level: Annotated[str | None, Opt("--log-level")] = None,
+    http: Annotated[
+        str | None, Opt("--http", help="HTTP API HOST:PORT, or off [127.0.0.1:8080].")
+    ] = None,
+    public_url: Annotated[
+        list[str] | None, Opt("--public-url", help="URL handed to clients (repeatable).")
+    ] = None,
+    database: Annotated[
+        str | None, Opt("--database", help="SQLAlchemy URL [sqlite in the data dir].")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None, Opt("--cors-origin", help="Browser origin allowed to call the API.")
+    ] = None,
+    admin_allow: Annotated[
+        list[str] | None, Opt("--admin-allow", help="Network allowed the admin API (CIDR).")
+    ] = None,
+    api_rate: Annotated[float | None, Opt("--api-rate", help="Requests/s per API key.")] = None,
+    credential_ttl: Annotated[
+        int | None, Opt("--credential-ttl", help="Default credential lifetime in seconds.")
+    ] = None,
 ) -> None:
     """Run the STUN/TURN server (UDP, TCP, TLS) and print ready-to-paste iceServers."""
     try:
@@ -136,6 +155,13 @@ def serve(
             default_lifetime=default_lifetime,
             max_lifetime=max_lifetime,
             log_level=log_level,
+            http=http,
+            public_url=public_url,
+            database=database,
+            cors_origin=cors_origin,
+            admin_allow=admin_allow,
+            api_rate=api_rate,
+            credential_ttl=credential_ttl,
         )
     except (ValidationError, ValueError) as exc:
         raise _settings_error(exc) from None
@@ -169,10 +195,10 @@ async def _serve(settings: ServerSettings) -> None:
 
 
 def _print_ready(service: Any) -> None:
-    uris = service.endpoints.uris()
-    secrets = service.credentials.secrets
-    if secrets:
-        cred = mint_rest_credential(secrets[0], "iceward", 24 * 3600, time.time())
+    uris = service.public_uris()
+    secret = service.minting_secret()
+    if secret:
+        cred = mint_rest_credential(secret, "iceward", 24 * 3600, time.time())
         servers = ice_servers(uris, cred.username, cred.password)
         note = "REST credential valid 24 h; mint more with `iceward credentials`"
     else:
@@ -184,6 +210,13 @@ def _print_ready(service: Any) -> None:
         note = f"static user {name}"
     typer.echo(json.dumps({"iceServers": servers}, indent=2))
     typer.echo(f"# iceServers above: {note}", err=True)
+    if service.http_address is not None:
+        host, port = service.http_address
+        typer.echo(
+            f"# HTTP API: http://{host}:{port}/docs (credentials for app backends: "
+            "`iceward keys add NAME`, then POST /api/v1/ice-servers)",
+            err=True,
+        )
     sys.stdout.flush()
 
 
@@ -230,6 +263,187 @@ def credentials(
         "iceServers": ice_servers(uris, cred.username, cred.password),
     }
     typer.echo(json.dumps(out, indent=2))
+
+
+# -- data store commands: keys, users, secrets ------------------------------------------------
+
+keys_app = typer.Typer(help="API keys for app backends (and --admin keys for the admin API).")
+users_app = typer.Typer(help="Static TURN users, stored as long-term keys.")
+secrets_app = typer.Typer(help="TURN REST shared secrets: add, list, retire (rotation).")
+app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.add_typer(secrets_app, name="secrets")
+
+ConfigOpt = Annotated[Path | None, Opt("--config", help="TOML settings file.")]
+DataDirOpt = Annotated[Path | None, Opt("--data-dir", help="Where state is kept.")]
+DatabaseOpt = Annotated[str | None, Opt("--database", help="SQLAlchemy URL.")]
+
+
+def _open_store(config: Path | None, data_dir: Path | None, database: str | None) -> Any:
+    from iceward.store import Store, database_url
+
+    try:
+        settings = load_settings(config, data_dir=data_dir, database=database)
+    except (ValidationError, ValueError) as exc:
+        raise _settings_error(exc) from None
+    try:
+        return Store(database_url(settings.data_dir, settings.database)), settings
+    except Exception as exc:
+        raise _fail(f"cannot open the data store: {exc}") from None
+
+
+def _store_call(func: Any, *args: Any, **kwargs: Any) -> Any:
+    from iceward.store import StoreError
+
+    try:
+        return func(*args, **kwargs)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+
+
+@keys_app.command("add")
+def keys_add(
+    name: str,
+    admin: Annotated[bool, Opt("--admin", help="A key for the admin API.")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    store, _ = _open_store(config, data_dir, database)
+    key = _store_call(store.add_api_key, name, admin=admin)
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    json_out: Annotated[bool, Opt("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """List API keys (never the keys themselves)."""
+    store, _ = _open_store(config, data_dir, database)
+    rows = [
+        {
+            "name": k.name,
+            "admin": k.admin,
+            "createdAt": k.created_at.isoformat(),
+            "revokedAt": k.revoked_at.isoformat() if k.revoked_at else None,
+        }
+        for k in store.list_api_keys()
+    ]
+    _print_rows(rows, json_out, ["name", "admin", "createdAt", "revokedAt"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
+) -> None:
+    """Revoke an API key; a running server refuses it from the next request."""
+    store, _ = _open_store(config, data_dir, database)
+    _store_call(store.revoke_api_key, name)
+    typer.echo(f"revoked {name}")
+
+
+@users_app.command("add")
+def users_add(
+    name: str,
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, help="Hashed into keys; never stored.")
+    ],
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Add (or change) a static TURN user for the server's realm."""
+    if ":" in name:
+        raise _fail("user names cannot contain ':' (it separates REST expiry and user)")
+    store, settings = _open_store(config, data_dir, database)
+    _store_call(store.add_user, name, password, settings.realm)
+    typer.echo(f"added {name} (realm {settings.realm})")
+
+
+@users_app.command("list")
+def users_list(
+    json_out: Annotated[bool, Opt("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """List static users stored in the data store."""
+    store, _ = _open_store(config, data_dir, database)
+    rows = [
+        {"name": u.name, "realm": u.realm, "createdAt": u.created_at.isoformat()}
+        for u in store.list_users()
+    ]
+    _print_rows(rows, json_out, ["name", "realm", "createdAt"])
+
+
+@users_app.command("remove")
+def users_remove(
+    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
+) -> None:
+    """Remove a static user; a running server refuses it within a second."""
+    store, _ = _open_store(config, data_dir, database)
+    _store_call(store.remove_user, name)
+    typer.echo(f"removed {name}")
+
+
+@secrets_app.command("add")
+def secrets_add(
+    name: str,
+    value: Annotated[str | None, Opt("--value", help="Default: a new random secret.")] = None,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """Add a shared secret; new credentials are signed with the newest one."""
+    store, _ = _open_store(config, data_dir, database)
+    typer.echo(_store_call(store.add_secret, name, value))
+
+
+@secrets_app.command("list")
+def secrets_list(
+    json_out: Annotated[bool, Opt("--json")] = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
+) -> None:
+    """List shared secrets in the data store (names and dates, not values)."""
+    store, _ = _open_store(config, data_dir, database)
+    rows = [
+        {
+            "name": r.name,
+            "createdAt": r.created_at.isoformat(),
+            "retiredAt": r.retired_at.isoformat() if r.retired_at else None,
+        }
+        for r in store.list_secrets()
+    ]
+    _print_rows(rows, json_out, ["name", "createdAt", "retiredAt"])
+
+
+@secrets_app.command("retire")
+def secrets_retire(
+    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
+) -> None:
+    """Retire a secret: credentials signed with it stop validating."""
+    store, _ = _open_store(config, data_dir, database)
+    _store_call(store.retire_secret, name)
+    typer.echo(f"retired {name}")
+
+
+def _print_rows(rows: list[dict[str, Any]], json_out: bool, columns: list[str]) -> None:
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    Console().print(table)
 
 
 def _register_subcommands() -> None:

@@ -54,6 +54,14 @@ class ServerSettings(BaseSettings):
     channel_lifetime: int = Field(600, ge=10)
     nonce_lifetime: int = Field(600, ge=10)
     log_level: str = "info"
+    http: str = "127.0.0.1:8080"
+    public_url: list[str] = Field(default_factory=list)
+    database: str | None = None
+    cors_origin: list[str] = Field(default_factory=list)
+    admin_allow: list[str] = Field(default_factory=list)
+    api_rate: float = Field(10.0, gt=0)
+    api_burst: int = Field(20, ge=1)
+    credential_ttl: int = Field(86400, ge=60, le=7 * 86400)
 
     @classmethod
     def settings_customise_sources(
@@ -89,6 +97,32 @@ class ServerSettings(BaseSettings):
         for v in values:
             ipaddress.ip_network(v, strict=False)
         PeerPolicy(allow=values)  # refuses ranges that can never be opened
+        return values
+
+    @field_validator("http")
+    @classmethod
+    def _check_http(cls, value: str) -> str:
+        if value == "off":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"http {value!r} must be HOST:PORT or off")
+        ipaddress.ip_address(host.strip("[]") or "127.0.0.1")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_urls(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not v.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"public URL {v!r} must start with stun:, stuns:, turn: or turns:")
+        return values
+
+    @field_validator("admin_allow")
+    @classmethod
+    def _check_admin_nets(cls, values: list[str]) -> list[str]:
+        for v in values:
+            ipaddress.ip_network(v, strict=False)
         return values
 
     @field_validator("user")

@@ -87,13 +87,34 @@ def test_wrong_password_gets_401_and_is_counted() -> None:
     server, _ = make_server()
     reply = Client(server, password="not-it").allocate()
     assert error_code(reply) == 401
-    assert server.counters["auth.failed"] == 1
+    assert server.counters["auth.bad_integrity"] == 1
     assert not server.allocations
 
 
 def test_unknown_user_gets_401() -> None:
     server, _ = make_server()
     assert error_code(Client(server, username="mallory").allocate()) == 401
+    assert server.counters["auth.unknown_user"] == 1
+
+
+def test_wrong_realm_gets_401_and_is_counted() -> None:
+    server, _ = make_server()
+    client = Client(server)
+    client.allocate()
+    txid = os.urandom(12)
+    data = encode_message(
+        C.REFRESH,
+        C.REQUEST,
+        txid,
+        [
+            (C.USERNAME, b"alice"),
+            (C.REALM, b"other.realm"),
+            (C.NONCE, (client.nonce or "").encode()),
+        ],
+        integrity_key=client.key,
+    )
+    assert error_code(responses(client.send_raw(data))[0]) == 401
+    assert server.counters["auth.wrong_realm"] == 1
 
 
 def test_signed_request_missing_nonce_gets_400() -> None:
@@ -125,6 +146,7 @@ def test_stale_nonce_gets_438_with_a_fresh_nonce_and_retry_succeeds() -> None:
     assert error_code(reply) == 438
     fresh = (reply.get(C.NONCE) or b"").decode()
     assert fresh and fresh != old_nonce
+    assert server.counters["auth.stale_nonce"] == 1
     assert client.refresh().cls == C.SUCCESS  # the helper retries with the new nonce
 
 
@@ -162,7 +184,7 @@ def test_rest_credential_is_accepted_and_expired_one_refused_as_expired() -> Non
     )
     assert error_code(c3.allocate()) == 401
     assert server.counters["auth.expired"] == 1
-    assert server.counters["auth.failed"] == 0
+    assert server.counters["auth.bad_integrity"] == 0
 
 
 def test_rest_credential_from_an_unknown_secret_is_refused() -> None:

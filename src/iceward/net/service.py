@@ -8,20 +8,26 @@ single timer the core asks for, and logs each allocation's end with its traffic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import uvicorn
 
 from iceward.config import ServerSettings, ensure_secret
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.stream import StreamConnection
 from iceward.net.tls import ensure_self_signed, server_context
 from iceward.net.udp import ClientEntry, UdpListener
+from iceward.store import Store, database_url
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
 from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import (
@@ -91,7 +97,12 @@ class TurnService:
         secrets = list(settings.secret)
         if not secrets and not settings.user:
             secrets = [ensure_secret(settings.data_dir)]
+        self.config_secrets = secrets
+        self.config_users = self.credentials.user_keys()
         self.credentials.set_secrets(secrets)
+        self.store: Store | None = None
+        self._store_revision = -1
+        self._db_secrets: list[str] = []
         self.policy = PeerPolicy(allow=settings.allow_peer, deny=settings.deny_peer)
         external_public, _, external_private = (settings.external_ip or "").partition("/")
         listen_specific = _specific(settings.listen)
@@ -130,10 +141,22 @@ class TurnService:
         self._tls: ssl.SSLContext | None = None
         self._tls_files: tuple[Path, Path] | None = None
         self._stopped = asyncio.Event()
+        self._tick_task: asyncio.Task[None] | None = None
+        self._http: Any = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.http_address: tuple[str, int] | None = None
+        #: Totals of allocations that ended, per (direction, transport): (packets, bytes).
+        self._ended: dict[tuple[str, str], list[int]] = {}
+        self.created_by_transport: dict[str, int] = {}
+        #: allocation id -> (packets seen at the last tick, time they last changed).
+        self._activity: dict[int, tuple[int, float]] = {}
+        self.listening = False
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        self.store = Store(database_url(self.settings.data_dir, self.settings.database))
+        await self.refresh_from_store()
         self._relays = UdpRelayAllocator(
             self.relay_ips, self.settings.port_range, loop, self._on_relay_miss, self.advertise
         )
@@ -175,6 +198,10 @@ class TurnService:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         except (NotImplementedError, RuntimeError):
             pass
+        self.listening = True
+        self._tick_task = loop.create_task(self._tick_forever())
+        if self.settings.http != "off":
+            await self._start_http()
         log.info(
             "listening udp/tcp=%s tls=%s on %s; relays on %s ports %s",
             self.endpoints.port,
@@ -200,8 +227,47 @@ class TurnService:
         except (OSError, ssl.SSLError) as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
+    async def _start_http(self) -> None:
+        import uvicorn
+
+        from iceward.api.app import create_app
+
+        assert self.store is not None
+        host, _, port = self.settings.http.rpartition(":")
+        host = host.strip("[]") or "127.0.0.1"
+        app = create_app(
+            self,
+            self.store,
+            cors_origins=self.settings.cors_origin,
+            admin_networks=self.settings.admin_allow,
+            rate=self.settings.api_rate,
+            burst=self.settings.api_burst,
+            default_ttl=self.settings.credential_ttl,
+        )
+        config = uvicorn.Config(
+            app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off"
+        )
+        server = _EmbeddedUvicorn(config)
+        self._http = server
+        self._http_task = asyncio.get_running_loop().create_task(server.serve())
+        while not server.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise OSError(f"HTTP API could not listen on {self.settings.http}")
+            await asyncio.sleep(0.01)
+        sock = server.servers[0].sockets[0]
+        self.http_address = sock.getsockname()[:2]
+        log.info("HTTP API on http://%s:%d", host, self.http_address[1])
+
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
+        self.listening = False
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                await self._http_task
+        if self._tick_task is not None:
+            self._tick_task.cancel()
         for server in self._servers:
             server.close()
         for listener in self._udp.values():
@@ -218,10 +284,136 @@ class TurnService:
             self._relays.close()
         for server in self._servers:
             await server.wait_closed()
+        if self.store is not None:
+            self.store.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    # -- state shared with the HTTP API and the store -------------------------------------------
+    async def refresh_from_store(self) -> None:
+        """Re-read users and secrets from the store when its revision changed."""
+        store = self.store
+        if store is None:
+            return
+        loop = asyncio.get_running_loop()
+        revision = await loop.run_in_executor(None, store.revision)
+        if revision == self._store_revision:
+            return
+        users, secrets = await loop.run_in_executor(
+            None, lambda: (store.list_users(), store.list_secrets())
+        )
+        merged = dict(self.config_users)
+        for user in users:
+            if user.realm == self.settings.realm:
+                keys = {1: user.md5_key}
+                if user.sha256_key is not None:
+                    keys[2] = user.sha256_key
+                merged[user.name] = keys
+        self.credentials.load_users(merged)
+        self._db_secrets = [s.value for s in secrets if s.retired_at is None]
+        self.credentials.set_secrets([*self._db_secrets[::-1], *self.config_secrets])
+        self._store_revision = revision
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_from_store()
+            except Exception as exc:  # a store hiccup must not stop the server
+                log.error("store refresh failed: %s", exc)
+            self._track_activity()
+
+    def _track_activity(self) -> None:
+        if self.core is None:
+            return
+        now = time.time()
+        seen: dict[int, tuple[int, float]] = {}
+        for alloc in self.core.allocations:
+            c = alloc.counters
+            total = c.packets_to_peer + c.packets_to_client
+            last = self._activity.get(alloc.id)
+            if last is None:
+                seen[alloc.id] = (total, alloc.created if total == 0 else now)
+            else:
+                seen[alloc.id] = (total, now if total != last[0] else last[1])
+        self._activity = seen
+
+    def minting_secret(self) -> str | None:
+        """The secret new credentials are signed with: the newest in the store, else the first."""
+        if self._db_secrets:
+            return self._db_secrets[-1]
+        return self.config_secrets[0] if self.config_secrets else None
+
+    def public_uris(self) -> list[str]:
+        return list(self.settings.public_url) or self.endpoints.uris()
+
+    def traffic_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        totals = {k: (v[0], v[1]) for k, v in self._ended.items()}
+        if self.core is not None:
+            for alloc in self.core.allocations:
+                self._add_traffic(totals, alloc)
+        return totals
+
+    @staticmethod
+    def _add_traffic(totals: dict[tuple[str, str], Any], alloc: Allocation) -> None:
+        c, transport = alloc.counters, alloc.five_tuple.transport
+        for direction, packets, nbytes in (
+            ("to_peer", c.packets_to_peer, c.bytes_to_peer),
+            ("to_client", c.packets_to_client, c.bytes_to_client),
+        ):
+            p, b = totals.get((direction, transport), (0, 0))
+            totals[(direction, transport)] = (p + packets, b + nbytes)
+
+    def relay_port_usage(self) -> tuple[int, int]:
+        lo, hi = self.settings.port_range
+        in_use = len(self._relays.active) if self._relays is not None else 0
+        return in_use, (hi - lo + 1) * len(self.relay_ips)
+
+    def allocation_report(self) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for alloc in self.core.allocations if self.core else []:
+            c = alloc.counters
+            last_active = self._activity.get(alloc.id, (0, alloc.created))[1]
+            out.append(
+                {
+                    "id": alloc.id,
+                    "user": alloc.account,
+                    "username": alloc.username,
+                    "client": {
+                        "transport": alloc.five_tuple.transport,
+                        "address": f"{alloc.five_tuple.client[0]}:{alloc.five_tuple.client[1]}",
+                    },
+                    "relayed": [
+                        f"{r.relayed_address[0]}:{r.relayed_address[1]}"
+                        for r in alloc.relays.values()
+                    ],
+                    "permissions": sorted(h for h, t in alloc.permissions.items() if t > now),
+                    "channels": [
+                        {"number": ch.number, "peer": f"{ch.peer[0]}:{ch.peer[1]}"}
+                        for ch in alloc.channels.values()
+                    ],
+                    "ageSeconds": round(now - alloc.created, 1),
+                    "idleSeconds": round(now - last_active, 1),
+                    "expiresInSeconds": round(alloc.expires - now, 1),
+                    "traffic": c.as_dict(),
+                    # Data went out to peers and nothing ever came back: the classic sign of a
+                    # firewalled relay port range.
+                    "peersSilent": c.packets_to_peer > 0 and c.packets_to_client == 0,
+                }
+            )
+        return out
+
+    def delete_allocation(self, allocation_id: int) -> bool:
+        if self.core is None:
+            return False
+        for alloc in self.core.allocations:
+            if alloc.id == allocation_id:
+                self._apply(self.core.delete(alloc.five_tuple, "deleted by admin"))
+                return True
+        return False
 
     # -- input ---------------------------------------------------------------------------------
     def _on_udp_miss(self, listener: UdpListener, data: bytes, client: Address) -> None:
@@ -342,6 +534,8 @@ class TurnService:
                 conn.channels.pop(channel.number, None)
 
     def _created(self, alloc: Allocation) -> None:
+        transport = alloc.five_tuple.transport
+        self.created_by_transport[transport] = self.created_by_transport.get(transport, 0) + 1
         relayed = ",".join(
             f"{r.relayed_address[0]}:{r.relayed_address[1]}" for r in alloc.relays.values()
         )
@@ -357,6 +551,10 @@ class TurnService:
                     relay.sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER=DO
 
     def _removed(self, alloc: Allocation, reason: str) -> None:
+        totals: dict[tuple[str, str], Any] = {k: tuple(v) for k, v in self._ended.items()}
+        self._add_traffic(totals, alloc)
+        self._ended = {k: list(v) for k, v in totals.items()}
+        self._activity.pop(alloc.id, None)
         ft = alloc.five_tuple
         if ft.transport == "udp":
             listener = self._udp.get(ft.server)
@@ -375,3 +573,11 @@ class TurnService:
             c.packets_to_client,
             c.bytes_to_client,
         )
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside the server's own loop: the process's signal handling stays ours."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

@@ -60,6 +60,8 @@ class Channel:
 
 @dataclass(slots=True)
 class Allocation:
+    #: Unique within the server process, for the admin API.
+    id: int
     five_tuple: FiveTuple
     username: str
     account: str

@@ -102,6 +102,17 @@ class CredentialStore:
         self._users[username] = _StaticUser({ALGORITHM_MD5: md5_key})
         self._index_userhash(username)
 
+    def user_keys(self) -> dict[str, dict[int, bytes]]:
+        """Every static user's keys by algorithm (to merge with users from the data store)."""
+        return {name: dict(user.keys) for name, user in self._users.items()}
+
+    def load_users(self, users: dict[str, dict[int, bytes]]) -> None:
+        """Replace every static user at once (a refresh from the data store)."""
+        self._users = {name: _StaticUser(dict(keys)) for name, keys in users.items()}
+        self._userhash = {}
+        for name in users:
+            self._index_userhash(name)
+
     def remove_user(self, username: str) -> None:
         self._users.pop(username, None)
         self._userhash = {h: u for h, u in self._userhash.items() if u != username}

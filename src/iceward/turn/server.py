@@ -132,6 +132,8 @@ class TurnServer:
         self._seq = itertools.count()
         #: Event counters for metrics: requests by method, errors by code, drops by reason.
         self.counters: Counter[str] = Counter()
+        self._realm_bytes = config.realm.encode()
+        self._ids = itertools.count(1)
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -291,6 +293,7 @@ class TurnServer:
         except StunError:
             return self._error(msg, ft, 400, None, reason="Malformed USERNAME or NONCE")
         if not self.nonces.check(nonce, ft.client, now):
+            self.counters["auth.stale_nonce"] += 1
             return self._challenge(msg, ft, 438, now)
         algorithm = C.ALGORITHM_MD5
         pa, pas = msg.get(C.PASSWORD_ALGORITHM), msg.get(C.PASSWORD_ALGORITHMS)
@@ -305,14 +308,23 @@ class TurnServer:
             if len(chosen) != 1 or chosen[0][0] not in (C.ALGORITHM_MD5, C.ALGORITHM_SHA256):
                 return self._error(msg, ft, 400, None, reason="Unsupported password algorithm")
             algorithm = chosen[0][0]
+        if realm_v != self._realm_bytes:
+            self.counters["auth.wrong_realm"] += 1
+            log.warning("auth refused client=%s username=%r reason='wrong realm'", ft, username)
+            return self._challenge(msg, ft, 401, now)
         lookup = self.credentials.lookup(username, algorithm, now)
         for key in lookup.keys:
             if verify_integrity(msg, key):
                 return _Auth(
                     username, lookup.account, key, algorithm, msg.integrity_sha256_offset >= 0
                 )
-        why = lookup.refusal or "wrong credential"
-        self.counters["auth.expired" if "expired" in why else "auth.failed"] += 1
+        if lookup.keys:
+            reason, why = "auth.bad_integrity", "wrong credential"
+        elif "expired" in lookup.refusal:
+            reason, why = "auth.expired", lookup.refusal
+        else:
+            reason, why = "auth.unknown_user", lookup.refusal or "unknown user"
+        self.counters[reason] += 1
         log.warning("auth refused client=%s username=%r reason=%r", ft, username, why)
         return self._challenge(msg, ft, 401, now)
 
@@ -447,6 +459,7 @@ class TurnServer:
         attrs.append((C.SOFTWARE, self.config.software.encode()))
         reply = self._reply(msg, ft, C.SUCCESS, attrs, auth)
         alloc = Allocation(
+            id=next(self._ids),
             five_tuple=ft,
             username=auth.username,
             account=auth.account,
@@ -505,6 +518,7 @@ class TurnServer:
                 decision.reason,
             )
             self.counters["peer.refused"] += 1
+            self.counters[f"peer.refused.{decision.reason.split(' (')[0]}"] += 1
             raise _Reply(403, "Forbidden peer address")
         return peer
 

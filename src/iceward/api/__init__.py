@@ -1,0 +1,1 @@
+"""The HTTP API: credentials for app backends, admin, metrics, health."""

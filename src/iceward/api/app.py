@@ -1,0 +1,321 @@
+"""The HTTP API served by ``iceward serve``: credentials for app backends, admin, metrics.
+
+App backends call ``POST /api/v1/ice-servers`` with an API key after authorising their user and
+pass the answer to the browser; TURN REST API clients (Janus's ``turn_rest_api``) call
+``GET /api/v1/turn``. Admin routes answer only loopback callers by default and need an admin key.
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI resolves the dependency annotations of
+# the routes defined inside create_app at runtime, and they name local functions.
+import datetime as dt
+import ipaddress
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from iceward import __version__
+from iceward.api.metrics import make_registry
+from iceward.api.ratelimit import RateLimiter
+from iceward.store import Store, StoreError
+from iceward.turn.credentials import ice_servers, mint_rest_credential
+
+if TYPE_CHECKING:
+    from iceward.net.service import TurnService
+
+log = logging.getLogger("iceward.api")
+
+Transport = Literal["udp", "tcp", "tls"]
+
+
+class IceServersRequest(BaseModel):
+    user: str = Field(min_length=1, max_length=256, description="Your app's id for the user.")
+    ttl: int | None = Field(None, ge=60, le=7 * 86400, description="Seconds; default 86400.")
+    transports: list[Transport] | None = Field(
+        None, description="Only URLs for these transports (stun: is always kept)."
+    )
+    region: str | None = Field(None, max_length=64, description="Recorded; routing hint.")
+
+
+class IceServer(BaseModel):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class IceServersResponse(BaseModel):
+    iceServers: list[IceServer]
+    ttl: int
+    expiresAt: str
+
+
+class TurnRestResponse(BaseModel):
+    username: str
+    password: str
+    ttl: int
+    uris: list[str]
+
+
+class UserIn(BaseModel):
+    name: str = Field(min_length=1, max_length=512, pattern=r"^[^:]+$")
+    password: str = Field(min_length=1, max_length=512)
+
+
+class SecretIn(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    value: str | None = Field(None, min_length=16, max_length=256)
+
+
+def url_transport(url: str) -> Transport:
+    if url.startswith("turns:") or url.startswith("stuns:"):
+        return "tls"
+    return "tcp" if "transport=tcp" in url else "udp"
+
+
+def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**s, "credential": "<redacted>"} if "credential" in s else dict(s) for s in servers]
+
+
+def create_app(
+    service: "TurnService",
+    store: Store,
+    *,
+    cors_origins: list[str] | None = None,
+    admin_networks: list[str] | None = None,
+    rate: float = 10.0,
+    burst: int = 20,
+    default_ttl: int = 86400,
+) -> FastAPI:
+    app = FastAPI(
+        title="iceward",
+        version=__version__,
+        description="Ephemeral TURN credentials, admin and metrics of an iceward server.",
+    )
+    registry, api_requests = make_registry(service)
+    limiter = RateLimiter(rate, burst)
+    admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Request-ID"],
+        )
+
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        api_requests.labels(path, str(response.status_code)).inc()
+        return response
+
+    def bearer(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing API key (Authorization: Bearer ...)")
+        return token.strip()
+
+    async def app_key(request: Request) -> str:
+        name = await run_in_threadpool(store.check_api_key, bearer(request))
+        if name is None:
+            raise HTTPException(401, "invalid or revoked API key")
+        if not limiter.allow(name):
+            raise HTTPException(429, "rate limit exceeded for this API key")
+        return name
+
+    async def admin_key(request: Request) -> str:
+        host = request.client.host if request.client else ""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise HTTPException(403, "admin API refused for this address") from None
+        if not (ip.is_loopback or any(ip in net for net in admin_nets)):
+            raise HTTPException(403, "admin API refused for this address")
+        name = await run_in_threadpool(store.check_api_key, bearer(request), admin=True)
+        if name is None:
+            raise HTTPException(401, "invalid or revoked admin key")
+        return name
+
+    def mint(
+        user: str, ttl: int, transports: list[Transport] | None
+    ) -> tuple[list[dict[str, Any]], Any]:
+        secret = service.minting_secret()
+        if secret is None:
+            raise HTTPException(
+                503, "no shared secret configured: add one with `iceward secrets add`"
+            )
+        uris = service.public_uris()
+        if transports:
+            uris = [u for u in uris if u.startswith("stun") or url_transport(u) in transports]
+        cred = mint_rest_credential(secret, user, ttl, time.time())
+        return ice_servers(uris, cred.username, cred.password), cred
+
+    @app.post(
+        "/api/v1/ice-servers",
+        response_model=IceServersResponse,
+        response_model_exclude_none=True,
+        tags=["credentials"],
+    )
+    async def post_ice_servers(
+        body: IceServersRequest, response: Response, key: Annotated[str, Depends(app_key)]
+    ) -> dict[str, Any]:
+        """Fresh TURN REST credentials and the iceServers array to hand to the browser."""
+        ttl = body.ttl or default_ttl
+        servers, cred = mint(body.user, ttl, body.transports)
+        request_id = uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        logged = redact(servers)
+        log.info(
+            "issued request_id=%s key=%r user=%r ttl=%d region=%r iceServers=%s",
+            request_id,
+            key,
+            body.user,
+            ttl,
+            body.region,
+            logged,
+        )
+        await run_in_threadpool(store.log_issuance, request_id, body.user, key, ttl, logged)
+        expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
+        return {"iceServers": servers, "ttl": ttl, "expiresAt": expires.isoformat()}
+
+    @app.get("/api/v1/turn", response_model=TurnRestResponse, tags=["credentials"])
+    async def get_turn(
+        response: Response,
+        service_name: Annotated[Literal["turn"], Query(alias="service")],
+        key: Annotated[str, Query(min_length=1, max_length=200)],
+        username: Annotated[str, Query(min_length=1, max_length=256)] = "user",
+        ttl: Annotated[int | None, Query(ge=60, le=7 * 86400)] = None,
+    ) -> dict[str, Any]:
+        """The TURN REST API draft's endpoint (draft-uberti-behave-turn-rest-00)."""
+        name = await run_in_threadpool(store.check_api_key, key)
+        if name is None:
+            raise HTTPException(401, "invalid or revoked API key")
+        if not limiter.allow(name):
+            raise HTTPException(429, "rate limit exceeded for this API key")
+        lifetime = ttl or default_ttl
+        servers, cred = mint(username, lifetime, None)
+        request_id = uuid.uuid4().hex
+        response.headers["X-Request-ID"] = request_id
+        logged = redact(servers)
+        log.info(
+            "issued request_id=%s key=%r user=%r ttl=%d iceServers=%s",
+            request_id,
+            name,
+            username,
+            lifetime,
+            logged,
+        )
+        await run_in_threadpool(store.log_issuance, request_id, username, name, lifetime, logged)
+        return {
+            "username": cred.username,
+            "password": cred.password,
+            "ttl": lifetime,
+            "uris": [u for s in servers for u in s["urls"]],
+        }
+
+    # -- admin ---------------------------------------------------------------------------------
+    Admin = Annotated[str, Depends(admin_key)]
+
+    @app.get("/admin/v1/allocations", tags=["admin"])
+    async def list_allocations(_: Admin) -> list[dict[str, Any]]:
+        """Active allocations with live traffic counters."""
+        return service.allocation_report()
+
+    @app.delete("/admin/v1/allocations/{allocation_id}", status_code=204, tags=["admin"])
+    async def delete_allocation(allocation_id: int, _: Admin) -> Response:
+        if not service.delete_allocation(allocation_id):
+            raise HTTPException(404, "no such allocation")
+        return Response(status_code=204)
+
+    @app.get("/admin/v1/users", tags=["admin"])
+    async def list_users(_: Admin) -> list[dict[str, Any]]:
+        users = await run_in_threadpool(store.list_users)
+        return [
+            {"name": u.name, "realm": u.realm, "createdAt": u.created_at.isoformat()} for u in users
+        ]
+
+    @app.post("/admin/v1/users", status_code=201, tags=["admin"])
+    async def add_user(body: UserIn, _: Admin) -> dict[str, str]:
+        await run_in_threadpool(store.add_user, body.name, body.password, service.settings.realm)
+        await service.refresh_from_store()
+        return {"name": body.name}
+
+    @app.delete("/admin/v1/users/{name}", status_code=204, tags=["admin"])
+    async def remove_user(name: str, _: Admin) -> Response:
+        try:
+            await run_in_threadpool(store.remove_user, name)
+        except StoreError as exc:
+            raise HTTPException(404, str(exc)) from None
+        await service.refresh_from_store()
+        return Response(status_code=204)
+
+    @app.get("/admin/v1/secrets", tags=["admin"])
+    async def list_secrets(_: Admin) -> list[dict[str, Any]]:
+        rows = await run_in_threadpool(store.list_secrets)
+        return [
+            {
+                "name": r.name,
+                "createdAt": r.created_at.isoformat(),
+                "retiredAt": r.retired_at.isoformat() if r.retired_at else None,
+            }
+            for r in rows
+        ]
+
+    @app.post("/admin/v1/secrets", status_code=201, tags=["admin"])
+    async def add_secret(body: SecretIn, _: Admin) -> dict[str, str]:
+        try:
+            await run_in_threadpool(store.add_secret, body.name, body.value)
+        except StoreError as exc:
+            raise HTTPException(409, str(exc)) from None
+        await service.refresh_from_store()
+        return {"name": body.name}
+
+    @app.post("/admin/v1/secrets/{name}/retire", status_code=204, tags=["admin"])
+    async def retire_secret(name: str, _: Admin) -> Response:
+        try:
+            await run_in_threadpool(store.retire_secret, name)
+        except StoreError as exc:
+            raise HTTPException(404, str(exc)) from None
+        await service.refresh_from_store()
+        return Response(status_code=204)
+
+    @app.get("/admin/v1/issuance", tags=["admin"])
+    async def recent_issuance(
+        _: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        """The most recent credential responses, credentials redacted."""
+        return await run_in_threadpool(store.recent_issuance, limit)
+
+    # -- observability -------------------------------------------------------------------------
+    @app.get("/metrics", tags=["observability"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/healthz", tags=["observability"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["observability"])
+    async def readyz() -> JSONResponse:
+        listening = service.listening
+        store_ok = await run_in_threadpool(store.ping)
+        ok = listening and store_ok
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "listeners": listening, "store": store_ok},
+            status_code=200 if ok else 503,
+        )
+
+    return app

@@ -1,0 +1,297 @@
+"""The data store: API keys, static users, shared secrets and the credential issuance log.
+
+SQLite in the data dir by default; any SQLAlchemy URL (PostgreSQL) with ``--database``. The CLI
+and the running server share it: the server verifies API keys against it on every request and
+re-reads users and secrets when the store's revision changes, so ``iceward keys revoke`` or
+``iceward users add`` act on a running server at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
+from iceward.stun.integrity import long_term_key
+
+ISSUANCE_LOG_LIMIT = 1000
+KEY_PREFIX = "iwk_"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
+    realm: Mapped[str] = mapped_column(String(763))
+    md5_key: Mapped[str] = mapped_column(String(32))
+    sha256_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SecretRow(Base):
+    __tablename__ = "secrets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    value: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class IssuanceRow(Base):
+    __tablename__ = "issuance"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    request_id: Mapped[str] = mapped_column(String(64))
+    user: Mapped[str] = mapped_column(String(256))
+    api_key: Mapped[str] = mapped_column(String(100))
+    ttl: Mapped[int] = mapped_column(Integer)
+    ice_servers: Mapped[str] = mapped_column(Text)
+
+
+class RevisionRow(Base):
+    __tablename__ = "revision"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def _aware(when: dt.datetime) -> dt.datetime:
+    """SQLite hands datetimes back naive; they were stored in UTC."""
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+def hash_api_key(key: str) -> str:
+    """API keys are 32 random bytes: an unsalted SHA-256 is enough and allows lookup."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    name: str
+    admin: bool
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    name: str
+    realm: str
+    md5_key: bytes
+    sha256_key: bytes | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret:
+    name: str
+    value: str
+    created_at: dt.datetime
+    retired_at: dt.datetime | None
+
+
+class StoreError(Exception):
+    """A store operation that cannot be done (a duplicate name, an unknown one)."""
+
+
+def database_url(data_dir: Path, url: str | None) -> str:
+    if url:
+        return url
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'iceward.db'}"
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        self.engine: Engine = create_engine(url, future=True, **kwargs)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        with self._session.begin() as s:
+            if s.get(RevisionRow, 1) is None:
+                s.add(RevisionRow(id=1, value=0))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def revision(self) -> int:
+        with self._session() as s:
+            row = s.get(RevisionRow, 1)
+            return row.value if row else 0
+
+    def _bump(self, s: Session) -> None:
+        s.execute(
+            update(RevisionRow).where(RevisionRow.id == 1).values(value=RevisionRow.value + 1)
+        )
+
+    # -- API keys ------------------------------------------------------------------------------
+    def add_api_key(self, name: str, *, admin: bool = False) -> str:
+        """Create a key; returns the key itself, shown once and never stored."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        with self._session.begin() as s:
+            if s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name)) is not None:
+                raise StoreError(f"an API key named {name!r} exists")
+            s.add(ApiKeyRow(name=name, key_hash=hash_api_key(key), admin=int(admin)))
+        return key
+
+    def list_api_keys(self) -> list[ApiKey]:
+        with self._session() as s:
+            rows = s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.id)).all()
+            return [ApiKey(r.name, bool(r.admin), r.created_at, r.revoked_at) for r in rows]
+
+    def revoke_api_key(self, name: str) -> None:
+        with self._session.begin() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.name == name))
+            if row is None:
+                raise StoreError(f"no API key named {name!r}")
+            row.revoked_at = row.revoked_at or utcnow()
+
+    def check_api_key(self, key: str, *, admin: bool = False) -> str | None:
+        """The name of the live key ``key`` is (admin keys only when ``admin``), else None."""
+        digest = hash_api_key(key)
+        with self._session() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+        if (
+            row is None
+            or row.revoked_at is not None
+            or not hmac.compare_digest(row.key_hash, digest)
+        ):
+            return None
+        if admin and not row.admin:
+            return None
+        return row.name
+
+    # -- static users --------------------------------------------------------------------------
+    def add_user(self, name: str, password: str, realm: str) -> None:
+        md5 = long_term_key(name, realm, password, ALGORITHM_MD5).hex()
+        sha = long_term_key(name, realm, password, ALGORITHM_SHA256).hex()
+        with self._session.begin() as s:
+            row = s.get(UserRow, name)
+            if row is None:
+                s.add(UserRow(name=name, realm=realm, md5_key=md5, sha256_key=sha))
+            else:
+                row.realm, row.md5_key, row.sha256_key = realm, md5, sha
+            self._bump(s)
+
+    def list_users(self) -> list[StoredUser]:
+        with self._session() as s:
+            rows = s.scalars(select(UserRow).order_by(UserRow.name)).all()
+            return [
+                StoredUser(
+                    r.name,
+                    r.realm,
+                    bytes.fromhex(r.md5_key),
+                    bytes.fromhex(r.sha256_key) if r.sha256_key else None,
+                    r.created_at,
+                )
+                for r in rows
+            ]
+
+    def remove_user(self, name: str) -> None:
+        with self._session.begin() as s:
+            if s.execute(delete(UserRow).where(UserRow.name == name)).rowcount == 0:  # type: ignore[attr-defined]
+                raise StoreError(f"no user named {name!r}")
+            self._bump(s)
+
+    # -- shared secrets ------------------------------------------------------------------------
+    def add_secret(self, name: str, value: str | None = None) -> str:
+        value = value or secrets.token_urlsafe(32)
+        with self._session.begin() as s:
+            if s.scalar(select(SecretRow).where(SecretRow.name == name)) is not None:
+                raise StoreError(f"a secret named {name!r} exists")
+            s.add(SecretRow(name=name, value=value))
+            self._bump(s)
+        return value
+
+    def list_secrets(self) -> list[StoredSecret]:
+        with self._session() as s:
+            rows = s.scalars(select(SecretRow).order_by(SecretRow.id)).all()
+            return [StoredSecret(r.name, r.value, r.created_at, r.retired_at) for r in rows]
+
+    def retire_secret(self, name: str) -> None:
+        with self._session.begin() as s:
+            row = s.scalar(select(SecretRow).where(SecretRow.name == name))
+            if row is None:
+                raise StoreError(f"no secret named {name!r}")
+            row.retired_at = row.retired_at or utcnow()
+            self._bump(s)
+
+    # -- issuance log --------------------------------------------------------------------------
+    def log_issuance(
+        self, request_id: str, user: str, api_key: str, ttl: int, ice_servers: list[dict[str, Any]]
+    ) -> None:
+        with self._session.begin() as s:
+            s.add(
+                IssuanceRow(
+                    request_id=request_id,
+                    user=user,
+                    api_key=api_key,
+                    ttl=ttl,
+                    ice_servers=json.dumps(ice_servers),
+                )
+            )
+            s.flush()
+            newest = s.scalar(select(func.max(IssuanceRow.id))) or 0
+            s.execute(delete(IssuanceRow).where(IssuanceRow.id <= newest - ISSUANCE_LOG_LIMIT))
+
+    def recent_issuance(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._session() as s:
+            rows = s.scalars(select(IssuanceRow).order_by(IssuanceRow.id.desc()).limit(limit))
+            return [
+                {
+                    "at": _aware(r.at).isoformat(),
+                    "requestId": r.request_id,
+                    "user": r.user,
+                    "apiKey": r.api_key,
+                    "ttl": r.ttl,
+                    "iceServers": json.loads(r.ice_servers),
+                }
+                for r in rows
+            ]
