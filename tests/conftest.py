@@ -162,7 +162,7 @@ def start_server(
         if stun_binding(port) is not None:
             if not http:
                 return server
-            found = re.search(r"HTTP API on http://127\.0\.0\.1:(\d+)", server.log_text())
+            found = re.search(r"HTTP API on http://[^ ]+:(\d+)", server.log_text())
             if found:
                 server.http_port = int(found.group(1))
                 return server

@@ -352,16 +352,20 @@ def users_add(
     password: Annotated[
         str, typer.Option(prompt=True, hide_input=True, help="Hashed into keys; never stored.")
     ],
+    realm: Annotated[
+        str | None, Opt("--realm", help="The server's realm [from --config, else iceward].")
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
 ) -> None:
-    """Add (or change) a static TURN user for the server's realm."""
+    """Add (or change) a static TURN user: its keys are derived for the server's realm."""
     if ":" in name:
         raise _fail("user names cannot contain ':' (it separates REST expiry and user)")
     store, settings = _open_store(config, data_dir, database)
-    _store_call(store.add_user, name, password, settings.realm)
-    typer.echo(f"added {name} (realm {settings.realm})")
+    realm = realm or settings.realm
+    _store_call(store.add_user, name, password, realm)
+    typer.echo(f"added {name} (realm {realm})")
 
 
 @users_app.command("list")

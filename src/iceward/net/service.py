@@ -235,6 +235,17 @@ class TurnService:
         assert self.store is not None
         host, _, port = self.settings.http.rpartition(":")
         host = host.strip("[]") or "127.0.0.1"
+        # Bind here so a busy port is an OSError for the caller, not uvicorn's sys.exit.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"HTTP API cannot listen on {self.settings.http}: {exc.strerror}"
+            ) from None
         app = create_app(
             self,
             self.store,
@@ -249,7 +260,7 @@ class TurnService:
         )
         server = _EmbeddedUvicorn(config)
         self._http = server
-        self._http_task = asyncio.get_running_loop().create_task(server.serve())
+        self._http_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         while not server.started:
             if self._http_task.done():
                 self._http_task.result()
@@ -306,7 +317,14 @@ class TurnService:
         )
         merged = dict(self.config_users)
         for user in users:
-            if user.realm == self.settings.realm:
+            if user.realm != self.settings.realm:
+                log.warning(
+                    "user %r in the store has keys for realm %r, not %r: ignored",
+                    user.name,
+                    user.realm,
+                    self.settings.realm,
+                )
+            else:
                 keys = {1: user.md5_key}
                 if user.sha256_key is not None:
                     keys[2] = user.sha256_key

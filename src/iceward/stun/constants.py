@@ -143,8 +143,15 @@ ATTRIBUTE_NAMES = {
 #: Attributes this codec understands. The RFC 3489 ones RFC 8489 reserved are named but not
 #: understood: a request carrying one is answered 420 like any unknown comprehension-required one.
 RESERVED_ATTRIBUTES = frozenset(
-    {RESPONSE_ADDRESS, SOURCE_ADDRESS, CHANGED_ADDRESS, PASSWORD, REFLECTED_FROM, BANDWIDTH,
-     TIMER_VAL}
+    {
+        RESPONSE_ADDRESS,
+        SOURCE_ADDRESS,
+        CHANGED_ADDRESS,
+        PASSWORD,
+        REFLECTED_FROM,
+        BANDWIDTH,
+        TIMER_VAL,
+    }
 )
 KNOWN_ATTRIBUTES = frozenset(ATTRIBUTE_NAMES) - RESERVED_ATTRIBUTES
 

@@ -1,0 +1,1 @@
+"""Tests of ``iceward doctor`` (src/iceward/doctor)."""

@@ -1,0 +1,188 @@
+"""Input: files, stdin, inline JSON, the app's credentials URL; usage errors exit 2 in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.doctor.conftest import Server, doctor
+
+TOKEN = "Bearer doctor-test"
+
+
+class Backend:
+    """A stand-in for the app's backend: hands out iceServers to authorised callers."""
+
+    def __init__(self) -> None:
+        self.body = b"{}"
+        self.content_type = "application/json"
+        self.date: str | None = None
+        self.seen_headers: list[dict[str, str]] = []
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                backend.seen_headers.append(dict(self.headers))
+                if self.headers.get("Authorization") != TOKEN:
+                    self.send_response(401)
+                    self.end_headers()
+                    self.wfile.write(b"login required")
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", backend.content_type)
+                self.end_headers()
+                self.wfile.write(backend.body)
+
+            def date_time_string(self, timestamp: float | None = None) -> str:
+                return backend.date or super().date_time_string(timestamp)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/api/turn"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def backend() -> Iterator[Backend]:
+    b = Backend()
+    yield b
+    b.close()
+
+
+def test_credentials_url_shows_the_served_config(backend: Backend, iceward_server: Server) -> None:
+    server = iceward_server
+    backend.body = server.config("udp", "tcp").encode()
+    backend.date = "Mon, 01 Jan 2001 00:00:00 GMT"  # a backend with a badly wrong clock
+    run = doctor(
+        "--credentials-url",
+        backend.url,
+        "--header",
+        f"Authorization: {TOKEN}",
+        "--ignore",
+        "no-tls-443",
+    )
+    assert run.code == 0, run.output
+    assert backend.seen_headers[0]["Authorization"] == TOKEN
+    source = run.report["source"]
+    assert (source["kind"], source["location"], source["http_status"]) == ("url", backend.url, 200)
+    assert source["clock_skew_s"] < -365 * 86400
+    served = run.report["config"]["iceServers"][0]
+    assert served["urls"] == server.urls("udp", "tcp")
+    assert served["credential"].endswith("(28 chars)")  # masked in the report
+    assert run.report["urls"][0]["rest_expires_in_s"] > 86000
+    password = json.loads(backend.body)["iceServers"][0]["credential"]
+    assert password not in run.output
+    terminal = doctor(
+        "--credentials-url",
+        backend.url,
+        "--header",
+        f"Authorization: {TOKEN}",
+        "--ignore",
+        "no-tls-443",
+        json_report=False,
+    )
+    assert f"Config served by GET {backend.url} (HTTP 200, application/json; its clock" in (
+        terminal.output
+    )
+    assert '"credential": "' + password[:4] + "…(28 chars)" in terminal.output
+    assert password not in terminal.output
+
+
+def test_credentials_url_serving_garbage(backend: Backend) -> None:
+    backend.body = b"<html><body>Welcome</body></html>"
+    backend.content_type = "text/html"
+    run = doctor("--credentials-url", backend.url, "--header", f"Authorization: {TOKEN}")
+    assert (run.code, run.codes) == (1, ["bad-ice-config"])
+    evidence = run.finding("bad-ice-config")["evidence"]
+    assert "not JSON" in evidence[0] and "<html>" in evidence[0]
+    assert evidence[1] == f"as served by GET {backend.url} (HTTP 200, Content-Type text/html)"
+
+
+def test_credentials_url_refusing_us(backend: Backend) -> None:
+    run = doctor("--credentials-url", backend.url)
+    assert run.code == 2
+    assert run.output.strip() == (
+        f"iceward doctor: error: GET {backend.url}: HTTP 401 Unauthorized (does it need "
+        "--header 'Authorization: ...'?): login required"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "give exactly one of --ice-servers"),
+        (["--ice-servers", "[]", "--credentials-url", "http://x"], "give exactly one"),
+        (["--ice-servers", "/nonexistent/ice.json"], "no such file: /nonexistent/ice.json"),
+        (["--ice-servers", "[]", "--header", "A: b"], "--header applies to --credentials-url"),
+        (["--credentials-url", "ftp://x/y"], "must be http:// or https://"),
+        (
+            ["--credentials-url", "http://127.0.0.1:1/", "--header", "nocolon"],
+            "expected 'Name: value'",
+        ),
+        (["--credentials-url", "http://127.0.0.1:1/"], "Connection refused"),
+        (["--ice-servers", "[]", "--ignore", "no-such-code"], "unknown finding code"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> None:
+    run = doctor(*args, json_report=False)
+    assert run.code == 2
+    lines = run.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], run.output
+    assert "Traceback" not in run.output
+
+
+def test_file_and_stdin(tmp_path: Path) -> None:
+    doc = json.dumps({"iceServers": [{"urls": "stun:127.0.0.1:9"}], "iceTransportPolicy": "all"})
+    path = tmp_path / "ice.json"
+    path.write_text(doc)
+    from_file = doctor("--ice-servers", str(path))
+    assert from_file.report["source"] == {
+        "kind": "file",
+        "location": str(path),
+        "http_status": None,
+        "content_type": None,
+        "clock_skew_s": None,
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iceward",
+            "doctor",
+            "--ice-servers",
+            "-",
+            "--json",
+            "--timeout",
+            "1",
+        ],
+        input=doc,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["source"]["kind"] == "stdin"
+    assert [f["code"] for f in report["findings"]] == ["no-turn", "stun-unreachable"]
+    assert proc.stderr == ""  # no progress noise when stderr is not a terminal
+
+
+def test_findings_carry_the_contract_fields(server: Server) -> None:
+    run = doctor("--ice-servers", server.config("stun"))
+    for finding in run.report["findings"]:
+        assert {"code", "severity", "title", "evidence", "fix"} <= set(finding)
+        assert finding["severity"] in ("error", "warning", "info")
+        assert finding["evidence"] and finding["fix"]
