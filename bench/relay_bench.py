@@ -223,6 +223,7 @@ def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
         "--realm", REALM,
         "--allow-peer", "127.0.0.0/8",
         "--data-dir", str(tmp / "iceward-data"),
+        "--http", "off",
         "--log-level", "warning",
     ]  # fmt: skip
     return Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu, args.nice)

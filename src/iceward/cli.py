@@ -453,9 +453,13 @@ def _print_rows(rows: list[dict[str, Any]], json_out: bool, columns: list[str]) 
 def _register_subcommands() -> None:
     from iceward.analyze.command import register as register_analyze
     from iceward.doctor.command import register as register_doctor
+    from iceward.lab.command import register as register_lab
+    from iceward.testpage.command import register as register_testpage
 
     register_doctor(app)
     register_analyze(app)
+    register_lab(app)
+    register_testpage(app)
 
 
 _register_subcommands()

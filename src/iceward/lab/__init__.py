@@ -1,0 +1,1 @@
+"""``iceward lab``: real kernel NAT in network namespaces."""

@@ -1,0 +1,1 @@
+"""The browser connectivity test: a page end users open, reports support can read."""
