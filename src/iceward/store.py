@@ -86,6 +86,16 @@ class IssuanceRow(Base):
     ice_servers: Mapped[str] = mapped_column(Text)
 
 
+class ReportRow(Base):
+    """A browser test page report shared with support (no credentials in it)."""
+
+    __tablename__ = "test_reports"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    summary: Mapped[str] = mapped_column(String(500), default="")
+    body: Mapped[str] = mapped_column(Text)
+
+
 class RevisionRow(Base):
     __tablename__ = "revision"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -295,3 +305,41 @@ class Store:
                 }
                 for r in rows
             ]
+
+    # -- test page reports ---------------------------------------------------------------------
+    def add_report(self, report: dict[str, Any], summary: str = "") -> str:
+        """Store a report; returns its short id."""
+        report_id = secrets.token_urlsafe(9)
+        with self._session.begin() as s:
+            s.add(ReportRow(id=report_id, summary=summary[:500], body=json.dumps(report)))
+        return report_id
+
+    def list_reports(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(ReportRow).order_by(ReportRow.created_at.desc()).limit(limit)
+            ).all()
+            return [
+                {"id": r.id, "createdAt": _aware(r.created_at).isoformat(), "summary": r.summary}
+                for r in rows
+            ]
+
+    def get_report(self, report_id: str) -> dict[str, Any] | None:
+        with self._session() as s:
+            row = s.get(ReportRow, report_id)
+            if row is None:
+                return None
+            body: dict[str, Any] = json.loads(row.body)
+            return {"id": row.id, "createdAt": _aware(row.created_at).isoformat(), **body}
+
+    def prune_reports(self, max_age: dt.timedelta, max_count: int) -> int:
+        """Drop reports older than ``max_age`` and all but the newest ``max_count``."""
+        with self._session.begin() as s:
+            removed = s.execute(
+                delete(ReportRow).where(ReportRow.created_at < utcnow() - max_age)
+            ).rowcount  # type: ignore[attr-defined]
+            keep = select(ReportRow.id).order_by(ReportRow.created_at.desc()).limit(max_count)
+            removed += s.execute(
+                delete(ReportRow).where(ReportRow.id.not_in(keep.scalar_subquery()))
+            ).rowcount  # type: ignore[attr-defined]
+            return int(removed)

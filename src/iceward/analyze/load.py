@@ -157,6 +157,11 @@ def detect(raw: bytes, name: str = "input", compressed: bool = False) -> LoadedI
         return LoadedInput("webrtc-internals", data, size, compressed)
     if is_getstats(data):
         return LoadedInput("getstats", data, size, compressed)
+    if isinstance(data, dict) and data.get("format") == "iceward-test-report":
+        # A browser test page report (/api/v1/reports/ID): its getStats() snapshot is analysed.
+        if not is_getstats(data.get("getStats")):
+            raise InputError(f"{name} is an iceward test page report without getStats() data")
+        return LoadedInput("getstats", data["getStats"], size, compressed)
     raise InputError(f"{name} is JSON but {describe_shape(data)}: {EXPECTED}")
 
 

@@ -299,6 +299,10 @@ def create_app(
         """The most recent credential responses, credentials redacted."""
         return await run_in_threadpool(store.recent_issuance, limit)
 
+    from iceward.testpage.routes import create_router as testpage_router
+
+    app.include_router(testpage_router(service, store, admin=admin_key))
+
     # -- observability -------------------------------------------------------------------------
     @app.get("/metrics", tags=["observability"], include_in_schema=False)
     async def metrics() -> Response:

@@ -1,0 +1,62 @@
+"""Shared helpers of the test page tests: the iceward CLI, page runs, screenshots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import RunningServer
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+RUN_TIMEOUT_MS = 60_000
+RESULT_JS = """() => ({
+  state: document.body.dataset.state,
+  summary: window.iceward.summary,
+  findings: window.iceward.findings,
+  rows: window.iceward.rows,
+  facts: window.iceward.facts,
+  status: document.getElementById('status').textContent,
+})"""
+
+
+def iceward(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "iceward", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
+
+
+def make_link(server: RunningServer, ttl: int = 600) -> str:
+    out = iceward(
+        "test-link", "--data-dir", str(server.data_dir), "--base-url", server.http_url,
+        "--ttl", str(ttl),
+    )  # fmt: skip
+    return out.stdout.strip()
+
+
+def wait_done(page: Any) -> dict[str, Any]:
+    page.wait_for_function("document.body.dataset.state === 'done'", timeout=RUN_TIMEOUT_MS)
+    result: dict[str, Any] = page.evaluate(RESULT_JS)
+    return result
+
+
+def row(result: dict[str, Any], kind: str, transport: str) -> dict[str, Any]:
+    rows = [r for r in result["rows"] if r["kind"] == kind and r["transport"] == transport]
+    assert len(rows) == 1, json.dumps(result, indent=1)
+    return rows[0]
+
+
+def codes(result: dict[str, Any], severity: str | None = None) -> list[str]:
+    return [f["code"] for f in result["findings"] if severity is None or f["severity"] == severity]
+
+
+def screenshot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
