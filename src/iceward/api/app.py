@@ -10,8 +10,6 @@ pass the answer to the browser; TURN REST API clients (Janus's ``turn_rest_api``
 import datetime as dt
 import ipaddress
 import logging
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -23,17 +21,15 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from iceward import __version__
+from iceward.api.issue import Transport, issue
 from iceward.api.metrics import make_registry
 from iceward.api.ratelimit import RateLimiter
 from iceward.store import Store, StoreError
-from iceward.turn.credentials import ice_servers, mint_rest_credential
 
 if TYPE_CHECKING:
     from iceward.net.service import TurnService
 
 log = logging.getLogger("iceward.api")
-
-Transport = Literal["udp", "tcp", "tls"]
 
 
 class IceServersRequest(BaseModel):
@@ -72,16 +68,6 @@ class UserIn(BaseModel):
 class SecretIn(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     value: str | None = Field(None, min_length=16, max_length=256)
-
-
-def url_transport(url: str) -> Transport:
-    if url.startswith("turns:") or url.startswith("stuns:"):
-        return "tls"
-    return "tcp" if "transport=tcp" in url else "udp"
-
-
-def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{**s, "credential": "<redacted>"} if "credential" in s else dict(s) for s in servers]
 
 
 def create_app(
@@ -149,20 +135,6 @@ def create_app(
             raise HTTPException(401, "invalid or revoked admin key")
         return name
 
-    def mint(
-        user: str, ttl: int, transports: list[Transport] | None
-    ) -> tuple[list[dict[str, Any]], Any]:
-        secret = service.minting_secret()
-        if secret is None:
-            raise HTTPException(
-                503, "no shared secret configured: add one with `iceward secrets add`"
-            )
-        uris = service.public_uris()
-        if transports:
-            uris = [u for u in uris if u.startswith("stun") or url_transport(u) in transports]
-        cred = mint_rest_credential(secret, user, ttl, time.time())
-        return ice_servers(uris, cred.username, cred.password), cred
-
     @app.post(
         "/api/v1/ice-servers",
         response_model=IceServersResponse,
@@ -174,20 +146,10 @@ def create_app(
     ) -> dict[str, Any]:
         """Fresh TURN REST credentials and the iceServers array to hand to the browser."""
         ttl = body.ttl or default_ttl
-        servers, cred = mint(body.user, ttl, body.transports)
-        request_id = uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
-        logged = redact(servers)
-        log.info(
-            "issued request_id=%s key=%r user=%r ttl=%d region=%r iceServers=%s",
-            request_id,
-            key,
-            body.user,
-            ttl,
-            body.region,
-            logged,
-        )
-        await run_in_threadpool(store.log_issuance, request_id, body.user, key, ttl, logged)
+        servers, cred = await issue(
+            service, store, response, user=body.user, issuer=key, ttl=ttl,
+            transports=body.transports, region=body.region,
+        )  # fmt: skip
         expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
         return {"iceServers": servers, "ttl": ttl, "expiresAt": expires.isoformat()}
 
@@ -206,19 +168,9 @@ def create_app(
         if not limiter.allow(name):
             raise HTTPException(429, "rate limit exceeded for this API key")
         lifetime = ttl or default_ttl
-        servers, cred = mint(username, lifetime, None)
-        request_id = uuid.uuid4().hex
-        response.headers["X-Request-ID"] = request_id
-        logged = redact(servers)
-        log.info(
-            "issued request_id=%s key=%r user=%r ttl=%d iceServers=%s",
-            request_id,
-            name,
-            username,
-            lifetime,
-            logged,
+        servers, cred = await issue(
+            service, store, response, user=username, issuer=name, ttl=lifetime
         )
-        await run_in_threadpool(store.log_issuance, request_id, username, name, lifetime, logged)
         return {
             "username": cred.username,
             "password": cred.password,

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 _FAMILIES = {1: "ipv4", 2: "ipv6"}
 
-disable_created_metrics()  # *_created series only clutter the exposition
+disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
 
 
 class ServerCollector(Collector):
@@ -75,8 +75,8 @@ class ServerCollector(Collector):
             "iceward_peer_refusals", "Peers refused by the policy", labels=["reason"]
         )
         drops = CounterMetricFamily("iceward_dropped", "Messages dropped", labels=["reason"])
-        for key, n in sorted(c.items()):
-            kind, _, rest = key.partition(".")
+        for name, n in sorted(c.items()):
+            kind, _, rest = name.partition(".")
             if kind == "request":
                 requests.add_metric([rest], n)
             elif kind == "error":

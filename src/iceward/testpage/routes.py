@@ -12,7 +12,6 @@
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at runtime.
 import datetime as dt
-import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -22,11 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from iceward.api.issue import issue
 from iceward.api.ratelimit import RateLimiter
 from iceward.diagnose.findings import CODES
 from iceward.store import Store
 from iceward.testpage.tokens import DEFAULT_TTL, MAX_TTL, check_token, ensure_key, mint_token
-from iceward.turn.credentials import ice_servers, mint_rest_credential
 
 if TYPE_CHECKING:
     from iceward.net.service import TurnService
@@ -196,6 +195,7 @@ def create_router(
 
     @router.get("/api/v1/test-ice-servers", tags=["test page"])
     async def test_ice_servers(
+        response: Response,
         t: Annotated[str, Query(min_length=1, max_length=200)],
     ) -> dict[str, Any]:
         """TURN credentials for the test page, authorised by a test-link token."""
@@ -204,17 +204,9 @@ def create_router(
             raise HTTPException(401, "invalid or expired test link: ask for a new one")
         if not token_limiter.allow(t):
             raise HTTPException(429, "rate limit exceeded for this test link")
-        secret = service.minting_secret()
-        if secret is None:
-            raise HTTPException(
-                503, "no shared secret configured: add one with `iceward secrets add`"
-            )
-        cred = mint_rest_credential(secret, "test-page", TEST_CREDENTIAL_TTL, time.time())
-        servers = ice_servers(service.public_uris(), cred.username, cred.password)
-        logged = [{**s, "credential": "<redacted>"} if "credential" in s else s for s in servers]
-        await run_in_threadpool(
-            store.log_issuance, t.rpartition(".")[0], "test-page", "test-link", TEST_CREDENTIAL_TTL,
-            logged,
+        servers, _ = await issue(
+            service, store, response, user="test-page", issuer="test-link",
+            ttl=TEST_CREDENTIAL_TTL, request_id=t.rpartition(".")[0],
         )  # fmt: skip
         return {"iceServers": servers, "ttl": TEST_CREDENTIAL_TTL}
 

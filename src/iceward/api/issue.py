@@ -1,0 +1,66 @@
+"""Issuing TURN credentials over HTTP: mint, then log the exact iceServers handed out.
+
+Every route that hands out credentials (the app backend's, the TURN REST API's, the test page's)
+goes through :func:`issue`, so each answer is logged with a request id and the user id, the
+credential redacted, and kept in the store's issuance log.
+"""
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from fastapi import HTTPException, Response
+from starlette.concurrency import run_in_threadpool
+
+from iceward.store import Store
+from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
+
+if TYPE_CHECKING:
+    from iceward.net.service import TurnService
+
+log = logging.getLogger("iceward.api")
+
+Transport = Literal["udp", "tcp", "tls"]
+
+
+def url_transport(url: str) -> Transport:
+    if url.startswith(("turns:", "stuns:")):
+        return "tls"
+    return "tcp" if "transport=tcp" in url else "udp"
+
+
+def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**s, "credential": "<redacted>"} if "credential" in s else dict(s) for s in servers]
+
+
+async def issue(
+    service: "TurnService",
+    store: Store,
+    response: Response,
+    *,
+    user: str,
+    issuer: str,
+    ttl: int,
+    transports: list[Transport] | None = None,
+    region: str | None = None,
+    request_id: str | None = None,
+) -> tuple[list[dict[str, Any]], RestCredential]:
+    """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer."""
+    secret = service.minting_secret()
+    if secret is None:
+        raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
+    uris = service.public_uris()
+    if transports:
+        uris = [u for u in uris if u.startswith("stun") or url_transport(u) in transports]
+    cred = mint_rest_credential(secret, user, ttl, time.time())
+    servers = ice_servers(uris, cred.username, cred.password)
+    request_id = request_id or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request_id
+    logged = redact(servers)
+    log.info(
+        "issued request_id=%s by=%r user=%r ttl=%d region=%r iceServers=%s",
+        request_id, issuer, user, ttl, region, logged,
+    )  # fmt: skip
+    await run_in_threadpool(store.log_issuance, request_id, user, issuer, ttl, logged)
+    return servers, cred
