@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-python-path lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py and the C source: the native relay fast path is compiled by the install.
+$(STAMP): pyproject.toml setup.py src/iceward/net/_fastpath.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
@@ -17,10 +18,22 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/iceward serve $(ARGS)
 
+# The relay suite again on the pure-Python path (ICEWARD_FASTPATH=0); the first run uses the
+# native fast path when it is built. A run limited by PYTEST_ARGS skips the second pass.
+RELAY_TESTS := tests/net tests/realclients \
+	tests/api/test_api.py::test_metrics_move_while_traffic_flows \
+	tests/api/test_api.py::test_admin_allocations_are_live_and_can_be_deleted
+
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_ARGS)),)
+	$(MAKE) --no-print-directory test-python-path
+endif
+
+test-python-path: $(STAMP)
+	ICEWARD_FASTPATH=0 $(BIN)/python -m pytest -q $(RELAY_TESTS) -k 'not asan'
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -31,3 +44,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f src/iceward/net/_fastpath*.so

@@ -11,6 +11,8 @@ How:
 
 * iceward (``iceward serve``) and coturn (``turnserver``) both run on 127.0.0.1, each pinned to
   ``--server-cpu`` (default 1); coturn with ``--relay-threads=1`` (``--coturn-relay-threads``).
+  iceward runs its native relay fast path when built (the header shows which path it logged);
+  ``--iceward-path python`` measures the pure-Python path (``ICEWARD_FASTPATH=0``).
   Both stay up the whole time and are measured one after the other, alternating, so a
   disturbance on the machine hits both alike (``--rounds`` repeats the set; medians are shown).
 * Setup is done here with iceward's own STUN codec: ``--clients`` UDP sockets each make an
@@ -128,6 +130,7 @@ class Server:
         self.port = port
         self.log = log
         self.cpu = cpu
+        self.env: dict[str, str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -148,6 +151,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C on the terminal is ours to pass on
                 preexec_fn=_pin(self.cpu, self.nice),
+                env=self.env,
             )
         deadline = time.monotonic() + timeout
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -164,6 +168,16 @@ class Server:
                 except (OSError, StunError):
                     time.sleep(0.1)
         raise BenchError(f"{self.name} did not answer on {self.address}:\n{self.log_tail()}")
+
+    def relay_path(self) -> str:
+        """iceward's "relay path: ..." log line (native fast path or Python), for the header."""
+        try:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if "relay path: " in line:
+                    return ", relay path " + line.split("relay path: ", 1)[1].strip()
+        except OSError:
+            pass
+        return ""
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -224,9 +238,13 @@ def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
         "--allow-peer", "127.0.0.0/8",
         "--data-dir", str(tmp / "iceward-data"),
         "--http", "off",
-        "--log-level", "warning",
+        "--log-level", "info",  # control events only: says which relay path it runs
     ]  # fmt: skip
-    return Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu, args.nice)
+    server = Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu, args.nice)
+    if args.iceward_path != "auto":
+        switch = "0" if args.iceward_path == "python" else "1"
+        server.env = {**os.environ, "ICEWARD_FASTPATH": switch}
+    return server
 
 
 def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
@@ -658,6 +676,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "for waking it)",
     )
     p.add_argument("--iceward-cmd", help="command that runs iceward [.venv/bin/iceward]")
+    p.add_argument(
+        "--iceward-path",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="iceward's relay path: the native fast path when built (auto), or forced; python "
+        "sets ICEWARD_FASTPATH=0 [auto]",
+    )
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 when below the target")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (server logs)")
@@ -686,6 +711,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 CONFIG_KEYS = (
     "duration", "warmup", "clients", "window", "payloads", "rounds",
     "servers", "server_cpu", "client_cpu", "coturn_relay_threads", "nice", "no_gso", "sleep",
+    "iceward_path",
 )  # fmt: skip
 
 
@@ -732,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             log(
                 f"# {server.name}: pid {server.pid}, CPUs {server.affinity()}, "
                 f"{server.threads()} threads, {len(clients)} allocations on "
-                f"{server.address[0]}:{server.address[1]}"
+                f"{server.address[0]}:{server.address[1]}{server.relay_path()}"
             )
         results = []
         for rnd in range(args.rounds):

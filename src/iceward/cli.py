@@ -88,7 +88,7 @@ def serve(
     relay_ip: Annotated[list[str] | None, Opt("--relay-ip", help="Address relays bind to.")] = None,
     relay_ports: Annotated[str | None, Opt("--relay-ports", help="LOW-HIGH [49152-65535].")] = None,
     external_ip: Annotated[
-        str | None, Opt("--external-ip", help="PUBLIC[/PRIVATE]: the relayed address to advertise.")
+        str | None, Opt("--external-ip", help="PUBLIC\\[/PRIVATE]: relayed address to advertise.")
     ] = None,
     realm: Annotated[str | None, Opt("--realm", help="Authentication realm [iceward].")] = None,
     secret: Annotated[
@@ -130,6 +130,13 @@ def serve(
     credential_ttl: Annotated[
         int | None, Opt("--credential-ttl", help="Default credential lifetime in seconds.")
     ] = None,
+    alternate_address: Annotated[
+        str | None,
+        Opt(
+            "--alternate-address",
+            help="RFC 5780: second IP[:PORT] for NAT behaviour discovery (CHANGE-REQUEST).",
+        ),
+    ] = None,
 ) -> None:
     """Run the STUN/TURN server (UDP, TCP, TLS) and print ready-to-paste iceServers."""
     try:
@@ -162,6 +169,7 @@ def serve(
             admin_allow=admin_allow,
             api_rate=api_rate,
             credential_ttl=credential_ttl,
+            alternate_address=alternate_address,
         )
     except (ValidationError, ValueError) as exc:
         raise _settings_error(exc) from None

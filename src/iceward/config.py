@@ -62,6 +62,8 @@ class ServerSettings(BaseSettings):
     api_rate: float = Field(10.0, gt=0)
     api_burst: int = Field(20, ge=1)
     credential_ttl: int = Field(86400, ge=60, le=7 * 86400)
+    #: RFC 5780: a second IP (optionally IP:PORT) to answer CHANGE-REQUEST from.
+    alternate_address: str | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -118,6 +120,13 @@ class ServerSettings(BaseSettings):
                 raise ValueError(f"public URL {v!r} must start with stun:, stuns:, turn: or turns:")
         return values
 
+    @field_validator("alternate_address")
+    @classmethod
+    def _check_alternate(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_alternate_address(value, 3478)
+        return value
+
     @field_validator("admin_allow")
     @classmethod
     def _check_admin_nets(cls, values: list[str]) -> list[str]:
@@ -148,6 +157,15 @@ class ServerSettings(BaseSettings):
             raise ValueError("max_lifetime must be at least default_lifetime")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
+        if self.alternate_address is not None:
+            alt_ip, alt_port = parse_alternate_address(self.alternate_address, self.port)
+            specific = [ip for ip in self.listen if not ipaddress.ip_address(ip).is_unspecified]
+            if len(specific) != 1 or len(self.listen) != 1:
+                raise ValueError("--alternate-address needs exactly one specific --listen IP")
+            if ipaddress.ip_address(alt_ip).version != ipaddress.ip_address(specific[0]).version:
+                raise ValueError("--alternate-address and --listen must be the same IP family")
+            if alt_ip == specific[0] or alt_port == self.port or self.port == 0:
+                raise ValueError("--alternate-address needs another IP and another fixed port")
         return self
 
     @property
@@ -166,6 +184,22 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if not 1024 <= lo <= hi <= 65535:
         raise ValueError(f"relay port range {text!r} must be within 1024-65535, low <= high")
     return lo, hi
+
+
+def parse_alternate_address(value: str, port: int) -> tuple[str, int]:
+    """``IP`` or ``IP:PORT`` ([v6]:PORT); the port defaults to ``port + 1``."""
+    host, sep, tail = value.rpartition(":")
+    if sep and tail.isdigit() and (value.startswith("[") or ":" not in host):
+        ip, alt_port = host.strip("[]"), int(tail)
+    else:
+        ip, alt_port = value.strip("[]"), port + 1
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(f"alternate address {value!r} must be IP or IP:PORT") from None
+    if not 0 < alt_port <= 65535:
+        raise ValueError(f"alternate address {value!r}: port out of range")
+    return ip, alt_port
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:

@@ -420,3 +420,23 @@ def test_http_off_and_a_busy_port(make_server: MakeServer) -> None:
         )
     assert proc.returncode == 2
     assert "cannot start" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validation_errors_never_echo_the_input(make_server: MakeServer) -> None:
+    server = make_server()
+    key = cli(server, "keys", "add", "backend")
+    admin = cli(server, "keys", "add", "ops", "--admin")
+    # A body JSON allows but a JSON answer cannot carry (Infinity) is a 422, not a 500.
+    request = urllib.request.Request(
+        server.http_url + "/api/v1/ice-servers", data=b"[Infinity]", method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    request.add_header("Authorization", f"Bearer {key}")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 422
+    status, doc, _ = http(
+        server, "POST", "/admin/v1/users", {"name": "a:b", "password": "hunter2"}, key=admin
+    )
+    assert status == 422 and ["body", "name"] in [e["loc"] for e in doc["detail"]]
+    assert "hunter2" not in json.dumps(doc)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -85,6 +86,16 @@ def create_app(
         version=__version__,
         description="Ephemeral TURN credentials, admin and metrics of an iceward server.",
     )
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each field and what is wrong, without echoing the input back: it may be a
+        password, or a value (a non-finite float) that JSON cannot even carry."""
+        detail = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
+
     registry, api_requests = make_registry(service)
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]

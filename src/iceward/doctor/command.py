@@ -107,6 +107,14 @@ def doctor(
             help="Round trip through the relay above this is reported.",
         ),
     ] = 300.0,
+    nat: Annotated[
+        bool,
+        Opt(
+            "--nat",
+            help="Also classify this network's NAT (RFC 5780 mapping and filtering; the STUN "
+            "server needs a second address, e.g. iceward serve --alternate-address).",
+        ),
+    ] = False,
     ignore: Annotated[
         list[str] | None,
         Opt(
@@ -174,14 +182,26 @@ def doctor(
         if rich_progress is not None:
             rich_progress.close()
     findings = evaluate(evidence, RuleOptions(call_length, max_relay_rtt))
+    nat_report = None
+    if nat:
+        from iceward.diagnose.findings import rank
+        from iceward.doctor import nat as nat_discovery
+
+        where = nat_discovery.target(config.urls)
+        if where is not None:
+            nat_report = nat_discovery.discover(where, timeout)
+            findings = rank(findings + nat_discovery.findings(nat_report, bool(config.turn_urls)))
     kept = [f for f in findings if f.code not in waived]
     waived_findings = [f for f in findings if f.code in waived]
     summary = summarize(evidence, kept)
     code = 1 if any(f.severity == "error" for f in kept) else 0
     if json_out:
+        report = to_json(evidence, kept, waived_findings, summary, code)
+        if nat:
+            report["nat"] = None if nat_report is None else nat_report.as_dict()
         sys.stdout.write(
             json.dumps(
-                to_json(evidence, kept, waived_findings, summary, code),
+                report,
                 indent=2,
                 ensure_ascii=False,
             )
@@ -189,6 +209,14 @@ def doctor(
         )
     else:
         render(console, evidence, kept, waived_findings, summary)
+        if nat:
+            if nat_report is None:
+                console.print("NAT: no UDP STUN/TURN URL to run RFC 5780 discovery against")
+            else:
+                console.print(
+                    f"NAT: mapping {nat_report.mapping}, filtering {nat_report.filtering} "
+                    f"(mapped {nat_report.as_dict()['mapped']}); " + "; ".join(nat_report.notes)
+                )
     raise typer.Exit(code)
 
 

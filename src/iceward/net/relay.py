@@ -9,6 +9,11 @@ The relay port is bound exclusively first (so no other process can hold it) and 
 SO_REUSEPORT, which lets the links bind it too. The kernel hands the peer's datagrams to the
 link, whose reader needs no address and no lookup per datagram; data for the peer leaves through
 the link's ``send`` (no address to parse, no route lookup).
+
+With the native fast path (:mod:`iceward.net.fastpath`) the extension reads the relay socket
+instead (no reader on the loop, no links); a datagram its tables do not serve comes to
+:meth:`RelaySocket.deliver`, which serves TCP/TLS clients' channels from the Python table and
+hands the rest to the core.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from iceward.net.fastpath import RELAY, FastPath
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
 from iceward.turn.allocation import Address, TrafficCounters
 from iceward.turn.server import RelayUnavailable
@@ -69,6 +75,8 @@ class RelaySocket:
         "advertised",
         "bound",
         "channels",
+        "fast",
+        "fd",
         "links",
         "sock",
     )
@@ -80,8 +88,11 @@ class RelaySocket:
         advertised: Address,
         loop: asyncio.AbstractEventLoop,
         on_miss: PeerHandler,
+        fast: FastPath | None = None,
     ) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        self.fast = fast
         self._family = family
         self.bound: Address = sock.getsockname()[:2]
         self.advertised = advertised
@@ -93,7 +104,10 @@ class RelaySocket:
         self._buf = bytearray(BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         self._payload = self._mv[4:]
-        loop.add_reader(sock.fileno(), self._on_readable)
+        if fast is not None:
+            fast.register(self.fd, RELAY, self.deliver)
+        else:
+            loop.add_reader(sock.fileno(), self._on_readable)
 
     @property
     def family(self) -> int:
@@ -110,7 +124,10 @@ class RelaySocket:
             pass  # UDP semantics: a full buffer or an unreachable peer loses the datagram
 
     def link(self, peer: Address) -> Callable[..., Any] | None:
-        """The ``send`` of this peer's link, made on first use; None if the kernel says no."""
+        """The ``send`` of this peer's link, made on first use; None if the kernel says no
+        (or the native fast path reads this relay: it needs no links)."""
+        if self.fast is not None:
+            return None
         sock = self.links.get(peer)
         if sock is None:
             sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
@@ -143,12 +160,38 @@ class RelaySocket:
     def close(self) -> None:
         for peer in list(self.links):
             self.unlink(peer)
-        try:
-            self._loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
+        if self.fast is not None:
+            self.fast.unregister(self.fd)
+        else:
+            try:
+                self._loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
         self.sock.close()
         self.channels.clear()
+
+    def deliver(self, data: bytes, peer: Address) -> None:
+        """A peer datagram the native tables did not serve: a TCP/TLS client's channel, or the
+        core (permissions, Data indications)."""
+        entry = self.channels.get(peer)
+        if entry is None:
+            self._on_miss(self, data, peer)
+            return
+        n = len(data)
+        counters = entry.counters
+        counters.packets_to_client += 1
+        counters.bytes_to_client += n
+        message = _HEADER.pack(entry.number, n) + data
+        try:
+            if entry.stream:
+                pad = -n & 3
+                entry.send(message + b"\x00" * pad if pad else message)
+            elif entry.client is None:
+                entry.send(message)
+            else:
+                entry.send(message, entry.client)
+        except OSError:
+            pass
 
     def _on_link_readable(self, sock: socket.socket, peer: Address) -> None:
         entry = self.channels.get(peer)
@@ -247,6 +290,7 @@ class UdpRelayAllocator:
         loop: asyncio.AbstractEventLoop,
         on_miss: PeerHandler,
         advertise: dict[str, str] | None = None,
+        fast: FastPath | None = None,
     ) -> None:
         self._ips: dict[int, str] = {}
         for ip in relay_ips:
@@ -255,6 +299,7 @@ class UdpRelayAllocator:
         self._loop = loop
         self._on_miss = on_miss
         self._advertise = advertise or {}
+        self._fast = fast
         self._reserved: dict[bytes, tuple[socket.socket, int, asyncio.TimerHandle]] = {}
         self.active: set[RelaySocket] = set()
 
@@ -282,7 +327,7 @@ class UdpRelayAllocator:
     def _wrap(self, sock: socket.socket, family: int) -> RelaySocket:
         ip, port = sock.getsockname()[:2]
         advertised = (self._advertise.get(ip, ip), port)
-        relay = RelaySocket(sock, family, advertised, self._loop, self._on_miss)
+        relay = RelaySocket(sock, family, advertised, self._loop, self._on_miss, self._fast)
         self.active.add(relay)
         return relay
 

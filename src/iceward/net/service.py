@@ -22,7 +22,8 @@ from typing import Any
 
 import uvicorn
 
-from iceward.config import ServerSettings, ensure_secret
+from iceward.config import ServerSettings, ensure_secret, parse_alternate_address
+from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.stream import StreamConnection
 from iceward.net.tls import ensure_self_signed, server_context
@@ -131,6 +132,9 @@ class TurnService:
             max_allocations=settings.max_allocations,
             max_permissions_per_allocation=settings.max_permissions,
         )
+        if settings.alternate_address:  # RFC 5780 (config checked: one listen IP, fixed port)
+            alternate = parse_alternate_address(settings.alternate_address, settings.port)
+            self.config.change_addresses = ((settings.listen[0], settings.port), alternate)
         self.core: TurnServer | None = None
         self._udp: dict[Address, UdpListener] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -151,14 +155,26 @@ class TurnService:
         #: allocation id -> (packets seen at the last tick, time they last changed).
         self._activity: dict[int, tuple[int, float]] = {}
         self.listening = False
+        #: The native relay fast path, when built and not disabled (ICEWARD_FASTPATH=0).
+        self.fast: FastPath | None = None
+        self.relay_path = "python"
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
         self.store = Store(database_url(self.settings.data_dir, self.settings.database))
         await self.refresh_from_store()
+        engine, self.relay_path = load_engine()
+        if engine is not None:
+            self.fast = FastPath(engine, loop)
+        log.info("relay path: %s", self.relay_path)
         self._relays = UdpRelayAllocator(
-            self.relay_ips, self.settings.port_range, loop, self._on_relay_miss, self.advertise
+            self.relay_ips,
+            self.settings.port_range,
+            loop,
+            self._on_relay_miss,
+            self.advertise,
+            fast=self.fast,
         )
         self.core = TurnServer(
             self.config,
@@ -169,7 +185,7 @@ class TurnService:
         )
         port = self.settings.port
         for host in self.settings.listen:
-            listener = UdpListener.bind(host, port, loop, self._on_udp_miss)
+            listener = UdpListener.bind(host, port, loop, self._on_udp_miss, self.fast)
             port = listener.local[1]
             self._udp[listener.local] = listener
             server = await loop.create_server(
@@ -178,6 +194,11 @@ class TurnService:
             self._servers.append(server)
         self.endpoints.port = port
         self.endpoints.listen = list(self.settings.listen)
+        if self.config.change_addresses:  # RFC 5780: UDP on both IPs x both ports
+            (ip_a, port_a), (ip_b, port_b) = self.config.change_addresses
+            for local in ((ip_a, port_b), (ip_b, port_a), (ip_b, port_b)):
+                listener = UdpListener.bind(*local, loop, self._on_udp_miss, self.fast)
+                self._udp[listener.local] = listener
         if self.settings.tls_port or self.settings.cert:
             self._tls_files = self._tls_material()
             self._tls = server_context(*self._tls_files)
@@ -293,6 +314,8 @@ class TurnService:
             self._timer.cancel()
         if self._relays is not None:
             self._relays.close()
+        if self.fast is not None:
+            self.fast.close()
         for server in self._servers:
             await server.wait_closed()
         if self.store is not None:
@@ -343,9 +366,15 @@ class TurnService:
                 log.error("store refresh failed: %s", exc)
             self._track_activity()
 
+    def sync_traffic(self) -> None:
+        """Bring the allocations' counters up to date with what the native fast path counted."""
+        if self.fast is not None:
+            self.fast.sync()
+
     def _track_activity(self) -> None:
         if self.core is None:
             return
+        self.sync_traffic()
         now = time.time()
         seen: dict[int, tuple[int, float]] = {}
         for alloc in self.core.allocations:
@@ -368,6 +397,7 @@ class TurnService:
         return list(self.settings.public_url) or self.endpoints.uris()
 
     def traffic_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
+        self.sync_traffic()
         totals = {k: (v[0], v[1]) for k, v in self._ended.items()}
         if self.core is not None:
             for alloc in self.core.allocations:
@@ -390,6 +420,7 @@ class TurnService:
         return in_use, (hi - lo + 1) * len(self.relay_ips)
 
     def allocation_report(self) -> list[dict[str, Any]]:
+        self.sync_traffic()
         now = time.time()
         out = []
         for alloc in self.core.allocations if self.core else []:
@@ -511,6 +542,12 @@ class TurnService:
         ft = alloc.five_tuple
         relay = alloc.relays[family_of(channel.peer[0])]
         assert isinstance(relay, RelaySocket)
+        if self.fast is not None and ft.transport == "udp":
+            listener = self._udp[ft.server]
+            self.fast.install(
+                listener.fd, ft.client, channel.number, relay.fd, channel.peer, alloc.counters
+            )
+            return
         to_peer = ClientEntry(relay.sock.sendto, channel.peer, alloc.counters)
         if ft.transport == "udp":
             peer_send = relay.link(channel.peer)
@@ -538,6 +575,11 @@ class TurnService:
     def _uninstall(self, channel: Channel) -> None:
         alloc = channel.allocation
         ft = alloc.five_tuple
+        if self.fast is not None and ft.transport == "udp":
+            listener = self._udp.get(ft.server)
+            if listener is not None:
+                self.fast.uninstall(listener.fd, ft.client, channel.number)
+            return
         relay = alloc.relays.get(family_of(channel.peer[0]))
         if isinstance(relay, RelaySocket):
             relay.channels.pop(channel.peer, None)
@@ -569,6 +611,7 @@ class TurnService:
                     relay.sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER=DO
 
     def _removed(self, alloc: Allocation, reason: str) -> None:
+        self.sync_traffic()
         totals: dict[tuple[str, str], Any] = {k: tuple(v) for k, v in self._ended.items()}
         self._add_traffic(totals, alloc)
         self._ended = {k: list(v) for k, v in totals.items()}

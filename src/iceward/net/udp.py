@@ -6,6 +6,10 @@ kernel hands that client's datagrams to the link, which reads them with ``recv_i
 to build) and forwards with ``send`` (no address to parse, no route lookup), as coturn does with
 its per-client sockets. A link bound to a wildcard listener picks its source address by routing,
 exactly as ``sendto`` on the wildcard listener does.
+
+With the native fast path (:mod:`iceward.net.fastpath`) the listener's socket is read by the
+extension instead: no reader on the loop, no links, no Python table; what the native tables do not
+serve comes back to ``on_miss`` unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+from iceward.net.fastpath import LISTENER, FastPath
 from iceward.turn.allocation import Address, TrafficCounters
 
 BATCH = 64
@@ -48,8 +53,11 @@ class UdpListener:
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop,
         on_miss: Callable[[UdpListener, bytes, Address], None],
+        fast: FastPath | None = None,
     ) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
+        self.fast = fast
         self.local: Address = sock.getsockname()[:2]
         self.channels: dict[ChannelKey, ClientEntry] = {}
         self._v6 = sock.family == socket.AF_INET6
@@ -60,7 +68,10 @@ class UdpListener:
         self._buf = bytearray(BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._on_readable)
+        if fast is not None:
+            fast.register(self.fd, LISTENER, self._on_fast_miss)
+        else:
+            loop.add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
     def bind(
@@ -69,6 +80,7 @@ class UdpListener:
         port: int,
         loop: asyncio.AbstractEventLoop,
         on_miss: Callable[[UdpListener, bytes, Address], None],
+        fast: FastPath | None = None,
     ) -> UdpListener:
         """Bind exclusively (no one else may hold the port), then let this uid's links join."""
         af = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -83,10 +95,13 @@ class UdpListener:
         except OSError:
             sock.close()
             raise
-        return cls(sock, loop, on_miss)
+        return cls(sock, loop, on_miss, fast)
 
     def link(self, client: Address) -> Callable[..., Any] | None:
-        """The ``send`` of this client's link, made on first use; None if the kernel says no."""
+        """The ``send`` of this client's link, made on first use; None if the kernel says no
+        (or the native fast path reads this listener: it needs no links)."""
+        if self.fast is not None:
+            return None
         sock = self.links.get(client)
         if sock is None:
             sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
@@ -122,11 +137,17 @@ class UdpListener:
     def close(self) -> None:
         for client in list(self.links):
             self.unlink(client)
-        try:
-            self._loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
+        if self.fast is not None:
+            self.fast.unregister(self.fd)
+        else:
+            try:
+                self._loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
         self.sock.close()
+
+    def _on_fast_miss(self, data: bytes, client: Address) -> None:
+        self._on_miss(self, data, client)
 
     def _on_readable(self) -> None:
         recv = self.sock.recvfrom_into

@@ -86,6 +86,10 @@ class TurnConfig:
     max_allocations_per_user: int = 0
     max_allocations: int = 10_000
     max_permissions_per_allocation: int = 256
+    #: RFC 5780 NAT behaviour discovery: ((primary IP, port), (alternate IP, port)). Binding
+    #: responses then carry OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST is honoured by
+    #: answering from the other IP and/or port (the I/O adapter listens on all four).
+    change_addresses: tuple[Address, Address] | None = None
 
 
 @dataclass(slots=True)
@@ -242,8 +246,7 @@ class TurnServer:
         if msg.method == C.BINDING:
             if msg.unknown_required:
                 return [self._error(msg, ft, 420, None, _unknown(msg))]
-            attrs = [(C.XOR_MAPPED_ADDRESS, A.encode_xor_address(ft.client, msg.transaction_id))]
-            return [self._reply(msg, ft, C.SUCCESS, attrs, None)]
+            return [self._binding(msg, ft)]
         if msg.method not in _TURN_METHODS:
             return [self._error(msg, ft, 400, None, reason="Unsupported method")]
         auth_or_reply = self._authenticate(msg, ft, now)
@@ -273,6 +276,35 @@ class TurnServer:
         except StunError as exc:  # a malformed attribute value in an authenticated request
             out.append(self._error(msg, ft, 400, auth, reason=str(exc)[:100]))
         return out
+
+    def _binding(self, msg: Message, ft: FiveTuple) -> ToClient:
+        """Binding success, with RFC 5780 OTHER-ADDRESS/RESPONSE-ORIGIN/CHANGE-REQUEST when set."""
+        attrs = [(C.XOR_MAPPED_ADDRESS, A.encode_xor_address(ft.client, msg.transaction_id))]
+        change = msg.get(C.CHANGE_REQUEST)
+        pair = self.config.change_addresses
+        if pair is None:
+            if change is not None:  # RFC 5780 6.1: a server without it answers 420
+                return self._error(msg, ft, 420, None, _unknown_attrs([C.CHANGE_REQUEST]))
+            return self._reply(msg, ft, C.SUCCESS, attrs, None)
+        (ip_a, port_a), (ip_b, port_b) = pair
+        here_ip, here_port = ft.server
+        other = (ip_b if here_ip == ip_a else ip_a, port_b if here_port == port_a else port_a)
+        source = ft
+        if change is not None:
+            if ft.transport != "udp":
+                return self._error(msg, ft, 400, None, reason="CHANGE-REQUEST needs UDP")
+            try:
+                flags = A.decode_u32(change, "CHANGE-REQUEST")
+            except StunError as exc:
+                return self._error(msg, ft, 400, None, reason=str(exc)[:100])
+            source = FiveTuple(
+                ft.transport,
+                ft.client,
+                (other[0] if flags & 0x4 else here_ip, other[1] if flags & 0x2 else here_port),
+            )
+        attrs.append((C.OTHER_ADDRESS, A.encode_address(other)))
+        attrs.append((C.RESPONSE_ORIGIN, A.encode_address(source.server)))
+        return self._reply(msg, source, C.SUCCESS, attrs, None)
 
     def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> _Auth | ToClient:
         if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
@@ -642,7 +674,11 @@ def _lifetime_attr(lifetime: int) -> list[tuple[int, bytes]]:
 
 
 def _unknown(msg: Message) -> list[tuple[int, bytes]]:
-    return [(C.UNKNOWN_ATTRIBUTES, A.encode_unknown_attributes(msg.unknown_required))]
+    return _unknown_attrs(msg.unknown_required)
+
+
+def _unknown_attrs(types: list[int] | tuple[int, ...]) -> list[tuple[int, bytes]]:
+    return [(C.UNKNOWN_ATTRIBUTES, A.encode_unknown_attributes(types))]
 
 
 def _transaction_id() -> bytes:

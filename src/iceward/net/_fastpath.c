@@ -1,0 +1,1015 @@
+/*
+ * iceward.net._fastpath: the native relay hot loop (Linux).
+ *
+ * One epoll set over the UDP listeners and relay sockets.  poll() drains what is ready with
+ * recvmmsg (the GIL released), serves every forwarding-table hit without copying (a listener's
+ * ChannelData goes out from its payload offset; a peer's datagram goes out behind a 4-byte
+ * ChannelData header in a second iovec), sends per socket with sendmmsg, coalescing consecutive
+ * datagrams to one destination of one size into a UDP GSO send (UDP_SEGMENT), and hands
+ * everything else back to Python unchanged: (fd, bytes, (host, port)).  With UDP_GRO on the
+ * sockets the kernel may hand over several same-size datagrams of one sender in one buffer;
+ * they are split here and each one is served (or handed back) on its own.
+ *
+ * Two tables in one hash: (listener fd, client address, channel) -> (relay fd, peer address) and
+ * (relay fd, peer address) -> (listener fd, client address, channel).  The control plane installs
+ * and removes entries; each entry counts packets and payload bytes under a token, which collect()
+ * hands back (and zeroes) so the control plane keeps the exact counters.  Removing a socket purges
+ * every entry that reads or writes it; their counts wait in a pending list for collect().
+ *
+ * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
+ */
+#define _GNU_SOURCE
+#ifndef FP_NO_PYTHON
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#endif
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+
+#define FP_LISTENER 1
+#define FP_RELAY 2
+
+#define FP_BATCH 64            /* buffers per recvmmsg */
+#define FP_POOL 128            /* buffers per poll */
+#define FP_MAXOUT 4096         /* datagrams sent or handed back per flush */
+#define FP_DATA 65536          /* receive room per datagram */
+#define FP_STRIDE (FP_DATA + 320) /* 4 bytes header room + data, staggered over cache sets */
+#define FP_EVENTS 64
+#define FP_GSO_SEGS 64
+#define FP_GSO_BYTES 65000
+#define FP_GSO_MAX_SEG 1472
+
+typedef struct {
+    int32_t fd;
+    uint16_t chan;
+    uint16_t port; /* network order */
+    uint8_t family;
+    uint8_t kind;
+    uint8_t pad[2];
+    uint8_t addr[16];
+} fp_key;
+
+typedef struct fp_entry {
+    struct fp_entry *next;
+    fp_key key;
+    int out_fd;
+    uint16_t out_chan;
+    socklen_t dstlen;
+    struct sockaddr_storage dst;
+    uint64_t token;
+    uint64_t packets;
+    uint64_t bytes;
+} fp_entry;
+
+typedef struct {
+    uint64_t token, packets, bytes;
+} fp_count;
+
+typedef struct {
+    int fd;
+    int slot; /* the buffer, whose source address it is */
+    char *data;
+    int len;
+} fp_miss;
+
+typedef struct {
+    int fd;
+    const fp_entry *entry;
+    char *hdr; /* 4 bytes of ChannelData header, or NULL */
+    char *data;
+    int len;   /* of data */
+} fp_out;
+
+typedef struct fp_engine {
+    int epfd;
+    pthread_mutex_t lock;
+    fp_entry **buckets;
+    size_t nbuckets;
+    size_t count;
+    uint8_t *kinds;
+    int nkinds;
+    fp_count *pending;
+    size_t npending, cpending;
+    char *pool;
+    int gso;
+    int gro;
+    int nmiss;
+    int nout;
+    uint64_t stat_hits, stat_misses, stat_send_calls, stat_gso_sends, stat_send_errors;
+    uint64_t stat_recv_calls, stat_gro_buffers, stat_dropped;
+    struct mmsghdr rmsg[FP_POOL];
+    struct iovec riov[FP_POOL];
+    struct sockaddr_storage names[FP_POOL];
+    uint64_t rcbuf[FP_POOL][4];
+    fp_miss miss[FP_MAXOUT];
+    fp_out out[FP_MAXOUT];
+    char hdrs[FP_MAXOUT][4];
+    struct mmsghdr smsg[FP_MAXOUT];
+    struct iovec siov[2 * FP_MAXOUT];
+    uint64_t cbuf[FP_MAXOUT][4];
+    int mseg[FP_MAXOUT];
+    int mlen[FP_MAXOUT];
+    uint8_t done[FP_MAXOUT];
+} fp_engine;
+
+/* ---- table -------------------------------------------------------------------------------- */
+
+static uint64_t fp_hash(const fp_key *k) {
+    const uint8_t *p = (const uint8_t *)k;
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < sizeof(*k); i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h ^ (h >> 29);
+}
+
+/* Fill a key from a socket address; -1 if the family is neither IPv4 nor IPv6. */
+static int fp_make_key(fp_key *k, int kind, int fd, const struct sockaddr *sa, uint16_t chan) {
+    memset(k, 0, sizeof(*k));
+    k->fd = fd;
+    k->kind = (uint8_t)kind;
+    k->chan = chan;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        k->family = 4;
+        k->port = s4->sin_port;
+        memcpy(k->addr, &s4->sin_addr, 4);
+        return 0;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        k->family = 6;
+        k->port = s6->sin6_port;
+        memcpy(k->addr, &s6->sin6_addr, 16);
+        return 0;
+    }
+    return -1;
+}
+
+static fp_entry **fp_find(fp_engine *e, const fp_key *k) {
+    fp_entry **pp = &e->buckets[fp_hash(k) & (e->nbuckets - 1)];
+    while (*pp != NULL && memcmp(&(*pp)->key, k, sizeof(*k)) != 0)
+        pp = &(*pp)->next;
+    return pp;
+}
+
+static int fp_grow(fp_engine *e) {
+    size_t n = e->nbuckets * 2;
+    fp_entry **b = calloc(n, sizeof(*b));
+    if (b == NULL)
+        return -1;
+    for (size_t i = 0; i < e->nbuckets; i++) {
+        fp_entry *x = e->buckets[i];
+        while (x != NULL) {
+            fp_entry *next = x->next;
+            size_t j = fp_hash(&x->key) & (n - 1);
+            x->next = b[j];
+            b[j] = x;
+            x = next;
+        }
+    }
+    free(e->buckets);
+    e->buckets = b;
+    e->nbuckets = n;
+    return 0;
+}
+
+static int fp_push_pending(fp_engine *e, uint64_t token, uint64_t packets, uint64_t bytes) {
+    if (packets == 0 && bytes == 0)
+        return 0;
+    if (e->npending == e->cpending) {
+        size_t c = e->cpending ? e->cpending * 2 : 16;
+        fp_count *p = realloc(e->pending, c * sizeof(*p));
+        if (p == NULL)
+            return -1;
+        e->pending = p;
+        e->cpending = c;
+    }
+    e->pending[e->npending].token = token;
+    e->pending[e->npending].packets = packets;
+    e->pending[e->npending].bytes = bytes;
+    e->npending++;
+    return 0;
+}
+
+/* ---- engine ------------------------------------------------------------------------------- */
+
+static fp_engine *fp_new(void) {
+    fp_engine *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        return NULL;
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    e->nbuckets = 64;
+    e->buckets = calloc(e->nbuckets, sizeof(*e->buckets));
+    e->pool = malloc((size_t)FP_POOL * FP_STRIDE);
+    e->gso = 1;
+    e->gro = 1;
+    if (e->epfd < 0 || e->buckets == NULL || e->pool == NULL ||
+        pthread_mutex_init(&e->lock, NULL) != 0) {
+        if (e->epfd >= 0)
+            close(e->epfd);
+        free(e->buckets);
+        free(e->pool);
+        free(e);
+        return NULL;
+    }
+    return e;
+}
+
+static void fp_free(fp_engine *e) {
+    if (e == NULL)
+        return;
+    for (size_t i = 0; i < e->nbuckets; i++) {
+        fp_entry *x = e->buckets[i];
+        while (x != NULL) {
+            fp_entry *next = x->next;
+            free(x);
+            x = next;
+        }
+    }
+    free(e->buckets);
+    free(e->kinds);
+    free(e->pending);
+    free(e->pool);
+    if (e->epfd >= 0)
+        close(e->epfd);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+/* Caller holds the lock. */
+static int fp_add_socket(fp_engine *e, int fd, int kind) {
+    if (fd < 0 || (kind != FP_LISTENER && kind != FP_RELAY)) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (fd >= e->nkinds) {
+        int n = e->nkinds ? e->nkinds : 64;
+        while (n <= fd)
+            n *= 2;
+        uint8_t *k = realloc(e->kinds, (size_t)n);
+        if (k == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        memset(k + e->nkinds, 0, (size_t)(n - e->nkinds));
+        e->kinds = k;
+        e->nkinds = n;
+    }
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof(ev));
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) != 0)
+        return -1;
+    if (e->gro) {
+        int on = 1;
+        setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof(on)); /* best effort */
+    }
+    e->kinds[fd] = (uint8_t)kind;
+    return 0;
+}
+
+/* Caller holds the lock. Purges every entry that reads or writes fd. */
+static void fp_remove_socket(fp_engine *e, int fd) {
+    if (fd < 0)
+        return;
+    if (fd < e->nkinds && e->kinds[fd]) {
+        e->kinds[fd] = 0;
+        epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+    }
+    for (size_t i = 0; i < e->nbuckets; i++) {
+        fp_entry **pp = &e->buckets[i];
+        while (*pp != NULL) {
+            fp_entry *x = *pp;
+            if (x->key.fd == fd || x->out_fd == fd) {
+                *pp = x->next;
+                fp_push_pending(e, x->token, x->packets, x->bytes);
+                free(x);
+                e->count--;
+            } else {
+                pp = &x->next;
+            }
+        }
+    }
+}
+
+/* Caller holds the lock. Installs or replaces; a replaced entry's counts go to pending. */
+static int fp_install(fp_engine *e, int kind, int in_fd, const struct sockaddr *src, uint16_t chan,
+                      int out_fd, const struct sockaddr *dst, socklen_t dstlen, uint16_t out_chan,
+                      uint64_t token) {
+    fp_key k;
+    if (fp_make_key(&k, kind, in_fd, src, chan) != 0 || dstlen > sizeof(struct sockaddr_storage)) {
+        errno = EAFNOSUPPORT;
+        return -1;
+    }
+    fp_entry **pp = fp_find(e, &k);
+    fp_entry *x = *pp;
+    if (x == NULL) {
+        x = calloc(1, sizeof(*x));
+        if (x == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        x->key = k;
+        *pp = x;
+        e->count++;
+    } else {
+        fp_push_pending(e, x->token, x->packets, x->bytes);
+        x->packets = x->bytes = 0;
+    }
+    x->out_fd = out_fd;
+    x->out_chan = out_chan;
+    memset(&x->dst, 0, sizeof(x->dst));
+    memcpy(&x->dst, dst, dstlen);
+    x->dstlen = dstlen;
+    x->token = token;
+    if (e->count > e->nbuckets)
+        fp_grow(e); /* failure leaves a longer chain, nothing worse */
+    return 0;
+}
+
+/* Caller holds the lock. 1 and the entry's uncollected counts if it was there, else 0. */
+static int fp_uninstall(fp_engine *e, int kind, int in_fd, const struct sockaddr *src,
+                        uint16_t chan, uint64_t *packets, uint64_t *bytes) {
+    fp_key k;
+    if (fp_make_key(&k, kind, in_fd, src, chan) != 0)
+        return 0;
+    fp_entry **pp = fp_find(e, &k);
+    fp_entry *x = *pp;
+    if (x == NULL)
+        return 0;
+    *pp = x->next;
+    *packets = x->packets;
+    *bytes = x->bytes;
+    free(x);
+    e->count--;
+    return 1;
+}
+
+/* Caller holds the lock. Hands every nonzero count (pending first) to visit, zeroing each one
+ * visit accepted; stops at the first failure (-1). */
+typedef int (*fp_visit)(void *ctx, uint64_t token, uint64_t packets, uint64_t bytes);
+
+static int fp_collect(fp_engine *e, int pending_only, fp_visit visit, void *ctx) {
+    size_t i;
+    for (i = 0; i < e->npending; i++) {
+        if (visit(ctx, e->pending[i].token, e->pending[i].packets, e->pending[i].bytes) != 0) {
+            memmove(e->pending, e->pending + i, (e->npending - i) * sizeof(*e->pending));
+            e->npending -= i;
+            return -1;
+        }
+    }
+    e->npending = 0;
+    if (pending_only)
+        return 0;
+    for (i = 0; i < e->nbuckets; i++) {
+        for (fp_entry *x = e->buckets[i]; x != NULL; x = x->next) {
+            if (x->packets == 0 && x->bytes == 0)
+                continue;
+            if (visit(ctx, x->token, x->packets, x->bytes) != 0)
+                return -1;
+            x->packets = x->bytes = 0;
+        }
+    }
+    return 0;
+}
+
+static void fp_flush(fp_engine *e);
+
+static void fp_add_out(fp_engine *e, int fd, const fp_entry *x, char *hdr, char *data, int len) {
+    if (e->nout == FP_MAXOUT)
+        fp_flush(e);
+    fp_out *o = &e->out[e->nout++];
+    o->fd = fd;
+    o->entry = x;
+    o->hdr = hdr;
+    o->data = data;
+    o->len = len;
+}
+
+static int fp_out_size(const fp_out *o) { return o->len + (o->hdr != NULL ? 4 : 0); }
+
+static void fp_iov(fp_engine *e, int *iv, const fp_out *o) {
+    if (o->hdr != NULL) {
+        e->siov[*iv].iov_base = o->hdr;
+        e->siov[*iv].iov_len = 4;
+        (*iv)++;
+    }
+    e->siov[*iv].iov_base = o->data;
+    e->siov[*iv].iov_len = (size_t)o->len;
+    (*iv)++;
+}
+
+static int fp_same_dst(const fp_entry *a, const fp_entry *b) {
+    return a == b || (a->dstlen == b->dstlen && memcmp(&a->dst, &b->dst, a->dstlen) == 0);
+}
+
+/* Send smsg[0..m) on fd; UDP semantics: a datagram the kernel refuses is lost. */
+static void fp_send_msgs(fp_engine *e, int fd, int m) {
+    int i = 0;
+    while (i < m) {
+        int r = sendmmsg(fd, &e->smsg[i], (unsigned)(m - i), MSG_DONTWAIT);
+        e->stat_send_calls++;
+        if (r > 0) {
+            i += r;
+            continue;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        int err = errno;
+        e->stat_send_errors++;
+        if (e->mseg[i] > 1 && err != EAGAIN && err != EWOULDBLOCK && err != ENOBUFS) {
+            /* The device or route refused segmentation: send the segments one by one. */
+            if (err == EIO || err == ENOPROTOOPT || err == EOPNOTSUPP)
+                e->gso = 0;
+            struct msghdr *h = &e->smsg[i].msg_hdr;
+            size_t per = h->msg_iovlen / (size_t)e->mseg[i]; /* 1 or 2 iovecs per datagram */
+            for (size_t s = 0; s + per <= h->msg_iovlen; s += per) {
+                struct msghdr one;
+                memset(&one, 0, sizeof(one));
+                one.msg_name = h->msg_name;
+                one.msg_namelen = h->msg_namelen;
+                one.msg_iov = &h->msg_iov[s];
+                one.msg_iovlen = per;
+                sendmsg(fd, &one, MSG_DONTWAIT);
+                e->stat_send_calls++;
+            }
+            i++;
+            continue;
+        }
+        if (err == EAGAIN || err == EWOULDBLOCK || err == ENOBUFS)
+            return; /* the socket buffer is full: the rest for this socket is dropped */
+        i++;        /* this datagram is refused (unreachable, too big...): go on */
+    }
+}
+
+static void fp_flush(fp_engine *e) {
+    int nout = e->nout;
+    memset(e->done, 0, (size_t)nout);
+    for (int i = 0; i < nout; i++) {
+        if (e->done[i])
+            continue;
+        int fd = e->out[i].fd;
+        int m = 0, iv = 0;
+        const fp_entry *last = NULL;
+        for (int j = i; j < nout; j++) {
+            fp_out *o = &e->out[j];
+            if (e->done[j] || o->fd != fd)
+                continue;
+            e->done[j] = 1;
+            int size = fp_out_size(o);
+            if (e->gso && m > 0 && e->mlen[m - 1] == size && size > 0 && size <= FP_GSO_MAX_SEG &&
+                e->mseg[m - 1] < FP_GSO_SEGS && (e->mseg[m - 1] + 1) * size <= FP_GSO_BYTES &&
+                fp_same_dst(last, o->entry)) {
+                int before = iv;
+                fp_iov(e, &iv, o);
+                e->smsg[m - 1].msg_hdr.msg_iovlen += (size_t)(iv - before);
+                e->mseg[m - 1]++;
+                continue;
+            }
+            struct msghdr *h = &e->smsg[m].msg_hdr;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = (void *)&o->entry->dst;
+            h->msg_namelen = o->entry->dstlen;
+            h->msg_iov = &e->siov[iv];
+            int before = iv;
+            fp_iov(e, &iv, o);
+            h->msg_iovlen = (size_t)(iv - before);
+            e->mseg[m] = 1;
+            e->mlen[m] = size;
+            last = o->entry;
+            m++;
+        }
+        for (int k = 0; k < m; k++) {
+            if (e->mseg[k] < 2)
+                continue;
+            struct msghdr *h = &e->smsg[k].msg_hdr;
+            h->msg_control = e->cbuf[k];
+            h->msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+            struct cmsghdr *c = CMSG_FIRSTHDR(h);
+            c->cmsg_level = SOL_UDP;
+            c->cmsg_type = UDP_SEGMENT;
+            c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t seg = (uint16_t)e->mlen[k];
+            memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+            e->stat_gso_sends++;
+        }
+        fp_send_msgs(e, fd, m);
+    }
+    e->nout = 0;
+}
+
+static char *fp_slot_data(fp_engine *e, int slot) { return e->pool + (size_t)slot * FP_STRIDE + 4; }
+
+/* One received buffer: one datagram, or several of one size from one sender (UDP GRO). */
+static void fp_serve(fp_engine *e, int fd, int kind, int s) {
+    struct msghdr *h = &e->rmsg[s].msg_hdr;
+    const struct sockaddr *src = (const struct sockaddr *)&e->names[s];
+    int total = (int)e->rmsg[s].msg_len;
+    if ((h->msg_flags & MSG_TRUNC) || total > FP_DATA ||
+        (src->sa_family != AF_INET && src->sa_family != AF_INET6)) {
+        e->stat_dropped++;
+        return; /* cannot be relayed nor parsed: dropped */
+    }
+    int seg = total;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(h); c != NULL; c = CMSG_NXTHDR(h, c)) {
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO &&
+            c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            int g;
+            memcpy(&g, CMSG_DATA(c), sizeof(g));
+            if (g > 0 && g < total) {
+                seg = g;
+                e->stat_gro_buffers++;
+            }
+        }
+    }
+    char *base = fp_slot_data(e, s);
+    fp_key k;
+    fp_entry *peer_entry = NULL;
+    if (kind == FP_RELAY) {
+        fp_make_key(&k, FP_RELAY, fd, src, 0);
+        peer_entry = *fp_find(e, &k);
+    }
+    for (int off = 0; off < total || (total == 0 && off == 0); off += seg) {
+        unsigned char *p = (unsigned char *)base + off;
+        int len = total - off < seg ? total - off : seg;
+        if (kind == FP_LISTENER) {
+            if (len >= 4 && p[0] >= 0x40 && p[0] <= 0x7F) {
+                uint16_t chan = (uint16_t)((p[0] << 8) | p[1]);
+                int length = (p[2] << 8) | p[3];
+                if (4 + length <= len) {
+                    fp_make_key(&k, FP_LISTENER, fd, src, chan);
+                    fp_entry *x = *fp_find(e, &k);
+                    if (x != NULL) {
+                        x->packets++;
+                        x->bytes += (uint64_t)length;
+                        e->stat_hits++;
+                        fp_add_out(e, x->out_fd, x, NULL, (char *)p + 4, length);
+                        goto next;
+                    }
+                }
+            }
+        } else if (peer_entry != NULL && len <= 65535) {
+            fp_entry *x = peer_entry;
+            if (e->nout == FP_MAXOUT)
+                fp_flush(e);
+            char *hdr = e->hdrs[e->nout];
+            hdr[0] = (char)(x->out_chan >> 8);
+            hdr[1] = (char)(x->out_chan & 0xFF);
+            hdr[2] = (char)(len >> 8);
+            hdr[3] = (char)(len & 0xFF);
+            x->packets++;
+            x->bytes += (uint64_t)len;
+            e->stat_hits++;
+            fp_add_out(e, x->out_fd, x, hdr, (char *)p, len);
+            goto next;
+        }
+        if (e->nmiss == FP_MAXOUT) {
+            e->stat_dropped++;
+        } else {
+            fp_miss *m = &e->miss[e->nmiss++];
+            m->fd = fd;
+            m->slot = s;
+            m->data = (char *)p;
+            m->len = len;
+            e->stat_misses++;
+        }
+    next:
+        if (total == 0)
+            break;
+    }
+}
+
+/* Wait up to timeout ms, drain what is ready, send the hits; returns the number of misses
+ * (e->miss[0..n): data, length, source address names[slot]) or -1 with errno. Takes the lock. */
+
+static int fp_poll(fp_engine *e, int timeout) {
+    struct epoll_event ev[FP_EVENTS];
+    int n = epoll_wait(e->epfd, ev, FP_EVENTS, timeout);
+    if (n < 0)
+        return errno == EINTR ? 0 : -1;
+    pthread_mutex_lock(&e->lock);
+    int used = 0;
+    e->nmiss = 0;
+    e->nout = 0;
+    for (int i = 0; i < n && used < FP_POOL; i++) {
+        int fd = ev[i].data.fd;
+        int kind = fd >= 0 && fd < e->nkinds ? e->kinds[fd] : 0;
+        if (kind == 0)
+            continue; /* removed since epoll_wait */
+        int want = FP_POOL - used;
+        if (want > FP_BATCH)
+            want = FP_BATCH;
+        for (int j = 0; j < want; j++) {
+            int s = used + j;
+            struct msghdr *h = &e->rmsg[s].msg_hdr;
+            e->riov[s].iov_base = fp_slot_data(e, s);
+            e->riov[s].iov_len = FP_DATA;
+            memset(h, 0, sizeof(*h));
+            h->msg_name = &e->names[s];
+            h->msg_namelen = sizeof(e->names[s]);
+            h->msg_iov = &e->riov[s];
+            h->msg_iovlen = 1;
+            h->msg_control = e->rcbuf[s];
+            h->msg_controllen = sizeof(e->rcbuf[s]);
+        }
+        int r = recvmmsg(fd, &e->rmsg[used], (unsigned)want, MSG_DONTWAIT, NULL);
+        e->stat_recv_calls++;
+        if (r <= 0)
+            continue;
+        for (int j = 0; j < r; j++)
+            fp_serve(e, fd, kind, used + j);
+        used += r;
+    }
+    fp_flush(e);
+    pthread_mutex_unlock(&e->lock);
+    return e->nmiss;
+}
+
+#ifndef FP_NO_PYTHON
+/* ---- Python binding ----------------------------------------------------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    fp_engine *e;
+    int busy;
+} Engine;
+
+/* (host, port) -> sockaddr; -1 with a Python exception. */
+static int parse_addr(PyObject *obj, struct sockaddr_storage *ss, socklen_t *len) {
+    if (!PyTuple_Check(obj) || PyTuple_GET_SIZE(obj) < 2) {
+        PyErr_SetString(PyExc_TypeError, "address must be a (host, port) tuple");
+        return -1;
+    }
+    const char *host = PyUnicode_AsUTF8(PyTuple_GET_ITEM(obj, 0));
+    if (host == NULL)
+        return -1;
+    long port = PyLong_AsLong(PyTuple_GET_ITEM(obj, 1));
+    if (port == -1 && PyErr_Occurred())
+        return -1;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return -1;
+    }
+    memset(ss, 0, sizeof(*ss));
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &s6->sin6_addr) != 1)
+            goto bad;
+        *len = sizeof(*s6);
+    } else {
+        struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &s4->sin_addr) != 1)
+            goto bad;
+        *len = sizeof(*s4);
+    }
+    return 0;
+bad:
+    PyErr_Format(PyExc_ValueError, "not an IP address: %s", host);
+    return -1;
+}
+
+static PyObject *make_addr(const struct sockaddr_storage *ss) {
+    char host[INET6_ADDRSTRLEN];
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+        return Py_BuildValue("(si)", host, (int)ntohs(s6->sin6_port));
+    }
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)ss;
+    inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+    return Py_BuildValue("(si)", host, (int)ntohs(s4->sin_port));
+}
+
+static int check_open(Engine *self) {
+    if (self->e == NULL) {
+        PyErr_SetString(PyExc_ValueError, "engine is closed");
+        return -1;
+    }
+    return 0;
+}
+
+static void lock_engine(Engine *self) {
+    if (pthread_mutex_trylock(&self->e->lock) != 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&self->e->lock);
+        Py_END_ALLOW_THREADS
+    }
+}
+
+static PyObject *Engine_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *kwlist[] = {"gso", "gro", NULL};
+    int gso = 1, gro = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|pp", kwlist, &gso, &gro))
+        return NULL;
+    Engine *self = (Engine *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->e = fp_new();
+    if (self->e == NULL) {
+        Py_DECREF(self);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->e->gso = gso;
+    self->e->gro = gro;
+    return (PyObject *)self;
+}
+
+static void Engine_dealloc(Engine *self) {
+    fp_free(self->e);
+    self->e = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Engine_close(Engine *self, PyObject *noargs) {
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "engine is polling");
+        return NULL;
+    }
+    fp_free(self->e);
+    self->e = NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_fileno(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    return PyLong_FromLong(self->e->epfd);
+}
+
+static PyObject *Engine_add_socket(Engine *self, PyObject *args) {
+    int fd, kind;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &kind) || check_open(self))
+        return NULL;
+    lock_engine(self);
+    int r = fp_add_socket(self->e, fd, kind);
+    int err = errno;
+    pthread_mutex_unlock(&self->e->lock);
+    if (r != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Engine_remove_socket(Engine *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd) || check_open(self))
+        return NULL;
+    lock_engine(self);
+    fp_remove_socket(self->e, fd);
+    pthread_mutex_unlock(&self->e->lock);
+    Py_RETURN_NONE;
+}
+
+static int check_channel(int chan) {
+    if (chan < 0x4000 || chan > 0x7FFF) {
+        PyErr_SetString(PyExc_ValueError, "channel number out of range 0x4000-0x7FFF");
+        return -1;
+    }
+    return 0;
+}
+
+/* install_client(listener_fd, client, channel, relay_fd, peer, token) */
+static PyObject *Engine_install_client(Engine *self, PyObject *args) {
+    int lfd, chan, rfd;
+    PyObject *client, *peer;
+    unsigned long long token;
+    struct sockaddr_storage src, dst;
+    socklen_t srclen, dstlen;
+    if (!PyArg_ParseTuple(args, "iOiiOK", &lfd, &client, &chan, &rfd, &peer, &token) ||
+        check_open(self) || check_channel(chan) || parse_addr(client, &src, &srclen) ||
+        parse_addr(peer, &dst, &dstlen))
+        return NULL;
+    lock_engine(self);
+    int r = fp_install(self->e, FP_LISTENER, lfd, (struct sockaddr *)&src, (uint16_t)chan, rfd,
+                       (struct sockaddr *)&dst, dstlen, 0, token);
+    int err = errno;
+    pthread_mutex_unlock(&self->e->lock);
+    if (r != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* install_peer(relay_fd, peer, listener_fd, client, channel, token) */
+static PyObject *Engine_install_peer(Engine *self, PyObject *args) {
+    int lfd, chan, rfd;
+    PyObject *client, *peer;
+    unsigned long long token;
+    struct sockaddr_storage src, dst;
+    socklen_t srclen, dstlen;
+    if (!PyArg_ParseTuple(args, "iOiOiK", &rfd, &peer, &lfd, &client, &chan, &token) ||
+        check_open(self) || check_channel(chan) || parse_addr(peer, &src, &srclen) ||
+        parse_addr(client, &dst, &dstlen))
+        return NULL;
+    lock_engine(self);
+    int r = fp_install(self->e, FP_RELAY, rfd, (struct sockaddr *)&src, 0, lfd,
+                       (struct sockaddr *)&dst, dstlen, (uint16_t)chan, token);
+    int err = errno;
+    pthread_mutex_unlock(&self->e->lock);
+    if (r != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *uninstall(Engine *self, int kind, int fd, PyObject *addr, int chan) {
+    struct sockaddr_storage src;
+    socklen_t srclen;
+    uint64_t packets = 0, bytes = 0;
+    if (check_open(self) || parse_addr(addr, &src, &srclen))
+        return NULL;
+    lock_engine(self);
+    int found = fp_uninstall(self->e, kind, fd, (struct sockaddr *)&src, (uint16_t)chan, &packets,
+                             &bytes);
+    pthread_mutex_unlock(&self->e->lock);
+    if (!found)
+        Py_RETURN_NONE;
+    return Py_BuildValue("(KK)", (unsigned long long)packets, (unsigned long long)bytes);
+}
+
+/* uninstall_client(listener_fd, client, channel) -> (packets, bytes) | None */
+static PyObject *Engine_uninstall_client(Engine *self, PyObject *args) {
+    int lfd, chan;
+    PyObject *client;
+    if (!PyArg_ParseTuple(args, "iOi", &lfd, &client, &chan))
+        return NULL;
+    return uninstall(self, FP_LISTENER, lfd, client, chan);
+}
+
+/* uninstall_peer(relay_fd, peer) -> (packets, bytes) | None */
+static PyObject *Engine_uninstall_peer(Engine *self, PyObject *args) {
+    int rfd;
+    PyObject *peer;
+    if (!PyArg_ParseTuple(args, "iO", &rfd, &peer))
+        return NULL;
+    return uninstall(self, FP_RELAY, rfd, peer, 0);
+}
+
+static int append_count(void *list, uint64_t token, uint64_t packets, uint64_t bytes) {
+    PyObject *t = Py_BuildValue("(KKK)", (unsigned long long)token, (unsigned long long)packets,
+                                (unsigned long long)bytes);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append((PyObject *)list, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* collect(pending_only=False) -> [(token, packets, bytes)], each count zeroed once returned. */
+static PyObject *Engine_collect(Engine *self, PyObject *args) {
+    int pending_only = 0;
+    if (!PyArg_ParseTuple(args, "|p", &pending_only) || check_open(self))
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    lock_engine(self);
+    int failed = fp_collect(self->e, pending_only, append_count, list);
+    pthread_mutex_unlock(&self->e->lock);
+    if (failed) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return list;
+}
+
+/* poll(timeout_ms=0) -> [(fd, data, (host, port))]: the datagrams that were not table hits. */
+static PyObject *Engine_poll(Engine *self, PyObject *args) {
+    int timeout = 0;
+    if (!PyArg_ParseTuple(args, "|i", &timeout) || check_open(self))
+        return NULL;
+    if (self->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "poll() is not reentrant");
+        return NULL;
+    }
+    self->busy = 1;
+    fp_engine *e = self->e;
+    int n;
+    Py_BEGIN_ALLOW_THREADS
+    n = fp_poll(e, timeout);
+    Py_END_ALLOW_THREADS
+    if (n < 0) {
+        self->busy = 0;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyObject *list = PyList_New(n);
+    if (list == NULL) {
+        self->busy = 0;
+        return NULL;
+    }
+    for (int i = 0; i < n; i++) {
+        fp_miss *m = &e->miss[i];
+        PyObject *addr = make_addr(&e->names[m->slot]);
+        PyObject *item = addr == NULL ? NULL
+                                      : Py_BuildValue("(iy#N)", m->fd, m->data,
+                                                      (Py_ssize_t)m->len, addr);
+        if (item == NULL) {
+            Py_DECREF(list);
+            self->busy = 0;
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+    self->busy = 0;
+    return list;
+}
+
+static PyObject *Engine_stats(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    fp_engine *e = self->e;
+    return Py_BuildValue(
+        "{sKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "misses",
+        (unsigned long long)e->stat_misses, "recv_calls", (unsigned long long)e->stat_recv_calls,
+        "gro_buffers", (unsigned long long)e->stat_gro_buffers, "send_calls",
+        (unsigned long long)e->stat_send_calls, "gso_sends", (unsigned long long)e->stat_gso_sends,
+        "send_errors", (unsigned long long)e->stat_send_errors, "dropped",
+        (unsigned long long)e->stat_dropped, "entries", (Py_ssize_t)e->count, "gso", e->gso, "gro",
+        e->gro);
+}
+
+static PyMethodDef Engine_methods[] = {
+    {"fileno", (PyCFunction)Engine_fileno, METH_NOARGS, "The epoll fd, for the event loop."},
+    {"close", (PyCFunction)Engine_close, METH_NOARGS, "Free the tables and the epoll fd."},
+    {"add_socket", (PyCFunction)Engine_add_socket, METH_VARARGS,
+     "add_socket(fd, kind): watch a listener (1) or relay (2) socket."},
+    {"remove_socket", (PyCFunction)Engine_remove_socket, METH_VARARGS,
+     "remove_socket(fd): stop watching fd and purge every entry using it."},
+    {"install_client", (PyCFunction)Engine_install_client, METH_VARARGS,
+     "install_client(listener_fd, client, channel, relay_fd, peer, token)"},
+    {"install_peer", (PyCFunction)Engine_install_peer, METH_VARARGS,
+     "install_peer(relay_fd, peer, listener_fd, client, channel, token)"},
+    {"uninstall_client", (PyCFunction)Engine_uninstall_client, METH_VARARGS,
+     "uninstall_client(listener_fd, client, channel) -> (packets, bytes) | None"},
+    {"uninstall_peer", (PyCFunction)Engine_uninstall_peer, METH_VARARGS,
+     "uninstall_peer(relay_fd, peer) -> (packets, bytes) | None"},
+    {"collect", (PyCFunction)Engine_collect, METH_VARARGS,
+     "collect(pending_only=False) -> [(token, packets, bytes)] since the last collect"},
+    {"poll", (PyCFunction)Engine_poll, METH_VARARGS,
+     "poll(timeout_ms=0) -> [(fd, data, (host, port))] not served by the tables"},
+    {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "Counters of the engine itself."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject EngineType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "iceward.net._fastpath.Engine",
+    .tp_basicsize = sizeof(Engine),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The native relay hot loop: epoll, recvmmsg/sendmmsg, forwarding tables.",
+    .tp_new = Engine_new,
+    .tp_dealloc = (destructor)Engine_dealloc,
+    .tp_methods = Engine_methods,
+};
+
+static struct PyModuleDef fastpath_module = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "iceward's native relay fast path.", -1, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) {
+    if (PyType_Ready(&EngineType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&fastpath_module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&EngineType);
+    if (PyModule_AddObject(m, "Engine", (PyObject *)&EngineType) < 0 ||
+        PyModule_AddIntConstant(m, "LISTENER", FP_LISTENER) < 0 ||
+        PyModule_AddIntConstant(m, "RELAY", FP_RELAY) < 0 ||
+        PyModule_AddIntConstant(m, "BATCH", FP_BATCH) < 0) {
+        Py_DECREF(&EngineType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
+#endif /* FP_NO_PYTHON */

@@ -1,0 +1,161 @@
+"""The native relay fast path (``_fastpath``, a C extension) seen from the control plane.
+
+The extension owns one epoll set over the UDP listeners and relay sockets; its ``poll`` (the GIL
+released) drains them with recvmmsg, serves forwarding-table hits itself (sendmmsg, UDP GSO) and
+returns the rest, which goes to the same Python handlers the pure-Python path uses. Its epoll fd
+is one reader on the asyncio loop.
+
+Tables and counters: a UDP client's channel is two entries, (listener, client, channel) -> (relay,
+peer) and (relay, peer) -> (listener, client, channel), each counting packets and payload bytes
+under a token. :meth:`FastPath.sync` adds what they counted since the last call to the allocation's
+:class:`TrafficCounters`, so readers of those counters see exact numbers after a sync. TCP/TLS
+clients stay on the Python path (their relay sockets are still served here: a peer datagram with
+no native entry goes to the relay's Python table).
+
+``ICEWARD_FASTPATH=0`` (or a missing extension) selects the pure-Python path; ``ICEWARD_FASTPATH=
+"1 nogso"`` / ``"1 nogro"`` keep the native path without UDP GSO sends / UDP GRO receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from iceward.turn.allocation import Address, TrafficCounters
+
+LISTENER = 1
+RELAY = 2
+
+#: fd -> what to do with a datagram the tables did not serve: handler(data, source address).
+Handler = Callable[[bytes, Address], None]
+
+
+def load_engine() -> tuple[Any, str]:
+    """(engine, why): a new native engine, or None and the reason the Python path is used."""
+    words = os.environ.get("ICEWARD_FASTPATH", "1").strip().lower().replace(",", " ").split()
+    if words and words[0] in ("0", "off", "no", "false", "python"):
+        return None, "python (ICEWARD_FASTPATH=0)"
+    # "nogso" / "nogro" after the switch turn the kernel batching off (for measurements).
+    options = {"gso": "nogso" not in words, "gro": "nogro" not in words}
+    if not sys.platform.startswith("linux"):
+        return None, f"python (no native fast path on {sys.platform})"
+    try:
+        from iceward.net import _fastpath  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, f"python (native extension not built: {exc})"
+    try:
+        engine = _fastpath.Engine(**options)
+    except OSError as exc:
+        return None, f"python (native engine failed: {exc})"
+    batching = "".join(f", UDP {name.upper()}" for name, on in options.items() if on)
+    return engine, f"native (epoll, recvmmsg/sendmmsg{batching})"
+
+
+class FastPath:
+    """One native engine on one event loop, and the control plane's view of its tables."""
+
+    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self._loop = loop
+        self._handlers: dict[int, Handler] = {}
+        #: token -> (counters, True for the client->peer direction).
+        self._tokens: dict[int, tuple[TrafficCounters, bool]] = {}
+        #: (listener fd, client, channel) -> (to-peer token, relay fd, peer, to-client token).
+        self._installed: dict[tuple[int, Address, int], tuple[int, int, Address, int]] = {}
+        self._next_token = 1
+        self.closed = False
+        loop.add_reader(engine.fileno(), self._on_ready)
+
+    # -- sockets -------------------------------------------------------------------------------
+    def register(self, fd: int, kind: int, handler: Handler) -> None:
+        self.engine.add_socket(fd, kind)
+        self._handlers[fd] = handler
+
+    def unregister(self, fd: int) -> None:
+        """Before the socket closes: the engine forgets it and every entry that uses it."""
+        if self._handlers.pop(fd, None) is not None and not self.closed:
+            self.engine.remove_socket(fd)
+
+    def _on_ready(self) -> None:
+        handlers = self._handlers
+        for fd, data, addr in self.engine.poll(0):
+            handler = handlers.get(fd)
+            if handler is not None:
+                handler(data, addr)
+
+    # -- forwarding entries --------------------------------------------------------------------
+    def install(
+        self,
+        listener_fd: int,
+        client: Address,
+        number: int,
+        relay_fd: int,
+        peer: Address,
+        counters: TrafficCounters,
+    ) -> None:
+        key = (listener_fd, client, number)
+        if key in self._installed:
+            self.uninstall(listener_fd, client, number)
+        to_peer, to_client = self._next_token, self._next_token + 1
+        self._next_token += 2
+        self._tokens[to_peer] = (counters, True)
+        self._tokens[to_client] = (counters, False)
+        self._installed[key] = (to_peer, relay_fd, peer, to_client)
+        self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
+        self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
+
+    def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
+        found = self._installed.pop((listener_fd, client, number), None)
+        if found is None or self.closed:
+            return
+        to_peer, relay_fd, peer, to_client = found
+        engine = self.engine
+        for token, counts in (
+            (to_peer, engine.uninstall_client(listener_fd, client, number)),
+            (to_client, engine.uninstall_peer(relay_fd, peer)),
+        ):
+            if counts is not None:
+                self._add(token, counts[0], counts[1])
+        # Entries purged with a closed socket left their counts pending: take them now.
+        for token, packets, nbytes in engine.collect(True):
+            self._add(token, packets, nbytes)
+        self._tokens.pop(to_peer, None)
+        self._tokens.pop(to_client, None)
+
+    def sync(self) -> None:
+        """Move what the native entries counted into the allocations' counters."""
+        if self.closed:
+            return
+        for token, packets, nbytes in self.engine.collect():
+            self._add(token, packets, nbytes)
+
+    def _add(self, token: int, packets: int, nbytes: int) -> None:
+        found = self._tokens.get(token)
+        if found is None:
+            return
+        counters, to_peer = found
+        if to_peer:
+            counters.packets_to_peer += packets
+            counters.bytes_to_peer += nbytes
+        else:
+            counters.packets_to_client += packets
+            counters.bytes_to_client += nbytes
+
+    def stats(self) -> dict[str, int]:
+        stats: dict[str, int] = self.engine.stats()
+        return stats
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            self._loop.remove_reader(self.engine.fileno())
+        except (ValueError, OSError):
+            pass
+        self.sync()
+        self.closed = True
+        self.engine.close()
+        self._handlers.clear()

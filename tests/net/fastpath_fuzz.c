@@ -1,0 +1,441 @@
+/*
+ * Fuzz and malformed-flood driver for the native relay fast path, built with AddressSanitizer
+ * (and UBSan) by tests/net/test_fastpath_asan.py:  fastpath_fuzz SECONDS SEED
+ *
+ * Real loopback sockets: 2 listeners, 8 relay sockets, 8 clients, peers made per binding on
+ * addresses 127.1.x.y that are never reused.  In a random interleaving it sends valid ChannelData
+ * and peer datagrams for live and removed bindings, malformed datagrams (truncated ChannelData,
+ * length fields beyond the datagram, channel numbers out of range, random bytes, empty), polls,
+ * unbinds and rebinds during traffic, replaces relay sockets under live entries, and collects
+ * counters.  It checks that nothing is ever forwarded for a binding removed before the last drain,
+ * that every forwarded datagram reaches the right socket intact, that the counters never fall
+ * short of what arrived, and (LeakSanitizer at exit) that nothing leaks.  Exit 0 means clean.
+ */
+#define FP_NO_PYTHON
+#include "_fastpath.c"
+
+#include <stdio.h>
+#include <time.h>
+
+#define SLOTS 8
+#define MAXB 200000
+#define STALE 3 /* removed bindings per slot whose peers keep sending */
+
+typedef struct {
+    int slot;
+    uint16_t ch;
+    int peer_fd;
+    struct sockaddr_in peer;
+    int live;
+    uint64_t counted[2];
+    uint64_t received[2];
+} binding;
+
+static binding B[MAXB];
+static int nb;
+static int listener[2];
+static int relay[SLOTS];
+static int client[SLOTS];
+static int cur[SLOTS];
+static int stale[SLOTS][STALE];
+static uint16_t next_ch[SLOTS];
+static struct sockaddr_in laddr[2], raddr[SLOTS], caddr[SLOTS];
+static uint64_t rng_state;
+static unsigned char buf[70000];
+static unsigned char gbuf[140000];
+static long failures, forwarded, misses_seen;
+
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+#define FAIL(...)                                                                                \
+    do {                                                                                         \
+        fprintf(stderr, "FAIL: " __VA_ARGS__);                                                   \
+        fprintf(stderr, "\n");                                                                   \
+        failures++;                                                                              \
+    } while (0)
+
+static int udp_socket(uint32_t ip, struct sockaddr_in *out) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        perror("socket");
+        exit(2);
+    }
+    int size = 1 << 21;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(ip);
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+        perror("bind");
+        exit(2);
+    }
+    socklen_t len = sizeof(*out);
+    getsockname(fd, (struct sockaddr *)out, &len);
+    return fd;
+}
+
+static int visit(void *ctx, uint64_t token, uint64_t packets, uint64_t bytes) {
+    (void)ctx;
+    (void)bytes;
+    uint64_t id = token >> 1;
+    if (id >= (uint64_t)nb)
+        FAIL("collect returned unknown token %llu", (unsigned long long)token);
+    else
+        B[id].counted[token & 1] += packets;
+    return 0;
+}
+
+static void bind_slot(fp_engine *e, int s) {
+    if (nb >= MAXB || next_ch[s] >= 0x4000 + (s + 1) * 0x800)
+        return;
+    int id = nb++;
+    binding *b = &B[id];
+    memset(b, 0, sizeof(*b));
+    b->slot = s;
+    b->ch = next_ch[s]++;
+    uint32_t ip = (127u << 24) | (1u << 16) | ((uint32_t)id + 1);
+    b->peer_fd = udp_socket(ip, &b->peer);
+    b->live = 1;
+    int l = s % 2;
+    if (fp_install(e, FP_LISTENER, listener[l], (struct sockaddr *)&caddr[s], b->ch, relay[s],
+                   (struct sockaddr *)&b->peer, sizeof(b->peer), 0, (uint64_t)id * 2) != 0 ||
+        fp_install(e, FP_RELAY, relay[s], (struct sockaddr *)&b->peer, 0, listener[l],
+                   (struct sockaddr *)&caddr[s], sizeof(caddr[s]), b->ch,
+                   (uint64_t)id * 2 + 1) != 0)
+        FAIL("install failed: %s", strerror(errno));
+    cur[s] = id;
+}
+
+/* Read everything that arrived at clients and peers and check it. */
+static void drain(void) {
+    for (int s = 0; s < SLOTS; s++) {
+        ssize_t n;
+        while ((n = recv(client[s], buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
+            if (n < 9) {
+                FAIL("short datagram at client %d", s);
+                continue;
+            }
+            int ch = (buf[0] << 8) | buf[1], len = (buf[2] << 8) | buf[3];
+            uint32_t id;
+            memcpy(&id, buf + 4, 4);
+            if (id >= (uint32_t)nb || buf[8] != 1) {
+                FAIL("garbage at client %d", s);
+                continue;
+            }
+            binding *b = &B[id];
+            if (!b->live)
+                FAIL("client %d got data of removed binding %u", s, id);
+            if (b->slot != s || b->ch != ch || len != n - 4)
+                FAIL("client %d: wrong channel/length (ch %x/%x len %d/%zd)", s, ch, b->ch, len,
+                     n - 4);
+            b->received[1]++;
+            forwarded++;
+        }
+    }
+    for (int id = 0; id < nb; id++) {
+        binding *b = &B[id];
+        if (b->peer_fd < 0)
+            continue;
+        ssize_t n;
+        while ((n = recv(b->peer_fd, buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
+            uint32_t got;
+            if (n < 5) {
+                FAIL("short datagram at peer %d", id);
+                continue;
+            }
+            memcpy(&got, buf, 4);
+            if (got != (uint32_t)id || buf[4] != 0)
+                FAIL("peer %d got data of binding %u", id, got);
+            else if (!b->live)
+                FAIL("peer %d got data after its binding was removed", id);
+            b->received[0]++;
+            forwarded++;
+        }
+    }
+}
+
+static void kill_binding(int id) {
+    binding *b = &B[id];
+    b->live = 0;
+    int s = b->slot;
+    /* keep its peer sending for a while, then close the oldest stale peer */
+    if (stale[s][0] >= 0 && B[stale[s][0]].peer_fd >= 0) {
+        close(B[stale[s][0]].peer_fd);
+        B[stale[s][0]].peer_fd = -1;
+    }
+    memmove(&stale[s][0], &stale[s][1], sizeof(int) * (STALE - 1));
+    stale[s][STALE - 1] = id;
+    if (cur[s] == id)
+        cur[s] = -1;
+}
+
+static int pick_binding(int s) {
+    int k = (int)(rnd() % (STALE + 1));
+    return k == STALE ? cur[s] : stale[s][k];
+}
+
+/* One UDP GSO send: the receiver (UDP_GRO on) may get it as one buffer of same-size datagrams. */
+static void send_gso(int fd, const struct sockaddr_in *to, const unsigned char *data, size_t total,
+                     uint16_t seg) {
+    struct iovec iov = {(void *)data, total};
+    uint64_t control[4];
+    struct msghdr h;
+    memset(&h, 0, sizeof(h));
+    h.msg_name = (void *)to;
+    h.msg_namelen = sizeof(*to);
+    h.msg_iov = &iov;
+    h.msg_iovlen = 1;
+    h.msg_control = control;
+    h.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&h);
+    c->cmsg_level = SOL_UDP;
+    c->cmsg_type = UDP_SEGMENT;
+    c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    memcpy(CMSG_DATA(c), &seg, sizeof(seg));
+    sendmsg(fd, &h, MSG_DONTWAIT);
+}
+
+/* burst copies of buf[0..size) back to back, sometimes a shorter (still valid) last one */
+static size_t gso_burst(int burst, size_t size, size_t header, size_t *seg) {
+    size_t total = 0;
+    for (int i = 0; i < burst; i++) {
+        memcpy(gbuf + total, buf, size);
+        total += size;
+    }
+    *seg = size;
+    if (rnd() & 1 && size > header + 9) { /* a shorter tail segment */
+        size_t tail = header + 5 + rnd() % (size - header - 9);
+        memcpy(gbuf + total, buf, tail);
+        if (header == 4) { /* fix its ChannelData length */
+            gbuf[total + 2] = (unsigned char)((tail - 4) >> 8);
+            gbuf[total + 3] = (unsigned char)((tail - 4) & 0xFF);
+        }
+        total += tail;
+    }
+    return total;
+}
+
+static void send_valid(int s) {
+    int id = pick_binding(s);
+    if (id < 0)
+        return;
+    binding *b = &B[id];
+    int len = 5 + (int)(rnd() % (rnd() & 1 ? 1300 : 120));
+    if (rnd() & 1) { /* client -> listener */
+        buf[0] = (unsigned char)(b->ch >> 8);
+        buf[1] = (unsigned char)(b->ch & 0xFF);
+        buf[2] = (unsigned char)(len >> 8);
+        buf[3] = (unsigned char)(len & 0xFF);
+        memcpy(buf + 4, &id, 4);
+        buf[8] = 0;
+        int pad = (int)(rnd() % 4);
+        memset(buf + 9, 0xAB, (size_t)(len - 5 + pad));
+        int burst = 1 + (int)(rnd() % 8); /* same size, same destination: GSO candidates */
+        if (burst > 1 && rnd() % 3 == 0) {
+            size_t seg, total = gso_burst(burst, (size_t)(4 + len + pad), 4, &seg);
+            send_gso(client[s], &laddr[s % 2], gbuf, total, (uint16_t)seg);
+            return;
+        }
+        for (int i = 0; i < burst; i++)
+            sendto(client[s], buf, (size_t)(4 + len + pad), 0, (struct sockaddr *)&laddr[s % 2],
+                   sizeof(laddr[0]));
+    } else if (b->peer_fd >= 0) { /* peer -> relay */
+        memcpy(buf, &id, 4);
+        buf[4] = 1;
+        memset(buf + 5, 0xCD, (size_t)(len - 5));
+        int burst = 1 + (int)(rnd() % 8);
+        if (burst > 1 && rnd() % 3 == 0) {
+            size_t seg, total = gso_burst(burst, (size_t)len, 0, &seg);
+            send_gso(b->peer_fd, &raddr[s], gbuf, total, (uint16_t)seg);
+            return;
+        }
+        for (int i = 0; i < burst; i++)
+            sendto(b->peer_fd, buf, (size_t)len, 0, (struct sockaddr *)&raddr[s],
+                   sizeof(raddr[0]));
+    }
+}
+
+static void send_junk(int s) {
+    size_t n;
+    switch (rnd() % 8) {
+    case 0: /* truncated header */
+        n = rnd() % 4;
+        buf[0] = (unsigned char)(0x40 + rnd() % 0x40);
+        buf[1] = (unsigned char)rnd();
+        buf[2] = (unsigned char)rnd();
+        break;
+    case 1: /* length beyond the datagram, channel maybe live */
+        n = 4 + rnd() % 64;
+        buf[0] = cur[s] >= 0 ? (unsigned char)(B[cur[s]].ch >> 8) : 0x40;
+        buf[1] = cur[s] >= 0 ? (unsigned char)(B[cur[s]].ch & 0xFF) : 0;
+        buf[2] = 0xFF;
+        buf[3] = (unsigned char)rnd();
+        break;
+    case 2: /* channel numbers out of range */
+        n = 4 + rnd() % 64;
+        buf[0] = (unsigned char)(rnd() & 1 ? 0x80 + rnd() % 0x80 : rnd() % 0x40);
+        buf[1] = (unsigned char)rnd();
+        buf[2] = 0;
+        buf[3] = (unsigned char)(n - 4);
+        break;
+    case 3:
+        n = 0;
+        break;
+    case 4: /* a large datagram, its length field one byte beyond it */
+        n = 4 + rnd() % 60000;
+        buf[0] = 0x40;
+        buf[1] = (unsigned char)rnd();
+        buf[2] = (unsigned char)((n - 3) >> 8);
+        buf[3] = (unsigned char)((n - 3) & 0xFF);
+        break;
+    default:
+        n = rnd() % 200;
+        for (size_t i = 0; i < n; i++)
+            buf[i] = (unsigned char)rnd();
+        break;
+    }
+    if (rnd() & 1) {
+        sendto(client[s], buf, n, 0, (struct sockaddr *)&laddr[rnd() % 2], sizeof(laddr[0]));
+    } else {
+        /* a peer with a channel on another relay, or a stranger: never a table hit */
+        int id = pick_binding(s);
+        int fd = id >= 0 && B[id].peer_fd >= 0 ? B[id].peer_fd : client[s];
+        int to = (s + 1 + (int)(rnd() % (SLOTS - 1))) % SLOTS;
+        sendto(fd, buf, n, 0, (struct sockaddr *)&raddr[to], sizeof(raddr[0]));
+    }
+}
+
+static void poll_once(fp_engine *e) {
+    int n = fp_poll(e, 0);
+    if (n < 0) {
+        FAIL("poll: %s", strerror(errno));
+        return;
+    }
+    for (int i = 0; i < n; i++) { /* touch every byte the misses hand back */
+        fp_miss *m = &e->miss[i];
+        unsigned char *d = (unsigned char *)m->data;
+        volatile unsigned sum = 0;
+        for (int j = 0; j < m->len; j++)
+            sum += d[j];
+        if (m->len < 0 || m->len > 65535)
+            FAIL("miss length %d", m->len);
+        misses_seen++;
+    }
+}
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 3.0;
+    rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : (uint64_t)time(NULL);
+    if (rng_state == 0)
+        rng_state = 88172645463325252ULL;
+    fprintf(stderr, "fastpath_fuzz: %.1fs seed %llu\n", seconds, (unsigned long long)rng_state);
+    fp_engine *e = fp_new();
+    if (e == NULL) {
+        perror("fp_new");
+        return 2;
+    }
+    for (int l = 0; l < 2; l++) {
+        listener[l] = udp_socket(0x7F000001, &laddr[l]);
+        fp_add_socket(e, listener[l], FP_LISTENER);
+    }
+    for (int s = 0; s < SLOTS; s++) {
+        relay[s] = udp_socket(0x7F000001, &raddr[s]);
+        fp_add_socket(e, relay[s], FP_RELAY);
+        client[s] = udp_socket(0x7F000001, &caddr[s]);
+        next_ch[s] = (uint16_t)(0x4000 + s * 0x800);
+        cur[s] = -1;
+        for (int k = 0; k < STALE; k++)
+            stale[s][k] = -1;
+        bind_slot(e, s);
+    }
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long iterations = 0;
+    for (;;) {
+        if ((iterations++ & 255) == 0) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            if ((double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9 >= seconds)
+                break;
+        }
+        int s = (int)(rnd() % SLOTS);
+        unsigned r = (unsigned)(rnd() % 1000);
+        if (r < 550) {
+            send_valid(s);
+        } else if (r < 750) {
+            send_junk(s);
+        } else if (r < 930) {
+            poll_once(e);
+            drain();
+        } else if (r < 975) { /* unbind (and maybe rebind) during traffic */
+            drain();
+            if (cur[s] >= 0) {
+                int id = cur[s];
+                uint64_t p = 0, b = 0;
+                int l = s % 2;
+                if (fp_uninstall(e, FP_LISTENER, listener[l], (struct sockaddr *)&caddr[s],
+                                 B[id].ch, &p, &b))
+                    B[id].counted[0] += p;
+                else
+                    FAIL("client entry of binding %d missing", id);
+                if (fp_uninstall(e, FP_RELAY, relay[s], (struct sockaddr *)&B[id].peer, 0, &p, &b))
+                    B[id].counted[1] += p;
+                else
+                    FAIL("peer entry of binding %d missing", id);
+                kill_binding(id);
+            }
+            if (rnd() % 4)
+                bind_slot(e, s);
+        } else if (r < 980) { /* the relay socket goes away under live entries */
+            drain();
+            if (cur[s] >= 0)
+                kill_binding(cur[s]);
+            fp_remove_socket(e, relay[s]);
+            close(relay[s]);
+            relay[s] = udp_socket(0x7F000001, &raddr[s]);
+            fp_add_socket(e, relay[s], FP_RELAY);
+            bind_slot(e, s);
+        } else if (r < 990) {
+            fp_collect(e, (int)(rnd() & 1), visit, NULL);
+        } else if (cur[s] >= 0) { /* reinstall over a live entry: counts move to pending */
+            int id = cur[s];
+            int l = s % 2;
+            fp_install(e, FP_LISTENER, listener[l], (struct sockaddr *)&caddr[s], B[id].ch,
+                       relay[s], (struct sockaddr *)&B[id].peer, sizeof(B[id].peer), 0,
+                       (uint64_t)id * 2);
+        }
+    }
+    for (int i = 0; i < 50; i++)
+        poll_once(e);
+    drain();
+    fp_collect(e, 0, visit, NULL);
+    for (int id = 0; id < nb; id++)
+        for (int d = 0; d < 2; d++)
+            if (B[id].received[d] > B[id].counted[d])
+                FAIL("binding %d dir %d: %llu arrived, %llu counted", id, d,
+                     (unsigned long long)B[id].received[d], (unsigned long long)B[id].counted[d]);
+    fprintf(stderr,
+            "fastpath_fuzz: %ld iterations, %d bindings, %ld forwarded, %ld misses, %llu gso "
+            "sends, %llu gro buffers, %ld failures\n",
+            iterations, nb, forwarded, misses_seen, (unsigned long long)e->stat_gso_sends,
+            (unsigned long long)e->stat_gro_buffers, failures);
+    fp_free(e);
+    for (int id = 0; id < nb; id++)
+        if (B[id].peer_fd >= 0)
+            close(B[id].peer_fd);
+    for (int s = 0; s < SLOTS; s++) {
+        close(relay[s]);
+        close(client[s]);
+    }
+    close(listener[0]);
+    close(listener[1]);
+    if (forwarded == 0)
+        FAIL("nothing was forwarded at all");
+    return failures ? 1 : 0;
+}
