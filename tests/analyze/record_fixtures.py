@@ -32,21 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iceward.lab.browser import HEADLESS_ARGS
 from tests.conftest import HOST, RunningServer, free_port_pair, make_test_ca, start_server
 
 HERE = Path(__file__).parent
 PAGE = HERE / "record_page.html"
 FIXTURES = HERE / "fixtures"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+CHROMIUM_ARGS = HEADLESS_ARGS
 USER, PASSWORD = "alice", "wonderland"
 
 

@@ -215,6 +215,9 @@ def test_no_flags_generates_a_secret_once_and_prints_working_ice_servers(
     server = make_server(secret="", users={})
     secret_file = server.data_dir / "rest-secret"
     assert secret_file.exists() and oct(secret_file.stat().st_mode & 0o777) == "0o600"
+    deadline = time.monotonic() + 10
+    while "# iceServers above" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)  # printed just after the listeners are up
     printed = server.log_text()
     doc = json.loads(printed[printed.index("{") : printed.index("\n}") + 2])
     turn = next(s for s in doc["iceServers"] if "username" in s)

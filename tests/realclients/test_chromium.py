@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from iceward.lab.browser import HEADLESS_ARGS
 from iceward.turn.credentials import mint_rest_credential
 from tests.conftest import CertAuthority, RunningServer, make_test_ca, require_tool
 
@@ -34,16 +35,7 @@ SECRET = "test-shared-secret"
 MESSAGES = 20
 CONNECT_TIMEOUT_MS = 10_000
 REFUSED_WAIT_MS = 8_000
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
+CHROMIUM_ARGS = HEADLESS_ARGS
 
 
 def chromium_path() -> str:

@@ -23,7 +23,9 @@ from typing import Any
 
 SIGNAL_NAME = "signal.lab.iceward.test"
 TURN_NAME = "turn.lab.iceward.test"
-CHROMIUM_ARGS = [
+#: Debian's Chromium headless on a machine with no internet: no background connections, no
+#: sandbox (run as root), no QUIC, no GPU. Tests and fixture recording use these too.
+HEADLESS_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
     "--disable-quic",
@@ -32,6 +34,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
+]
+#: In a lab LAN: no proxy, and real host addresses in candidates rather than mDNS names.
+CHROMIUM_ARGS = [
+    *HEADLESS_ARGS,
     "--no-proxy-server",
     "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
