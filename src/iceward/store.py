@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,14 @@ class RevisionRow(Base):
 def _aware(when: dt.datetime) -> dt.datetime:
     """SQLite hands datetimes back naive; they were stored in UTC."""
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_report_id() -> str:
+    """12 letters and digits (71 bits): short enough for a link, never mistaken for an option."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
 
 def hash_api_key(key: str) -> str:
@@ -309,7 +318,7 @@ class Store:
     # -- test page reports ---------------------------------------------------------------------
     def add_report(self, report: dict[str, Any], summary: str = "") -> str:
         """Store a report; returns its short id."""
-        report_id = secrets.token_urlsafe(9)
+        report_id = new_report_id()
         with self._session.begin() as s:
             s.add(ReportRow(id=report_id, summary=summary[:500], body=json.dumps(report)))
         return report_id

@@ -25,3 +25,11 @@ def test_reports_kept_within_age_and_count(tmp_path: Path) -> None:
     assert store.prune_reports(dt.timedelta(days=30), 2) == 2
     assert len(store.list_reports()) == 2
     assert store.prune_reports(dt.timedelta(days=30), 2) == 0
+
+
+def test_report_ids_are_link_and_shell_safe() -> None:
+    from iceward.store import new_report_id
+
+    ids = {new_report_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 12 and i.isalnum() and i.isascii() for i in ids)
