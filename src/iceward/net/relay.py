@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iceward.net.fastpath import RELAY, FastPath
+from iceward.net.links import Links
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
 from iceward.turn.allocation import Address, TrafficCounters
 from iceward.turn.server import RelayUnavailable
@@ -35,7 +36,6 @@ from iceward.turn.server import RelayUnavailable
 BATCH = 64
 BUFFER_SIZE = 65536 + 4
 _HEADER = struct.Struct("!HH")
-_IP_MTU_DISCOVER = 10
 
 #: What the relay does with a datagram that is not a forwarding-table hit.
 PeerHandler = Callable[["RelaySocket", bytes, Address], None]
@@ -98,7 +98,7 @@ class RelaySocket:
         self.advertised = advertised
         self.channels: dict[Any, PeerEntry] = {}
         #: peer address -> socket connected to it (see the module docstring).
-        self.links: dict[Any, socket.socket] = {}
+        self.links = Links(sock, loop, self._on_link_readable)
         self._loop = loop
         self._on_miss = on_miss
         self._buf = bytearray(BUFFER_SIZE)
@@ -128,38 +128,13 @@ class RelaySocket:
         (or the native fast path reads this relay: it needs no links)."""
         if self.fast is not None:
             return None
-        sock = self.links.get(peer)
-        if sock is None:
-            sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
-            try:
-                if self._family == FAMILY_IPV6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                else:  # DONT-FRAGMENT, if the allocation asked for it, holds for links too
-                    mtu = self.sock.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER)
-                    sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, mtu)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(self.bound)
-                sock.connect(peer)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                return None
-            self.links[peer] = sock
-            self._loop.add_reader(sock.fileno(), self._on_link_readable, sock, peer)
-        return sock.send
+        return self.links.send_to(peer)
 
     def unlink(self, peer: Address) -> None:
-        sock = self.links.pop(peer, None)
-        if sock is not None:
-            try:
-                self._loop.remove_reader(sock.fileno())
-            except (ValueError, OSError):
-                pass
-            sock.close()
+        self.links.drop(peer)
 
     def close(self) -> None:
-        for peer in list(self.links):
-            self.unlink(peer)
+        self.links.drop_all()
         if self.fast is not None:
             self.fast.unregister(self.fd)
         else:

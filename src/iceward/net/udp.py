@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iceward.net.fastpath import LISTENER, FastPath
+from iceward.net.links import Links
 from iceward.turn.allocation import Address, TrafficCounters
 
 BATCH = 64
@@ -64,7 +65,7 @@ class UdpListener:
         self._loop = loop
         self._on_miss = on_miss
         #: client address -> socket connected to it (see the module docstring).
-        self.links: dict[Any, socket.socket] = {}
+        self.links = Links(sock, loop, self._on_link_readable)
         self._buf = bytearray(BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         sock.setblocking(False)
@@ -102,31 +103,10 @@ class UdpListener:
         (or the native fast path reads this listener: it needs no links)."""
         if self.fast is not None:
             return None
-        sock = self.links.get(client)
-        if sock is None:
-            sock = socket.socket(self.sock.family, socket.SOCK_DGRAM)
-            try:
-                if self._v6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind(self.local)
-                sock.connect(client)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                return None
-            self.links[client] = sock
-            self._loop.add_reader(sock.fileno(), self._on_link_readable, sock, client)
-        return sock.send
+        return self.links.send_to(client)
 
     def unlink(self, client: Address) -> None:
-        sock = self.links.pop(client, None)
-        if sock is not None:
-            try:
-                self._loop.remove_reader(sock.fileno())
-            except (ValueError, OSError):
-                pass
-            sock.close()
+        self.links.drop(client)
 
     def send(self, data: bytes, client: Address) -> None:
         try:
@@ -135,8 +115,7 @@ class UdpListener:
             pass
 
     def close(self) -> None:
-        for client in list(self.links):
-            self.unlink(client)
+        self.links.drop_all()
         if self.fast is not None:
             self.fast.unregister(self.fd)
         else:
