@@ -256,7 +256,7 @@ def credentials(
     if uri:
         uris = list(uri)
     else:
-        from iceward.net.service import Endpoints
+        from iceward.net.front import Endpoints
 
         uris = Endpoints(host, port, tls_port).uris()
     bad = [u for u in uris if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]

@@ -28,7 +28,7 @@ from iceward.api.ratelimit import RateLimiter
 from iceward.store import Store, StoreError
 
 if TYPE_CHECKING:
-    from iceward.net.service import TurnService
+    from iceward.net.front import ServerFront
 
 log = logging.getLogger("iceward.api")
 
@@ -72,7 +72,7 @@ class SecretIn(BaseModel):
 
 
 def create_app(
-    service: "TurnService",
+    service: "ServerFront",
     store: Store,
     *,
     cors_origins: list[str] | None = None,
@@ -96,7 +96,7 @@ def create_app(
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    registry, api_requests = make_registry(service)
+    registry, collector, api_requests = make_registry()
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]
     if cors_origins:
@@ -195,11 +195,11 @@ def create_app(
     @app.get("/admin/v1/allocations", tags=["admin"])
     async def list_allocations(_: Admin) -> list[dict[str, Any]]:
         """Active allocations with live traffic counters."""
-        return service.allocation_report()
+        return await service.allocation_report()
 
     @app.delete("/admin/v1/allocations/{allocation_id}", status_code=204, tags=["admin"])
     async def delete_allocation(allocation_id: int, _: Admin) -> Response:
-        if not service.delete_allocation(allocation_id):
+        if not await service.delete_allocation(allocation_id):
             raise HTTPException(404, "no such allocation")
         return Response(status_code=204)
 
@@ -213,7 +213,7 @@ def create_app(
     @app.post("/admin/v1/users", status_code=201, tags=["admin"])
     async def add_user(body: UserIn, _: Admin) -> dict[str, str]:
         await run_in_threadpool(store.add_user, body.name, body.password, service.settings.realm)
-        await service.refresh_from_store()
+        await service.store_changed()
         return {"name": body.name}
 
     @app.delete("/admin/v1/users/{name}", status_code=204, tags=["admin"])
@@ -222,7 +222,7 @@ def create_app(
             await run_in_threadpool(store.remove_user, name)
         except StoreError as exc:
             raise HTTPException(404, str(exc)) from None
-        await service.refresh_from_store()
+        await service.store_changed()
         return Response(status_code=204)
 
     @app.get("/admin/v1/secrets", tags=["admin"])
@@ -243,7 +243,7 @@ def create_app(
             await run_in_threadpool(store.add_secret, body.name, body.value)
         except StoreError as exc:
             raise HTTPException(409, str(exc)) from None
-        await service.refresh_from_store()
+        await service.store_changed()
         return {"name": body.name}
 
     @app.post("/admin/v1/secrets/{name}/retire", status_code=204, tags=["admin"])
@@ -252,7 +252,7 @@ def create_app(
             await run_in_threadpool(store.retire_secret, name)
         except StoreError as exc:
             raise HTTPException(404, str(exc)) from None
-        await service.refresh_from_store()
+        await service.store_changed()
         return Response(status_code=204)
 
     @app.get("/admin/v1/issuance", tags=["admin"])
@@ -269,6 +269,7 @@ def create_app(
     # -- observability -------------------------------------------------------------------------
     @app.get("/metrics", tags=["observability"], include_in_schema=False)
     async def metrics() -> Response:
+        collector.snapshot = await service.metrics_snapshot()
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["observability"])
@@ -278,10 +279,16 @@ def create_app(
     @app.get("/readyz", tags=["observability"])
     async def readyz() -> JSONResponse:
         listening = service.listening
+        up, total = service.workers_up()
         store_ok = await run_in_threadpool(store.ping)
-        ok = listening and store_ok
+        ok = listening and up > 0 and store_ok
         return JSONResponse(
-            {"status": "ready" if ok else "not ready", "listeners": listening, "store": store_ok},
+            {
+                "status": "ready" if ok else "not ready",
+                "listeners": listening,
+                "workers": {"up": up, "total": total},
+                "store": store_ok,
+            },
             status_code=200 if ok else 503,
         )
 

@@ -17,7 +17,7 @@ from iceward.store import Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
 
 if TYPE_CHECKING:
-    from iceward.net.service import TurnService
+    from iceward.net.front import ServerFront
 
 log = logging.getLogger("iceward.api")
 
@@ -35,7 +35,7 @@ def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def issue(
-    service: "TurnService",
+    service: "ServerFront",
     store: Store,
     response: Response,
     *,

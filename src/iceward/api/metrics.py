@@ -2,34 +2,32 @@
 
 Relayed bytes and packets come from the per-allocation counters the forwarding path increments,
 plus the totals of allocations that already ended: they move while a call is in progress, not
-only when its allocation ends. No user names as labels.
+only when its allocation ends. With several workers the figures are their sum. No user names
+as labels.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from iceward.net.service import TurnService
-
-_FAMILIES = {1: "ipv4", 2: "ipv6"}
+from iceward.net.snapshot import Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
 
 
 class ServerCollector(Collector):
-    def __init__(self, service: TurnService) -> None:
-        self.service = service
+    """Yields the metrics of the snapshot the endpoint took just before (see :func:`scrape`)."""
+
+    def __init__(self) -> None:
+        self.snapshot: Snapshot | None = None
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        service = self.service
-        core = service.core
-        if core is None:
+        snap = self.snapshot
+        if snap is None:
             return
         bytes_total = CounterMetricFamily(
             "iceward_relayed_bytes", "Payload bytes relayed", labels=["direction", "transport"]
@@ -37,8 +35,7 @@ class ServerCollector(Collector):
         packets_total = CounterMetricFamily(
             "iceward_relayed_packets", "Packets relayed", labels=["direction", "transport"]
         )
-        traffic = service.traffic_totals()
-        for (direction, transport), (packets, nbytes) in sorted(traffic.items()):
+        for (direction, transport), (packets, nbytes) in sorted(snap.traffic.items()):
             bytes_total.add_metric([direction, transport], nbytes)
             packets_total.add_metric([direction, transport], packets)
         yield bytes_total
@@ -47,23 +44,18 @@ class ServerCollector(Collector):
         active = GaugeMetricFamily(
             "iceward_allocations_active", "Allocations alive", labels=["transport", "family"]
         )
-        counts: dict[tuple[str, str], int] = {}
-        for alloc in core.allocations:
-            for family in alloc.relays:
-                key = (alloc.five_tuple.transport, _FAMILIES.get(family, str(family)))
-                counts[key] = counts.get(key, 0) + 1
-        for key, n in sorted(counts.items()):
+        for key, n in sorted(snap.active.items()):
             active.add_metric(list(key), n)
         yield active
 
         created = CounterMetricFamily(
             "iceward_allocations_created", "Allocations created", labels=["transport"]
         )
-        for transport, n in sorted(service.created_by_transport.items()):
+        for transport, n in sorted(snap.created.items()):
             created.add_metric([transport], n)
         yield created
 
-        c = core.counters
+        c = snap.counters
         requests = CounterMetricFamily(
             "iceward_stun_requests", "STUN/TURN requests", labels=["method"]
         )
@@ -97,20 +89,20 @@ class ServerCollector(Collector):
         yield from (requests, errors, auth, refused, drops, binding, quota)
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])
-        in_use, size = service.relay_port_usage()
-        ports.add_metric(["in_use"], in_use)
-        ports.add_metric(["free"], max(0, size - in_use))
+        ports.add_metric(["in_use"], snap.ports_in_use)
+        ports.add_metric(["free"], max(0, snap.ports_total - snap.ports_in_use))
         yield ports
 
 
-def make_registry(service: TurnService) -> tuple[CollectorRegistry, Counter]:
-    """A registry of the server's metrics and the API request counter the app updates."""
+def make_registry() -> tuple[CollectorRegistry, ServerCollector, Counter]:
+    """A registry of the server's metrics, its collector, and the API request counter."""
     registry = CollectorRegistry()
-    registry.register(ServerCollector(service))
+    collector = ServerCollector()
+    registry.register(collector)
     api_requests = Counter(
         "iceward_api_requests",
         "HTTP API requests",
         ["route", "status"],
         registry=registry,
     )
-    return registry, api_requests
+    return registry, collector, api_requests

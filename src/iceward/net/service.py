@@ -8,29 +8,28 @@ single timer the core asks for, and logs each allocation's end with its traffic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from iceward.config import ServerSettings, ensure_secret, parse_alternate_address
+from iceward.config import ServerSettings
 from iceward.net.fastpath import FastPath, load_engine
+from iceward.net.front import ServerFront
+from iceward.net.listeners import open_listeners
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
+from iceward.net.sharedquota import SharedQuota
+from iceward.net.slot import WorkerSlot
+from iceward.net.snapshot import Snapshot
 from iceward.net.stream import StreamConnection
-from iceward.net.tls import ensure_self_signed, server_context
+from iceward.net.tls import server_context
 from iceward.net.udp import ClientEntry, UdpListener
-from iceward.store import Store, database_url
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
-from iceward.turn.auth import CredentialStore, NonceManager
+from iceward.turn.auth import NonceManager
 from iceward.turn.events import (
     AllocationCreated,
     AllocationRemoved,
@@ -40,101 +39,22 @@ from iceward.turn.events import (
     ToClient,
     ToPeer,
 )
-from iceward.turn.policy import PeerPolicy
-from iceward.turn.server import TurnConfig, TurnServer, family_of
+from iceward.turn.server import TurnServer, family_of
 
 log = logging.getLogger("iceward.server")
 
-
-def primary_ip() -> str:
-    """The address this host uses for its default route (no packet is sent), else loopback."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))
-            ip: str = s.getsockname()[0]
-            return ip
-        except OSError:
-            return "127.0.0.1"
+_FAMILIES = {1: "ipv4", 2: "ipv6"}
 
 
-def _specific(ips: list[str]) -> list[str]:
-    return [ip for ip in ips if ip not in ("0.0.0.0", "::")]
+class TurnService(ServerFront):
+    """Owns the listeners, relay sockets and timer of one TURN server process (or worker)."""
 
-
-@dataclass(slots=True)
-class Endpoints:
-    """Where the server listens, once started, and the host clients should be told to use."""
-
-    public_host: str
-    port: int = 0
-    tls_port: int = 0
-    listen: list[str] = field(default_factory=list)
-
-    def uris(self) -> list[str]:
-        host = f"[{self.public_host}]" if ":" in self.public_host else self.public_host
-        uris = [
-            f"stun:{host}:{self.port}",
-            f"turn:{host}:{self.port}?transport=udp",
-            f"turn:{host}:{self.port}?transport=tcp",
-        ]
-        if self.tls_port:
-            uris.append(f"turns:{host}:{self.tls_port}?transport=tcp")
-        return uris
-
-
-class TurnService:
-    """Owns the listeners, relay sockets and timer of one TURN server process."""
-
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings
+    def __init__(self, settings: ServerSettings, slot: WorkerSlot | None = None) -> None:
+        super().__init__(settings)
+        #: Set when this process is one worker of several (see :mod:`iceward.net.pool`).
+        self.slot = slot
+        self.quota: SharedQuota | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.credentials = CredentialStore(settings.realm)
-        for spec in settings.user:
-            name, _, secret = spec.partition(":")
-            if secret.startswith("0x") and len(secret) == 34:
-                self.credentials.add_user_key(name, bytes.fromhex(secret[2:]))
-            else:
-                self.credentials.add_user(name, secret)
-        secrets = list(settings.secret)
-        if not secrets and not settings.user:
-            secrets = [ensure_secret(settings.data_dir)]
-        self.config_secrets = secrets
-        self.config_users = self.credentials.user_keys()
-        self.credentials.set_secrets(secrets)
-        self.store: Store | None = None
-        self._store_revision = -1
-        self._db_secrets: list[str] = []
-        self.policy = PeerPolicy(allow=settings.allow_peer, deny=settings.deny_peer)
-        external_public, _, external_private = (settings.external_ip or "").partition("/")
-        listen_specific = _specific(settings.listen)
-        if settings.relay_ip:
-            relay_ips = list(settings.relay_ip)
-        elif external_private:
-            relay_ips = [external_private]
-        elif listen_specific:
-            relay_ips = listen_specific
-        else:
-            relay_ips = [primary_ip()]
-        self.relay_ips = relay_ips
-        self.advertise: dict[str, str] = {}
-        if external_public:
-            for ip in relay_ips:
-                if family_of(ip) == family_of(external_public):
-                    self.advertise[ip] = external_public
-        self.endpoints = Endpoints(external_public or (listen_specific or relay_ips)[0])
-        self.config = TurnConfig(
-            realm=settings.realm,
-            default_lifetime=settings.default_lifetime,
-            max_lifetime=settings.max_lifetime,
-            permission_lifetime=settings.permission_lifetime,
-            channel_lifetime=settings.channel_lifetime,
-            max_allocations_per_user=settings.max_allocations_per_user,
-            max_allocations=settings.max_allocations,
-            max_permissions_per_allocation=settings.max_permissions,
-        )
-        if settings.alternate_address:  # RFC 5780 (config checked: one listen IP, fixed port)
-            alternate = parse_alternate_address(settings.alternate_address, settings.port)
-            self.config.change_addresses = ((settings.listen[0], settings.port), alternate)
         self.core: TurnServer | None = None
         self._udp: dict[Address, UdpListener] = {}
         self._servers: list[asyncio.base_events.Server] = []
@@ -144,17 +64,12 @@ class TurnService:
         self._timer_deadline: float | None = None
         self._tls: ssl.SSLContext | None = None
         self._tls_files: tuple[Path, Path] | None = None
-        self._stopped = asyncio.Event()
         self._tick_task: asyncio.Task[None] | None = None
-        self._http: Any = None
-        self._http_task: asyncio.Task[None] | None = None
-        self.http_address: tuple[str, int] | None = None
         #: Totals of allocations that ended, per (direction, transport): (packets, bytes).
         self._ended: dict[tuple[str, str], list[int]] = {}
         self.created_by_transport: dict[str, int] = {}
         #: allocation id -> (packets seen at the last tick, time they last changed).
         self._activity: dict[int, tuple[int, float]] = {}
-        self.listening = False
         #: The native relay fast path, when built and not disabled (ICEWARD_FASTPATH=0).
         self.fast: FastPath | None = None
         self.relay_path = "python"
@@ -162,7 +77,9 @@ class TurnService:
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
-        self.store = Store(database_url(self.settings.data_dir, self.settings.database))
+        slot = self.slot or self._own_slot()
+        self.slot = slot
+        self.open_store()
         await self.refresh_from_store()
         engine, self.relay_path = load_engine()
         if engine is not None:
@@ -170,51 +87,45 @@ class TurnService:
         log.info("relay path: %s", self.relay_path)
         self._relays = UdpRelayAllocator(
             self.relay_ips,
-            self.settings.port_range,
+            slot.relay_ports,
             loop,
             self._on_relay_miss,
             self.advertise,
             fast=self.fast,
         )
+        if slot.quota_fd is not None:
+            self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)
         self.core = TurnServer(
             self.config,
             self.credentials,
-            NonceManager(os.urandom(32), self.settings.nonce_lifetime),
+            NonceManager(slot.nonce_key, self.settings.nonce_lifetime),
             self.policy,
             self._relays,
+            quota=self.quota,
+            first_id=slot.first_id,
+            id_step=slot.count,
         )
-        port = self.settings.port
-        for host in self.settings.listen:
-            listener = UdpListener.bind(host, port, loop, self._on_udp_miss, self.fast)
-            port = listener.local[1]
+        for sock in slot.udp:
+            listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
-            server = await loop.create_server(
-                lambda: self._new_stream("tcp"), host, port, reuse_address=True
-            )
+        for sock in slot.tcp:
+            server = await loop.create_server(lambda: self._new_stream("tcp"), sock=sock)
             self._servers.append(server)
-        self.endpoints.port = port
+        if slot.tcp:
+            self.endpoints.port = slot.tcp[0].getsockname()[1]
         self.endpoints.listen = list(self.settings.listen)
-        if self.config.change_addresses:  # RFC 5780: UDP on both IPs x both ports
-            (ip_a, port_a), (ip_b, port_b) = self.config.change_addresses
-            for local in ((ip_a, port_b), (ip_b, port_a), (ip_b, port_b)):
-                listener = UdpListener.bind(*local, loop, self._on_udp_miss, self.fast)
-                self._udp[listener.local] = listener
-        if self.settings.tls_port or self.settings.cert:
-            self._tls_files = self._tls_material()
+        if slot.tls:
+            self._tls_files = slot.tls_files or self.tls_material()
             self._tls = server_context(*self._tls_files)
-            tls_port = self.settings.tls_port
-            for host in self.settings.listen:
+            for sock in slot.tls:
                 server = await loop.create_server(
                     lambda: self._new_stream("tls"),
-                    host,
-                    tls_port,
+                    sock=sock,
                     ssl=self._tls,
-                    reuse_address=True,
                     ssl_handshake_timeout=10.0,
                 )
-                tls_port = server.sockets[0].getsockname()[1]
                 self._servers.append(server)
-            self.endpoints.tls_port = tls_port
+            self.endpoints.tls_port = slot.tls[0].getsockname()[1]
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         except (NotImplementedError, RuntimeError):
@@ -222,21 +133,33 @@ class TurnService:
         self.listening = True
         self._tick_task = loop.create_task(self._tick_forever())
         if self.settings.http != "off":
-            await self._start_http()
+            await self.start_http()
         log.info(
-            "listening udp/tcp=%s tls=%s on %s; relays on %s ports %s",
+            "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
             self.endpoints.port,
             self.endpoints.tls_port or "off",
             ",".join(self.settings.listen),
             ",".join(self.relay_ips),
-            self.settings.relay_ports,
+            *slot.relay_ports,
         )
 
-    def _tls_material(self) -> tuple[Path, Path]:
-        if self.settings.cert and self.settings.key:
-            return self.settings.cert, self.settings.key
-        names = [self.endpoints.public_host, *_specific(self.settings.listen)]
-        return ensure_self_signed(self.settings.data_dir / "tls", names)
+    def _own_slot(self) -> WorkerSlot:
+        """One process serving alone: bind its own listeners."""
+        settings = self.settings
+        tls_port = settings.tls_port if (settings.tls_port or settings.cert) else None
+        listeners = open_listeners(
+            settings.listen, settings.port, tls_port, 1, self.config.change_addresses
+        )
+        return WorkerSlot(
+            index=0,
+            count=1,
+            generation=0,
+            nonce_key=os.urandom(32),
+            relay_ports=settings.port_range,
+            udp=listeners.udp[0],
+            tcp=listeners.tcp[0],
+            tls=listeners.tls[0],
+        )
 
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate files again; new TLS connections use them."""
@@ -248,56 +171,10 @@ class TurnService:
         except (OSError, ssl.SSLError) as exc:
             log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
-    async def _start_http(self) -> None:
-        import uvicorn
-
-        from iceward.api.app import create_app
-
-        assert self.store is not None
-        host, _, port = self.settings.http.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
-        # Bind here so a busy port is an OSError for the caller, not uvicorn's sys.exit.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, int(port)))
-        except OSError as exc:
-            sock.close()
-            raise OSError(
-                f"HTTP API cannot listen on {self.settings.http}: {exc.strerror}"
-            ) from None
-        app = create_app(
-            self,
-            self.store,
-            cors_origins=self.settings.cors_origin,
-            admin_networks=self.settings.admin_allow,
-            rate=self.settings.api_rate,
-            burst=self.settings.api_burst,
-            default_ttl=self.settings.credential_ttl,
-        )
-        config = uvicorn.Config(
-            app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off"
-        )
-        server = _EmbeddedUvicorn(config)
-        self._http = server
-        self._http_task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if self._http_task.done():
-                self._http_task.result()
-                raise OSError(f"HTTP API could not listen on {self.settings.http}")
-            await asyncio.sleep(0.01)
-        sock = server.servers[0].sockets[0]
-        self.http_address = sock.getsockname()[:2]
-        log.info("HTTP API on http://%s:%d", host, self.http_address[1])
-
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
         self.listening = False
-        if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task is not None:
-                await self._http_task
+        await self.stop_http()
         if self._tick_task is not None:
             self._tick_task.cancel()
         for server in self._servers:
@@ -316,47 +193,15 @@ class TurnService:
             self._relays.close()
         if self.fast is not None:
             self.fast.close()
+        if self.quota is not None:
+            self.quota.close()
         for server in self._servers:
             await server.wait_closed()
         if self.store is not None:
             self.store.close()
         self._stopped.set()
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
-
     # -- state shared with the HTTP API and the store -------------------------------------------
-    async def refresh_from_store(self) -> None:
-        """Re-read users and secrets from the store when its revision changed."""
-        store = self.store
-        if store is None:
-            return
-        loop = asyncio.get_running_loop()
-        revision = await loop.run_in_executor(None, store.revision)
-        if revision == self._store_revision:
-            return
-        users, secrets = await loop.run_in_executor(
-            None, lambda: (store.list_users(), store.list_secrets())
-        )
-        merged = dict(self.config_users)
-        for user in users:
-            if user.realm != self.settings.realm:
-                log.warning(
-                    "user %r in the store has keys for realm %r, not %r: ignored",
-                    user.name,
-                    user.realm,
-                    self.settings.realm,
-                )
-            else:
-                keys = {1: user.md5_key}
-                if user.sha256_key is not None:
-                    keys[2] = user.sha256_key
-                merged[user.name] = keys
-        self.credentials.load_users(merged)
-        self._db_secrets = [s.value for s in secrets if s.retired_at is None]
-        self.credentials.set_secrets([*self._db_secrets[::-1], *self.config_secrets])
-        self._store_revision = revision
-
     async def _tick_forever(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -387,15 +232,6 @@ class TurnService:
                 seen[alloc.id] = (total, now if total != last[0] else last[1])
         self._activity = seen
 
-    def minting_secret(self) -> str | None:
-        """The secret new credentials are signed with: the newest in the store, else the first."""
-        if self._db_secrets:
-            return self._db_secrets[-1]
-        return self.config_secrets[0] if self.config_secrets else None
-
-    def public_uris(self) -> list[str]:
-        return list(self.settings.public_url) or self.endpoints.uris()
-
     def traffic_totals(self) -> dict[tuple[str, str], tuple[int, int]]:
         self.sync_traffic()
         totals = {k: (v[0], v[1]) for k, v in self._ended.items()}
@@ -415,11 +251,31 @@ class TurnService:
             totals[(direction, transport)] = (p + packets, b + nbytes)
 
     def relay_port_usage(self) -> tuple[int, int]:
-        lo, hi = self.settings.port_range
+        lo, hi = self.slot.relay_ports if self.slot else self.settings.port_range
         in_use = len(self._relays.active) if self._relays is not None else 0
         return in_use, (hi - lo + 1) * len(self.relay_ips)
 
-    def allocation_report(self) -> list[dict[str, Any]]:
+    def local_snapshot(self) -> Snapshot:
+        """This process's figures for the metrics endpoint."""
+        snap = Snapshot(traffic=self.traffic_totals(), created=dict(self.created_by_transport))
+        for alloc in self.core.allocations if self.core else []:
+            for family in alloc.relays:
+                key = (alloc.five_tuple.transport, _FAMILIES.get(family, str(family)))
+                snap.active[key] = snap.active.get(key, 0) + 1
+        snap.counters = dict(self.core.counters) if self.core else {}
+        snap.ports_in_use, snap.ports_total = self.relay_port_usage()
+        return snap
+
+    async def metrics_snapshot(self) -> Snapshot:
+        return self.local_snapshot()
+
+    async def allocation_report(self) -> list[dict[str, Any]]:
+        return self.local_allocations()
+
+    async def delete_allocation(self, allocation_id: int) -> bool:
+        return self.delete_local(allocation_id)
+
+    def local_allocations(self) -> list[dict[str, Any]]:
         self.sync_traffic()
         now = time.time()
         out = []
@@ -429,6 +285,7 @@ class TurnService:
             out.append(
                 {
                     "id": alloc.id,
+                    "worker": self.slot.index if self.slot else 0,
                     "user": alloc.account,
                     "username": alloc.username,
                     "client": {
@@ -455,7 +312,7 @@ class TurnService:
             )
         return out
 
-    def delete_allocation(self, allocation_id: int) -> bool:
+    def delete_local(self, allocation_id: int) -> bool:
         if self.core is None:
             return False
         for alloc in self.core.allocations:
@@ -634,11 +491,3 @@ class TurnService:
             c.packets_to_client,
             c.bytes_to_client,
         )
-
-
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn inside the server's own loop: the process's signal handling stays ours."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield

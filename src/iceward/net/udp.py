@@ -22,6 +22,7 @@ from typing import Any
 
 from iceward.net.fastpath import LISTENER, FastPath
 from iceward.net.links import Links
+from iceward.net.listeners import bind_udp
 from iceward.turn.allocation import Address, TrafficCounters
 
 BATCH = 64
@@ -84,19 +85,7 @@ class UdpListener:
         fast: FastPath | None = None,
     ) -> UdpListener:
         """Bind exclusively (no one else may hold the port), then let this uid's links join."""
-        af = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(af, socket.SOCK_DGRAM)
-        try:
-            if af == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-            sock.bind((host, port))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        except OSError:
-            sock.close()
-            raise
-        return cls(sock, loop, on_miss, fast)
+        return cls(bind_udp(host, port), loop, on_miss, fast)
 
     def link(self, client: Address) -> Callable[..., Any] | None:
         """The ``send`` of this client's link, made on first use; None if the kernel says no

@@ -28,7 +28,7 @@ from iceward.store import Store
 from iceward.testpage.tokens import DEFAULT_TTL, MAX_TTL, check_token, ensure_key, mint_token
 
 if TYPE_CHECKING:
-    from iceward.net.service import TurnService
+    from iceward.net.front import ServerFront
 
 MAX_REPORT_BYTES = 256 * 1024
 REPORT_RETENTION = dt.timedelta(days=30)
@@ -143,7 +143,7 @@ def _client(request: Request) -> str:
 
 
 def create_router(
-    service: "TurnService",
+    service: "ServerFront",
     store: Store,
     *,
     admin: Callable[[Request], Awaitable[str]],

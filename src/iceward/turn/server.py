@@ -36,6 +36,7 @@ from iceward.turn.events import (
     ToPeer,
 )
 from iceward.turn.policy import PeerPolicy
+from iceward.turn.quota import LocalQuota, QuotaLedger
 
 log = logging.getLogger("iceward.turn")
 
@@ -123,7 +124,13 @@ class TurnServer:
         nonces: NonceManager,
         policy: PeerPolicy,
         relays: RelayAllocator,
+        *,
+        quota: QuotaLedger | None = None,
+        first_id: int = 1,
+        id_step: int = 1,
     ) -> None:
+        """``quota`` is shared by the workers of one server; ``first_id`` and ``id_step`` keep
+        their allocation ids apart (worker i of N: i + 1, step N)."""
         self.config = config
         self.credentials = credentials
         self.nonces = nonces
@@ -131,13 +138,13 @@ class TurnServer:
         self.relays = relays
         self._allocations: dict[FiveTuple, Allocation] = {}
         self._by_relay: dict[int, Allocation] = {}
-        self._per_account: Counter[str] = Counter()
+        self.quota: QuotaLedger = quota if quota is not None else LocalQuota()
         self._timers: list[tuple[float, int, Allocation]] = []
         self._seq = itertools.count()
         #: Event counters for metrics: requests by method, errors by code, drops by reason.
         self.counters: Counter[str] = Counter()
         self._realm_bytes = config.realm.encode()
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_id, id_step)
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -453,9 +460,9 @@ class TurnServer:
         if token is None and families[0] not in supported:
             raise _Reply(440)
         limit = self.config.max_allocations_per_user
-        if limit and self._per_account[auth.account] >= limit:
+        if limit and self.quota.count(auth.account) >= limit:
             raise _Reply(486)
-        if len(self._allocations) >= self.config.max_allocations:
+        if self.quota.total() >= self.config.max_allocations:
             raise _Reply(508)
         lifetime = self._lifetime(msg) or self.config.default_lifetime
         relays: dict[int, RelayHandle] = {}
@@ -507,7 +514,7 @@ class TurnServer:
         self._allocations[ft] = alloc
         for r in relays.values():
             self._by_relay[id(r)] = alloc
-        self._per_account[auth.account] += 1
+        self.quota.added(auth.account)
         self._schedule(alloc)
         out.append(reply)
         out.append(AllocationCreated(alloc))
@@ -650,9 +657,7 @@ class TurnServer:
     def _remove(self, alloc: Allocation, reason: str, out: list[Output]) -> None:
         alloc.alive = False
         self._allocations.pop(alloc.five_tuple, None)
-        self._per_account[alloc.account] -= 1
-        if self._per_account[alloc.account] <= 0:
-            del self._per_account[alloc.account]
+        self.quota.removed(alloc.account)
         for relay in alloc.relays.values():
             self._by_relay.pop(id(relay), None)
             self.relays.release(relay)
