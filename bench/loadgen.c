@@ -6,6 +6,9 @@
  *
  *   loadgen WARMUP_MS DURATION_MS WINDOW PAYLOAD SERVER_PID SERVER_CPU CLIENT_CPU ECHO_FD FD:CHANNEL...
  *
+ * SERVER_PID and SERVER_CPU may be comma-separated lists (a server of several processes, pinned
+ * to several CPUs): all are sampled, the first of each also under the single-value keys.
+ *
  * Every client keeps WINDOW ChannelData messages in flight: each one echoed back by the peer
  * (through the server's relay, back to the client as ChannelData) is counted as a round trip and
  * replaced at once. A client that hears nothing for LOSS_MS is assumed to have lost what it had in
@@ -24,9 +27,10 @@
  * the bottleneck.
  * LOADGEN_SLEEP=1 makes it sleep in epoll_wait instead.
  *
- * After WARMUP_MS the counters are reset and /proc/stat (both CPUs), /proc/SERVER_PID/stat and
- * /proc/self/stat are sampled; DURATION_MS later they are sampled again and one JSON object is
- * printed on stdout. The process stops itself (alarm) if anything hangs.
+ * After WARMUP_MS the counters are reset and /proc/stat (the server and client CPUs),
+ * /proc/SERVER_PID/stat (each PID) and /proc/self/stat are sampled; DURATION_MS later they are
+ * sampled again and one JSON object is printed on stdout. The process stops itself (alarm) if
+ * anything hangs.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,6 +53,7 @@
 #define MAX_PAYLOAD 65000
 #define LOSS_MS 200
 #define HIST_US 100000 /* RTT histogram: 1 us buckets up to 100 ms */
+#define MAX_LIST 64      /* server PIDs / server CPUs */
 #ifndef SOL_UDP
 #define SOL_UDP 17
 #endif
@@ -275,7 +280,28 @@ struct snapshot {
     char stat[2][512];
     char server[1024];
     char self[1024];
+    char cpus[MAX_LIST][512];     /* every server CPU */
+    char procs[MAX_LIST][1024];   /* every server PID */
 };
+
+static int server_pids[MAX_LIST], n_server_pids;
+static int server_cpus[MAX_LIST], n_server_cpus;
+
+/* Comma-separated non-negative integers into out (at most MAX_LIST); returns the count. */
+static int parse_list(const char *s, int *out) {
+    int n = 0;
+    while (*s && n < MAX_LIST) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s)
+            break;
+        out[n++] = (int)v;
+        if (*end != ',')
+            break;
+        s = end + 1;
+    }
+    return n;
+}
 
 static void read_to(char *dst, size_t cap, const char *path, const char *prefix) {
     char buf[16384];
@@ -314,6 +340,14 @@ static void snap(struct snapshot *s, int server_pid, int server_cpu, int client_
     snprintf(path, sizeof path, "/proc/%d/stat", server_pid);
     read_to(s->server, sizeof s->server, path, NULL);
     read_to(s->self, sizeof s->self, "/proc/self/stat", NULL);
+    for (int i = 0; i < n_server_cpus; i++) {
+        snprintf(prefix, sizeof prefix, "cpu%d ", server_cpus[i]);
+        read_to(s->cpus[i], sizeof s->cpus[i], "/proc/stat", prefix);
+    }
+    for (int i = 0; i < n_server_pids; i++) {
+        snprintf(path, sizeof path, "/proc/%d/stat", server_pids[i]);
+        read_to(s->procs[i], sizeof s->procs[i], path, NULL);
+    }
 }
 
 static void json_str(const char *key, const char *v) {
@@ -324,6 +358,22 @@ static void json_str(const char *key, const char *v) {
         putchar(*q);
     }
     printf("\"");
+}
+
+/* n strings, stride bytes apart from base, as a JSON array. */
+static void json_list(const char *key, const char *base, int n, size_t stride) {
+    printf("\"%s\": [", key);
+    for (int i = 0; i < n; i++) {
+        const char *q = base + (size_t)i * stride;
+        printf("%s\"", i ? ", " : "");
+        for (; *q; q++) {
+            if (*q == '"' || *q == '\\')
+                putchar('\\');
+            putchar(*q);
+        }
+        printf("\"");
+    }
+    printf("]");
 }
 
 static uint64_t percentile(uint64_t total, double q) {
@@ -350,8 +400,14 @@ int main(int argc, char **argv) {
     long duration_ms = atol(argv[2]);
     window_size = atoi(argv[3]);
     payload = atoi(argv[4]);
-    int server_pid = atoi(argv[5]);
-    int server_cpu = atoi(argv[6]);
+    n_server_pids = parse_list(argv[5], server_pids);
+    n_server_cpus = parse_list(argv[6], server_cpus);
+    if (n_server_pids < 1 || n_server_cpus < 1) {
+        fprintf(stderr, "loadgen: bad SERVER_PID or SERVER_CPU list\n");
+        return 2;
+    }
+    int server_pid = server_pids[0];
+    int server_cpu = server_cpus[0];
     int client_cpu = atoi(argv[7]);
     int echo_fd = atoi(argv[8]);
     if (payload < 12 || payload > MAX_PAYLOAD || window_size < 1 || duration_ms < 1) {
@@ -490,6 +546,14 @@ int main(int argc, char **argv) {
     json_str("self_proc_before", s0.self);
     printf(", ");
     json_str("self_proc_after", s1.self);
+    printf(", ");
+    json_list("server_cpus_before", s0.cpus[0], n_server_cpus, sizeof s0.cpus[0]);
+    printf(", ");
+    json_list("server_cpus_after", s1.cpus[0], n_server_cpus, sizeof s1.cpus[0]);
+    printf(", ");
+    json_list("server_procs_before", s0.procs[0], n_server_pids, sizeof s0.procs[0]);
+    printf(", ");
+    json_list("server_procs_after", s1.procs[0], n_server_pids, sizeof s1.procs[0]);
     printf("}\n");
     fflush(stdout);
     return 0;

@@ -52,6 +52,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -111,9 +112,11 @@ def _free_port() -> int:
     raise BenchError("no free port on 127.0.0.1")
 
 
-def _pin(cpu: int, nice: int = 0) -> Callable[[], None]:
+def _pin(cpus: int | set[int], nice: int = 0) -> Callable[[], None]:
+    cpu_set = {cpus} if isinstance(cpus, int) else set(cpus)
+
     def preexec() -> None:
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, cpu_set)
         if nice:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
 
@@ -122,14 +125,14 @@ def _pin(cpu: int, nice: int = 0) -> Callable[[], None]:
 
 class Server:
     def __init__(
-        self, name: str, argv: list[str], port: int, log: Path, cpu: int, nice: int
+        self, name: str, argv: list[str], port: int, log: Path, cpus: list[int], nice: int
     ) -> None:
         self.name = name
         self.nice = nice
         self.argv = argv
         self.port = port
         self.log = log
-        self.cpu = cpu
+        self.cpus = cpus  # all its processes and threads (workers inherit the affinity)
         self.env: dict[str, str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -150,7 +153,7 @@ class Server:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C on the terminal is ours to pass on
-                preexec_fn=_pin(self.cpu, self.nice),
+                preexec_fn=_pin(set(self.cpus), self.nice),
                 env=self.env,
             )
         deadline = time.monotonic() + timeout
@@ -200,6 +203,45 @@ class Server:
         except OSError:
             return 0
 
+    def worker_index(self) -> dict[int, int]:
+        """pid -> worker index, from iceward's "worker I started (pid P, ..." log lines (the
+        latest start of each index wins: a restarted worker has a new pid)."""
+        found: dict[int, int] = {}
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return found
+        for m in re.finditer(r"worker (\d+) started \(pid (\d+)", text):
+            index, pid = int(m.group(1)), int(m.group(2))
+            found = {p: i for p, i in found.items() if i != index}
+            found[pid] = index
+        return found
+
+    def children(self) -> list[int]:
+        """The server's child processes (iceward's workers), in worker order where known."""
+        kids: list[int] = []
+        try:
+            for tid in os.listdir(f"/proc/{self.pid}/task"):
+                text = Path(f"/proc/{self.pid}/task/{tid}/children").read_text()
+                kids += [int(x) for x in text.split()]
+        except OSError:
+            pass
+        order = self.worker_index()
+        return sorted(set(kids), key=lambda pid: (order.get(pid, len(order)), pid))
+
+    def process_names(self, pids: list[int]) -> list[str]:
+        """Labels for pids: "main" for the server process, "worker I" for a known worker."""
+        order = self.worker_index()
+        names = []
+        for pid in pids:
+            if pid == self.pid:
+                names.append("supervisor" if order else "main")
+            elif pid in order:
+                names.append(f"worker {order[pid]}")
+            else:
+                names.append(f"pid {pid}")
+        return names
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -239,8 +281,9 @@ def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
         "--data-dir", str(tmp / "iceward-data"),
         "--http", "off",
         "--log-level", "info",  # control events only: says which relay path it runs
+        "--workers", str(args.workers),  # its default is one per core
     ]  # fmt: skip
-    server = Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu, args.nice)
+    server = Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu_list, args.nice)
     if args.iceward_path != "auto":
         switch = "0" if args.iceward_path == "python" else "1"
         server.env = {**os.environ, "ICEWARD_FASTPATH": switch}
@@ -274,7 +317,7 @@ def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
         f"--log-file={tmp / 'coturn-file.log'}",
         "--simple-log",
     ]
-    return Server("coturn", argv, port, tmp / "coturn.log", args.server_cpu, args.nice)
+    return Server("coturn", argv, port, tmp / "coturn.log", args.server_cpu_list, args.nice)
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,14 +494,15 @@ def run_once(
         client.bind(peer)
     drain(echo)
     fds = [cl.sock.fileno() for cl in clients]
+    pids = [server.pid, *server.children()]  # iceward --workers N: the supervisor, then workers
     argv = [
         str(loadgen),
         str(int(args.warmup * 1000)),
         str(int(args.duration * 1000)),
         str(args.window),
         str(payload),
-        str(server.pid),
-        str(args.server_cpu),
+        ",".join(map(str, pids)),
+        ",".join(map(str, server.cpus)),
         str(args.client_cpu),
         str(echo.fileno()),
         *(f"{fd}:{cl.channel}" for fd, cl in zip(fds, clients, strict=True)),
@@ -492,32 +536,48 @@ def run_once(
     raw = json.loads(out)
     seconds = raw["seconds"]
     rts = raw["round_trips"]
-    s_busy0, s_total0 = _cpu_line(raw["server_cpu_before"])
-    s_busy1, s_total1 = _cpu_line(raw["server_cpu_after"])
+    # Summed over the server's CPUs (one unless --workers > 1).
+    s_busy = s_total = 0
+    sdelta: dict[str, int] = {}
+    for before, after in zip(raw["server_cpus_before"], raw["server_cpus_after"], strict=True):
+        b0, t0 = _cpu_line(before)
+        b1, t1 = _cpu_line(after)
+        s_busy += b1 - b0
+        s_total += t1 - t0
+        f0, f1 = _cpu_fields(before), _cpu_fields(after)
+        for k in f0:
+            sdelta[k] = sdelta.get(k, 0) + f1[k] - f0[k]
+    s_total = max(s_total, 1)
     c_busy0, c_total0 = _cpu_line(raw["client_cpu_before"])
     c_busy1, c_total1 = _cpu_line(raw["client_cpu_after"])
-    s_busy = s_busy1 - s_busy0
-    s_total = max(s_total1 - s_total0, 1)
     c_busy = c_busy1 - c_busy0
     c_total = max(c_total1 - c_total0, 1)
-    sf0, sf1 = _cpu_fields(raw["server_cpu_before"]), _cpu_fields(raw["server_cpu_after"])
-    sdelta = {k: sf1[k] - sf0[k] for k in sf0}
-    proc_jiffies = _proc_times(raw["server_proc_after"]) - _proc_times(raw["server_proc_before"])
+    by_pid = [
+        _proc_times(a) - _proc_times(b)
+        for b, a in zip(raw["server_procs_before"], raw["server_procs_after"], strict=True)
+    ]
+    proc_jiffies = sum(by_pid)
     self_jiffies = _proc_times(raw["self_proc_after"]) - _proc_times(raw["self_proc_before"])
     per_rt = 1e6 / CLK_TCK / rts if rts else float("nan")
-    # Busy time on the server core not accounted to the server process (whose time includes the
-    # softirq work done in its context): other programs, if any.
-    other = s_busy - proc_jiffies
+    # When the generator runs on one of the server's CPUs (--workers > 1 on a small machine),
+    # its own time is not the server's: it is taken out of the server CPUs' busy time. (Its
+    # utime+stime includes the softirq work done in its context, as the server's does.)
+    shared = args.client_cpu in server.cpus
+    gen_on_server = self_jiffies if shared else 0
+    core = max(s_busy - gen_on_server, 0)
+    # Busy time on the server's CPUs not accounted to the server processes (whose time includes
+    # the softirq work done in their context) nor to the generator: other programs, if any.
+    other = core - proc_jiffies
     return {
         "server": server.name,
         "payload": payload,
         "seconds": seconds,
         "round_trips": rts,
         "round_trips_per_s": rts / seconds,
-        "core_cpu_us_per_rt": s_busy * per_rt,
+        "core_cpu_us_per_rt": core * per_rt,
         "proc_cpu_us_per_rt": proc_jiffies * per_rt,
         "softirq_us_per_rt": (sdelta["softirq"] + sdelta["irq"]) * per_rt,
-        "server_core_busy": s_busy / s_total,
+        "server_core_busy": core / s_total,
         "server_core_other": max(other, 0) / s_total,
         "client_core_busy": c_busy / c_total,
         "loadgen_cpu_share": self_jiffies / c_total,
@@ -533,6 +593,12 @@ def run_once(
         # busy-polls, else its core's idle share.
         "generator_idle": raw["idle"] if raw["spin"] else 1 - c_busy / c_total,
         "server_core_jiffies": sdelta,
+        "server_cpus": list(server.cpus),
+        "generator_shares_server_cpus": shared,
+        "loadgen_cpu_us_per_rt": self_jiffies * per_rt,
+        "server_pids": pids,
+        "server_processes": server.process_names(pids),
+        "proc_cpu_us_per_rt_by_process": [j * per_rt for j in by_pid],
     }
 
 

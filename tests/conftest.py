@@ -21,6 +21,8 @@ from iceward.stun import encode_message, parse_message
 
 HOST = "127.0.0.1"
 IN_CI = bool(os.environ.get("CI"))
+#: Worker processes test servers run with (``make test`` runs the relay suites again with 2).
+TEST_WORKERS = int(os.environ.get("ICEWARD_TEST_WORKERS", "1"))
 
 
 def require_tool(name: str) -> str:
@@ -112,6 +114,7 @@ def start_server(
     allow_loopback: bool = True,
     realm: str | None = "iceward.test",
     http: bool = True,
+    workers: int | None = None,
 ) -> RunningServer:
     """Start ``iceward serve`` as a subprocess on loopback and wait until it answers STUN."""
     users = {"alice": "wonderland"} if users is None else users
@@ -138,6 +141,7 @@ def start_server(
     if realm:
         cmd += ["--realm", realm]
     cmd += ["--http", "127.0.0.1:0" if http else "off"]
+    cmd += ["--workers", str(workers or TEST_WORKERS)]
     if secret:
         cmd += ["--secret", secret]
     for name, password in users.items():

@@ -137,6 +137,10 @@ def serve(
             help="RFC 5780: second IP[:PORT] for NAT behaviour discovery (CHANGE-REQUEST).",
         ),
     ] = None,
+    workers: Annotated[
+        int | None,
+        Opt("--workers", help="Relaying processes sharing the ports [one per core].", min=1),
+    ] = None,
 ) -> None:
     """Run the STUN/TURN server (UDP, TCP, TLS) and print ready-to-paste iceServers."""
     try:
@@ -170,6 +174,7 @@ def serve(
             api_rate=api_rate,
             credential_ttl=credential_ttl,
             alternate_address=alternate_address,
+            workers=workers,
         )
     except (ValidationError, ValueError) as exc:
         raise _settings_error(exc) from None
@@ -184,10 +189,22 @@ def serve(
 
 
 async def _serve(settings: ServerSettings) -> None:
+    from iceward.net.front import ServerFront
+    from iceward.net.pool import WorkerPool, default_workers
     from iceward.net.service import TurnService
 
-    service = TurnService(settings)
-    await service.start()
+    count = settings.workers or default_workers()
+    service: ServerFront
+    if count == 1:
+        service = TurnService(settings)
+        await service.start()
+    else:
+        try:
+            pool = WorkerPool(settings, count)
+        except ValueError as exc:
+            raise OSError(str(exc)) from None
+        service = pool
+        await pool.start()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
 

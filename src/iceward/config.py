@@ -62,6 +62,8 @@ class ServerSettings(BaseSettings):
     api_rate: float = Field(10.0, gt=0)
     api_burst: int = Field(20, ge=1)
     credential_ttl: int = Field(86400, ge=60, le=7 * 86400)
+    #: Relaying processes; None: one per core this process may run on.
+    workers: int | None = Field(None, ge=1, le=128)
     #: RFC 5780: a second IP (optionally IP:PORT) to answer CHANGE-REQUEST from.
     alternate_address: str | None = None
 

@@ -80,6 +80,25 @@ class BlockingTurnClient:
     def _key(self) -> bytes:
         return long_term_key(self.username, self.realm, self.password)
 
+    def request_once(self, method: int, attrs: list[tuple[int, bytes]]) -> Message:
+        """One request signed with the nonce held now; the reply as it came (no retry on 438)."""
+        txid = os.urandom(12)
+        full = [
+            *attrs,
+            (C.USERNAME, self.username.encode()),
+            (C.REALM, self.realm.encode()),
+            (C.NONCE, self.nonce.encode()),
+        ]
+        self.send_raw(
+            encode_message(
+                method, C.REQUEST, txid, full, integrity_key=self._key(), fingerprint=True
+            )
+        )
+        while True:
+            reply = parse_message(self.recv_raw())
+            if reply.transaction_id == txid:
+                return reply
+
     def request(self, method: int, attrs: list[tuple[int, bytes]], txid: bytes) -> Message:
         for _ in range(3):
             signed = bool(self.nonce)

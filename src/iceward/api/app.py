@@ -203,6 +203,11 @@ def create_app(
             raise HTTPException(404, "no such allocation")
         return Response(status_code=204)
 
+    @app.get("/admin/v1/workers", tags=["admin"])
+    async def list_workers(_: Admin) -> list[dict[str, Any]]:
+        """The relaying processes: index, pid, up, restarts, relay port slice."""
+        return service.worker_status()
+
     @app.get("/admin/v1/users", tags=["admin"])
     async def list_users(_: Admin) -> list[dict[str, Any]]:
         users = await run_in_threadpool(store.list_users)

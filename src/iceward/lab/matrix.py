@@ -248,7 +248,7 @@ def server_argv(kind: str, workdir: Path, ca: LabCA) -> list[str]:
         "--tls-port", str(TLS_PORT), "--cert", str(ca.cert), "--key", str(ca.key),
         "--relay-ip", SERVER_IP, "--relay-ports", f"{low}-{high}", "--secret", SECRET,
         "--realm", REALM, "--http", "off", "--data-dir", str(workdir / "server-data"),
-        "--log-level", "debug", "--alternate-address", ALT_SERVER_IP,
+        "--log-level", "debug", "--alternate-address", ALT_SERVER_IP, "--workers", "1",
     ]  # fmt: skip
 
 

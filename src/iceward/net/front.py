@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,6 +124,12 @@ class ServerFront:
         self.http_address: tuple[str, int] | None = None
         self.listening = False
 
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
     # -- what the HTTP API asks of a running server ---------------------------------------------
     async def allocation_report(self) -> list[dict[str, Any]]:
         """Live allocations with their traffic (see the admin API)."""
@@ -141,6 +148,18 @@ class ServerFront:
     def workers_up(self) -> tuple[int, int]:
         """(processes relaying now, processes configured)."""
         return (1, 1) if self.listening else (0, 1)
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        """Each relaying process: index, pid, up, restarts, its relay ports."""
+        return [
+            {
+                "index": 0,
+                "pid": os.getpid(),
+                "up": self.listening,
+                "restarts": 0,
+                "relayPorts": self.settings.relay_ports,
+            }
+        ]
 
     # -- state shared with the store ------------------------------------------------------------
     def open_store(self) -> Store:

@@ -1,0 +1,399 @@
+"""``iceward serve --workers N``: a supervisor and N relaying worker processes.
+
+The supervisor opens every listening socket once, as reuseport groups of N (see
+:mod:`iceward.net.listeners`), and keeps them for its whole life; worker i is started with the
+i-th socket of each group, its own slice of the relay port range, the nonce key all workers
+share and the shared quota memory. A worker owns the allocations it creates. The supervisor
+serves the HTTP API, summing the workers' metrics and allocations over their control sockets.
+
+A worker that dies is started again on the same slot: same sockets, so the steering program
+sends every other worker's clients exactly where it did before; the dead worker's clients reach
+a worker that does not know them and get 437 (allocation mismatch) on their next Refresh, as
+after any server restart, and allocate again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iceward.config import ServerSettings
+from iceward.net import sharedquota
+from iceward.net.front import ServerFront
+from iceward.net.listeners import ListenerSet, open_listeners
+from iceward.net.slot import relay_slice
+from iceward.net.snapshot import Snapshot
+from iceward.net.worker import LINE_LIMIT
+
+log = logging.getLogger("iceward.server")
+
+#: How long a worker may take to start, and to answer one control request.
+START_TIMEOUT = 30.0
+CALL_TIMEOUT = 5.0
+#: Restart delays: at once, then longer while a worker keeps dying soon after its start.
+RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
+STABLE_AFTER = 10.0
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class WorkerDown(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    started: float
+    pending: dict[int, asyncio.Future[Any]] = field(default_factory=dict)
+    reading: asyncio.Task[None] | None = None
+    #: The last metrics it reported: what it had counted, kept when it dies.
+    last_snapshot: Snapshot | None = None
+
+
+class WorkerPool(ServerFront):
+    """The supervisor: listening sockets, worker processes, the HTTP API over all of them."""
+
+    def __init__(self, settings: ServerSettings, workers: int) -> None:
+        super().__init__(settings)
+        self.count = workers
+        self.relay_path = "workers"
+        self._nonce_key = os.urandom(32)
+        self._slices = [relay_slice(settings.port_range, workers, i) for i in range(workers)]
+        self._listeners: ListenerSet | None = None
+        self._quota_fd: int | None = None
+        self._tls_files: tuple[Path, Path] | None = None
+        self._workers: list[_Worker | None] = [None] * workers
+        self._generation = [0] * workers
+        self._failures = [0] * workers
+        self._monitors: list[asyncio.Task[None]] = []
+        self._tick_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ids = 0
+        #: Counts of workers that died: their traffic and events stay in the totals.
+        self._departed = Snapshot()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        settings = self.settings
+        self.open_store()
+        await self.refresh_from_store()
+        tls_port = settings.tls_port if (settings.tls_port or settings.cert) else None
+        self._listeners = open_listeners(
+            settings.listen, settings.port, tls_port, self.count, self.config.change_addresses
+        )
+        self.endpoints.port = self._listeners.port
+        self.endpoints.tls_port = self._listeners.tls_port
+        self.endpoints.listen = list(settings.listen)
+        if tls_port is not None:
+            self._tls_files = self.tls_material()
+        self._quota_fd = sharedquota.create_memory(self.count)
+        try:
+            started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
+        except BaseException:
+            await self._terminate_all()
+            raise
+        for worker in started:
+            self._watch(worker)
+        self.listening = True
+        loop = asyncio.get_running_loop()
+        self._tick_task = loop.create_task(self._tick_forever())
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        except (NotImplementedError, RuntimeError):
+            pass
+        if settings.http != "off":
+            await self.start_http()
+        lo, hi = settings.port_range
+        log.info(
+            "listening udp/tcp=%s tls=%s on %s with %d workers; relays on %s ports %d-%d",
+            self.endpoints.port,
+            self.endpoints.tls_port or "off",
+            ",".join(settings.listen),
+            self.count,
+            ",".join(self.relay_ips),
+            lo,
+            hi,
+        )
+
+    async def stop(self) -> None:
+        """Stop every worker (each ends its allocations, logging their traffic), then exit."""
+        self._stopping = True
+        self.listening = False
+        await self.stop_http()
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+        await self._terminate_all()
+        for task in self._monitors:
+            task.cancel()
+        if self._listeners is not None:
+            self._listeners.close()
+        if self._quota_fd is not None:
+            os.close(self._quota_fd)
+            self._quota_fd = None
+        if self.store is not None:
+            self.store.close()
+        self._stopped.set()
+
+    async def _terminate_all(self, grace: float = 15.0) -> None:
+        live = [w for w in self._workers if w is not None and w.process.returncode is None]
+        for worker in live:
+            try:
+                worker.process.terminate()
+            except ProcessLookupError:
+                pass
+        for worker in live:
+            try:
+                await asyncio.wait_for(worker.process.wait(), grace)
+            except TimeoutError:
+                log.error("worker %d did not stop in %.0f s: killed", worker.index, grace)
+                worker.process.kill()
+                await worker.process.wait()
+
+    async def _tick_forever(self) -> None:
+        """Every second: users and secrets from the store (new credentials are minted with the
+        newest secret), and each worker's counts, kept in case it dies."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_from_store()
+            except Exception as exc:  # a store hiccup must not stop the server
+                log.error("store refresh failed: %s", exc)
+            await self.metrics_snapshot()
+
+    def _forward(self, sig: int) -> None:
+        for worker in self._workers:
+            if worker is not None and worker.process.returncode is None:
+                worker.process.send_signal(sig)
+
+    # -- worker processes ----------------------------------------------------------------------
+    async def _spawn(self, index: int) -> _Worker:
+        assert self._listeners is not None and self._quota_fd is not None
+        listeners = self._listeners
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = {
+            "udp": [s.fileno() for s in listeners.udp[index]],
+            "tcp": [s.fileno() for s in listeners.tcp[index]],
+            "tls": [s.fileno() for s in listeners.tls[index]],
+            "quota": self._quota_fd,
+        }
+        passed = [child.fileno(), self._quota_fd, *(s.fileno() for s in listeners.sockets(index))]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "iceward.net.worker",
+                str(child.fileno()),
+                pass_fds=passed,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=LINE_LIMIT)
+        settings = self.settings.model_dump(mode="json")
+        settings.update(http="off", port=listeners.port, tls_port=listeners.tls_port)
+        spec = {
+            "settings": settings,
+            "index": index,
+            "count": self.count,
+            "generation": self._generation[index],
+            "nonce_key": self._nonce_key.hex(),
+            "relay_ports": list(self._slices[index]),
+            "fds": fds,
+            "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
+        }
+        writer.write(json.dumps(spec).encode() + b"\n")
+        await writer.drain()
+        try:
+            line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
+        except TimeoutError:
+            line = b""
+        answer = json.loads(line) if line.startswith(b"{") else {}
+        if not answer.get("ready"):
+            process.kill()
+            await process.wait()
+            writer.close()
+            reason = answer.get("error") or f"exit status {process.returncode}"
+            raise OSError(f"worker {index} could not start: {reason}")
+        worker = _Worker(index, process, reader, writer, time.monotonic())
+        worker.reading = asyncio.get_running_loop().create_task(self._read_replies(worker))
+        self._workers[index] = worker
+        log.info(
+            "worker %d started (pid %d, relay ports %d-%d, %s path)",
+            index,
+            process.pid,
+            *self._slices[index],
+            answer.get("relay_path", "?"),
+        )
+        return worker
+
+    def _watch(self, worker: _Worker) -> None:
+        self._monitors.append(asyncio.get_running_loop().create_task(self._monitor(worker)))
+
+    async def _monitor(self, worker: _Worker) -> None:
+        status = await worker.process.wait()
+        self._retire(worker)
+        if self._stopping:
+            return
+        index = worker.index
+        how = f"signal {-status}" if status < 0 else f"status {status}"
+        lived = time.monotonic() - worker.started
+        self._failures[index] = 0 if lived > STABLE_AFTER else self._failures[index] + 1
+        delay = RESTART_DELAYS[min(self._failures[index], len(RESTART_DELAYS) - 1)]
+        log.error(
+            "worker %d (pid %d) ended with %s after %.1f s; its clients must allocate again; "
+            "restarting in %.1f s",
+            index,
+            worker.process.pid,
+            how,
+            lived,
+            delay,
+        )
+        assert self._quota_fd is not None
+        sharedquota.clear_row(self._quota_fd, self.count, index)
+        self._generation[index] += 1
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                self._watch(await self._spawn(index))
+                return
+            except OSError as exc:
+                log.error("%s", exc)
+                delay = RESTART_DELAYS[-1]
+
+    def _retire(self, worker: _Worker) -> None:
+        """Forget a dead worker; keep what it had counted so the totals never go backwards."""
+        if self._workers[worker.index] is worker:
+            self._workers[worker.index] = None
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(WorkerDown(f"worker {worker.index} ended"))
+        worker.pending.clear()
+        worker.writer.close()
+        if worker.last_snapshot is not None:
+            kept = worker.last_snapshot
+            self._departed.add(
+                Snapshot(traffic=kept.traffic, created=kept.created, counters=kept.counters)
+            )
+
+    async def _read_replies(self, worker: _Worker) -> None:
+        while True:
+            try:
+                line = await worker.reader.readline()
+            except (ConnectionError, ValueError):
+                line = b""
+            if not line:
+                return
+            try:
+                reply = json.loads(line)
+                future = worker.pending.pop(reply["id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("worker %d sent an unexpected control line", worker.index)
+                continue
+            if future.done():
+                continue
+            if "error" in reply:
+                future.set_exception(RuntimeError(reply["error"]))
+            else:
+                future.set_result(reply["result"])
+
+    async def _call(self, index: int, op: str, arg: Any = None) -> Any:
+        worker = self._workers[index]
+        if worker is None or worker.process.returncode is not None:
+            raise WorkerDown(f"worker {index} is down")
+        self._ids += 1
+        ident = self._ids
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        worker.pending[ident] = future
+        worker.writer.write(json.dumps({"id": ident, "op": op, "arg": arg}).encode() + b"\n")
+        try:
+            await worker.writer.drain()
+            return await asyncio.wait_for(future, CALL_TIMEOUT)
+        except (TimeoutError, ConnectionError) as exc:
+            worker.pending.pop(ident, None)
+            raise WorkerDown(f"worker {index} did not answer") from exc
+
+    async def _call_all(self, op: str, arg: Any = None) -> list[Any]:
+        """Each live worker's answer; a worker that is down or silent is left out."""
+        answers = await asyncio.gather(
+            *(self._call(i, op, arg) for i in range(self.count)), return_exceptions=True
+        )
+        out = []
+        for index, answer in enumerate(answers):
+            if isinstance(answer, BaseException):
+                if not isinstance(answer, WorkerDown):
+                    log.error("worker %d: %s failed: %s", index, op, answer)
+                continue
+            out.append((index, answer))
+        return out
+
+    # -- what the HTTP API asks ----------------------------------------------------------------
+    async def allocation_report(self) -> list[dict[str, Any]]:
+        report: list[dict[str, Any]] = []
+        for _, allocations in await self._call_all("allocations"):
+            report.extend(allocations)
+        return report
+
+    async def delete_allocation(self, allocation_id: int) -> bool:
+        index = (allocation_id - 1) % self.count
+        try:
+            return bool(await self._call(index, "delete", allocation_id))
+        except WorkerDown:
+            return False
+
+    async def metrics_snapshot(self) -> Snapshot:
+        total = Snapshot()
+        total.add(self._departed)
+        for index, data in await self._call_all("snapshot"):
+            snap = Snapshot.from_json(data)
+            worker = self._workers[index]
+            if worker is not None:
+                worker.last_snapshot = snap
+            total.add(snap)
+        lo, hi = self.settings.port_range
+        total.ports_total = (hi - lo + 1) * len(self.relay_ips)
+        return total
+
+    async def store_changed(self) -> None:
+        await self.refresh_from_store()
+        await self._call_all("refresh")
+
+    def workers_up(self) -> tuple[int, int]:
+        up = sum(1 for w in self._workers if w is not None and w.process.returncode is None)
+        return up, self.count
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        out = []
+        for index, worker in enumerate(self._workers):
+            up = worker is not None and worker.process.returncode is None
+            out.append(
+                {
+                    "index": index,
+                    "pid": worker.process.pid if worker is not None and up else None,
+                    "up": up,
+                    "restarts": self._generation[index],
+                    "relayPorts": "{}-{}".format(*self._slices[index]),
+                }
+            )
+        return out
