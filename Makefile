@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-python-path lint bench clean
+.PHONY: install run test test-python-path test-workers lint bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/iceward serve $(ARGS)
 
 # The relay suite again on the pure-Python path (ICEWARD_FASTPATH=0); the first run uses the
-# native fast path when it is built. A run limited by PYTEST_ARGS skips the second pass.
+# native fast path when it is built. A run limited by PYTEST_ARGS skips the extra passes.
 RELAY_TESTS := tests/net tests/realclients \
 	tests/api/test_api.py::test_metrics_move_while_traffic_flows \
 	tests/api/test_api.py::test_admin_allocations_are_live_and_can_be_deleted
@@ -30,10 +30,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 ifeq ($(strip $(PYTEST_ARGS)),)
 	$(MAKE) --no-print-directory test-python-path
+	$(MAKE) --no-print-directory test-workers
 endif
 
 test-python-path: $(STAMP)
 	ICEWARD_FASTPATH=0 $(BIN)/python -m pytest -q $(RELAY_TESTS) -k 'not asan'
+
+# The real clients and the HTTP API again against servers of two worker processes.
+test-workers: $(STAMP)
+	ICEWARD_TEST_WORKERS=2 $(BIN)/python -m pytest -q tests/realclients tests/api
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

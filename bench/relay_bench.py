@@ -9,8 +9,10 @@ so the server receives and sends two datagrams per round trip (listener and rela
 
 How:
 
-* iceward (``iceward serve``) and coturn (``turnserver``) both run on 127.0.0.1, each pinned to
-  ``--server-cpu`` (default 1); coturn with ``--relay-threads=1`` (``--coturn-relay-threads``).
+* iceward (``iceward serve --workers 1``: one process; its own default is one worker per core)
+  and coturn (``turnserver``) both run on 127.0.0.1, each pinned to ``--server-cpu`` (default 1);
+  coturn with ``--relay-threads=1`` (``--coturn-relay-threads``). ``--workers N`` changes that,
+  see "Several workers" below.
   iceward runs its native relay fast path when built (the header shows which path it logged);
   ``--iceward-path python`` measures the pure-Python path (``ICEWARD_FASTPATH=0``).
   Both stay up the whole time and are measured one after the other, alternating, so a
@@ -38,12 +40,39 @@ How:
   when an undisturbed run of the same server and payload exists; on a shared machine, more
   ``--rounds`` or ``--nice -10`` (root) help.
 
+Several workers (``--workers N``, N > 1, a scaling note rather than a one-core comparison):
+
+* iceward runs ``--workers N`` (a supervisor and N worker processes sharing the ports through an
+  SO_REUSEPORT group whose BPF program steers each client by source address and port to one
+  worker) and coturn ``--relay-threads=N`` (unless ``--coturn-relay-threads`` says otherwise).
+  Both are pinned to ``--server-cpus`` (default: every CPU this process may use, "0,1" on a
+  2-CPU machine); the affinity is set on the server's first process and its workers inherit it.
+  The load generator stays on ``--client-cpu``, so on a 2-CPU machine it SHARES a CPU with the
+  servers: they get less than N whole CPUs, and it busy-polls unless ``--sleep``; the header says
+  so. Round trips/s are then those of server and generator on the same 2 CPUs, not the server's
+  capacity on N cores.
+* CPU per round trip ("core us/rt") is the busy time summed over all of ``--server-cpus`` minus
+  the load generator's own utime+stime (when its CPU is one of them), over the round trips;
+  "srv core" is that time as a share of those CPUs. "proc us/rt" is the utime+stime of all the
+  server's processes (iceward: supervisor and every worker, found through
+  /proc/PID/task/*/children and sampled by the generator in the same window), and the line under
+  it splits it by process, with each worker's client count. As with one CPU, what is left of the
+  busy time after the generator and the server processes (other programs, kernel threads such as
+  ksoftirqd) marks a run as disturbed above 3%.
+* The clients' spread over the workers is computed with iceward's own hash
+  (``iceward.net.steering.worker_for``) and checked against the relayed ports each client got
+  (each worker owns a slice of the relay port range); it is printed at setup, and a worker that
+  does under 5% of the server's work in a run is warned about.
+
 Output: a table per payload with both servers and the ratios iceward/coturn of round trips/s and
 of core CPU per round trip; ``--json`` prints the same as JSON (plus every run). Target: iceward
 >= 0.8x coturn's round trips/s at every payload; ``--strict`` makes a miss exit with status 1.
 
 Everything stays on 127.0.0.1; the servers are stopped at exit, on Ctrl-C and on SIGTERM. Needs 2
 CPUs, gcc, and ``turnserver`` for the comparison (``--servers iceward`` runs iceward alone).
+
+Examples: ``python bench/relay_bench.py --rounds 2`` (one core each);
+``python bench/relay_bench.py --workers 2 --rounds 2`` (2 workers / 2 relay threads on CPUs 0,1).
 """
 
 from __future__ import annotations
@@ -66,6 +95,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from iceward.net.slot import relay_slice
+from iceward.net.steering import worker_for
 from iceward.stun import constants as c
 from iceward.stun.attributes import (
     decode_error_code,
@@ -157,16 +188,20 @@ class Server:
                 env=self.env,
             )
         deadline = time.monotonic() + timeout
+        # Any earlier probe's answer counts: with --workers N the supervisor binds the ports
+        # before its workers run, so probes queue up and their answers come late, in order.
+        sent: set[bytes] = set()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(0.2)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise BenchError(f"{self.name} exited at start:\n{self.log_tail()}")
                 txid = os.urandom(12)
+                sent.add(txid)
                 try:
                     s.sendto(encode_message(c.BINDING, c.REQUEST, txid), self.address)
                     data = s.recv(2048)
-                    if parse_message(data).transaction_id == txid:
+                    if parse_message(data).transaction_id in sent:
                         return
                 except (OSError, StunError):
                     time.sleep(0.1)
@@ -431,6 +466,23 @@ class TurnClient:
         self.transact(c.REFRESH, lambda _: [(c.LIFETIME, encode_u32(3600))])
 
 
+def client_spread(clients: list[TurnClient], workers: int) -> tuple[list[int], int]:
+    """Clients per iceward worker as the steering program hashes their source address and port,
+    and how many of them got a relayed port outside that worker's slice of the range (0 when
+    the allocations really are where the hash says)."""
+    slices = [relay_slice(ICEWARD_RELAY_PORTS, workers, i) for i in range(workers)]
+    counts = [0] * workers
+    misplaced = 0
+    for client in clients:
+        index = worker_for(client.sock.getsockname(), workers)
+        counts[index] += 1
+        assert client.relayed is not None
+        low, high = slices[index]
+        if not low <= client.relayed[1] <= high:
+            misplaced += 1
+    return counts, misplaced
+
+
 # --------------------------------------------------------------------------------------------
 # Load generator
 
@@ -514,7 +566,7 @@ def run_once(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_pin(args.client_cpu, args.nice),
+        preexec_fn=_pin(args.client_cpu, args.loadgen_nice),
         env={
             **os.environ,
             "LOADGEN_NO_GSO": "1" if args.no_gso else "0",
@@ -638,6 +690,18 @@ def summarize(
                 med["rounds"] = len(runs)
                 med["clean_rounds"] = len(clean)
                 med["lost"] = sum(r["lost"] for r in runs)
+                # Several server processes (iceward --workers N): each one's median CPU per
+                # round trip, when every run saw the same processes.
+                used = clean or runs
+                names = used[-1]["server_processes"]
+                if len(names) > 1 and all(r["server_processes"] == names for r in used):
+                    med["processes"] = names
+                    med["proc_cpu_us_per_rt_by_process"] = [
+                        float(
+                            statistics.median(r["proc_cpu_us_per_rt_by_process"][i] for r in used)
+                        )
+                        for i in range(len(names))
+                    ]
                 row[name] = med
         if "iceward" in row and "coturn" in row:
             ice, cot = row["iceward"], row["coturn"]
@@ -652,17 +716,30 @@ def warnings_for(results: list[dict[str, Any]]) -> list[str]:
     notes = []
     for r in results:
         tag = f"{r['server']} {r['payload']} B"
+        single = len(r["server_cpus"]) == 1
+        core = "server core" if single else "server CPUs"
         if r["server_core_busy"] < 0.95 and r["generator_idle"] < 0.05:
+            was = "server core was" if single else "server CPUs were, for the server,"
             notes.append(
-                f"{tag}: the load generator had no headroom and the server core was "
+                f"{tag}: the load generator had no headroom and the {was} "
                 f"{r['server_core_busy']:.0%} busy: round trips/s may understate this server; "
                 "compare CPU per round trip"
             )
         if r["server_core_other"] > OTHER_LIMIT:
             notes.append(
-                f"{tag}: {r['server_core_other']:.0%} of the server core went to other "
+                f"{tag}: {r['server_core_other']:.0%} of the {core} went to other "
                 "processes: run disturbed, left out of the medians if an undisturbed one exists"
             )
+        if len(r["server_pids"]) > 1:
+            idle = [
+                n
+                for n, us in zip(
+                    r["server_processes"], r["proc_cpu_us_per_rt_by_process"], strict=True
+                )
+                if n.startswith("worker") and us < 0.05 * r["proc_cpu_us_per_rt"]
+            ]
+            if idle:
+                notes.append(f"{tag}: {', '.join(idle)} did under 5% of the server's work")
         if r["bad"]:
             notes.append(f"{tag}: {r['bad']} datagrams came back with a wrong header or size")
         if r["round_trips"] and r["lost"] > 0.01 * r["round_trips"]:
@@ -673,13 +750,29 @@ def warnings_for(results: list[dict[str, Any]]) -> list[str]:
 
 
 def print_table(
-    summary: list[dict[str, Any]], servers: list[str], args: argparse.Namespace
+    summary: list[dict[str, Any]],
+    servers: list[str],
+    args: argparse.Namespace,
+    spread: dict[str, list[int]] | None = None,
 ) -> None:
+    if args.workers == 1:
+        where = f"server on CPU {args.server_cpu}, load on CPU {args.client_cpu}"
+    else:
+        cpus = ",".join(map(str, args.server_cpu_list))
+        where = (
+            f"iceward --workers {args.workers} and coturn --relay-threads="
+            f"{args.coturn_relay_threads} on CPUs {cpus}, load on CPU {args.client_cpu}"
+        )
+        if args.client_cpu in args.server_cpu_list:
+            where += (
+                f"\nSHARED CPU: the load generator runs on server CPU {args.client_cpu}, so the "
+                f"servers get less than {len(args.server_cpu_list)} CPUs; core us/rt = busy time "
+                f"of CPUs {cpus} minus the generator's own, srv core = that share of the CPUs"
+            )
     print(
         f"relay round trips over UDP ChannelData, {args.clients} clients x {args.window} in "
         f"flight, {args.duration:g} s per run, median of {args.rounds} rounds (undisturbed ones "
-        f"if any); server on CPU "
-        f"{args.server_cpu}, load on CPU {args.client_cpu}"
+        f"if any); {where}"
     )
     head = (
         f"{'server':<9}{'payload':>8}{'rt/s':>11}{'core us/rt':>12}{'proc us/rt':>12}"
@@ -700,6 +793,19 @@ def print_table(
                 f"{m['softirq_us_per_rt']:>11.2f}{m['server_core_busy']:>10.0%}"
                 f"{m['generator_idle']:>10.0%}{rtt:>17}{runs:>7}"
             )
+            if "processes" in m:
+                counts = (spread or {}).get(name)
+                parts = []
+                for label, us in zip(
+                    m["processes"], m["proc_cpu_us_per_rt_by_process"], strict=True
+                ):
+                    part = f"{label} {us:.2f}"
+                    if counts and label.startswith("worker "):
+                        index = int(label.split()[1])
+                        if index < len(counts):
+                            part += f" ({counts[index]} clients)"
+                    parts.append(part)
+                print(f"{'':<9}{'':>8}  proc us/rt by process: {', '.join(parts)}")
         if "throughput_ratio" in row:
             verdict = "meets" if row["meets_target"] else "BELOW"
             print(
@@ -722,15 +828,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--payloads", default="100,1200", help="payload sizes in bytes [100,1200]")
     p.add_argument("--rounds", type=int, default=3, help="runs per server and payload [3]")
     p.add_argument("--servers", default="iceward,coturn", help="which to run [iceward,coturn]")
-    p.add_argument("--server-cpu", type=int, default=1, help="CPU the servers are pinned to [1]")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="iceward --workers N; above 1 the servers run on --server-cpus and coturn gets N "
+        "relay threads [1]",
+    )
+    p.add_argument(
+        "--server-cpu", type=int, default=1, help="CPU the servers are pinned to, one worker [1]"
+    )
+    p.add_argument(
+        "--server-cpus",
+        help="CPUs the servers are pinned to with --workers above 1, e.g. 0,1 (may include "
+        "--client-cpu: the generator then shares a CPU with them) [all this process may use]",
+    )
     p.add_argument("--client-cpu", type=int, default=0, help="CPU of the load generator [0]")
-    p.add_argument("--coturn-relay-threads", type=int, default=1, help="coturn -m [1]")
+    p.add_argument("--coturn-relay-threads", type=int, default=None, help="coturn -m [--workers]")
     p.add_argument(
         "--nice",
         type=int,
         default=0,
         help="nice value for the servers and the load generator, e.g. -10 (root) to hold off "
         "other work on a shared machine [0]",
+    )
+    p.add_argument(
+        "--loadgen-nice",
+        type=int,
+        default=None,
+        help="nice value of the load generator alone, e.g. 19 to let the servers come first on a "
+        "CPU it shares with them [--nice]",
     )
     p.add_argument(
         "--no-gso", action="store_true", help="load generator: no UDP GSO (one send per datagram)"
@@ -764,20 +891,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--servers: iceward and/or coturn")
     if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
         p.error("--clients 1..1000, --window 1..4096")
-    if not -20 <= args.nice <= 19:
-        p.error("--nice -20..19")
+    if args.loadgen_nice is None:
+        args.loadgen_nice = args.nice
+    if not -20 <= args.nice <= 19 or not -20 <= args.loadgen_nice <= 19:
+        p.error("--nice, --loadgen-nice -20..19")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 50:
         p.error("--duration 0..600 s, --warmup 0..60 s, --rounds 1..50")
+    if not 1 <= args.workers <= 64:
+        p.error("--workers 1..64")
+    if args.coturn_relay_threads is None:
+        args.coturn_relay_threads = args.workers
     cpus = os.sched_getaffinity(0)
-    if args.server_cpu == args.client_cpu or not {args.server_cpu, args.client_cpu} <= cpus:
-        p.error(f"--server-cpu and --client-cpu must be two different CPUs of {sorted(cpus)}")
+    if args.workers == 1:
+        if args.server_cpu == args.client_cpu or not {args.server_cpu, args.client_cpu} <= cpus:
+            p.error(f"--server-cpu and --client-cpu must be two different CPUs of {sorted(cpus)}")
+        args.server_cpu_list = [args.server_cpu]
+    else:
+        try:
+            chosen = (
+                sorted({int(x) for x in args.server_cpus.split(",") if x.strip()})
+                if args.server_cpus
+                else sorted(cpus)
+            )
+        except ValueError:
+            p.error("--server-cpus: comma-separated CPU numbers")
+        if not chosen or not set(chosen) <= cpus or args.client_cpu not in cpus:
+            p.error(f"--server-cpus and --client-cpu must be CPUs of {sorted(cpus)}")
+        args.server_cpu_list = chosen
     return args
 
 
 CONFIG_KEYS = (
     "duration", "warmup", "clients", "window", "payloads", "rounds",
     "servers", "server_cpu", "client_cpu", "coturn_relay_threads", "nice", "no_gso", "sleep",
-    "iceward_path",
+    "iceward_path", "workers", "server_cpu_list",
 )  # fmt: skip
 
 
@@ -796,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[Server] = []
     sockets: list[socket.socket] = []
     clients_of: dict[str, list[TurnClient]] = {}
+    spread: dict[str, list[int]] = {}
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
         loadgen = build_loadgen(tmp)
@@ -826,6 +974,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{server.threads()} threads, {len(clients)} allocations on "
                 f"{server.address[0]}:{server.address[1]}{server.relay_path()}"
             )
+            if server.name == "iceward" and args.workers > 1:
+                kids = server.children()
+                if len(kids) != args.workers:
+                    raise BenchError(
+                        f"iceward has {len(kids)} worker processes, not {args.workers}:\n"
+                        f"{server.log_tail()}"
+                    )
+                counts, misplaced = client_spread(clients, args.workers)
+                spread[server.name] = counts
+                names = server.process_names(kids)
+                log(
+                    "#   workers: "
+                    + ", ".join(f"{n} pid {k}" for n, k in zip(names, kids, strict=True))
+                    + f"; clients per worker (steering hash) {'/'.join(map(str, counts))}, "
+                    + (
+                        "relayed ports all in the hashed worker's slice"
+                        if not misplaced
+                        else f"{misplaced} relayed ports OUTSIDE the hashed worker's slice"
+                    )
+                )
+                if 0 in counts:
+                    log("#   warning: a worker got no clients; try more --clients")
         results = []
         for rnd in range(args.rounds):
             for payload in args.payloads:
@@ -833,10 +1003,26 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_once(args, loadgen, server, clients_of[server.name], echo, payload)
                     r["round"] = rnd
                     results.append(r)
+                    by_process = ""
+                    if len(r["server_pids"]) > 1:
+                        total = sum(r["proc_cpu_us_per_rt_by_process"]) or 1.0
+                        by_process = (
+                            "  ("
+                            + ", ".join(
+                                f"{n} {us / total:.0%}"
+                                for n, us in zip(
+                                    r["server_processes"],
+                                    r["proc_cpu_us_per_rt_by_process"],
+                                    strict=True,
+                                )
+                            )
+                            + " of its CPU)"
+                        )
                     log(
                         f"#   {server.name:<8} {payload:>5} B  {r['round_trips_per_s']:>10,.0f} "
                         f"rt/s  {r['core_cpu_us_per_rt']:6.2f} us/rt  server core "
                         f"{r['server_core_busy']:.0%}  generator idle {r['generator_idle']:.0%}"
+                        f"{by_process}"
                     )
         names = [s.name for s in servers]
         summary = summarize(results, names, args.payloads)
@@ -852,13 +1038,14 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "target_throughput_ratio": TARGET,
                 "summary": summary,
+                "clients_per_worker": spread,
                 "runs": results,
                 "warnings": notes,
             }
             print(json.dumps(out, indent=2))
         else:
             print()
-            print_table(summary, names, args)
+            print_table(summary, names, args, spread)
             for note in notes:
                 print(f"warning: {note}")
         return 1 if args.strict and below else 0

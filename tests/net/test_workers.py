@@ -143,6 +143,52 @@ def test_clients_stay_on_their_worker_and_relay_across_workers(make_server: Make
         b.close()
 
 
+def allocate_with(client: BlockingTurnClient, *extra: tuple[int, bytes]) -> Any:
+    """Allocate (authenticating first) and return the success response itself."""
+    txid = os.urandom(12)
+    attrs = [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP)), *extra]
+    return client.request(C.ALLOCATE, attrs, txid), txid
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_reservation_made_by_one_worker_is_claimed_through_another(
+    make_server: MakeServer, transport: str
+) -> None:
+    """EVEN-PORT with R on worker 0, RESERVATION-TOKEN from a client of worker 1: the reserved
+    socket moves to worker 1, which relays on exactly the reserved port."""
+    server = make_server(workers=WORKERS)
+    first = client_on(server, 0)
+    if transport == "udp":
+        second = client_on(server, 1)
+    else:
+        second = BlockingTurnClient((HOST, server.port), "alice", "wonderland", transport="tcp")
+    stranger = client_on(server, 1)
+    try:
+        reply, txid = allocate_with(first, (C.EVEN_PORT, A.encode_even_port(True)))
+        even = A.decode_xor_address(reply.get(C.XOR_RELAYED_ADDRESS) or b"", txid)
+        token = reply.get(C.RESERVATION_TOKEN)
+        assert even[1] % 2 == 0 and token is not None and token[0] == 0
+        reply, txid = allocate_with(second, (C.RESERVATION_TOKEN, token))
+        odd = A.decode_xor_address(reply.get(C.XOR_RELAYED_ADDRESS) or b"", txid)
+        assert odd == (even[0], even[1] + 1)
+        # It relays there: a datagram to the odd port reaches the second client.
+        second.create_permission(even)
+        first.create_permission(odd)
+        first.send_indication(odd, b"to the reserved port")
+        assert second.receive_data() == (None, b"to the reserved port")
+        # Used up, and a made-up token of worker 0: the owner says no, the answer is 508.
+        for bad in (token, bytes([0]) + os.urandom(7)):
+            with pytest.raises(TurnError) as refused:
+                allocate_with(stranger, (C.RESERVATION_TOKEN, bad))
+            assert refused.value.code == 508
+            stranger.close()
+            stranger = client_on(server, 1)
+    finally:
+        for c in (first, second, stranger):
+            c.close()
+    assert "Traceback" not in server.log_text()
+
+
 @pytest.mark.parametrize(
     ("flag", "code"), [("--user-quota", 486), ("--total-quota", 508)], ids=["user", "total"]
 )

@@ -78,6 +78,7 @@ class WorkerPool(ServerFront):
         self.count = workers
         self.relay_path = "workers"
         self._nonce_key = os.urandom(32)
+        self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
         self._slices = [relay_slice(settings.port_range, workers, i) for i in range(workers)]
         self._listeners: ListenerSet | None = None
         self._quota_fd: int | None = None
@@ -220,6 +221,7 @@ class WorkerPool(ServerFront):
             "relay_ports": list(self._slices[index]),
             "fds": fds,
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
+            "handoff_name": self._handoff_name,
         }
         writer.write(json.dumps(spec).encode() + b"\n")
         await writer.drain()
@@ -376,8 +378,18 @@ class WorkerPool(ServerFront):
         return total
 
     async def store_changed(self) -> None:
-        await self.refresh_from_store()
         await self._call_all("refresh")
+        await self.refresh_from_store()
+
+    async def refresh_from_store(self) -> None:
+        """Workers first: a credential minted with a new secret must verify in all of them."""
+        store = self.store
+        if store is None:
+            return
+        revision = await asyncio.get_running_loop().run_in_executor(None, store.revision)
+        if revision != self._store_revision:
+            await self._call_all("refresh")
+        await super().refresh_from_store()
 
     def workers_up(self) -> tuple[int, int]:
         up = sum(1 for w in self._workers if w is not None and w.process.returncode is None)

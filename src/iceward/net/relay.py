@@ -266,7 +266,10 @@ class UdpRelayAllocator:
         on_miss: PeerHandler,
         advertise: dict[str, str] | None = None,
         fast: FastPath | None = None,
+        token_prefix: bytes = b"",
     ) -> None:
+        """``token_prefix`` starts every RESERVATION-TOKEN made here: with several workers, the
+        worker's index, so the worker a token reaches knows whom to ask for the port."""
         self._ips: dict[int, str] = {}
         for ip in relay_ips:
             self._ips.setdefault(_family_of_ip(ip), ip)
@@ -276,6 +279,7 @@ class UdpRelayAllocator:
         self._advertise = advertise or {}
         self._fast = fast
         self._reserved: dict[bytes, tuple[socket.socket, int, asyncio.TimerHandle]] = {}
+        self._token_prefix = token_prefix
         self.active: set[RelaySocket] = set()
 
     def families(self) -> frozenset[int]:
@@ -331,9 +335,8 @@ class UdpRelayAllocator:
                 if nxt is None:
                     sock.close()
                     continue
-                token = os.urandom(8)
-                timer = self._loop.call_later(self.RESERVATION_SECONDS, self._expire, token)
-                self._reserved[token] = (nxt, family, timer)
+                token = self._token_prefix + os.urandom(8 - len(self._token_prefix))
+                self.adopt(token, nxt, family)
             return self._wrap(sock, family), token
         raise RelayUnavailable(508, "no free relay port")
 
@@ -344,6 +347,24 @@ class UdpRelayAllocator:
         sock, family, timer = entry
         timer.cancel()
         return self._wrap(sock, family)
+
+    def has_reservation(self, token: bytes) -> bool:
+        return token in self._reserved
+
+    def adopt(self, token: bytes, sock: socket.socket, family: int) -> None:
+        """Hold ``sock`` (bound to a reserved port) for ``token`` until claimed or expired."""
+        sock.setblocking(False)
+        timer = self._loop.call_later(self.RESERVATION_SECONDS, self._expire, token)
+        self._reserved[token] = (sock, family, timer)
+
+    def give_away(self, token: bytes) -> tuple[socket.socket, int] | None:
+        """The reserved socket and family for ``token``, no longer held here (another worker
+        received the Allocate that claims it); None if unknown or expired."""
+        entry = self._reserved.pop(token, None)
+        if entry is None:
+            return None
+        entry[2].cancel()
+        return entry[0], entry[1]
 
     def _expire(self, token: bytes) -> None:
         entry = self._reserved.pop(token, None)

@@ -20,6 +20,7 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.front import ServerFront
+from iceward.net.handoff import ReservationHandoff
 from iceward.net.listeners import open_listeners
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
@@ -54,6 +55,7 @@ class TurnService(ServerFront):
         #: Set when this process is one worker of several (see :mod:`iceward.net.pool`).
         self.slot = slot
         self.quota: SharedQuota | None = None
+        self._handoff: ReservationHandoff | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.core: TurnServer | None = None
         self._udp: dict[Address, UdpListener] = {}
@@ -92,7 +94,12 @@ class TurnService(ServerFront):
             self._on_relay_miss,
             self.advertise,
             fast=self.fast,
+            token_prefix=bytes([slot.index]) if slot.count > 1 else b"",
         )
+        if slot.count > 1 and slot.handoff_name:
+            self._handoff = ReservationHandoff(
+                slot.handoff_name, slot.index, slot.count, self._relays, loop, self._deliver
+            )
         if slot.quota_fd is not None:
             self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)
         self.core = TurnServer(
@@ -189,6 +196,8 @@ class TurnService(ServerFront):
                 conn.transport.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._handoff is not None:
+            self._handoff.close()
         if self._relays is not None:
             self._relays.close()
         if self.fast is not None:
@@ -325,6 +334,16 @@ class TurnService(ServerFront):
     def _on_udp_miss(self, listener: UdpListener, data: bytes, client: Address) -> None:
         assert self.core is not None
         ft = FiveTuple("udp", client, listener.local)
+        if self._handoff is not None and self._handoff.hold(data, ft):
+            return
+        self._apply(self.core.handle_client(data, ft, time.time()))
+
+    def _deliver(self, data: bytes, ft: FiveTuple) -> None:
+        """A request the reservation handoff held back, now that the reserved port is here."""
+        if self.core is None or not self.listening:
+            return
+        if ft.transport != "udp" and ft not in self._streams:
+            return  # the connection closed meanwhile
         self._apply(self.core.handle_client(data, ft, time.time()))
 
     def _on_relay_miss(self, relay: RelaySocket, data: bytes, peer: Address) -> None:
@@ -340,6 +359,8 @@ class TurnService(ServerFront):
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
         assert self.core is not None and conn.five_tuple is not None
+        if self._handoff is not None and self._handoff.hold(data, conn.five_tuple):
+            return
         self._apply(self.core.handle_client(data, conn.five_tuple, time.time()))
 
     def _on_close(self, conn: StreamConnection) -> None:

@@ -27,6 +27,8 @@ class WorkerSlot:
     tls_files: tuple[Path, Path] | None = None
     #: Shared quota memory (see :mod:`iceward.net.sharedquota`); None: counts are local.
     quota_fd: int | None = None
+    #: Prefix of the workers' Unix socket names for EVEN-PORT reservations (see handoff.py).
+    handoff_name: str | None = None
 
     @property
     def first_id(self) -> int:

@@ -43,6 +43,7 @@ def _slot(spec: dict[str, Any]) -> WorkerSlot:
         tls=[socket.socket(fileno=fd) for fd in fds["tls"]],
         tls_files=(Path(tls_files[0]), Path(tls_files[1])) if tls_files else None,
         quota_fd=fds.get("quota"),
+        handoff_name=spec.get("handoff_name"),
     )
 
 
