@@ -48,9 +48,13 @@ Several workers (``--workers N``, N > 1, a scaling note rather than a one-core c
   Both are pinned to ``--server-cpus`` (default: every CPU this process may use, "0,1" on a
   2-CPU machine); the affinity is set on the server's first process and its workers inherit it.
   The load generator stays on ``--client-cpu``, so on a 2-CPU machine it SHARES a CPU with the
-  servers: they get less than N whole CPUs, and it busy-polls unless ``--sleep``; the header says
-  so. Round trips/s are then those of server and generator on the same 2 CPUs, not the server's
-  capacity on N cores.
+  servers (the header says so). Busy-polling, it holds about that whole CPU, so the servers get
+  about one CPU between them ("srv core" near 50%): round trips/s are then what N workers (or N
+  relay threads) do on about one CPU next to the generator, not the server's capacity on N cores.
+  What the run does show: that the clients and the work split over the workers, and what running
+  N processes costs per round trip next to ``--workers 1``. ``--sleep`` lets the servers use the
+  generator's idle time, but softirq work done while a CPU idles is then charged to no process and
+  shows up as "other" (disturbed runs).
 * CPU per round trip ("core us/rt") is the busy time summed over all of ``--server-cpus`` minus
   the load generator's own utime+stime (when its CPU is one of them), over the round trips;
   "srv core" is that time as a share of those CPUs. "proc us/rt" is the utime+stime of all the
@@ -566,7 +570,7 @@ def run_once(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_pin(args.client_cpu, args.loadgen_nice),
+        preexec_fn=_pin(args.client_cpu, args.nice),
         env={
             **os.environ,
             "LOADGEN_NO_GSO": "1" if args.no_gso else "0",
@@ -765,9 +769,10 @@ def print_table(
         )
         if args.client_cpu in args.server_cpu_list:
             where += (
-                f"\nSHARED CPU: the load generator runs on server CPU {args.client_cpu}, so the "
-                f"servers get less than {len(args.server_cpu_list)} CPUs; core us/rt = busy time "
-                f"of CPUs {cpus} minus the generator's own, srv core = that share of the CPUs"
+                f"\nSHARED CPU: the load generator runs on server CPU {args.client_cpu}"
+                f"{'' if args.sleep else ' and busy-polls'}, so the servers get less than "
+                f"{len(args.server_cpu_list)} CPUs; core us/rt = busy time of CPUs {cpus} minus "
+                "the generator's own, srv core = that share of the CPUs"
             )
     print(
         f"relay round trips over UDP ChannelData, {args.clients} clients x {args.window} in "
@@ -853,13 +858,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "other work on a shared machine [0]",
     )
     p.add_argument(
-        "--loadgen-nice",
-        type=int,
-        default=None,
-        help="nice value of the load generator alone, e.g. 19 to let the servers come first on a "
-        "CPU it shares with them [--nice]",
-    )
-    p.add_argument(
         "--no-gso", action="store_true", help="load generator: no UDP GSO (one send per datagram)"
     )
     p.add_argument(
@@ -891,10 +889,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--servers: iceward and/or coturn")
     if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
         p.error("--clients 1..1000, --window 1..4096")
-    if args.loadgen_nice is None:
-        args.loadgen_nice = args.nice
-    if not -20 <= args.nice <= 19 or not -20 <= args.loadgen_nice <= 19:
-        p.error("--nice, --loadgen-nice -20..19")
+    if not -20 <= args.nice <= 19:
+        p.error("--nice -20..19")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 50:
         p.error("--duration 0..600 s, --warmup 0..60 s, --rounds 1..50")
     if not 1 <= args.workers <= 64:

@@ -307,7 +307,12 @@ def test_ipv6_clients_and_dual_family_allocations(make_server: MakeServer) -> No
         peer.close()
 
 
-def test_sighup_reloads_the_tls_certificate(tmp_path: Path, make_server: MakeServer) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sighup_reloads_the_tls_certificate(
+    tmp_path: Path, make_server: MakeServer, workers: int
+) -> None:
+    """With several workers the supervisor passes SIGHUP on: every TLS connection, whichever
+    worker accepts it, presents the new certificate."""
     import ssl
 
     from ..conftest import make_test_ca
@@ -316,7 +321,7 @@ def test_sighup_reloads_the_tls_certificate(tmp_path: Path, make_server: MakeSer
     live_cert, live_key = tmp_path / "live-cert.pem", tmp_path / "live-key.pem"
     live_cert.write_bytes(first.cert.read_bytes())
     live_key.write_bytes(first.key.read_bytes())
-    server = make_server(cert=(live_cert, live_key))
+    server = make_server(cert=(live_cert, live_key), workers=workers)
 
     def presented_issuer_ok(ca: Path) -> bool:
         ctx = ssl.create_default_context(cafile=str(ca))
@@ -334,8 +339,12 @@ def test_sighup_reloads_the_tls_certificate(tmp_path: Path, make_server: MakeSer
     live_cert.write_bytes(second.cert.read_bytes())
     live_key.write_bytes(second.key.read_bytes())
     server.proc.send_signal(signal.SIGHUP)
+
+    def all_new() -> bool:
+        return all(presented_issuer_ok(second.ca_cert) for _ in range(12))
+
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and not presented_issuer_ok(second.ca_cert):
+    while time.monotonic() < deadline and not all_new():
         time.sleep(0.1)
-    assert presented_issuer_ok(second.ca_cert)
-    assert "reloaded TLS certificate" in server.log_text()
+    assert all_new()
+    assert server.log_text().count("reloaded TLS certificate") == workers
