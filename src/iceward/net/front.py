@@ -197,6 +197,19 @@ class ServerFront:
         self.credentials.set_secrets([*self._db_secrets[::-1], *self.config_secrets])
         self._store_revision = revision
 
+    async def tick_forever(self) -> None:
+        """Every second: users and secrets from the store, then :meth:`on_tick`."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.refresh_from_store()
+            except Exception as exc:  # a store hiccup must not stop the server
+                log.error("store refresh failed: %s", exc)
+            await self.on_tick()
+
+    async def on_tick(self) -> None:
+        """Periodic work of the concrete server."""
+
     def minting_secret(self) -> str | None:
         """The secret new credentials are signed with: the newest in the store, else the first."""
         if self._db_secrets:

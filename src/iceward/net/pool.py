@@ -117,7 +117,7 @@ class WorkerPool(ServerFront):
             self._watch(worker)
         self.listening = True
         loop = asyncio.get_running_loop()
-        self._tick_task = loop.create_task(self._tick_forever())
+        self._tick_task = loop.create_task(self.tick_forever())
         try:
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
@@ -170,16 +170,9 @@ class WorkerPool(ServerFront):
                 worker.process.kill()
                 await worker.process.wait()
 
-    async def _tick_forever(self) -> None:
-        """Every second: users and secrets from the store (new credentials are minted with the
-        newest secret), and each worker's counts, kept in case it dies."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.refresh_from_store()
-            except Exception as exc:  # a store hiccup must not stop the server
-                log.error("store refresh failed: %s", exc)
-            await self.metrics_snapshot()
+    async def on_tick(self) -> None:
+        """Each worker's counts, kept in case it dies."""
+        await self.metrics_snapshot()
 
     def _forward(self, sig: int) -> None:
         for worker in self._workers:

@@ -138,7 +138,7 @@ class TurnService(ServerFront):
         except (NotImplementedError, RuntimeError):
             pass
         self.listening = True
-        self._tick_task = loop.create_task(self._tick_forever())
+        self._tick_task = loop.create_task(self.tick_forever())
         if self.settings.http != "off":
             await self.start_http()
         log.info(
@@ -211,14 +211,8 @@ class TurnService(ServerFront):
         self._stopped.set()
 
     # -- state shared with the HTTP API and the store -------------------------------------------
-    async def _tick_forever(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await self.refresh_from_store()
-            except Exception as exc:  # a store hiccup must not stop the server
-                log.error("store refresh failed: %s", exc)
-            self._track_activity()
+    async def on_tick(self) -> None:
+        self._track_activity()
 
     def sync_traffic(self) -> None:
         """Bring the allocations' counters up to date with what the native fast path counted."""
