@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -273,6 +275,37 @@ def test_sigterm_stops_every_worker_and_logs_their_allocations(make_server: Make
     for worker in (0, 1):
         assert re.search(rf"\[w{worker}\] allocation end .*reason='server shutdown'", log), log
     assert "Traceback" not in log
+
+
+def test_a_malformed_flood_over_both_workers_crashes_neither(make_server: MakeServer) -> None:
+    server = make_server(workers=WORKERS)
+    key = admin(server)
+    before = workers_now(server, key)
+    rng = random.Random(11)
+    heads = [b"\x00\x03\x00\x08\x21\x12\xa4\x42", b"\x40\x00\xff\xff", b"\x00\x01", b""]
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]
+    try:
+        for s in senders:
+            s.bind((HOST, 0))
+        assert {worker_for(s.getsockname(), WORKERS) for s in senders} == {0, 1}
+        for n in range(16000):
+            body = rng.choice(heads) + rng.randbytes(rng.randint(0, 600))
+            senders[n % len(senders)].sendto(body, (HOST, server.port))
+            if n % 400 == 0:
+                time.sleep(0.002)
+    finally:
+        for s in senders:
+            s.close()
+    for worker in (0, 1):  # both still allocate, and neither was restarted
+        client = client_on(server, worker)
+        try:
+            assert client.allocate()[0] == HOST
+        finally:
+            client.close()
+    assert [w["pid"] for w in workers_now(server, key)] == [w["pid"] for w in before]
+    text = http(server, "GET", "/metrics")[1]
+    assert metric(text, "iceward_dropped_total") > 0
+    assert "Traceback" not in server.log_text()
 
 
 def test_too_small_a_relay_range_for_the_workers_is_a_clean_error(tmp_path: Path) -> None:
