@@ -26,6 +26,8 @@ def open_link(parent: socket.socket, target: Address) -> socket.socket | None:
         else:
             mtu = parent.getsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER)
             sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, mtu)
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):  # a burst queues as on the parent
+            sock.setsockopt(socket.SOL_SOCKET, opt, parent.getsockopt(socket.SOL_SOCKET, opt) // 2)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(parent.getsockname())
         sock.connect(target)
