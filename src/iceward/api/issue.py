@@ -47,7 +47,7 @@ async def issue(
     request_id: str | None = None,
 ) -> tuple[list[dict[str, Any]], RestCredential]:
     """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer."""
-    secret = service.minting_secret()
+    secret = await service.secret_for_minting()
     if secret is None:
         raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
     uris = service.public_uris()

@@ -210,6 +210,10 @@ class ServerFront:
     async def on_tick(self) -> None:
         """Periodic work of the concrete server."""
 
+    async def secret_for_minting(self) -> str | None:
+        """:meth:`minting_secret`, once every process that verifies agrees on the secrets."""
+        return self.minting_secret()
+
     def minting_secret(self) -> str | None:
         """The secret new credentials are signed with: the newest in the store, else the first."""
         if self._db_secrets:

@@ -76,7 +76,6 @@ class WorkerPool(ServerFront):
     def __init__(self, settings: ServerSettings, workers: int) -> None:
         super().__init__(settings)
         self.count = workers
-        self.relay_path = "workers"
         self._nonce_key = os.urandom(32)
         self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
         self._slices = [relay_slice(settings.port_range, workers, i) for i in range(workers)]
@@ -373,6 +372,12 @@ class WorkerPool(ServerFront):
     async def store_changed(self) -> None:
         await self._call_all("refresh")
         await self.refresh_from_store()
+
+    async def secret_for_minting(self) -> str | None:
+        """Read the store now: a worker may have seen a secret added or retired before this
+        process's own tick, and a credential must verify wherever its client lands."""
+        await self.refresh_from_store()
+        return self.minting_secret()
 
     async def refresh_from_store(self) -> None:
         """Workers first: a credential minted with a new secret must verify in all of them."""
