@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,10 +165,19 @@ def start_server(
             found = re.search(r"HTTP API on http://[^ ]+:(\d+)", server.log_text())
             if found:
                 server.http_port = int(found.group(1))
-                return server
+                if _ready(server):  # every worker is up
+                    return server
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"iceward serve did not answer STUN:\n{server.log_text()}")
+
+
+def _ready(server: RunningServer) -> bool:
+    try:
+        with urllib.request.urlopen(server.http_url + "/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 @pytest.fixture

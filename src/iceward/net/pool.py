@@ -106,6 +106,8 @@ class WorkerPool(ServerFront):
         self.endpoints.listen = list(settings.listen)
         if tls_port is not None:
             self._tls_files = self.tls_material()
+        if settings.http != "off":  # first: a busy HTTP port fails before any worker starts
+            await self.start_http()
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -121,8 +123,6 @@ class WorkerPool(ServerFront):
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
             pass
-        if settings.http != "off":
-            await self.start_http()
         lo, hi = settings.port_range
         log.info(
             "listening udp/tcp=%s tls=%s on %s with %d workers; relays on %s ports %d-%d",
