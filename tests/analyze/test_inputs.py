@@ -111,3 +111,35 @@ def test_detect_never_trusts_the_file_name() -> None:
     assert detect(b'[[{"id":"a","type":"transport"}],[{"id":"a","type":"transport"}]]').format == (
         "getstats"
     )
+
+
+def test_test_page_report_brings_the_page_findings(tmp_path: Path) -> None:
+    """The page's probes saw the firewalled relay ports; a getStats() snapshot alone cannot.
+    Known codes are carried (bounded); what a hand-edited report adds besides is left out."""
+    report = {
+        "format": "iceward-test-report",
+        "getStats": samples.getstats_snapshot(),
+        "findings": [
+            {
+                "code": "relay-ports-blocked",
+                "severity": "error",
+                "evidence": ["20 sent, 0 delivered over turn:198.51.100.7:3478?transport=udp"]
+                + ["x" * 2000] * 50,
+                "subject": "turn:198.51.100.7:3478?transport=udp",
+            },
+            {"code": "not-a-code", "severity": "error", "evidence": ["made up"]},
+            {"code": "no-tls-443", "severity": "bogus", "evidence": "not a list"},
+            "not an object",
+        ],
+    }
+    analysis = analyze_path(samples.write(tmp_path / "report.json", report))
+    by_code = {f.code: f for f in analysis.findings}
+    assert set(by_code) == {"relay-ports-blocked", "no-tls-443", "direct-path"}
+    blocked = by_code["relay-ports-blocked"]
+    assert blocked.severity == "error" and analysis.findings[0] is blocked
+    assert blocked.evidence[0] == "seen by the browser test page"
+    assert blocked.evidence[1].startswith("20 sent, 0 delivered")
+    assert len(blocked.evidence) == 21 and all(len(e) <= 500 for e in blocked.evidence)
+    assert blocked.subject == "turn:198.51.100.7:3478?transport=udp"
+    assert by_code["no-tls-443"].severity == "warning"  # the vocabulary's, not "bogus"
+    assert analysis.exit_code == 1

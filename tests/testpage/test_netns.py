@@ -111,12 +111,15 @@ def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
     assert codes(result, "error") == ["relay-ports-blocked", "relay-ports-blocked"], context
     assert result["summary"].startswith("Allocations work but data"), context
     assert time.monotonic() - started < 60
-    # The shared report reaches the analyzer, which sees a relay-only call that never connected.
+    # The shared report reaches the analyzer, which sees a relay-only call that never connected
+    # and keeps the page's own diagnosis.
     report_id = result["shared"].rsplit("/", 1)[1]
     stored = iceward("reports", "show", report_id, "--json", "--data-dir", str(data_dir)).stdout
     path = tmp_path / "report.json"
     path.write_text(stored)
     analysed = iceward("analyze", "--json", str(path), check=False)
     assert analysed.returncode == 1, analysed.stdout + analysed.stderr
-    [connection] = json.loads(analysed.stdout)["peerConnections"]
+    analysis = json.loads(analysed.stdout)
+    [connection] = analysis["peerConnections"]
     assert connection["outcome"] == "not-connected", analysed.stdout
+    assert analysis["findings"][0]["code"] == "relay-ports-blocked", analysed.stdout

@@ -13,6 +13,7 @@ from iceward.analyze.model import PeerConnectionReport
 from iceward.analyze.rtcstats import parse_rtcstats
 from iceward.analyze.rules import analyze
 from iceward.diagnose import Finding
+from iceward.diagnose.findings import CODES, make_finding, rank
 
 
 @dataclass(slots=True)
@@ -44,7 +45,42 @@ def analyze_loaded(loaded: LoadedInput, path: str) -> Analysis:
             " before the tab that made the call is closed)"
         )
     findings = analyze(reports)
+    carried = page_findings(loaded.page_findings)
+    if carried:
+        seen = {(f.code, f.subject) for f in findings}
+        findings = rank(findings + [f for f in carried if (f.code, f.subject) not in seen])
     return Analysis(path, loaded.format, loaded.size, loaded.compressed, reports, findings, meta)
+
+
+#: Bounds on what a (possibly edited) test page report may carry into the analysis.
+_MAX_CARRIED, _MAX_EVIDENCE, _MAX_TEXT = 100, 20, 500
+
+
+def page_findings(items: list[Any]) -> list[Finding]:
+    """The browser test page's own findings (its per-transport probes saw what a getStats()
+    snapshot cannot, such as relay ports dropped by a firewall), for codes of the vocabulary;
+    anything else in a hand-edited report is left out."""
+    out: list[Finding] = []
+    for item in items[:_MAX_CARRIED]:
+        if not isinstance(item, dict) or item.get("code") not in CODES:
+            continue
+        severity = item.get("severity")
+        evidence = item.get("evidence")
+        lines = (
+            [str(e)[:_MAX_TEXT] for e in evidence[:_MAX_EVIDENCE]]
+            if isinstance(evidence, list)
+            else []
+        )
+        subject = item.get("subject")
+        out.append(
+            make_finding(
+                item["code"],
+                ["seen by the browser test page", *lines],
+                severity=severity if severity in ("error", "warning", "info") else None,
+                subject=str(subject)[:_MAX_TEXT] if isinstance(subject, str) else None,
+            )
+        )
+    return out
 
 
 def analyze_path(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Analysis:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class LoadedInput:
     data: Any
     size: int
     compressed: bool
+    #: Findings a browser test page report brought along (unchecked JSON; see analyze/api.py).
+    page_findings: list[Any] = field(default_factory=list)
 
 
 def parse_size(text: str) -> int:
@@ -158,10 +160,18 @@ def detect(raw: bytes, name: str = "input", compressed: bool = False) -> LoadedI
     if is_getstats(data):
         return LoadedInput("getstats", data, size, compressed)
     if isinstance(data, dict) and data.get("format") == "iceward-test-report":
-        # A browser test page report (/api/v1/reports/ID): its getStats() snapshot is analysed.
+        # A browser test page report (/api/v1/reports/ID): its getStats() snapshot is analysed,
+        # and the page's own findings (from its per-transport probes) are carried along.
         if not is_getstats(data.get("getStats")):
             raise InputError(f"{name} is an iceward test page report without getStats() data")
-        return LoadedInput("getstats", data["getStats"], size, compressed)
+        carried = data.get("findings")
+        return LoadedInput(
+            "getstats",
+            data["getStats"],
+            size,
+            compressed,
+            carried if isinstance(carried, list) else [],
+        )
     raise InputError(f"{name} is JSON but {describe_shape(data)}: {EXPECTED}")
 
 
