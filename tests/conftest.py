@@ -75,6 +75,18 @@ def stun_binding(port: int, host: str = HOST, timeout: float = 0.2) -> tuple[str
     return decode_xor_address(value, txid) if value else None
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then SIGKILL after 10 s; the exit status."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return int(proc.returncode)
+
+
 @dataclass
 class RunningServer:
     proc: subprocess.Popen[bytes]
@@ -95,14 +107,7 @@ class RunningServer:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return int(self.proc.returncode)
+        return stop_process(self.proc)
 
 
 def start_server(

@@ -34,6 +34,7 @@ from tests.conftest import (
     make_test_ca,
     require_tool,
     start_server,
+    stop_process,
     stun_binding,
 )
 
@@ -147,13 +148,7 @@ class Server:
         return ice(servers)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
 
 def coturn_argv(
@@ -371,11 +366,5 @@ def netns() -> Iterator[Netns]:
         yield ns
     finally:
         for proc in ns.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
         subprocess.run(["ip", "netns", "delete", ns.name], capture_output=True)

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from iceward.config import ServerSettings, ensure_secret, parse_alternate_address
+from iceward.net.listeners import ListenerSet, open_listeners
 from iceward.net.snapshot import Snapshot
 from iceward.net.tls import ensure_self_signed
 from iceward.store import Store, database_url
@@ -175,6 +176,7 @@ class ServerFront:
         revision = await loop.run_in_executor(None, store.revision)
         if revision == self._store_revision:
             return
+        await self.before_store_reload()
         users, secrets = await loop.run_in_executor(
             None, lambda: (store.list_users(), store.list_secrets())
         )
@@ -214,6 +216,9 @@ class ServerFront:
         """:meth:`minting_secret`, once every process that verifies agrees on the secrets."""
         return self.minting_secret()
 
+    async def before_store_reload(self) -> None:
+        """The store changed; about to load its users and secrets here."""
+
     def minting_secret(self) -> str | None:
         """The secret new credentials are signed with: the newest in the store, else the first."""
         if self._db_secrets:
@@ -222,6 +227,14 @@ class ServerFront:
 
     def public_uris(self) -> list[str]:
         return list(self.settings.public_url) or self.endpoints.uris()
+
+    def open_listeners(self, workers: int) -> ListenerSet:
+        """Every listening socket the settings ask for, in groups of ``workers``."""
+        settings = self.settings
+        tls_port = settings.tls_port if (settings.tls_port or settings.cert) else None
+        return open_listeners(
+            settings.listen, settings.port, tls_port, workers, self.config.change_addresses
+        )
 
     def tls_material(self) -> tuple[Path, Path]:
         if self.settings.cert and self.settings.key:

@@ -30,7 +30,7 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net import sharedquota
 from iceward.net.front import ServerFront
-from iceward.net.listeners import ListenerSet, open_listeners
+from iceward.net.listeners import ListenerSet
 from iceward.net.slot import relay_slice
 from iceward.net.snapshot import Snapshot
 from iceward.net.worker import LINE_LIMIT
@@ -97,14 +97,11 @@ class WorkerPool(ServerFront):
         settings = self.settings
         self.open_store()
         await self.refresh_from_store()
-        tls_port = settings.tls_port if (settings.tls_port or settings.cert) else None
-        self._listeners = open_listeners(
-            settings.listen, settings.port, tls_port, self.count, self.config.change_addresses
-        )
+        self._listeners = self.open_listeners(self.count)
         self.endpoints.port = self._listeners.port
         self.endpoints.tls_port = self._listeners.tls_port
         self.endpoints.listen = list(settings.listen)
-        if tls_port is not None:
+        if self._listeners.tls_port:
             self._tls_files = self.tls_material()
         if settings.http != "off":  # first: a busy HTTP port fails before any worker starts
             await self.start_http()
@@ -379,15 +376,9 @@ class WorkerPool(ServerFront):
         await self.refresh_from_store()
         return self.minting_secret()
 
-    async def refresh_from_store(self) -> None:
+    async def before_store_reload(self) -> None:
         """Workers first: a credential minted with a new secret must verify in all of them."""
-        store = self.store
-        if store is None:
-            return
-        revision = await asyncio.get_running_loop().run_in_executor(None, store.revision)
-        if revision != self._store_revision:
-            await self._call_all("refresh")
-        await super().refresh_from_store()
+        await self._call_all("refresh")
 
     def workers_up(self) -> tuple[int, int]:
         up = sum(1 for w in self._workers if w is not None and w.process.returncode is None)

@@ -21,7 +21,6 @@ from iceward.config import ServerSettings
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.front import ServerFront
 from iceward.net.handoff import ReservationHandoff
-from iceward.net.listeners import open_listeners
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
@@ -152,17 +151,13 @@ class TurnService(ServerFront):
 
     def _own_slot(self) -> WorkerSlot:
         """One process serving alone: bind its own listeners."""
-        settings = self.settings
-        tls_port = settings.tls_port if (settings.tls_port or settings.cert) else None
-        listeners = open_listeners(
-            settings.listen, settings.port, tls_port, 1, self.config.change_addresses
-        )
+        listeners = self.open_listeners(1)
         return WorkerSlot(
             index=0,
             count=1,
             generation=0,
             nonce_key=os.urandom(32),
-            relay_ports=settings.port_range,
+            relay_ports=self.settings.port_range,
             udp=listeners.udp[0],
             tcp=listeners.tcp[0],
             tls=listeners.tls[0],
