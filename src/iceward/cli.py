@@ -130,6 +130,34 @@ def serve(
     credential_ttl: Annotated[
         int | None, Opt("--credential-ttl", help="Default credential lifetime in seconds.")
     ] = None,
+    max_credential_ttl: Annotated[
+        int | None,
+        Opt("--max-credential-ttl", help="Refuse REST credentials valid longer (s) [604800]."),
+    ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        Opt("--trusted-proxy", help="Proxy (CIDR) whose X-Forwarded-For is believed."),
+    ] = None,
+    connection_timeout: Annotated[
+        float | None,
+        Opt("--connection-timeout", help="Seconds for TLS and a first request on TCP/TLS [10]."),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        Opt("--idle-timeout", help="Close TCP/TLS connections idle without allocation (s) [60]."),
+    ] = None,
+    max_connections_per_source: Annotated[
+        int | None,
+        Opt("--max-connections-per-source", help="TCP/TLS connections per source IP [500]."),
+    ] = None,
+    max_auth_failures: Annotated[
+        int | None,
+        Opt("--max-auth-failures", help="Failed authentications per source IP per minute [60]."),
+    ] = None,
+    max_challenges: Annotated[
+        int | None,
+        Opt("--max-challenges", help="401 challenges per source IP per second [100]."),
+    ] = None,
     alternate_address: Annotated[
         str | None,
         Opt(
@@ -173,6 +201,13 @@ def serve(
             admin_allow=admin_allow,
             api_rate=api_rate,
             credential_ttl=credential_ttl,
+            max_credential_ttl=max_credential_ttl,
+            trusted_proxy=trusted_proxy,
+            connection_timeout=connection_timeout,
+            idle_timeout=idle_timeout,
+            max_connections_per_source=max_connections_per_source,
+            max_auth_failures=max_auth_failures,
+            max_challenges=max_challenges,
             alternate_address=alternate_address,
             workers=workers,
         )

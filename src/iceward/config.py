@@ -62,6 +62,20 @@ class ServerSettings(BaseSettings):
     api_rate: float = Field(10.0, gt=0)
     api_burst: int = Field(20, ge=1)
     credential_ttl: int = Field(86400, ge=60, le=7 * 86400)
+    #: REST credentials whose expiry lies further ahead than this (seconds) are refused.
+    max_credential_ttl: int = Field(7 * 86400, ge=60)
+    #: Proxies (CIDR) whose X-Forwarded-For is believed; from anywhere else the peer counts.
+    trusted_proxy: list[str] = Field(default_factory=list)
+    #: Seconds a new TCP/TLS connection has to finish TLS and send its first STUN message.
+    connection_timeout: float = Field(10.0, gt=0)
+    #: Seconds a TCP/TLS connection without an allocation may stay silent before it is closed.
+    idle_timeout: float = Field(60.0, gt=0)
+    #: Open TCP/TLS connections from one source IP.
+    max_connections_per_source: int = Field(500, ge=1)
+    #: Failed authentications answered per source IP per minute; beyond, requests are dropped.
+    max_auth_failures: int = Field(60, ge=1)
+    #: 401 challenges answered per source IP per second (an unauthenticated flood's answers).
+    max_challenges: int = Field(100, ge=1)
     #: Relaying processes; None: one per core this process may run on.
     workers: int | None = Field(None, ge=1, le=128)
     #: RFC 5780: a second IP (optionally IP:PORT) to answer CHANGE-REQUEST from.
@@ -129,7 +143,7 @@ class ServerSettings(BaseSettings):
             parse_alternate_address(value, 3478)
         return value
 
-    @field_validator("admin_allow")
+    @field_validator("admin_allow", "trusted_proxy")
     @classmethod
     def _check_admin_nets(cls, values: list[str]) -> list[str]:
         for v in values:
@@ -157,6 +171,8 @@ class ServerSettings(BaseSettings):
     def _check_lifetimes(self) -> ServerSettings:
         if self.max_lifetime < self.default_lifetime:
             raise ValueError("max_lifetime must be at least default_lifetime")
+        if self.credential_ttl > self.max_credential_ttl:
+            raise ValueError("credential_ttl must not exceed max_credential_ttl")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
         if self.alternate_address is not None:
