@@ -32,6 +32,17 @@ from iceward.turn.policy import PeerPolicy
         ("2002:7f00:1::", "loopback"),
         ("2002:c0a8:101::1", "private"),
         ("::127.0.0.1", "loopback"),
+        # SIIT IPv4-translated (RFC 6145)
+        ("::ffff:0:7f00:1", "loopback"),
+        ("::ffff:0:a9fe:a9fe", "metadata"),
+        # local-use NAT64 (RFC 8215), each RFC 6052 prefix length it allows
+        ("64:ff9b:1:7f00:0:100::", "loopback"),  # /48: 127.0 | u | 0.1
+        ("64:ff9b:1:200a:1:203:400:0", "private"),  # /56: 10 | u | 1.2.3
+        ("64:ff9b:1::c0:a801:100:0", "private"),  # /64: u | 192.168.1.1
+        ("64:ff9b:1::7f00:1", "loopback"),  # /96
+        # Teredo: the client's IPv4 obfuscated (bitwise NOT) in the low 32 bits
+        ("2001:0:c000:201:0:f227:80ff:fffe", "loopback"),  # client 127.0.0.1
+        ("2001:0:c000:201:0:f227:5601:5601", "metadata"),  # client 169.254.169.254
         ("not-an-ip", "not an IP"),
     ],
 )
@@ -41,7 +52,17 @@ def test_internal_addresses_are_refused_by_default(host: str, why: str) -> None:
     assert why in decision.reason
 
 
-@pytest.mark.parametrize("host", ["198.51.100.1", "203.0.113.9", "8.8.8.8", "2a00:1450::1"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "198.51.100.1",
+        "203.0.113.9",
+        "8.8.8.8",
+        "2a00:1450::1",
+        "64:ff9b:1::808:808",  # local-use NAT64 of a public address
+        "2001:0:c000:201:0:f227:f7f7:f7f7",  # Teredo client 8.8.8.8
+    ],
+)
 def test_public_addresses_are_allowed(host: str) -> None:
     assert PeerPolicy().check(host).allowed
 
@@ -59,3 +80,14 @@ def test_allow_opens_a_range_and_deny_closes_one() -> None:
 def test_never_allowed_ranges_cannot_be_opened(cidr: str) -> None:
     with pytest.raises(ValueError, match="never"):
         PeerPolicy(allow=[cidr])
+
+
+def test_the_servers_own_listening_addresses_are_refused_even_when_allowed() -> None:
+    policy = PeerPolicy(allow=["127.0.0.0/8", "::1/128"])
+    policy.set_own_addresses(["127.0.0.1", "198.51.100.4"], [3478, 5349])
+    for host, port in [("127.0.0.1", 3478), ("::ffff:127.0.0.1", 5349), ("198.51.100.4", 3478)]:
+        decision = policy.check(host, port)
+        assert not decision.allowed and "own address" in decision.reason, (host, port)
+    assert policy.check("127.0.0.1", 40000).allowed  # another port of the host: a peer like any
+    assert policy.check("127.0.0.2", 3478).allowed  # another local IP the server is not on
+    assert policy.check("127.0.0.1").allowed  # a permission is by IP: only ports are own

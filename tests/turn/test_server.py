@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import struct
+import tracemalloc
+import weakref
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -652,3 +657,190 @@ def test_signed_requests_with_arbitrary_attributes_never_raise(
     for out in client.send_raw(data):
         if isinstance(out, ToClient):
             parse_message(out.data)
+
+
+# -- hardening -------------------------------------------------------------------------------
+
+
+class _ForgetfulRelays(FakeRelays):
+    """Keeps nothing it released, so a test can see whether the core still holds a relay."""
+
+    def release(self, relay: object) -> None:  # type: ignore[override]
+        pass
+
+
+def test_a_removed_allocation_is_freed_at_once_not_at_its_old_expiry() -> None:
+    server, _ = make_server(relays=_ForgetfulRelays())
+    keeper = Client(server, FiveTuple("udp", ("203.0.113.9", 1), SERVER))
+    assert keeper.allocate().cls == C.SUCCESS  # a long-lived allocation keeps the heap non-empty
+    client = Client(server)
+    reply = client.allocate([(C.LIFETIME, A.encode_u32(3600))])
+    relay = weakref.ref(server.allocations[-1].relays[C.FAMILY_IPV4])
+    assert reply.cls == C.SUCCESS
+    assert client.refresh(0).cls == C.SUCCESS
+    gc.collect()
+    assert relay() is None, "a deleted allocation is still referenced (timer heap?)"
+    assert server.get_timer() is not None  # the keeper's timer is still there
+
+
+def test_allocate_delete_churn_does_not_grow_memory() -> None:
+    server, _ = make_server(relays=_ForgetfulRelays())
+    keeper = Client(server, FiveTuple("udp", ("203.0.113.9", 1), SERVER))
+    assert keeper.allocate().cls == C.SUCCESS
+
+    client = Client(server)  # one five-tuple, allocating again once each allocation is gone
+
+    def churn(rounds: int) -> None:
+        for _ in range(rounds):
+            assert client.allocate().cls == C.SUCCESS
+            assert client.channel_bind(0x4000, PEER).cls == C.SUCCESS
+            assert client.refresh(0).cls == C.SUCCESS
+
+    churn(500)  # warm up caches
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        churn(3000)
+        gc.collect()
+        growth = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert growth < 200_000, f"{growth} bytes kept after 3000 allocate/delete rounds"
+    assert len(server.allocations) == 1
+
+
+def test_removing_one_family_of_a_dual_allocation_removes_its_channels() -> None:
+    relays = FakeRelays(frozenset({C.FAMILY_IPV4, C.FAMILY_IPV6}))
+    server, _ = make_server(relays=relays, policy=PeerPolicy(allow=["2001:db8::/32"]))
+    client = Client(server)
+    reply = client.allocate([(C.ADDITIONAL_ADDRESS_FAMILY, A.encode_one_byte(2))])
+    assert reply.cls == C.SUCCESS
+    v6_peer = ("2001:db8::7", 7000)
+    assert client.channel_bind(0x4000, v6_peer).cls == C.SUCCESS
+    assert client.channel_bind(0x4001, PEER).cls == C.SUCCESS
+    txid = os.urandom(12)
+    attrs = [
+        (C.REQUESTED_ADDRESS_FAMILY, A.encode_one_byte(C.FAMILY_IPV6)),
+        (C.LIFETIME, A.encode_u32(0)),
+    ]
+    data = client.request(C.REFRESH, attrs, txid=txid)
+    assert data.cls == C.SUCCESS
+    alloc = server.allocations[0]
+    assert list(alloc.relays) == [C.FAMILY_IPV4]
+    assert 0x4000 not in alloc.channels and v6_peer[0] not in alloc.permissions
+    # The ChannelData that used to raise KeyError: dropped and counted, nothing else.
+    assert client.send_raw(struct.pack("!HH", 0x4000, 4) + b"late") == []
+    assert server.counters["drop.channel_data"] == 1
+    out = client.send_raw(struct.pack("!HH", 0x4001, 2) + b"ok")
+    assert [type(o) for o in out] == [ToPeer]
+
+
+def test_removing_a_family_announces_the_channel_removal() -> None:
+    relays = FakeRelays(frozenset({C.FAMILY_IPV4, C.FAMILY_IPV6}))
+    server, _ = make_server(relays=relays, policy=PeerPolicy(allow=["2001:db8::/32"]))
+    client = Client(server)
+    assert client.allocate([(C.ADDITIONAL_ADDRESS_FAMILY, A.encode_one_byte(2))]).cls == C.SUCCESS
+    assert client.channel_bind(0x4000, ("2001:db8::7", 7000)).cls == C.SUCCESS
+    txid = os.urandom(12)
+    attrs = [
+        (C.REQUESTED_ADDRESS_FAMILY, A.encode_one_byte(C.FAMILY_IPV6)),
+        (C.LIFETIME, A.encode_u32(0)),
+        (C.USERNAME, client.username.encode()),
+        (C.REALM, REALM.encode()),
+        (C.NONCE, (client.nonce or "").encode()),
+    ]
+    out = client.send_raw(
+        encode_message(C.REFRESH, C.REQUEST, txid, attrs, integrity_key=client.key)
+    )
+    removed = [o for o in out if isinstance(o, ChannelRemoved)]
+    assert [(o.channel.number, o.channel.peer) for o in removed] == [
+        (0x4000, ("2001:db8::7", 7000))
+    ]
+
+
+def test_failed_authentications_are_rate_limited_per_source_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, _ = make_server(config=TurnConfig(realm=REALM, max_auth_failures=20))
+    caplog.set_level(logging.WARNING, "iceward.turn")
+    mallory = Client(server, password="guess")
+    transport = [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP))]
+    challenge = mallory.request(C.ALLOCATE, transport, sign=False)
+    assert error_code(challenge) == 401
+    mallory.nonce = (challenge.get(C.NONCE) or b"").decode()
+
+    def guess() -> int:
+        signed = [
+            *transport,
+            (C.USERNAME, b"alice"),
+            (C.REALM, REALM.encode()),
+            (C.NONCE, (mallory.nonce or "").encode()),
+        ]
+        data = encode_message(
+            C.ALLOCATE, C.REQUEST, os.urandom(12), signed, integrity_key=mallory.key
+        )
+        return len(mallory.send_raw(data))
+
+    answered = sum(guess() for _ in range(100))
+    assert answered == 20, "over its rate, a source's failed authentications go unanswered"
+    assert server.counters["drop.auth_failure_rate"] == 80
+    assert server.counters["auth.bad_integrity"] == 100  # every failure still counted
+    lines = [r.getMessage() for r in caplog.records if "auth refused" in r.getMessage()]
+    assert len(lines) == 1, lines
+    # Another source is not affected, and the same one is answered again a minute later.
+    other = Client(server, FiveTuple("udp", ("203.0.113.77", 1), SERVER))
+    assert other.allocate().cls == C.SUCCESS
+    mallory.now += 61
+    assert guess() == 1
+    lines = [r.getMessage() for r in caplog.records if "auth refused" in r.getMessage()]
+    assert len(lines) == 2 and "99 more refusals from 203.0.113.5 not logged" in lines[-1]
+
+
+def test_unauthenticated_challenges_are_rate_limited_per_source() -> None:
+    server, _ = make_server(config=TurnConfig(realm=REALM, max_challenges=50))
+    request = encode_message(
+        C.ALLOCATE,
+        C.REQUEST,
+        os.urandom(12),
+        [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP))],
+    )
+    client = Client(server)
+    answered = sum(len(client.send_raw(request)) for _ in range(300))
+    assert answered == 50
+    assert server.counters["drop.challenge_rate"] == 250
+    other = Client(server, FiveTuple("udp", ("203.0.113.77", 1), SERVER))
+    assert len(other.send_raw(request)) == 1
+    client.now += 1.0
+    assert len(client.send_raw(request)) == 1  # refilled at 50 a second
+
+
+def test_rest_credential_with_a_far_future_expiry_is_refused() -> None:
+    server, _ = make_server()
+    now = 1_000_000.0
+    forever = "999999999999:eve"
+    from iceward.turn.credentials import rest_password
+
+    client = Client(server, username=forever, password=rest_password("s1", forever), now=now)
+    assert error_code(client.allocate()) == 401
+    assert server.counters["auth.lifetime_too_long"] == 1
+    week = mint_rest_credential("s1", "eve", 7 * 86400 - 60, now)
+    ok = Client(
+        server,
+        FiveTuple("udp", ("203.0.113.6", 1), SERVER),
+        week.username,
+        week.password,
+        now=now,
+    )
+    assert ok.allocate().cls == C.SUCCESS
+
+
+def test_peers_at_the_servers_own_addresses_or_its_own_relay_are_refused() -> None:
+    policy = PeerPolicy(allow=["192.0.2.0/24"])
+    policy.set_own_addresses([SERVER[0]], [SERVER[1]])
+    client, _ = allocated_client(policy=policy)
+    assert error_code(client.create_permission(SERVER)) == 403
+    assert error_code(client.channel_bind(0x4000, SERVER)) == 403
+    own_relay = client.server.allocations[0].relays[C.FAMILY_IPV4].relayed_address
+    assert error_code(client.channel_bind(0x4001, own_relay)) == 403
+    assert client.server.counters["peer.refused.the server's own address"] == 2
+    assert client.channel_bind(0x4002, ("192.0.2.1", 50999)).cls == C.SUCCESS  # another relay

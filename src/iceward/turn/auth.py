@@ -78,8 +78,11 @@ class _StaticUser:
 class CredentialStore:
     """Static users and REST secrets for one realm; answers "which keys may sign this request"."""
 
-    def __init__(self, realm: str) -> None:
+    def __init__(self, realm: str, max_rest_lifetime: float = 7 * 86400) -> None:
+        """``max_rest_lifetime``: a REST credential expiring further ahead than this is refused
+        (a far-future expiry is a credential that never dies)."""
         self.realm = realm
+        self.max_rest_lifetime = max_rest_lifetime
         self._users: dict[str, _StaticUser] = {}
         self._userhash: dict[bytes, str] = {}
         self._secrets: list[str] = []
@@ -149,6 +152,13 @@ class CredentialStore:
         expiry, account = rest
         if expiry < now:
             return KeyLookup((), account, f"REST credential expired {int(now - expiry)} s ago")
+        if expiry - now > self.max_rest_lifetime:
+            return KeyLookup(
+                (),
+                account,
+                f"REST credential lifetime {int(expiry - now)} s exceeds the maximum "
+                f"{int(self.max_rest_lifetime)} s",
+            )
         keys = tuple(
             long_term_key(username, self.realm, rest_password(secret, username), algorithm)
             for secret in self._secrets

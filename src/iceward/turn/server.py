@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from iceward import SOFTWARE as DEFAULT_SOFTWARE
+from iceward.ratelimit import LogThrottle, RateLimiter
 from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import verify_integrity
@@ -35,13 +36,14 @@ from iceward.turn.events import (
     ToClient,
     ToPeer,
 )
-from iceward.turn.policy import PeerPolicy
+from iceward.turn.policy import PeerPolicy, PolicyDecision
 from iceward.turn.quota import LocalQuota, QuotaLedger
 
 log = logging.getLogger("iceward.turn")
 
 _CHANNEL_HEADER = struct.Struct("!HH")
 _TURN_METHODS = frozenset({C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND})
+_OWN_RELAY = PolicyDecision(False, "the allocation's own relayed address")
 _OFFERED_ALGORITHMS = A.encode_password_algorithm(C.ALGORITHM_MD5) + A.encode_password_algorithm(
     C.ALGORITHM_SHA256
 )
@@ -87,6 +89,10 @@ class TurnConfig:
     max_allocations_per_user: int = 0
     max_allocations: int = 10_000
     max_permissions_per_allocation: int = 256
+    #: Failed authentications answered per source IP per minute; beyond, requests are dropped.
+    max_auth_failures: int = 60
+    #: 401 challenges answered per source IP per second (what an unauthenticated flood gets).
+    max_challenges: int = 100
     #: RFC 5780 NAT behaviour discovery: ((primary IP, port), (alternate IP, port)). Binding
     #: responses then carry OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST is honoured by
     #: answering from the other IP and/or port (the I/O adapter listens on all four).
@@ -138,9 +144,15 @@ class TurnServer:
         self.relays = relays
         self._allocations: dict[FiveTuple, Allocation] = {}
         self._by_relay: dict[int, Allocation] = {}
+        self._by_id: dict[int, Allocation] = {}
         self.quota: QuotaLedger = quota if quota is not None else LocalQuota()
-        self._timers: list[tuple[float, int, Allocation]] = []
-        self._seq = itertools.count()
+        #: (deadline, allocation id): ids, not allocations, so a removed allocation is freed at
+        #: once; its entries are skipped when they surface, or compacted away (see ``_remove``).
+        self._timers: list[tuple[float, int]] = []
+        self._stale_timers = 0
+        self._failures = RateLimiter(config.max_auth_failures / 60.0, config.max_auth_failures)
+        self._challenges = RateLimiter(config.max_challenges, config.max_challenges)
+        self._auth_log = LogThrottle()
         #: Event counters for metrics: requests by method, errors by code, drops by reason.
         self.counters: Counter[str] = Counter()
         self._realm_bytes = config.realm.encode()
@@ -153,6 +165,9 @@ class TurnServer:
 
     def allocation_for(self, five_tuple: FiveTuple) -> Allocation | None:
         return self._allocations.get(five_tuple)
+
+    def allocation_by_id(self, allocation_id: int) -> Allocation | None:
+        return self._by_id.get(allocation_id)
 
     # -- input from clients --------------------------------------------------------------------
     def handle_client(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Output]:
@@ -216,16 +231,23 @@ class TurnServer:
     def get_timer(self) -> float | None:
         """When ``handle_timer`` next has work to do, or None."""
         timers = self._timers
-        while timers and not timers[0][2].alive:
+        while timers and self._due(*timers[0]) is None:
             heapq.heappop(timers)
+            self._stale_timers -= 1
         return timers[0][0] if timers else None
+
+    def _due(self, deadline: float, allocation_id: int) -> Allocation | None:
+        """The allocation a heap entry stands for, or None if the entry is stale."""
+        alloc = self._by_id.get(allocation_id)
+        return alloc if alloc is not None and alloc.scheduled == deadline else None
 
     def handle_timer(self, now: float) -> list[Output]:
         out: list[Output] = []
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, alloc = heapq.heappop(timers)
-            if not alloc.alive:
+            alloc = self._due(*heapq.heappop(timers))
+            if alloc is None:
+                self._stale_timers -= 1
                 continue
             alloc.scheduled = float("inf")
             if alloc.expires <= now:
@@ -245,8 +267,19 @@ class TurnServer:
     def _schedule(self, alloc: Allocation) -> None:
         deadline = alloc.next_deadline()
         if deadline < alloc.scheduled:
+            if alloc.scheduled != float("inf"):
+                self._stale(1)  # the later entry stays in the heap until it surfaces
             alloc.scheduled = deadline
-            heapq.heappush(self._timers, (deadline, next(self._seq), alloc))
+            heapq.heappush(self._timers, (deadline, alloc.id))
+
+    def _stale(self, count: int) -> None:
+        """``count`` heap entries stopped meaning anything; rebuild the heap once they are half of
+        it, so churn cannot grow it beyond twice the live allocations (amortised O(1))."""
+        self._stale_timers += count
+        if self._stale_timers > 64 and self._stale_timers * 2 > len(self._timers):
+            self._timers = [e for e in self._timers if self._due(*e) is not None]
+            heapq.heapify(self._timers)
+            self._stale_timers = 0
 
     # -- requests ------------------------------------------------------------------------------
     def _request(self, msg: Message, ft: FiveTuple, now: float) -> list[Output]:
@@ -257,6 +290,8 @@ class TurnServer:
         if msg.method not in _TURN_METHODS:
             return [self._error(msg, ft, 400, None, reason="Unsupported method")]
         auth_or_reply = self._authenticate(msg, ft, now)
+        if auth_or_reply is None:
+            return []
         if isinstance(auth_or_reply, ToClient):
             return [auth_or_reply]
         auth = auth_or_reply
@@ -313,8 +348,13 @@ class TurnServer:
         attrs.append((C.RESPONSE_ORIGIN, A.encode_address(source.server)))
         return self._reply(msg, source, C.SUCCESS, attrs, None)
 
-    def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> _Auth | ToClient:
+    def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> _Auth | ToClient | None:
+        """The credential that signed ``msg``; else the answer to send, or None to drop it (its
+        source is over its rate of failed authentications or of challenges)."""
         if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
+            if not self._challenges.allow(ft.client[0], now):
+                self.counters["drop.challenge_rate"] += 1
+                return None
             return self._challenge(msg, ft, 401, now)
         realm_v, nonce_v = msg.get(C.REALM), msg.get(C.NONCE)
         user_v, userhash = msg.get(C.USERNAME), msg.get(C.USERHASH)
@@ -348,9 +388,7 @@ class TurnServer:
                 return self._error(msg, ft, 400, None, reason="Unsupported password algorithm")
             algorithm = chosen[0][0]
         if realm_v != self._realm_bytes:
-            self.counters["auth.wrong_realm"] += 1
-            log.warning("auth refused client=%s username=%r reason='wrong realm'", ft, username)
-            return self._challenge(msg, ft, 401, now)
+            return self._refuse(msg, ft, now, username, "auth.wrong_realm", "wrong realm")
         lookup = self.credentials.lookup(username, algorithm, now)
         for key in lookup.keys:
             if verify_integrity(msg, key):
@@ -361,10 +399,26 @@ class TurnServer:
             reason, why = "auth.bad_integrity", "wrong credential"
         elif "expired" in lookup.refusal:
             reason, why = "auth.expired", lookup.refusal
+        elif "lifetime" in lookup.refusal:
+            reason, why = "auth.lifetime_too_long", lookup.refusal
         else:
             reason, why = "auth.unknown_user", lookup.refusal or "unknown user"
+        return self._refuse(msg, ft, now, username, reason, why)
+
+    def _refuse(
+        self, msg: Message, ft: FiveTuple, now: float, username: str, reason: str, why: str
+    ) -> ToClient | None:
+        """A failed authentication: counted, logged once a minute per source (with how many were
+        held back), answered 401 until the source exceeds its rate, then dropped."""
         self.counters[reason] += 1
-        log.warning("auth refused client=%s username=%r reason=%r", ft, username, why)
+        source = ft.client[0]
+        write, held = self._auth_log.admit(source, now)
+        if write:
+            more = f" ({held} more refusals from {source} not logged)" if held else ""
+            log.warning("auth refused client=%s username=%r reason=%r%s", ft, username, why, more)
+        if not self._failures.allow(source, now):
+            self.counters["drop.auth_failure_rate"] += 1
+            return None
         return self._challenge(msg, ft, 401, now)
 
     def _challenge(self, msg: Message, ft: FiveTuple, code: int, now: float) -> ToClient:
@@ -512,6 +566,7 @@ class TurnServer:
             dont_fragment=msg.has(C.DONT_FRAGMENT),
         )
         self._allocations[ft] = alloc
+        self._by_id[alloc.id] = alloc
         for r in relays.values():
             self._by_relay[id(r)] = alloc
         self.quota.added(auth.account)
@@ -531,13 +586,12 @@ class TurnServer:
         lifetime = self._lifetime(msg)
         if lifetime == 0:
             if family is not None and len(alloc.relays) > 1:
-                relay = alloc.relays.pop(family)
-                self._by_relay.pop(id(relay), None)
-                self.relays.release(relay)
+                self._remove_family(alloc, family, out)
             else:
                 self._remove(alloc, "refreshed with lifetime 0", out)
         else:
             alloc.expires = now + lifetime
+            self._schedule(alloc)
         out.insert(0, self._reply(msg, alloc.five_tuple, C.SUCCESS, _lifetime_attr(lifetime), auth))
 
     def _peer_address(
@@ -546,7 +600,9 @@ class TurnServer:
         peer = A.decode_xor_address(value, msg.transaction_id)
         if family_of(peer[0]) not in alloc.relays:
             raise _Reply(443)
-        decision = self.policy.check(peer[0])
+        decision = self.policy.check(peer[0], peer[1])
+        if decision.allowed and any(r.relayed_address == peer for r in alloc.relays.values()):
+            decision = _OWN_RELAY
         if not decision.allowed:
             out.append(PeerRefused(alloc.five_tuple, alloc.username, peer[0], decision.reason))
             log.warning(
@@ -647,16 +703,35 @@ class TurnServer:
         if alloc is None or channel is None or channel.expires <= now or 4 + length > len(data):
             self.counters["drop.channel_data"] += 1
             return []
+        relay = alloc.relays.get(family_of(channel.peer[0]))
+        if relay is None:  # its family ended (the channel went with it; this is a late packet)
+            self.counters["drop.channel_data"] += 1
+            return []
         payload = data[4 : 4 + length]
         alloc.counters.packets_to_peer += 1
         alloc.counters.bytes_to_peer += length
-        relay = alloc.relays[family_of(channel.peer[0])]
         return [ToPeer(relay, channel.peer, payload, alloc.dont_fragment)]
 
     # -- teardown ------------------------------------------------------------------------------
+    def _remove_family(self, alloc: Allocation, family: int, out: list[Output]) -> None:
+        """One family of a dual allocation ends: its channels and permissions go with its relay."""
+        for number, channel in list(alloc.channels.items()):
+            if family_of(channel.peer[0]) == family:
+                del alloc.channels[number]
+                del alloc.channels_by_peer[channel.peer]
+                out.append(ChannelRemoved(channel))
+        for host in [h for h in alloc.permissions if family_of(h) == family]:
+            del alloc.permissions[host]
+        relay = alloc.relays.pop(family)
+        self._by_relay.pop(id(relay), None)
+        self.relays.release(relay)
+
     def _remove(self, alloc: Allocation, reason: str, out: list[Output]) -> None:
         alloc.alive = False
         self._allocations.pop(alloc.five_tuple, None)
+        self._by_id.pop(alloc.id, None)
+        if alloc.scheduled != float("inf"):
+            self._stale(1)
         self.quota.removed(alloc.account)
         for relay in alloc.relays.values():
             self._by_relay.pop(id(relay), None)
