@@ -57,8 +57,13 @@ def load_engine() -> tuple[Any, str]:
 class FastPath:
     """One native engine on one event loop, and the control plane's view of its tables."""
 
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, engine: Any, loop: asyncio.AbstractEventLoop, on_error: Callable[[], None]
+    ) -> None:
+        """``on_error`` is called inside ``except`` when a handler raises: the datagram is
+        dropped, the rest of the batch still served."""
         self.engine = engine
+        self._on_error = on_error
         self._loop = loop
         self._handlers: dict[int, Handler] = {}
         #: token -> (counters, True for the client->peer direction).
@@ -84,7 +89,10 @@ class FastPath:
         for fd, data, addr in self.engine.poll(0):
             handler = handlers.get(fd)
             if handler is not None:
-                handler(data, addr)
+                try:
+                    handler(data, addr)
+                except Exception:
+                    self._on_error()
 
     # -- forwarding entries --------------------------------------------------------------------
     def install(

@@ -37,6 +37,19 @@ BATCH = 64
 BUFFER_SIZE = 65536 + 4
 _HEADER = struct.Struct("!HH")
 
+
+def _receive_buffer() -> tuple[bytearray, memoryview, memoryview]:
+    buf = bytearray(BUFFER_SIZE)
+    view = memoryview(buf)
+    return buf, view, view[4:]
+
+
+#: The receive buffer every relay socket of the process reads into (payload at offset 4, below a
+#: ChannelData header written in place). One is enough: a datagram is forwarded, or copied for
+#: the core, before the loop reads the next one; a buffer per relay would cost 64 KiB per
+#: allocation. The native fast path never touches it.
+_SHARED_BUFFER = _receive_buffer()
+
 #: What the relay does with a datagram that is not a forwarding-table hit.
 PeerHandler = Callable[["RelaySocket", bytes, Address], None]
 
@@ -101,9 +114,7 @@ class RelaySocket:
         self.links = Links(sock, loop, self._on_link_readable)
         self._loop = loop
         self._on_miss = on_miss
-        self._buf = bytearray(BUFFER_SIZE)
-        self._mv = memoryview(self._buf)
-        self._payload = self._mv[4:]
+        self._buf, self._mv, self._payload = _SHARED_BUFFER
         if fast is not None:
             fast.register(self.fd, RELAY, self.deliver)
         else:
@@ -288,7 +299,10 @@ class UdpRelayAllocator:
     def _bind(self, family: int, port: int) -> socket.socket | None:
         ip = self._ips[family]
         af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
-        sock = socket.socket(af, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(af, socket.SOCK_DGRAM)
+        except OSError as exc:  # out of file descriptors or memory: the client gets a 508
+            raise RelayUnavailable(508, f"cannot open a relay socket: {exc.strerror}") from None
         try:
             if af == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
