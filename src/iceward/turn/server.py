@@ -91,8 +91,8 @@ class TurnConfig:
     max_permissions_per_allocation: int = 256
     #: Failed authentications answered per source IP per minute; beyond, requests are dropped.
     max_auth_failures: int = 60
-    #: 401 challenges answered per source IP per second (what an unauthenticated flood gets).
-    max_challenges: int = 100
+    #: 401 challenges answered per UDP source IP per second (what a spoofed flood reflects).
+    max_challenges: int = 500
     #: RFC 5780 NAT behaviour discovery: ((primary IP, port), (alternate IP, port)). Binding
     #: responses then carry OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST is honoured by
     #: answering from the other IP and/or port (the I/O adapter listens on all four).
@@ -352,7 +352,9 @@ class TurnServer:
         """The credential that signed ``msg``; else the answer to send, or None to drop it (its
         source is over its rate of failed authentications or of challenges)."""
         if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
-            if not self._challenges.allow(ft.client[0], now):
+            # Only UDP sources can be forged, making the 401 (larger than the request) a
+            # reflection at a victim; a stream client can only flood itself.
+            if ft.transport == "udp" and not self._challenges.allow(ft.client[0], now):
                 self.counters["drop.challenge_rate"] += 1
                 return None
             return self._challenge(msg, ft, 401, now)
