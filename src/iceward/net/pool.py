@@ -29,6 +29,7 @@ from typing import Any
 
 from iceward.config import ServerSettings
 from iceward.net import sharedquota
+from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
 from iceward.net.front import ServerFront
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import relay_slice
@@ -95,6 +96,8 @@ class WorkerPool(ServerFront):
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         settings = self.settings
+        raise_open_files_limit()  # before the workers: they inherit it
+        PRESSURE.install(asyncio.get_running_loop(), None)  # the HTTP API's accepts
         self.open_store()
         await self.refresh_from_store()
         self._listeners = self.open_listeners(self.count)
@@ -168,6 +171,7 @@ class WorkerPool(ServerFront):
 
     async def on_tick(self) -> None:
         """Each worker's counts, kept in case it dies."""
+        PRESSURE.flush()
         await self.metrics_snapshot()
 
     def _forward(self, sig: int) -> None:

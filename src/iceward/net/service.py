@@ -19,13 +19,14 @@ from typing import Any
 
 from iceward.config import ServerSettings
 from iceward.net.fastpath import FastPath, load_engine
+from iceward.net.fdlimit import PRESSURE, Throttled, raise_open_files_limit
 from iceward.net.front import ServerFront
 from iceward.net.handoff import ReservationHandoff
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.snapshot import Snapshot
-from iceward.net.stream import StreamConnection
+from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
@@ -58,8 +59,16 @@ class TurnService(ServerFront):
         self.loop: asyncio.AbstractEventLoop | None = None
         self.core: TurnServer | None = None
         self._udp: dict[Address, UdpListener] = {}
-        self._servers: list[asyncio.base_events.Server] = []
+        self._servers: list[StreamAcceptor] = []
         self._streams: dict[FiveTuple, StreamConnection] = {}
+        #: Open TCP/TLS connections per source IP, and how many this process allows.
+        self._per_source: dict[str, int] = {}
+        self._source_cap = settings.max_connections_per_source
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._closed_log = Throttled(log, logging.INFO, "closed TCP/TLS connections")
+        self._refused_log = Throttled(
+            log, logging.WARNING, "refused TCP/TLS connections over the per-source cap"
+        )
         self._relays: UdpRelayAllocator | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
@@ -78,6 +87,8 @@ class TurnService(ServerFront):
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         loop = self.loop = asyncio.get_running_loop()
+        if self.slot is None:  # alone; a worker inherits the limit its supervisor raised
+            raise_open_files_limit()
         slot = self.slot or self._own_slot()
         self.slot = slot
         self.open_store()
@@ -111,12 +122,15 @@ class TurnService(ServerFront):
             first_id=slot.first_id,
             id_step=slot.count,
         )
+        PRESSURE.install(loop, self.core.counters)
+        # With workers each takes its share of the per-source cap (the kernel spreads one
+        # source's connections over them).
+        self._source_cap = -(-self.settings.max_connections_per_source // slot.count)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
         for sock in slot.tcp:
-            server = await loop.create_server(lambda: self._new_stream("tcp"), sock=sock)
-            self._servers.append(server)
+            self._servers.append(StreamAcceptor(sock, "tcp", loop, self._new_stream, PRESSURE))
         if slot.tcp:
             self.endpoints.port = slot.tcp[0].getsockname()[1]
         self.endpoints.listen = list(self.settings.listen)
@@ -124,13 +138,16 @@ class TurnService(ServerFront):
             self._tls_files = slot.tls_files or self.tls_material()
             self._tls = server_context(*self._tls_files)
             for sock in slot.tls:
-                server = await loop.create_server(
-                    lambda: self._new_stream("tls"),
-                    sock=sock,
-                    ssl=self._tls,
-                    ssl_handshake_timeout=10.0,
+                acceptor = StreamAcceptor(
+                    sock,
+                    "tls",
+                    loop,
+                    self._new_stream,
+                    PRESSURE,
+                    tls=self._tls,
+                    handshake_timeout=self.settings.connection_timeout,
                 )
-                self._servers.append(server)
+                self._servers.append(acceptor)
             self.endpoints.tls_port = slot.tls[0].getsockname()[1]
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
@@ -138,6 +155,7 @@ class TurnService(ServerFront):
             pass
         self.listening = True
         self._tick_task = loop.create_task(self.tick_forever())
+        self._sweep_handle = loop.call_later(self._sweep_period(), self._sweep)
         if self.settings.http != "off":
             await self.start_http()
         log.info(
@@ -339,8 +357,21 @@ class TurnService(ServerFront):
         assert self.core is not None
         self._apply(self.core.handle_peer(relay, data, peer, time.time()))
 
-    def _new_stream(self, kind: str) -> StreamConnection:
-        return StreamConnection(kind, self._on_stream_message, self._on_stream_open, self._on_close)
+    def _new_stream(self, kind: str, peer: Address) -> StreamConnection | None:
+        """Just accepted (no TLS yet): counted against its source IP, or refused (None)."""
+        ip = peer[0]
+        open_now = self._per_source.get(ip, 0)
+        if open_now >= self._source_cap:
+            if self.core is not None:
+                self.core.counters["drop.connection_cap"] += 1
+            self._refused_log.event(f"{ip} has {open_now} open")
+            return None
+        self._per_source[ip] = open_now + 1
+        conn = StreamConnection(
+            kind, self._on_stream_message, self._on_stream_open, self._on_close, peer
+        )
+        conn.counted = True
+        return conn
 
     def _on_stream_open(self, conn: StreamConnection) -> None:
         assert conn.five_tuple is not None
@@ -353,10 +384,66 @@ class TurnService(ServerFront):
         self._apply(self.core.handle_client(data, conn.five_tuple, time.time()))
 
     def _on_close(self, conn: StreamConnection) -> None:
+        if not conn.counted:
+            return
+        conn.counted = False
+        ip = conn.peer[0]
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
         if conn.five_tuple is None or self.core is None:
+            if self.core is not None:  # the TLS handshake failed or timed out
+                self.core.counters["drop.tls_handshake"] += 1
             return
         self._streams.pop(conn.five_tuple, None)
         self._apply(self.core.close_client(conn.five_tuple, time.time()))
+
+    def _sweep_period(self) -> float:
+        shortest = min(self.settings.connection_timeout, self.settings.idle_timeout)
+        return max(0.05, min(1.0, shortest / 4))
+
+    def _sweep(self) -> None:
+        """Close the TCP/TLS connections that outstayed their welcome: no STUN message (or
+        no finished TLS handshake) within connection_timeout of the accept, or, without an
+        allocation, no complete message for idle_timeout. One pass over the connections per
+        period, nothing per packet. Also where running out of descriptors is noticed under
+        uvloop, which reports no failed accept."""
+        self._sweep_handle = None
+        core, loop = self.core, self.loop
+        if not self.listening or core is None or loop is None:
+            return
+        now = time.monotonic()
+        first_wait = self.settings.connection_timeout
+        idle_wait = self.settings.idle_timeout
+        unheard = idle = 0
+        for conn in list(self._streams.values()):
+            if conn.active:
+                conn.active = False
+                conn.last_active = now
+            if not conn.greeted:
+                if now - conn.opened >= first_wait:
+                    unheard += 1
+                    conn.abort(f"no STUN message within {first_wait:g} s", logging.DEBUG)
+            elif now - conn.last_active >= idle_wait and (
+                conn.five_tuple is None or core.allocation_for(conn.five_tuple) is None
+            ):
+                idle += 1
+                conn.abort(f"silent {idle_wait:g} s without an allocation", logging.DEBUG)
+        if unheard or idle:
+            core.counters["drop.connection_timeout"] += unheard
+            core.counters["drop.idle_timeout"] += idle
+            self._closed_log.event(
+                f"{unheard} sent no STUN message within {first_wait:g} s, "
+                f"{idle} were silent {idle_wait:g} s without an allocation",
+                unheard + idle,
+            )
+        self._closed_log.flush()
+        self._refused_log.flush()
+        PRESSURE.probe()
+        PRESSURE.flush()
+        self._sweep_handle = loop.call_later(self._sweep_period(), self._sweep)
 
     def _on_timer(self) -> None:
         self._timer = None

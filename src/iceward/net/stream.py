@@ -3,17 +3,31 @@
 RFC 8656 section 12.5: over streams a ChannelData message is padded to a multiple of four bytes;
 STUN messages carry their own length. Anything else on the stream is a protocol error and closes
 the connection. A client that stops reading gets relayed data dropped, not buffered without bound.
+
+:class:`StreamAcceptor` accepts the connections itself, so its owner sees each one before any
+transport or TLS exists: a source over its cap is closed there and then, and a TLS handshake
+that stalls counts against its source until it times out. When accept() finds no descriptor
+left it sheds the waiting connections (accepted and closed at once, as libuv does) instead of
+leaving them hanging or logging each failure; asyncio's own accept loop logs every one.
+
+A connection keeps two marks for its owner's periodic sweep: whether a complete STUN message ever
+came (``greeted``) and whether a complete message came since the last sweep (``active``). A
+partial frame is not activity, so a connection that trickles half a message stays silent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
+from iceward.net.fdlimit import FD_ERRNOS, FdPressure, Throttled
 from iceward.net.udp import ClientEntry
-from iceward.turn.allocation import FiveTuple
+from iceward.turn.allocation import Address, FiveTuple
 
 log = logging.getLogger("iceward.net")
 
@@ -21,6 +35,10 @@ log = logging.getLogger("iceward.net")
 MAX_WRITE_BACKLOG = 1 << 20
 #: Buffered bytes allowed while waiting for the rest of one message (max message + header).
 MAX_FRAME = 4 + 65535 + 3
+#: Connections taken per readiness of a listening socket (asyncio takes its backlog, 100).
+ACCEPT_BATCH = 64
+#: Pause after an accept() error that is not a missing descriptor (ENOBUFS, ENOMEM, ...).
+ACCEPT_RETRY = 1.0
 
 
 class StreamConnection(asyncio.Protocol):
@@ -32,8 +50,11 @@ class StreamConnection(asyncio.Protocol):
         on_message: Callable[[StreamConnection, bytes], None],
         on_open: Callable[[StreamConnection], None],
         on_close: Callable[[StreamConnection], None],
+        peer: Address = ("", 0),
     ) -> None:
         self.kind = kind
+        #: The client's address as accepted.
+        self.peer = peer
         self.five_tuple: FiveTuple | None = None
         self.channels: dict[int, ClientEntry] = {}
         self.transport: asyncio.Transport | None = None
@@ -42,6 +63,16 @@ class StreamConnection(asyncio.Protocol):
         self._on_open = on_open
         self._on_close = on_close
         self._closed = False
+        #: time.monotonic() when accepted (TLS handshake time included in what follows).
+        self.opened = time.monotonic()
+        #: A complete STUN message arrived (the connection has said what it is for).
+        self.greeted = False
+        #: A complete message arrived since the owner's sweep last looked (it clears this).
+        self.active = False
+        #: time.monotonic() of the sweep that last saw activity.
+        self.last_active = self.opened
+        #: Counted against its source address by the owner, until connection_lost.
+        self.counted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # TLS transports are not subclasses
@@ -63,8 +94,8 @@ class StreamConnection(asyncio.Protocol):
             return
         transport.write(data)
 
-    def abort(self, why: str) -> None:
-        log.info("closing %s: %s", self.five_tuple, why)
+    def abort(self, why: str, level: int = logging.INFO) -> None:
+        log.log(level, "closing %s: %s", self.five_tuple, why)
         if self.transport is not None:
             self.transport.abort()
 
@@ -98,6 +129,7 @@ class StreamConnection(asyncio.Protocol):
                 total = 20 + ((buf[pos + 2] << 8) | buf[pos + 3])
                 if size - pos < total:
                     break
+                self.greeted = True
                 self._on_message(self, bytes(buf[pos : pos + total]))
             else:
                 self.abort("bytes that are neither STUN nor ChannelData")
@@ -107,7 +139,126 @@ class StreamConnection(asyncio.Protocol):
             if self._closed:
                 return
         if pos:
+            self.active = True
             del buf[:pos]
         if len(buf) > MAX_FRAME:
             self.abort("oversized frame")
             buf.clear()
+
+
+class StreamAcceptor:
+    """Accepts clients on one listening TCP socket, plain or TLS.
+
+    ``make(kind, peer)`` gives the protocol of a new connection, or None to refuse it (the
+    socket is closed before any transport exists). A TLS handshake must end within
+    ``handshake_timeout``; one that fails ends in the protocol's connection_lost all the same.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        kind: str,
+        loop: asyncio.AbstractEventLoop,
+        make: Callable[[str, Address], StreamConnection | None],
+        pressure: FdPressure,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = 10.0,
+    ) -> None:
+        self.sock = sock
+        self.kind = kind
+        self._loop = loop
+        self._make = make
+        self._pressure = pressure
+        self._tls = tls
+        self._handshake_timeout = handshake_timeout
+        self._fd = sock.fileno()
+        self._reading = False
+        self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._errors = Throttled(log, logging.WARNING, f"{kind} accept() failing")
+        sock.setblocking(False)
+        pressure.reserve()
+        self._resume()
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed and not self._reading:
+            self._loop.add_reader(self._fd, self._readable)
+            self._reading = True
+
+    def _pause(self, seconds: float) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._retry is None and not self._closed:
+            self._retry = self._loop.call_later(seconds, self._resume)
+
+    def _readable(self) -> None:
+        accept = self.sock.accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            self._accepted(conn, (addr[0], addr[1]))
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in FD_ERRNOS:
+            shed = self._pressure.shed(self.sock)
+            self._pressure.note(f"accept() on the {self.kind} listener", exc, 1 + (shed or 0))
+            if shed is None:  # no spare descriptor to shed with: wait for one to come free
+                self._pause(ACCEPT_RETRY)
+            return
+        self._errors.event(f"{exc}; retrying in {ACCEPT_RETRY:g} s")
+        self._pause(ACCEPT_RETRY)
+
+    def _accepted(self, sock: socket.socket, peer: Address) -> None:
+        protocol = self._make(self.kind, peer)
+        if protocol is None:
+            sock.close()
+            return
+        sock.setblocking(False)
+        task = self._loop.create_task(self._connect(protocol, sock, peer))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _connect(
+        self, protocol: StreamConnection, sock: socket.socket, peer: Address
+    ) -> None:
+        tls = self._tls
+        try:
+            await self._loop.connect_accepted_socket(
+                lambda: protocol,
+                sock,
+                ssl=tls,
+                ssl_handshake_timeout=self._handshake_timeout if tls is not None else None,
+            )
+        except Exception as exc:  # the TLS handshake failed or timed out, the peer went away
+            log.debug("%s connection from %s:%s not set up: %r", self.kind, *peer, exc)
+            try:
+                sock.close()
+            except OSError:
+                pass
+            protocol.connection_lost(exc)  # once only: its count goes back to the source
+
+    def close(self) -> None:
+        self._closed = True
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
