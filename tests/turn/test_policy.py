@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 
-from iceward.turn.policy import PeerPolicy
+from iceward.turn.policy import PeerPolicy, classify
 
 
 @pytest.mark.parametrize(
@@ -91,3 +93,30 @@ def test_the_servers_own_listening_addresses_are_refused_even_when_allowed() -> 
     assert policy.check("127.0.0.1", 40000).allowed  # another port of the host: a peer like any
     assert policy.check("127.0.0.2", 3478).allowed  # another local IP the server is not on
     assert policy.check("127.0.0.1").allowed  # a permission is by IP: only ports are own
+
+
+@pytest.mark.parametrize(
+    ("ip", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "cloud metadata service"),
+        ("10.1.2.3", "private network (RFC 1918)"),
+        ("100.64.0.1", "carrier-grade NAT shared space (RFC 6598)"),
+        ("fe80::1%eth0", "link-local"),
+        ("::ffff:192.168.1.1", "private network (RFC 1918)"),
+        ("64:ff9b::a00:1", "private network (RFC 1918)"),
+        ("2002:7f00:1::", "loopback"),
+        ("2001:0:c000:201:0:f227:5601:5601", "cloud metadata service"),  # Teredo
+        ("203.0.113.5", None),
+        ("2001:db8::1", None),
+        ("64:ff9b::808:808", None),
+    ],
+)
+def test_classify_names_the_denied_range_an_address_reaches(ip: str, why: str | None) -> None:
+    assert classify(ip) == why
+
+
+def test_classify_takes_parsed_addresses_and_refuses_text_that_is_no_address() -> None:
+    assert classify(ipaddress.ip_address("::1")) == "loopback"
+    with pytest.raises(ValueError):
+        classify("turn.example.org")

@@ -97,6 +97,24 @@ def normalise(ip: IPAddress) -> IPAddress:
     return reached(ip)[0]
 
 
+_DEFAULT_DENIED_NETS: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), why) for net, why in DEFAULT_DENIED
+)
+
+
+def classify(ip: IPAddress | str) -> str | None:
+    """Why ``ip`` is internal, special-purpose or reserved (the :data:`DEFAULT_DENIED` reason of
+    the first address it may reach, see :func:`reached`), or None for a public address. Text may
+    carry an IPv6 zone (``fe80::1%eth0``); text that is no IP address raises ValueError."""
+    if isinstance(ip, str):
+        ip = ipaddress.ip_address(ip.split("%", 1)[0])
+    for addr in reached(ip):
+        for net, why in _DEFAULT_DENIED_NETS:
+            if addr.version == net.version and addr in net:
+                return why
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyDecision:
     allowed: bool
