@@ -19,9 +19,8 @@ from iceward.analyze.model import (
     Config,
     PeerConnectionReport,
     StateChange,
-    safe_url,
-    url_transport,
 )
+from iceward.diagnose.iceurl import read_url, safe_url
 
 _KNOWN = {
     "signalingstatechange": "signaling",
@@ -334,7 +333,8 @@ class EventApplier:
         url = extra.get("url") if isinstance(extra.get("url"), str) else None
         relay_protocol = _get(extra, "relayProtocol", "relay_protocol")
         if parsed["type"] == "relay" and relay_protocol is None and url and side == "local":
-            relay_protocol = url_transport(url)
+            server = read_url(url)
+            relay_protocol = server.transport if server is not None else "udp"
         self.add_candidate(
             Candidate(
                 side=side,

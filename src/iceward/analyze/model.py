@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iceward.diagnose import Finding
+from iceward.diagnose.iceurl import read_url
 
 #: State kinds of the timeline, in display order.
 STATE_KINDS = ("signaling", "iceGathering", "iceConnection", "connection")
@@ -109,7 +110,8 @@ def classify_error(err: CandidateError) -> str:
         return "stale-nonce"
     if err.code != 701 and err.code < 700:
         return "error-response"
-    host = url_host(err.url)
+    url = read_url(err.url)
+    host = url.host if url is not None else None
     address = (err.address or "").strip("[]")
     if ":" in address and not (host and ":" in host):
         # An IPv6 local address trying an IPv4-only server: Chromium tries every interface.
@@ -328,48 +330,3 @@ class PeerConnectionReport:
     @property
     def gathering_complete(self) -> bool:
         return self.ever("iceGathering", "complete")
-
-
-def url_host(url: str) -> str | None:
-    """The host of a stun:/turn: URL (brackets stripped), or None."""
-    rest = url.split(":", 1)[1] if ":" in url else url
-    rest = rest.split("?", 1)[0].lstrip("/")
-    if "@" in rest:
-        rest = rest.rsplit("@", 1)[1]
-    if rest.startswith("["):
-        return rest[1:].split("]", 1)[0]
-    return rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest or None
-
-
-def url_port(url: str) -> int | None:
-    rest = url.split(":", 1)[1] if ":" in url else url
-    rest = rest.split("?", 1)[0]
-    if rest.startswith("["):
-        rest = rest.split("]", 1)[1] if "]" in rest else ""
-        rest = rest.lstrip(":")
-    elif rest.count(":") == 1:
-        rest = rest.rsplit(":", 1)[1]
-    else:
-        rest = ""
-    return int(rest) if rest.isdigit() else None
-
-
-def url_transport(url: str) -> str:
-    """udp, tcp or tls: what a stun/turn URL runs over (RFC 7065 defaults)."""
-    lower = url.lower()
-    if lower.startswith(("turns:", "stuns:")):
-        return "tls"
-    if "transport=tcp" in lower:
-        return "tcp"
-    return "udp"
-
-
-def safe_url(url: str) -> str:
-    """A STUN/TURN URL without any ``user:password@`` part (credentials are never shown)."""
-    scheme, sep, rest = url.partition(":")
-    if not sep:
-        return url
-    head, q, query = rest.partition("?")
-    if "@" in head:
-        head = head.rsplit("@", 1)[1]
-    return f"{scheme}:{head}{q}{query}"

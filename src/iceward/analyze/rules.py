@@ -9,8 +9,9 @@ evidence instead.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from iceward.analyze.model import (
@@ -18,14 +19,14 @@ from iceward.analyze.model import (
     ERROR_CATEGORY_TEXT,
     Candidate,
     CandidateError,
+    Config,
     PeerConnectionReport,
     Series,
-    url_host,
-    url_port,
-    url_transport,
 )
 from iceward.diagnose import Finding, make_finding, rank
+from iceward.diagnose.address import is_internal
 from iceward.diagnose.findings import Severity
+from iceward.diagnose.iceurl import IceUrl, read_url
 
 #: Seconds without progress after negotiation before a never-connected call counts as failed.
 STUCK_AFTER_S = 5.0
@@ -34,40 +35,16 @@ FLAT_FOR_S = 5.0
 HIGH_RTT_S = 0.3
 MAX_EVIDENCE = 14
 UNREACHABLE = ("dns", "timeout", "connect-failed", "unreachable")
-#: Addresses nobody elsewhere can send to. Documentation ranges (192.0.2.0/24...) stand for
-#: public addresses in examples and tests, so they are not listed (Python's is_private has them).
-_PRIVATE = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "10.0.0.0/8",
-        "172.16.0.0/12",
-        "192.168.0.0/16",
-        "100.64.0.0/10",
-        "127.0.0.0/8",
-        "169.254.0.0/16",
-        "0.0.0.0/8",
-        "::1/128",
-        "fc00::/7",
-        "fe80::/10",
-        "::/128",
-    )
-)
 
 
-def is_private_address(address: str | None) -> bool:
-    """Loopback, RFC 1918, CGNAT, link-local, ULA, localhost and mDNS names."""
-    if not address:
-        return False
-    a = address.strip("[]").lower()
-    if a in ("localhost", "localhost.localdomain") or a.endswith((".local", ".localhost")):
-        return True
-    try:
-        ip = ipaddress.ip_address(a)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in _PRIVATE)
+def _read(urls: list[str]) -> list[IceUrl]:
+    """The STUN/TURN URLs among ``urls``, parsed leniently (they come from a browser)."""
+    return [u for u in map(read_url, urls) if u is not None]
+
+
+def _host(url: str) -> str | None:
+    parsed = read_url(url)
+    return (parsed.host or None) if parsed is not None else None
 
 
 def candidate_summary(pc: PeerConnectionReport) -> str:
@@ -311,143 +288,202 @@ def _pair_check_summary(pc: PeerConnectionReport) -> tuple[str | None, int, int]
     return text, sent, answered
 
 
-def check_pc(pc: PeerConnectionReport, peers: list[PeerConnectionReport]) -> list[Finding]:
-    """All findings for one PeerConnection, ranked."""
-    if pc.outcome == "unused":
-        return []
-    findings: list[Finding] = []
-    cfg = pc.config
-    problem = is_problem(pc)
-    turn_urls = cfg.turn_urls
-    relay_local = pc.local("relay")
-    relay_any = relay_local or pc.remote("relay")
-    errors = _errors_by_url(pc)
-    auth_urls = [u for u, errs in errors.items() if any(e.category == "auth" for e in errs)]
-    sev_fail: Severity = "error" if problem else "warning"
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One PeerConnection and what several rules ask of it, worked out once."""
 
-    # no-turn ---------------------------------------------------------------------------------
-    relay_policy = (cfg.ice_transport_policy or "").lower() == "relay"
-    if cfg.known and not turn_urls and (relay_policy or problem):
+    pc: PeerConnectionReport
+    #: Every PeerConnection of the input (a remote candidate may name another one's ufrag).
+    peers: list[PeerConnectionReport]
+    #: The call failed, or got nowhere for long enough to tell (:func:`is_problem`).
+    problem: bool
+    turn_urls: list[str]
+    relay_local: list[Candidate]
+    #: A relay candidate on either side.
+    relay_any: bool
+    errors: dict[str, list[CandidateError]]
+    #: URLs whose server answered and refused the credential.
+    auth_urls: list[str]
+    #: iceTransportPolicy 'relay'.
+    relay_policy: bool
+    #: There are TURN URLs and every one is UDP.
+    udp_only: bool
+    #: When a call that had connected ended up failed, else None.
+    dropped_at: float | None
+
+    @property
+    def cfg(self) -> Config:
+        return self.pc.config
+
+    @property
+    def sev_fail(self) -> Severity:
+        """Errors explain a failure; on a call that got through they are warnings."""
+        return "error" if self.problem else "warning"
+
+
+def _call(pc: PeerConnectionReport, peers: list[PeerConnectionReport]) -> Call:
+    cfg = pc.config
+    errors = _errors_by_url(pc)
+    relay_local = pc.local("relay")
+    return Call(
+        pc=pc,
+        peers=peers,
+        problem=is_problem(pc),
+        turn_urls=cfg.turn_urls,
+        relay_local=relay_local,
+        relay_any=bool(relay_local or pc.remote("relay")),
+        errors=errors,
+        auth_urls=[u for u, errs in errors.items() if any(e.category == "auth" for e in errs)],
+        relay_policy=(cfg.ice_transport_policy or "").lower() == "relay",
+        udp_only=bool(cfg.turn_urls) and all(u.transport == "udp" for u in _read(cfg.turn_urls)),
+        dropped_at=_dropped_at(pc),
+    )
+
+
+#: A rule sees the call and the findings of the rules before it (in rank order).
+Rule = Callable[[Call, Sequence[Finding]], list[Finding]]
+
+
+# -- the rules, in ranking order ----------------------------------------------------------------
+
+
+def no_turn(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    pc, cfg = call.pc, call.cfg
+    if cfg.known and not call.turn_urls and (call.relay_policy or call.problem):
         evidence = [_servers_text(pc)]
-        if relay_policy:
+        if call.relay_policy:
             evidence.append(
                 "iceTransportPolicy is 'relay': only relay candidates may be used, and without a"
                 " TURN URL there can be none"
             )
         evidence += [candidate_summary(pc), outcome_text(pc)]
-        findings.append(make_finding("no-turn", evidence, subject=pc.id))
-    elif not cfg.known and problem and not relay_any and not pc.candidate_errors:
-        findings.append(
+        return [make_finding("no-turn", evidence, subject=pc.id)]
+    if not cfg.known and call.problem and not call.relay_any and not pc.candidate_errors:
+        evidence = [
+            "no relay candidate on either side",
+            "the input carries no iceServers configuration: TURN was either missing or unusable",
+            candidate_summary(pc),
+            outcome_text(pc),
+        ]
+        return [make_finding("no-turn", evidence, subject=pc.id)]
+    return []
+
+
+def auth_failed(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """turn-auth-failed, one finding per iceServers entry: its URLs share the credential."""
+    pc, auth_urls = call.pc, call.auth_urls
+    groups = [g for g in call.cfg.server_groups if any(u in auth_urls for u in g)]
+    covered = {u for g in groups for u in g}
+    groups += [[u] for u in auth_urls if u not in covered]
+    out = []
+    for group in groups:
+        refused = [u for u in group if u in auth_urls]
+        if _relay_from(pc, group):
+            continue
+        evidence = []
+        for url in refused:
+            evidence += _error_lines(pc, url, [e for e in call.errors[url] if e.category == "auth"])
+        evidence.append(
+            "no relay candidate from "
+            + ("this URL" if len(refused) == 1 else "these URLs")
+            + ("" if call.relay_local else " (none at all)")
+            + ": the server answered and refused the credential"
+        )
+        out.append(
             make_finding(
-                "no-turn",
-                [
-                    "no relay candidate on either side",
-                    "the input carries no iceServers configuration: TURN was either missing or"
-                    " unusable",
-                    candidate_summary(pc),
-                    outcome_text(pc),
-                ],
-                subject=pc.id,
+                "turn-auth-failed", evidence, severity=call.sev_fail, subject=", ".join(refused)
             )
         )
+    return out
 
-    # turn-auth-failed (one finding per iceServers entry: its URLs share the credential) -------
-    if auth_urls:
-        groups = [g for g in cfg.server_groups if any(u in auth_urls for u in g)]
-        covered = {u for g in groups for u in g}
-        groups += [[u] for u in auth_urls if u not in covered]
-        for group in groups:
-            refused = [u for u in group if u in auth_urls]
-            if _relay_from(pc, group):
-                continue
-            evidence = []
-            for url in refused:
-                evidence += _error_lines(pc, url, [e for e in errors[url] if e.category == "auth"])
-            evidence.append(
-                "no relay candidate from "
-                + ("this URL" if len(refused) == 1 else "these URLs")
-                + ("" if relay_local else " (none at all)")
-                + ": the server answered and refused the credential"
-            )
-            findings.append(
-                make_finding(
-                    "turn-auth-failed", evidence, severity=sev_fail, subject=", ".join(refused)
-                )
-            )
 
-    # turn-credential-expired (only when the input kept the REST username) --------------------
+def credential_expired(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """turn-credential-expired (only when the input kept the REST username)."""
+    pc = call.pc
     started = pc.created or pc.stats_start
-    if started is not None:
-        for expiry in cfg.credential_expiries:
-            if expiry * 1000 < started:
-                when = datetime.fromtimestamp(expiry, UTC).isoformat()
-                findings.append(
-                    make_finding(
-                        "turn-credential-expired",
-                        [
-                            f"the TURN REST username expired at {when}, "
-                            f"{(started / 1000 - expiry) / 60:.0f} min before the call started",
-                        ],
-                        severity=sev_fail,
-                        subject=pc.id,
-                    )
-                )
-
-    # turn-udp-only -------------------------------------------------------------------------
-    udp_only = bool(turn_urls) and all(url_transport(u) == "udp" for u in turn_urls)
-    if udp_only:
-        evidence = ["every TURN URL is UDP: " + ", ".join(turn_urls)]
-        severity: Severity = "warning"
-        if problem and not relay_local and not auth_urls:
-            severity = "error"
-            evidence.append(
-                "no relay candidate was gathered: where UDP is blocked no TURN URL can work"
-            )
-        findings.append(make_finding("turn-udp-only", evidence, severity=severity, subject=pc.id))
-
-    # symmetric-nat-no-turn -------------------------------------------------------------------
-    local_srflx, remote_srflx = pc.local("srflx"), pc.remote("srflx") + pc.remote("prflx")
-    if problem and local_srflx and remote_srflx and not relay_any:
-        text, sent, answered = _pair_check_summary(pc)
-        if sent and not answered:
-            evidence = [
-                "server-reflexive candidates on both sides: local "
-                + ", ".join(c.endpoint() for c in local_srflx[:3])
-                + "; remote "
-                + ", ".join(c.endpoint() for c in remote_srflx[:3]),
-                text or "",
-                "no relay candidate on either side",
-            ]
-            if cfg.known and not turn_urls:
-                evidence.append("no TURN URL in the configuration")
-            evidence.append(outcome_text(pc))
-            findings.append(make_finding("symmetric-nat-no-turn", evidence, subject=pc.id))
-
-    # no-tls-443 ------------------------------------------------------------------------------
-    if turn_urls and not udp_only:
-        tls443 = [u for u in turn_urls if u.lower().startswith("turns:") and url_port(u) == 443]
-        if not tls443:
-            findings.append(
+    if started is None:
+        return []
+    out = []
+    for expiry in call.cfg.credential_expiries:
+        if expiry * 1000 < started:
+            when = datetime.fromtimestamp(expiry, UTC).isoformat()
+            out.append(
                 make_finding(
-                    "no-tls-443",
-                    ["no turns: URL on port 443 among " + ", ".join(turn_urls)],
+                    "turn-credential-expired",
+                    [
+                        f"the TURN REST username expired at {when}, "
+                        f"{(started / 1000 - expiry) / 60:.0f} min before the call started",
+                    ],
+                    severity=call.sev_fail,
                     subject=pc.id,
                 )
             )
+    return out
 
-    # turn-unreachable ------------------------------------------------------------------------
+
+def udp_only(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    if not call.udp_only:
+        return []
+    evidence = ["every TURN URL is UDP: " + ", ".join(call.turn_urls)]
+    severity: Severity = "warning"
+    if call.problem and not call.relay_local and not call.auth_urls:
+        severity = "error"
+        evidence.append(
+            "no relay candidate was gathered: where UDP is blocked no TURN URL can work"
+        )
+    return [make_finding("turn-udp-only", evidence, severity=severity, subject=call.pc.id)]
+
+
+def symmetric_nat(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    pc = call.pc
+    local_srflx, remote_srflx = pc.local("srflx"), pc.remote("srflx") + pc.remote("prflx")
+    if not (call.problem and local_srflx and remote_srflx and not call.relay_any):
+        return []
+    text, sent, answered = _pair_check_summary(pc)
+    if not sent or answered:
+        return []
+    evidence = [
+        "server-reflexive candidates on both sides: local "
+        + ", ".join(c.endpoint() for c in local_srflx[:3])
+        + "; remote "
+        + ", ".join(c.endpoint() for c in remote_srflx[:3]),
+        text or "",
+        "no relay candidate on either side",
+    ]
+    if call.cfg.known and not call.turn_urls:
+        evidence.append("no TURN URL in the configuration")
+    evidence.append(outcome_text(pc))
+    return [make_finding("symmetric-nat-no-turn", evidence, subject=pc.id)]
+
+
+def no_tls_443(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    turn_urls = call.turn_urls
+    if not turn_urls or call.udp_only:
+        return []
+    if any(u.scheme == "turns" and u.port == 443 for u in _read(turn_urls)):
+        return []
+    evidence = ["no turns: URL on port 443 among " + ", ".join(turn_urls)]
+    return [make_finding("no-tls-443", evidence, subject=call.pc.id)]
+
+
+def turn_unreachable(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    pc, errors, turn_urls = call.pc, call.errors, call.turn_urls
     turn_candidates = turn_urls or [u for u in errors if u.lower().startswith(("turn:", "turns:"))]
-    configured = {u.lower() for u in cfg.ice_servers}
+    configured = {u.lower() for u in call.cfg.ice_servers}
     implied: dict[str, list[CandidateError]] = defaultdict(list)
     for url, errs in errors.items():
-        if url.lower().startswith("stun:") and url.lower() not in configured:
-            # Chromium also sends Binding requests to each TURN server's address.
-            for turn in turn_candidates:
-                same = (url_host(turn), url_port(turn)) == (url_host(url), url_port(url))
-                if same and url_transport(turn) == "udp":
-                    implied[turn].extend(e for e in errs if e.category in UNREACHABLE)
-                    break
-    reported_unreachable = False
+        stun = read_url(url)
+        if stun is None or stun.scheme != "stun" or url.lower() in configured:
+            continue
+        # Chromium also sends Binding requests to each TURN server's address.
+        for turn in turn_candidates:
+            server = read_url(turn)
+            if server is None or (server.host, server.port) != (stun.host, stun.port):
+                continue
+            if server.transport == "udp":
+                implied[turn].extend(e for e in errs if e.category in UNREACHABLE)
+                break
+    out = []
     for url in turn_candidates:
         errs = errors.get(url, [])
         bad = [e for e in errs if e.category in UNREACHABLE]
@@ -463,209 +499,212 @@ def check_pc(pc: PeerConnectionReport, peers: list[PeerConnectionReport]) -> lis
                 f"{len(noise)} more 701 errors from IPv6 interfaces ignored (noise: an IPv6"
                 " interface cannot reach an IPv4 server)"
             )
-        unreachable_sev: Severity = "error" if problem and not relay_local else "warning"
-        findings.append(
-            make_finding("turn-unreachable", evidence, severity=unreachable_sev, subject=url)
-        )
-        reported_unreachable = True
+        severity: Severity = "error" if call.problem and not call.relay_local else "warning"
+        out.append(make_finding("turn-unreachable", evidence, severity=severity, subject=url))
     if (
-        problem
+        call.problem
         and turn_urls
-        and not relay_local
-        and not auth_urls
-        and not reported_unreachable
+        and not call.relay_local
+        and not call.auth_urls
+        and not out
         and not pc.gathering_complete
         and not any(e.category in UNREACHABLE for errs in errors.values() for e in errs)
     ):
-        findings.append(
-            make_finding(
-                "turn-unreachable",
-                [
-                    "no relay candidate from any TURN URL: " + ", ".join(turn_urls),
-                    "ICE gathering never completed (still"
-                    f" '{pc.last_state('iceGathering') or 'new'}' at {pc.offset(pc.end)})",
-                    "Chromium reports 701 for unreachable TURN servers only after about 40 s:"
-                    " this dump ends before that",
-                ],
-                subject=", ".join(turn_urls),
-            )
-        )
+        evidence = [
+            "no relay candidate from any TURN URL: " + ", ".join(turn_urls),
+            "ICE gathering never completed (still"
+            f" '{pc.last_state('iceGathering') or 'new'}' at {pc.offset(pc.end)})",
+            "Chromium reports 701 for unreachable TURN servers only after about 40 s:"
+            " this dump ends before that",
+        ]
+        out.append(make_finding("turn-unreachable", evidence, subject=", ".join(turn_urls)))
+    return out
 
-    # stun-unreachable ------------------------------------------------------------------------
-    for url in cfg.stun_urls:
-        bad = [e for e in errors.get(url, []) if e.category in UNREACHABLE]
+
+def stun_unreachable(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    pc, stun_urls = call.pc, call.cfg.stun_urls
+    out = []
+    for url in stun_urls:
+        bad = [e for e in call.errors.get(url, []) if e.category in UNREACHABLE]
         got = [c for c in pc.local("srflx") if c.url and c.url.lower() == url.lower()]
         if bad and not got:
-            findings.append(
-                make_finding(
-                    "stun-unreachable",
-                    [*_error_lines(pc, url, bad), "no server-reflexive candidate from this URL"],
-                    subject=url,
-                )
-            )
+            evidence = [*_error_lines(pc, url, bad), "no server-reflexive candidate from this URL"]
+            out.append(make_finding("stun-unreachable", evidence, subject=url))
     if (
-        cfg.stun_urls
-        and not relay_policy
+        stun_urls
+        and not out
+        and not call.relay_policy
         and pc.gathering_complete
         and pc.local("host")
         and not pc.local("srflx")
-        and not any(f.code == "stun-unreachable" for f in findings)
-        and any(not is_private_address(url_host(u)) for u in cfg.stun_urls)
+        and any(not is_internal(u.host) for u in _read(stun_urls))
     ):
-        findings.append(
-            make_finding(
-                "stun-unreachable",
-                [
-                    "gathering completed without a server-reflexive candidate although STUN is"
-                    " configured: " + ", ".join(cfg.stun_urls),
-                    candidate_summary(pc),
-                ],
-                subject=pc.id,
-            )
-        )
-
-    # private-relay-address -------------------------------------------------------------------
-    private = [c for c in relay_local if is_private_address(c.address)]
-    if private:
-        servers = {url_host(c.url) for c in private if c.url} or {url_host(u) for u in turn_urls}
-        server_private = bool(servers) and all(is_private_address(h) for h in servers)
         evidence = [
-            f"relay candidate {c.endpoint()}" + (f" from {c.url}" if c.url else "")
-            for c in private[:4]
+            "gathering completed without a server-reflexive candidate although STUN is"
+            " configured: " + ", ".join(stun_urls),
+            candidate_summary(pc),
         ]
-        if server_private:
-            evidence.append(
-                "the TURN server itself was reached on a private address ("
-                + ", ".join(sorted(h for h in servers if h))
-                + "): fine in a lab or a LAN, unreachable for peers elsewhere"
-            )
-        else:
-            evidence.append(
-                "the server is reached on a public address but relays from a private one:"
-                " peers elsewhere cannot send to it"
-            )
-        findings.append(
-            make_finding(
-                "private-relay-address",
-                evidence,
-                severity="warning" if server_private else "error",
-                subject=pc.id,
-            )
+        out.append(make_finding("stun-unreachable", evidence, subject=pc.id))
+    return out
+
+
+def private_relay(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    private = [c for c in call.relay_local if is_internal(c.address)]
+    if not private:
+        return []
+    servers = {_host(c.url) for c in private if c.url} or {_host(u) for u in call.turn_urls}
+    server_private = bool(servers) and all(is_internal(h) for h in servers)
+    evidence = [
+        f"relay candidate {c.endpoint()}" + (f" from {c.url}" if c.url else "") for c in private[:4]
+    ]
+    if server_private:
+        evidence.append(
+            "the TURN server itself was reached on a private address ("
+            + ", ".join(sorted(h for h in servers if h))
+            + "): fine in a lab or a LAN, unreachable for peers elsewhere"
         )
-
-    # static-credentials (only when the input kept usernames) --------------------------------
-    if cfg.static_credentials:
-        findings.append(
-            make_finding(
-                "static-credentials",
-                [
-                    f"{cfg.static_credentials} iceServers entr"
-                    + ("y has" if cfg.static_credentials == 1 else "ies have")
-                    + " a username that is not a TURN REST (expiry:user) username"
-                ],
-                subject=pc.id,
-            )
+    else:
+        evidence.append(
+            "the server is reached on a public address but relays from a private one:"
+            " peers elsewhere cannot send to it"
         )
+    severity: Severity = "warning" if server_private else "error"
+    return [make_finding("private-relay-address", evidence, severity=severity, subject=call.pc.id)]
 
-    # connected-no-media ----------------------------------------------------------------------
-    if pc.connected:
-        finding = _no_media(pc)
-        if finding is not None:
-            findings.append(finding)
 
-    # high-relay-latency ----------------------------------------------------------------------
-    if pc.selected and pc.connected:
+def static_credentials(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """static-credentials (only when the input kept usernames)."""
+    count = call.cfg.static_credentials
+    if not count:
+        return []
+    evidence = (
+        f"{count} iceServers entr"
+        + ("y has" if count == 1 else "ies have")
+        + " a username that is not a TURN REST (expiry:user) username"
+    )
+    return [make_finding("static-credentials", [evidence], subject=call.pc.id)]
+
+
+def no_media(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """connected-no-media."""
+    finding = _no_media(call.pc) if call.pc.connected else None
+    return [finding] if finding is not None else []
+
+
+def latency(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """high-relay-latency."""
+    pc = call.pc
+    if not (pc.selected and pc.connected):
+        return []
+    sel = pc.selected[-1]
+    pair = next((p for p in pc.pairs if p.id == sel.pair_id), None)
+    rtt = pair.current_rtt if pair else sel.rtt
+    relayed = any(c is not None and c.type == "relay" for c in (sel.local, sel.remote))
+    if not relayed or rtt is None or rtt < HIGH_RTT_S:
+        return []
+    evidence = [f"round-trip time on the relayed pair: {rtt * 1000:.0f} ms"]
+    return [make_finding("high-relay-latency", evidence, subject=pc.id)]
+
+
+def dropped(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """ice-failed-unknown for a call that connected and then failed, when no error explains it."""
+    pc, dropped_at = call.pc, call.dropped_at
+    if dropped_at is None or any(f.severity == "error" for f in found):
+        return []
+    evidence = [
+        f"connected at {pc.offset(_connected_at(pc))}, then connectionState failed at"
+        f" {pc.offset(dropped_at)}"
+    ]
+    if pc.selected:
         sel = pc.selected[-1]
         pair = next((p for p in pc.pairs if p.id == sel.pair_id), None)
-        rtt = pair.current_rtt if pair else sel.rtt
-        relayed = any(c is not None and c.type == "relay" for c in (sel.local, sel.remote))
-        if relayed and rtt is not None and rtt >= HIGH_RTT_S:
-            findings.append(
-                make_finding(
-                    "high-relay-latency",
-                    [f"round-trip time on the relayed pair: {rtt * 1000:.0f} ms"],
-                    subject=pc.id,
-                )
-            )
-
-    # ice-failed-unknown for a call that connected and then failed -------------------------
-    dropped_at = _dropped_at(pc)
-    if dropped_at is not None and not any(f.severity == "error" for f in findings):
-        evidence = [
-            f"connected at {pc.offset(_connected_at(pc))}, then connectionState failed at"
-            f" {pc.offset(dropped_at)}"
-        ]
-        if pc.selected:
-            sel = pc.selected[-1]
-            pair = next((p for p in pc.pairs if p.id == sel.pair_id), None)
-            evidence.append(f"selected pair: {sel.describe()}")
-            if pair is not None and pair.requests_sent is not None:
-                evidence.append(
-                    f"on that pair {pair.requests_sent} checks sent,"
-                    f" {pair.responses_received or 0} answered"
-                )
-        received = _pick(pc, "received")
-        if received is not None and len(received.points) >= 2:
-            last_rise = next(
-                (
-                    received.points[i][0]
-                    for i in range(len(received.points) - 1, 0, -1)
-                    if received.points[i][1] > received.points[i - 1][1]
-                ),
-                None,
-            )
-            if last_rise is not None:
-                evidence.append(f"{received.name} last grew at {pc.offset(last_rise)}")
-        evidence.append(
-            "the path died mid-call: network change, NAT binding or TURN allocation lost"
-        )
-        findings.append(make_finding("ice-failed-unknown", evidence, subject=pc.id))
-
-    # ice-failed-unknown ----------------------------------------------------------------------
-    if problem and not any(f.severity == "error" for f in findings):
-        evidence = [outcome_text(pc), candidate_summary(pc)]
-        if not pc.remote():
+        evidence.append(f"selected pair: {sel.describe()}")
+        if pair is not None and pair.requests_sent is not None:
             evidence.append(
-                "no remote candidate was added (no addIceCandidate, none in the remote"
-                " description): the other side's candidates never arrived"
+                f"on that pair {pair.requests_sent} checks sent,"
+                f" {pair.responses_received or 0} answered"
             )
-        text, _, _ = _pair_check_summary(pc)
-        if text:
-            evidence.append(text)
-        evidence += _mismatched_remote(pc, peers)
-        for url, errs in errors.items():
-            real = [e for e in errs if e.category != "ipv6-noise"]
-            if real:
-                evidence += _error_lines(pc, url, real)
-        if pc.source == "webrtc-internals" and pc.stats_start is None:
-            evidence.append("the dump holds no stats for this PeerConnection")
-        findings.append(make_finding("ice-failed-unknown", evidence, subject=pc.id))
-
-    # relay-in-use / direct-path --------------------------------------------------------------
-    if pc.selected and pc.connected:
-        sel = pc.selected[-1]
-        evidence = [f"selected pair {sel.pair_id}: {sel.describe()}"]
-        for label, cand in (("local", sel.local), ("remote", sel.remote)):
-            if cand is not None:
-                evidence.append(
-                    f"{label}: {cand.describe()}" + (f" from {cand.url}" if cand.url else "")
-                )
-        changes = len(pc.selected) - 1
-        if pc.selected_changes and pc.selected_changes > 1:
-            changes = max(changes, pc.selected_changes - 1)
-        if changes > 0:
-            evidence.append(f"the selected pair changed {changes} time(s)")
-        relayed = any(c is not None and c.type == "relay" for c in (sel.local, sel.remote))
-        subject = None
-        if sel.local is not None and sel.local.type == "relay":
-            subject = sel.local.url or sel.local.relay_protocol
-        findings.append(
-            make_finding(
-                "relay-in-use" if relayed else "direct-path", evidence, subject=subject or pc.id
-            )
+    received = _pick(pc, "received")
+    if received is not None and len(received.points) >= 2:
+        last_rise = next(
+            (
+                received.points[i][0]
+                for i in range(len(received.points) - 1, 0, -1)
+                if received.points[i][1] > received.points[i - 1][1]
+            ),
+            None,
         )
+        if last_rise is not None:
+            evidence.append(f"{received.name} last grew at {pc.offset(last_rise)}")
+    evidence.append("the path died mid-call: network change, NAT binding or TURN allocation lost")
+    return [make_finding("ice-failed-unknown", evidence, subject=pc.id)]
 
-    if pc.outcome == "connected" and dropped_at is None:
+
+def unexplained(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """ice-failed-unknown for a failed call no error explains, with the evidence there is."""
+    pc = call.pc
+    if not call.problem or any(f.severity == "error" for f in found):
+        return []
+    evidence = [outcome_text(pc), candidate_summary(pc)]
+    if not pc.remote():
+        evidence.append(
+            "no remote candidate was added (no addIceCandidate, none in the remote"
+            " description): the other side's candidates never arrived"
+        )
+    text, _, _ = _pair_check_summary(pc)
+    if text:
+        evidence.append(text)
+    evidence += _mismatched_remote(pc, call.peers)
+    for url, errs in call.errors.items():
+        real = [e for e in errs if e.category != "ipv6-noise"]
+        if real:
+            evidence += _error_lines(pc, url, real)
+    if pc.source == "webrtc-internals" and pc.stats_start is None:
+        evidence.append("the dump holds no stats for this PeerConnection")
+    return [make_finding("ice-failed-unknown", evidence, subject=pc.id)]
+
+
+def selected_path(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """relay-in-use or direct-path: what the connected call ran over."""
+    pc = call.pc
+    if not (pc.selected and pc.connected):
+        return []
+    sel = pc.selected[-1]
+    evidence = [f"selected pair {sel.pair_id}: {sel.describe()}"]
+    for label, cand in (("local", sel.local), ("remote", sel.remote)):
+        if cand is not None:
+            evidence.append(
+                f"{label}: {cand.describe()}" + (f" from {cand.url}" if cand.url else "")
+            )
+    changes = len(pc.selected) - 1
+    if pc.selected_changes and pc.selected_changes > 1:
+        changes = max(changes, pc.selected_changes - 1)
+    if changes > 0:
+        evidence.append(f"the selected pair changed {changes} time(s)")
+    relayed = any(c is not None and c.type == "relay" for c in (sel.local, sel.remote))
+    subject = None
+    if sel.local is not None and sel.local.type == "relay":
+        subject = sel.local.url or sel.local.relay_protocol
+    code = "relay-in-use" if relayed else "direct-path"
+    return [make_finding(code, evidence, subject=subject or pc.id)]
+
+
+RULES: tuple[Rule, ...] = (
+    no_turn, auth_failed, credential_expired, udp_only, symmetric_nat, no_tls_443,
+    turn_unreachable, stun_unreachable, private_relay, static_credentials, no_media, latency,
+    dropped, unexplained, selected_path,
+)  # fmt: skip
+
+
+def check_pc(pc: PeerConnectionReport, peers: list[PeerConnectionReport]) -> list[Finding]:
+    """All findings for one PeerConnection, ranked."""
+    if pc.outcome == "unused":
+        return []
+    call = _call(pc, peers)
+    findings: list[Finding] = []
+    for rule in RULES:
+        findings += rule(call, findings)
+    if pc.outcome == "connected" and call.dropped_at is None:
         for f in findings:
             if f.severity == "error" and f.code != "connected-no-media":
                 f.severity = "warning"
