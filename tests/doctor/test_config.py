@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from iceward.doctor.config import UrlError, load_config, parse_url
+from iceward.diagnose.iceurl import UrlError, parse_url
+from iceward.doctor.config import load_config
 
 
 def test_url_defaults_and_transports() -> None:
@@ -89,6 +90,15 @@ def test_shape_errors(doc: str, message: str) -> None:
     config = load_config(doc)
     errors = [i.message for i in config.issues if i.severity == "error"]
     assert any(message in e for e in errors), errors
+
+
+def test_a_port_of_non_ascii_digits_is_an_issue_not_a_crash() -> None:
+    config = load_config(json.dumps([{"urls": "stun:s.example.org:\u00b2"}]))
+    assert not config.urls
+    assert [i.message for i in config.issues] == [
+        "'stun:s.example.org:\u00b2': port '\u00b2' is not a number from 1 to 65535; "
+        "RTCPeerConnection throws SyntaxError, so no call starts"
+    ]
 
 
 def test_missing_credential_makes_turn_unusable() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from iceward.diagnose.address import is_internal
 from iceward.doctor.config import load_config
 from iceward.doctor.datapath import jitter, percentile
 from iceward.doctor.evidence import (
@@ -15,7 +16,6 @@ from iceward.doctor.evidence import (
     SecurityScan,
     Source,
     TlsInfo,
-    is_internal,
 )
 from iceward.doctor.rules import RuleOptions, evaluate, summarize
 

@@ -2,31 +2,23 @@
 
 Accepted shapes: an ``iceServers`` array, an object with ``iceServers`` (an RTCConfiguration or an
 app's own wrapper), ``ice_servers`` (as some backends name it), and the TURN REST API response
-``{username, password, ttl, uris}``. URL syntax follows RFC 7064 (``stun:``/``stuns:``) and RFC 7065
-(``turn:``/``turns:`` with ``?transport=udp|tcp``), and what a browser rejects is called out: an
-unparsable URL or a TURN URL without a credential makes ``new RTCPeerConnection()`` throw, so no
-call starts at all.
+``{username, password, ttl, uris}``. URLs are read by :func:`iceward.diagnose.iceurl.parse_url`
+(RFC 7064/7065, as a browser reads them), and what a browser rejects is called out: an unparsable
+URL or a TURN URL without a credential makes ``new RTCPeerConnection()`` throw, so no call starts
+at all.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from iceward.diagnose.iceurl import IceUrl, UrlError, parse_url
 from iceward.turn.credentials import parse_rest_username
 
-Scheme = Literal["stun", "stuns", "turn", "turns"]
-Transport = Literal["udp", "tcp", "tls"]
 IssueSeverity = Literal["error", "warning"]
 
-DEFAULT_PORTS: dict[str, int] = {"stun": 3478, "turn": 3478, "stuns": 5349, "turns": 5349}
-SCHEMES = tuple(DEFAULT_PORTS)
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$"
-)
 #: Firefox warns that five or more STUN/TURN servers slow gathering down; Chrome gathers from all.
 MANY_URLS = 8
 
@@ -45,33 +37,11 @@ class Credential:
 
 
 @dataclass(frozen=True, slots=True)
-class IceUrl:
-    """One URL of the configuration, parsed; ``transport`` is how the client reaches the server."""
+class ServerUrl(IceUrl):
+    """A URL as an ``iceServers`` entry gives it: the entry's index and its credential."""
 
-    raw: str
-    scheme: Scheme
-    host: str
-    port: int
-    transport: Transport
-    server_index: int
+    server_index: int = 0
     credential: Credential | None = None
-
-    @property
-    def is_turn(self) -> bool:
-        return self.scheme in ("turn", "turns")
-
-    @property
-    def host_literal(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return False
-        return True
-
-    @property
-    def endpoint(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +56,7 @@ class IceConfig:
     """The parsed configuration: the URLs worth probing and every problem of shape found."""
 
     raw: Any = None
-    urls: list[IceUrl] = field(default_factory=list)
+    urls: list[ServerUrl] = field(default_factory=list)
     issues: list[ConfigIssue] = field(default_factory=list)
     server_count: int = 0
     transport_policy: str | None = None
@@ -96,85 +66,15 @@ class IceConfig:
     readable: bool = False
 
     @property
-    def turn_urls(self) -> list[IceUrl]:
+    def turn_urls(self) -> list[ServerUrl]:
         return [u for u in self.urls if u.is_turn]
 
     @property
-    def stun_urls(self) -> list[IceUrl]:
+    def stun_urls(self) -> list[ServerUrl]:
         return [u for u in self.urls if not u.is_turn]
 
 
-class UrlError(ValueError):
-    """A URL a browser would refuse; the message says why in plain words."""
-
-
-def parse_url(raw: str, server_index: int = 0, credential: Credential | None = None) -> IceUrl:
-    """Parse one STUN/TURN URL (RFC 7064/7065); raise :class:`UrlError` with the reason."""
-    text = raw.strip()
-    scheme, sep, rest = text.partition(":")
-    scheme = scheme.lower()
-    if not sep or scheme not in SCHEMES:
-        raise UrlError(
-            f"unknown scheme {scheme + ':' if sep else repr(text)} (use stun:, stuns:, "
-            "turn: or turns:)"
-        )
-    if rest.startswith("//"):
-        raise UrlError("'//' after the scheme is not STUN/TURN URL syntax (RFC 7064/7065)")
-    if "@" in rest:
-        raise UrlError("user@host is not allowed: give username and credential as separate fields")
-    hostport, qsep, query = rest.partition("?")
-    transport: Transport = "tls" if scheme in ("turns", "stuns") else "udp"
-    if qsep:
-        if scheme in ("stun", "stuns"):
-            raise UrlError("stun: URLs take no ?transport= (RFC 7064)")
-        key, eq, value = query.partition("=")
-        if key != "transport" or not eq:
-            raise UrlError(f"unknown query {query!r} (only ?transport=udp or ?transport=tcp)")
-        if value not in ("udp", "tcp"):
-            raise UrlError(f"transport={value!r} (only udp or tcp)")
-        if scheme == "turns" and value == "udp":
-            raise UrlError("turns: with transport=udp is DTLS, which browsers do not support")
-        if scheme == "turn":
-            transport = "tcp" if value == "tcp" else "udp"
-    host, port = _split_hostport(hostport, scheme)
-    return IceUrl(text, scheme, host, port, transport, server_index, credential)  # type: ignore[arg-type]
-
-
-def _split_hostport(hostport: str, scheme: str) -> tuple[str, int]:
-    if not hostport:
-        raise UrlError("no host")
-    port_text = ""
-    if hostport.startswith("["):
-        end = hostport.find("]")
-        if end < 0:
-            raise UrlError("unclosed '[' around an IPv6 address")
-        host, after = hostport[1:end], hostport[end + 1 :]
-        if after:
-            if not after.startswith(":"):
-                raise UrlError(f"unexpected {after!r} after the IPv6 address")
-            port_text = after[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise UrlError(f"{host!r} is not an IPv6 address") from None
-    else:
-        if hostport.count(":") > 1:
-            raise UrlError("an IPv6 address must be in brackets: [2001:db8::1]:3478")
-        host, colon, port_text = hostport.partition(":")
-        if colon and not port_text:
-            raise UrlError("':' without a port")
-        if not host:
-            raise UrlError("no host")
-        if not _HOSTNAME.match(host):
-            raise UrlError(f"{host!r} is not a valid host name")
-    if not port_text:
-        return host, DEFAULT_PORTS[scheme]
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise UrlError(f"port {port_text!r} is not a number from 1 to 65535")
-    return host, int(port_text)
-
-
-def unique_urls(urls: list[IceUrl]) -> list[IceUrl]:
+def unique_urls(urls: list[ServerUrl]) -> list[ServerUrl]:
     """Each URL once per iceServers entry (a duplicate is a lint warning, not a second probe)."""
     return list({(u.raw, u.server_index): u for u in urls}.values())
 
@@ -336,7 +236,7 @@ def _lint_server(config: IceConfig, index: int, entry: Any) -> None:
             )
             continue
         try:
-            url = parse_url(raw, index, None)
+            url = parse_url(raw)
         except UrlError as exc:
             config.issues.append(
                 ConfigIssue(
@@ -350,7 +250,7 @@ def _lint_server(config: IceConfig, index: int, entry: Any) -> None:
             config.unusable_turn.append(raw)
             continue
         config.urls.append(
-            IceUrl(
+            ServerUrl(
                 url.raw,
                 url.scheme,
                 url.host,

@@ -16,9 +16,10 @@ import math
 import struct
 import time
 
+from iceward.diagnose.address import is_internal
 from iceward.doctor.client import ProbeError, TurnError, TurnSession
-from iceward.doctor.config import IceUrl
-from iceward.doctor.evidence import Datapath, fmt_addr, is_internal
+from iceward.doctor.config import ServerUrl
+from iceward.doctor.evidence import Datapath, fmt_addr
 from iceward.doctor.probe import ProbeOptions, open_client
 from iceward.stun.message import StunError
 
@@ -44,7 +45,7 @@ def jitter(values: list[float]) -> float:
     return sum(abs(b - a) for a, b in itertools.pairwise(values)) / (len(values) - 1)
 
 
-async def _allocated(url: IceUrl, address: str, options: ProbeOptions) -> TurnSession:
+async def _allocated(url: ServerUrl, address: str, options: ProbeOptions) -> TurnSession:
     assert url.credential is not None
     client, _ = await open_client(url, address, options)
     session = TurnSession(client, url.credential.username, url.credential.credential)
@@ -59,7 +60,7 @@ async def _allocated(url: IceUrl, address: str, options: ProbeOptions) -> TurnSe
 
 
 async def run_datapath(
-    url: IceUrl, address: str, options: ProbeOptions, result: Datapath, pings: int = PINGS
+    url: ServerUrl, address: str, options: ProbeOptions, result: Datapath, pings: int = PINGS
 ) -> None:
     """Fill ``result`` (created by the caller so a run cut short still reports what it saw)."""
     sessions: list[TurnSession] = []

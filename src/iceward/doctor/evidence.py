@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from iceward.doctor.config import IceConfig, IceUrl
-from iceward.turn.policy import normalise
+from iceward.doctor.config import IceConfig, ServerUrl
 
 Address = tuple[str, int]
 #: ok: it did what was asked; unreachable: nothing answered; auth: the credential was refused;
 #: refused: the server answered with another error; skipped: not tried (no route, no address).
 Outcome = Literal["ok", "unreachable", "auth", "refused", "skipped"]
-
-_INTERNAL = tuple(
-    ipaddress.ip_network(n)
-    for n in (
-        "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16",
-        "172.16.0.0/12", "192.168.0.0/16", "::/128", "::1/128", "fc00::/7", "fe80::/10",
-    )
-)  # fmt: skip
-
-
-def is_internal(ip: str) -> bool:
-    """Loopback, private, shared (CGNAT), link-local or unspecified: unreachable from outside.
-
-    Documentation ranges count as public, as they stand for the internet in labs.
-    """
-    try:
-        addr = normalise(ipaddress.ip_address(ip))
-    except ValueError:
-        return False
-    return any(addr in net for net in _INTERNAL if net.version == addr.version)
 
 
 def fmt_addr(address: Address | None) -> str:
@@ -189,7 +167,7 @@ class Evidence:
     insecure: bool = False
     elapsed_s: float = 0.0
 
-    def probes_for(self, url: IceUrl) -> list[Probe]:
+    def probes_for(self, url: ServerUrl) -> list[Probe]:
         return [
             p
             for p in self.probes

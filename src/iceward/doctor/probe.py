@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from iceward.doctor.certs import describe, insecure_context, verify_message
 from iceward.doctor.client import ProbeError, StunClient, TurnError, TurnSession
-from iceward.doctor.config import IceUrl
+from iceward.doctor.config import ServerUrl
 from iceward.doctor.evidence import Probe, TlsInfo, fmt_addr
 
 
@@ -25,7 +25,7 @@ class ProbeOptions:
 
 
 async def open_client(
-    url: IceUrl, address: str, options: ProbeOptions
+    url: ServerUrl, address: str, options: ProbeOptions
 ) -> tuple[StunClient, TlsInfo | None]:
     """Connect over the URL's transport; for TLS also return what the certificate says."""
     target = (address, url.port)
@@ -59,7 +59,7 @@ async def open_client(
     )
 
 
-async def run_probe(url: IceUrl, probe: Probe, options: ProbeOptions) -> None:
+async def run_probe(url: ServerUrl, probe: Probe, options: ProbeOptions) -> None:
     """Fill ``probe`` (created by the caller, so a probe cut short still reports what it saw)."""
     assert probe.address is not None
     try:

@@ -17,7 +17,7 @@ from rich.text import Text
 
 from iceward import __version__
 from iceward.diagnose.findings import Finding
-from iceward.doctor.config import IceUrl
+from iceward.doctor.config import ServerUrl
 from iceward.doctor.evidence import Evidence, Probe, fmt_addr, to_jsonable
 from iceward.doctor.rules import duration, utc
 
@@ -68,7 +68,7 @@ def mask(value: Any) -> Any:
     return value
 
 
-def _url_json(url: IceUrl, now: float) -> dict[str, Any]:
+def _url_json(url: ServerUrl, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "url": url.raw,
         "scheme": url.scheme,

@@ -12,9 +12,10 @@ import datetime
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from iceward.diagnose.address import is_internal
 from iceward.diagnose.findings import Finding, make_finding, rank
-from iceward.doctor.config import Credential, IceUrl, unique_urls
-from iceward.doctor.evidence import Evidence, Probe, fmt_addr, is_internal
+from iceward.doctor.config import Credential, ServerUrl, unique_urls
+from iceward.doctor.evidence import Evidence, Probe, fmt_addr
 
 #: A REST credential valid longer than this is as good as a static password once leaked.
 LONG_LIVED_S = 7 * 86400
@@ -53,15 +54,15 @@ def utc(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _servers(ev: Evidence) -> dict[int, list[IceUrl]]:
+def _servers(ev: Evidence) -> dict[int, list[ServerUrl]]:
     """TURN URLs grouped by their iceServers entry (one credential each)."""
-    out: dict[int, list[IceUrl]] = {}
+    out: dict[int, list[ServerUrl]] = {}
     for url in ev.config.turn_urls:
         out.setdefault(url.server_index, []).append(url)
     return out
 
 
-def _subject(index: int, urls: list[IceUrl]) -> str:
+def _subject(index: int, urls: list[ServerUrl]) -> str:
     return f"iceServers[{index}] ({', '.join(u.raw for u in urls)})"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from iceward.doctor.certs import client_context
-from iceward.doctor.config import IceConfig, IceUrl, unique_urls
+from iceward.doctor.config import IceConfig, ServerUrl, unique_urls
 from iceward.doctor.datapath import run_datapath
 from iceward.doctor.evidence import (
     Datapath,
@@ -81,12 +81,12 @@ async def _bounded(
             raise task.exception()  # type: ignore[misc]  # a bug, not a network result
 
 
-def implied_tcp_urls(config: IceConfig) -> list[IceUrl]:
+def implied_tcp_urls(config: IceConfig) -> list[ServerUrl]:
     """For a UDP-only config: the same servers over TCP, to say whether adding them would work."""
     turn = config.turn_urls
     if not turn or any(u.transport != "udp" for u in turn):
         return []
-    seen: dict[tuple[str, int, int], IceUrl] = {}
+    seen: dict[tuple[str, int, int], ServerUrl] = {}
     for url in turn:
         key = (url.host.lower(), url.port, url.server_index)
         if key not in seen:
@@ -139,7 +139,7 @@ async def run_ladder(
     pairs += _targets(implied_tcp_urls(config), by_host, implied=True)
     evidence.probes = [p for _, p in pairs]
 
-    def job(url: IceUrl, probe: Probe) -> Callable[[], Awaitable[None]]:
+    def job(url: ServerUrl, probe: Probe) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             await run_probe(url, probe, probe_options)
             progress.line(*_probe_line(probe))
@@ -202,7 +202,7 @@ async def run_ladder(
 
 
 def _datapath_job(
-    url: IceUrl, address: str, options: ProbeOptions, dp: Datapath, progress: ProgressSink
+    url: ServerUrl, address: str, options: ProbeOptions, dp: Datapath, progress: ProgressSink
 ) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         await run_datapath(url, address, options, dp)
@@ -227,7 +227,7 @@ def _datapath_job(
 
 
 def _security_job(
-    url: IceUrl, address: str, options: ProbeOptions, scan: SecurityScan, progress: ProgressSink
+    url: ServerUrl, address: str, options: ProbeOptions, scan: SecurityScan, progress: ProgressSink
 ) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         await run_security(url, address, options, scan)
@@ -245,8 +245,8 @@ def _security_job(
 
 
 def _targets(
-    urls: list[IceUrl], by_host: dict[str, Resolution], implied: bool
-) -> list[tuple[IceUrl, Probe]]:
+    urls: list[ServerUrl], by_host: dict[str, Resolution], implied: bool
+) -> list[tuple[ServerUrl, Probe]]:
     """One probe per URL and resolved address family (the first address of each)."""
     out = []
     for url in unique_urls(urls):
@@ -291,9 +291,9 @@ def _targets(
     return out
 
 
-def _best_per_server(pairs: list[tuple[IceUrl, Probe]]) -> list[tuple[IceUrl, Probe]]:
+def _best_per_server(pairs: list[tuple[ServerUrl, Probe]]) -> list[tuple[ServerUrl, Probe]]:
     """Per iceServers entry, the allocation to test the data path with: UDP first, IPv4 first."""
-    best: dict[int, tuple[IceUrl, Probe]] = {}
+    best: dict[int, tuple[ServerUrl, Probe]] = {}
     for url, probe in pairs:
         if not url.is_turn or probe.outcome != "ok" or probe.address is None:
             continue

@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 
 from iceward.doctor.client import ProbeError, TurnError, TurnSession, describe_error
-from iceward.doctor.config import IceUrl
+from iceward.doctor.config import ServerUrl
 from iceward.doctor.evidence import PeerCheck, SecurityScan
 from iceward.doctor.probe import ProbeOptions, open_client
 from iceward.stun import constants as C
@@ -36,7 +36,7 @@ PEER_PORT = 9
 
 
 async def _session(
-    url: IceUrl, address: str, options: ProbeOptions, family: int | None
+    url: ServerUrl, address: str, options: ProbeOptions, family: int | None
 ) -> TurnSession:
     assert url.credential is not None
     client, _ = await open_client(url, address, options)
@@ -60,7 +60,7 @@ async def _check(session: TurnSession, label: str, peer: str) -> PeerCheck:
 
 
 async def run_security(
-    url: IceUrl, address: str, options: ProbeOptions, scan: SecurityScan
+    url: ServerUrl, address: str, options: ProbeOptions, scan: SecurityScan
 ) -> None:
     """Fill ``scan``: one CreatePermission per internal target, on IPv4 and IPv6 relays."""
     targets = list(TARGETS)
