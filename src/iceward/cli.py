@@ -462,7 +462,11 @@ def secrets_add(
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
 ) -> None:
-    """Add a shared secret; new credentials are signed with the newest one."""
+    """Add a shared secret; new credentials are signed with the newest one.
+
+    The secret is stored as it is (HMAC needs it), protected by permissions: the data dir is
+    0700 and the database 0600 (tightened on start). With --database, protect that database.
+    """
     store, _ = _open_store(config, data_dir, database)
     typer.echo(_store_call(store.add_secret, name, value))
 

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from iceward.datadir import create_private_file, ensure_private_dir
 from iceward.turn.policy import PeerPolicy
 
 
@@ -233,13 +234,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSe
 
 
 def ensure_secret(data_dir: Path) -> str:
-    """The REST secret kept in the data dir, created (0600) on first start."""
+    """The REST secret kept in the data dir (0700), created 0600 on first start."""
     path = data_dir / "rest-secret"
+    ensure_private_dir(data_dir)
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    create_private_file(path, (value + "\n").encode())
     return value

@@ -4,6 +4,11 @@ SQLite in the data dir by default; any SQLAlchemy URL (PostgreSQL) with ``--data
 and the running server share it: the server verifies API keys against it on every request and
 re-reads users and secrets when the store's revision changes, so ``iceward keys revoke`` or
 ``iceward users add`` act on a running server at once.
+
+The SQLite file holds shared secrets in the clear (HMAC needs them) and users' long-term keys: it
+is created 0600 in a 0700 data dir (see :mod:`iceward.datadir`). A store that fails (a corrupted
+file, a deleted data dir) is reported by :meth:`Store.check` and logged once per outage by its
+:class:`StoreHealth`, recovery too.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
+import os
 import secrets
 import string
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,19 +33,23 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    event,
     func,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from iceward.datadir import FILE_MODE, ensure_private_dir
 from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
 from iceward.stun.integrity import long_term_key
 
 ISSUANCE_LOG_LIMIT = 1000
 KEY_PREFIX = "iwk_"
+
+log = logging.getLogger("iceward.store")
 
 
 def utcnow() -> dt.datetime:
@@ -150,35 +162,146 @@ class StoreError(Exception):
     """A store operation that cannot be done (a duplicate name, an unknown one)."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot be used at all (its file is gone); SQLAlchemy errors mean the same."""
+
+
+#: What a failing store raises: callers turn these into "store unavailable" (503), not a 500.
+STORE_FAILURES: tuple[type[Exception], ...] = (SQLAlchemyError, StoreUnavailable)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line naming what failed, without the SQL statement SQLAlchemy appends."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        text_ = str(exc.orig)
+    else:
+        text_ = str(exc).split("\n", 1)[0]
+    return text_.strip() or type(exc).__name__
+
+
 def database_url(data_dir: Path, url: str | None) -> str:
+    """The URL given, else the SQLite file in ``data_dir`` (which is made or kept 0700)."""
     if url:
         return url
-    data_dir.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(data_dir)
     return f"sqlite:///{data_dir / 'iceward.db'}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+class StoreHealth:
+    """Whether the store works, as last seen: a failure is logged once with its cause, and
+    recovery once, however many requests or ticks see it in between."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self._failure: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    def failed(self, exc: BaseException | str) -> str:
+        """Record a failure; returns its one-line description."""
+        reason = exc if isinstance(exc, str) else describe_failure(exc)
+        with self._lock:
+            first = self._failure is None
+            self._failure = reason
+        if first:
+            log.error("data store %s unavailable: %s", self.subject, reason)
+        return reason
+
+    def ok(self) -> None:
+        with self._lock:
+            was, self._failure = self._failure, None
+        if was is not None:
+            log.info("data store %s available again (it failed with: %s)", self.subject, was)
 
 
 class Store:
     def __init__(self, url: str) -> None:
         kwargs: dict[str, Any] = {}
+        self.path = sqlite_path(url)
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        if self.path is not None and not self.path.exists():
+            try:  # created private: SQLite gives its -journal/-wal/-shm files the same mode
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create the database file {self.path}: {exc.strerror}"
+                ) from None
+        subject = self.path or make_url(url).render_as_string(hide_password=True)
+        self.health = StoreHealth(str(subject))
         self.engine: Engine = create_engine(url, future=True, **kwargs)
+        if self.path is not None:
+            self._watch_file(self.path)
         Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         with self._session.begin() as s:
             if s.get(RevisionRow, 1) is None:
                 s.add(RevisionRow(id=1, value=0))
 
+    def _watch_file(self, path: Path) -> None:
+        """Connections hold the file they opened: when it is deleted or replaced, a pooled
+        connection would go on reading the old one. Each checkout checks the path still names
+        the file the connection opened: missing, the store is unavailable (no empty database is
+        made in its place); replaced (restored from a backup), the connection is reopened."""
+
+        def identity() -> tuple[int, int] | None:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StoreUnavailable(f"database file {path}: {exc.strerror}") from None
+            return info.st_dev, info.st_ino
+
+        @event.listens_for(self.engine, "do_connect")
+        def _before_connect(*_: Any) -> None:
+            if identity() is None:
+                raise StoreUnavailable(f"database file {path} is missing")
+
+        @event.listens_for(self.engine, "connect")
+        def _opened(_: Any, record: Any) -> None:
+            record.info["file"] = identity()
+
+        @event.listens_for(self.engine, "checkout")
+        def _checkout(_: Any, record: Any, __: Any) -> None:
+            now = identity()
+            if now is None:
+                raise StoreUnavailable(f"database file {path} is missing")
+            if now != record.info.get("file"):
+                raise DisconnectionError(f"database file {path} was replaced")
+
     def close(self) -> None:
         self.engine.dispose()
 
-    def ping(self) -> bool:
+    def check(self) -> str | None:
+        """None if the store answers a real query, else why not (also kept in :attr:`health`)."""
         try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-            return True
-        except Exception:
-            return False
+            with self._session() as s:
+                if s.get(RevisionRow, 1) is None:
+                    raise StoreUnavailable("its revision row is missing")
+        except STORE_FAILURES as exc:
+            return self.health.failed(exc)
+        self.health.ok()
+        return None
+
+    def ping(self) -> bool:
+        return self.check() is None
 
     def revision(self) -> int:
         with self._session() as s:

@@ -3,10 +3,16 @@
 App backends call ``POST /api/v1/ice-servers`` with an API key after authorising their user and
 pass the answer to the browser; TURN REST API clients (Janus's ``turn_rest_api``) call
 ``GET /api/v1/turn``. Admin routes answer only loopback callers by default and need an admin key.
+
+Before any body is read, :class:`iceward.api.guard.RequestGuard` enforces each route's body limit
+and checks the key of the routes that need one. The client's address (admin allow-list, rate
+limits) is decided in one place, :class:`iceward.api.client.ClientAddress`. A failing data store
+answers 503 naming it, never a 500; ``/readyz`` queries it for real.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI resolves the dependency annotations of
 # the routes defined inside create_app at runtime, and they name local functions.
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -22,15 +28,21 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from iceward import __version__
+from iceward.api.client import ClientAddress
+from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import Transport, issue
 from iceward.api.metrics import make_registry
 from iceward.api.ratelimit import RateLimiter
-from iceward.store import Store, StoreError
+from iceward.store import STORE_FAILURES, Store, StoreError
 
 if TYPE_CHECKING:
     from iceward.net.front import ServerFront
 
 log = logging.getLogger("iceward.api")
+
+#: Seconds /readyz waits for the store's answer before it calls the store not ready.
+READY_STORE_TIMEOUT = 2.0
+STORE_UNAVAILABLE = "the data store is unavailable; try again later (the server log has the cause)"
 
 
 class IceServersRequest(BaseModel):
@@ -80,6 +92,7 @@ def create_app(
     rate: float = 10.0,
     burst: int = 20,
     default_ttl: int = 86400,
+    trusted_proxies: list[str] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="iceward",
@@ -96,9 +109,72 @@ def create_app(
         ]
         return JSONResponse({"detail": detail}, status_code=422)
 
-    registry, collector, api_requests = make_registry()
+    def store_failure(exc: Exception) -> tuple[int, str] | None:
+        """A failing store answers 503 (logged once by the store's health), not a 500."""
+        if not isinstance(exc, STORE_FAILURES):
+            return None
+        store.health.failed(exc)
+        return 503, STORE_UNAVAILABLE
+
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        answer = store_failure(exc)
+        assert answer is not None
+        return JSONResponse({"detail": answer[1]}, status_code=answer[0])
+
+    for failure in STORE_FAILURES:
+        app.add_exception_handler(failure, store_unavailable)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(
+            {"detail": exc.detail, "limit": exc.limit}, status_code=413, headers=exc.headers
+        )
+
+    api_metrics = make_registry()
+    registry, collector = api_metrics.registry, api_metrics.collector
+    api_requests = api_metrics.api_requests
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]
+    client_address = ClientAddress(trusted_proxies or [])
+
+    def bearer(headers: Any) -> str:
+        header = headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise HTTPException(401, "missing API key (Authorization: Bearer ...)")
+        return str(token.strip())
+
+    async def authenticate(scope: Any, auth: Auth) -> str:
+        """The name of the key the request shows for ``auth``; else HTTPException 401/403.
+        The guard calls it before the body is read; the routes' dependencies reuse its answer."""
+        done = scope.get(AUTH_SCOPE_KEY)
+        if done is not None and done[0] == auth:
+            return str(done[1])
+        request = Request(scope)
+        if auth == "admin-key":
+            try:
+                ip = ipaddress.ip_address(client_address(scope))
+            except ValueError:
+                raise HTTPException(403, "admin API refused for this address") from None
+            if not (ip.is_loopback or any(ip in net for net in admin_nets)):
+                raise HTTPException(403, "admin API refused for this address")
+            name = await run_in_threadpool(store.check_api_key, bearer(request.headers), admin=True)
+            if name is None:
+                raise HTTPException(401, "invalid or revoked admin key")
+            return name
+        name = await run_in_threadpool(store.check_api_key, bearer(request.headers))
+        if name is None:
+            raise HTTPException(401, "invalid or revoked API key")
+        return name
+
+    # The guard sits inside CORS (its refusals carry the CORS headers a browser needs to read
+    # them) and outside the routes (it runs before FastAPI reads any body).
+    app.add_middleware(
+        RequestGuard,
+        authenticate=authenticate,
+        refused=api_metrics.http_refused,
+        on_error=store_failure,
+    )
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -118,33 +194,14 @@ def create_app(
         api_requests.labels(path, str(response.status_code)).inc()
         return response
 
-    def bearer(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise HTTPException(401, "missing API key (Authorization: Bearer ...)")
-        return token.strip()
-
     async def app_key(request: Request) -> str:
-        name = await run_in_threadpool(store.check_api_key, bearer(request))
-        if name is None:
-            raise HTTPException(401, "invalid or revoked API key")
+        name = await authenticate(request.scope, "api-key")
         if not limiter.allow(name):
             raise HTTPException(429, "rate limit exceeded for this API key")
         return name
 
     async def admin_key(request: Request) -> str:
-        host = request.client.host if request.client else ""
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            raise HTTPException(403, "admin API refused for this address") from None
-        if not (ip.is_loopback or any(ip in net for net in admin_nets)):
-            raise HTTPException(403, "admin API refused for this address")
-        name = await run_in_threadpool(store.check_api_key, bearer(request), admin=True)
-        if name is None:
-            raise HTTPException(401, "invalid or revoked admin key")
-        return name
+        return await authenticate(request.scope, "admin-key")
 
     @app.post(
         "/api/v1/ice-servers",
@@ -269,7 +326,9 @@ def create_app(
 
     from iceward.testpage.routes import create_router as testpage_router
 
-    app.include_router(testpage_router(service, store, admin=admin_key))
+    app.include_router(
+        testpage_router(service, store, admin=admin_key, client_address=client_address)
+    )
 
     # -- observability -------------------------------------------------------------------------
     @app.get("/metrics", tags=["observability"], include_in_schema=False)
@@ -283,18 +342,31 @@ def create_app(
 
     @app.get("/readyz", tags=["observability"])
     async def readyz() -> JSONResponse:
+        """200 when listening, a worker is up and the store answers a real query; else 503 with
+        the reason."""
         listening = service.listening
         up, total = service.workers_up()
-        store_ok = await run_in_threadpool(store.ping)
-        ok = listening and up > 0 and store_ok
-        return JSONResponse(
-            {
-                "status": "ready" if ok else "not ready",
-                "listeners": listening,
-                "workers": {"up": up, "total": total},
-                "store": store_ok,
-            },
-            status_code=200 if ok else 503,
-        )
+        try:
+            store_error = await asyncio.wait_for(
+                run_in_threadpool(store.check), READY_STORE_TIMEOUT
+            )
+        except TimeoutError:
+            store_error = store.health.failed(f"no answer within {READY_STORE_TIMEOUT:g} s")
+        reasons = []
+        if not listening:
+            reasons.append("not listening")
+        if up == 0:
+            reasons.append("no worker up")
+        if store_error is not None:
+            reasons.append(f"data store {store.health.subject}: {store_error}")
+        doc: dict[str, Any] = {
+            "status": "not ready" if reasons else "ready",
+            "listeners": listening,
+            "workers": {"up": up, "total": total},
+            "store": store_error is None,
+        }
+        if reasons:
+            doc["reason"] = "; ".join(reasons)
+        return JSONResponse(doc, status_code=503 if reasons else 200)
 
     return app

@@ -9,6 +9,7 @@ as labels.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -94,8 +95,20 @@ class ServerCollector(Collector):
         yield ports
 
 
-def make_registry() -> tuple[CollectorRegistry, ServerCollector, Counter]:
-    """A registry of the server's metrics, its collector, and the API request counter."""
+#: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).
+REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiMetrics:
+    registry: CollectorRegistry
+    collector: ServerCollector
+    api_requests: Counter
+    http_refused: Counter
+
+
+def make_registry() -> ApiMetrics:
+    """A registry of the server's metrics, its collector, and the API's own counters."""
     registry = CollectorRegistry()
     collector = ServerCollector()
     registry.register(collector)
@@ -105,4 +118,12 @@ def make_registry() -> tuple[CollectorRegistry, ServerCollector, Counter]:
         ["route", "status"],
         registry=registry,
     )
-    return registry, collector, api_requests
+    http_refused = Counter(
+        "iceward_http_refused",
+        "HTTP requests refused before their body was read",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in REFUSAL_REASONS:
+        http_refused.labels(reason)
+    return ApiMetrics(registry, collector, api_requests, http_refused)

@@ -20,10 +20,11 @@ from typing import Any
 import uvicorn
 
 from iceward.config import ServerSettings, ensure_secret, parse_alternate_address
+from iceward.datadir import ensure_private_dir
 from iceward.net.listeners import ListenerSet, open_listeners
 from iceward.net.snapshot import Snapshot
 from iceward.net.tls import ensure_self_signed
-from iceward.store import Store, database_url
+from iceward.store import STORE_FAILURES, Store, database_url, describe_failure, sqlite_path
 from iceward.turn.auth import CredentialStore
 from iceward.turn.policy import PeerPolicy
 from iceward.turn.server import TurnConfig, family_of
@@ -72,6 +73,8 @@ class ServerFront:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        # Secrets live there: created 0700, an older install's looser modes fixed (and logged).
+        ensure_private_dir(settings.data_dir)
         self.credentials = CredentialStore(settings.realm)
         for spec in settings.user:
             name, _, secret = spec.partition(":")
@@ -164,7 +167,12 @@ class ServerFront:
 
     # -- state shared with the store ------------------------------------------------------------
     def open_store(self) -> Store:
-        self.store = Store(database_url(self.settings.data_dir, self.settings.database))
+        url = database_url(self.settings.data_dir, self.settings.database)
+        try:
+            self.store = Store(url)
+        except STORE_FAILURES as exc:
+            where = sqlite_path(url) or "--database"
+            raise OSError(f"cannot open the data store {where}: {describe_failure(exc)}") from None
         return self.store
 
     async def refresh_from_store(self) -> None:
@@ -200,11 +208,20 @@ class ServerFront:
         self._store_revision = revision
 
     async def tick_forever(self) -> None:
-        """Every second: users and secrets from the store, then :meth:`on_tick`."""
+        """Every second: users and secrets from the store, then :meth:`on_tick`.
+
+        A failing store is logged once (and its recovery once) by the store's health, which the
+        readiness check and the API share; the server goes on with the users and secrets it has.
+        """
         while True:
             await asyncio.sleep(1.0)
             try:
                 await self.refresh_from_store()
+                if self.store is not None:
+                    self.store.health.ok()
+            except STORE_FAILURES as exc:
+                if self.store is not None:
+                    self.store.health.failed(exc)
             except Exception as exc:  # a store hiccup must not stop the server
                 log.error("store refresh failed: %s", exc)
             await self.on_tick()
@@ -268,9 +285,18 @@ class ServerFront:
             rate=self.settings.api_rate,
             burst=self.settings.api_burst,
             default_ttl=self.settings.credential_ttl,
+            trusted_proxies=self.settings.trusted_proxy,
         )
+        # proxy_headers off: uvicorn would believe X-Forwarded-For from any loopback peer; the
+        # API decides who the client is itself (iceward.api.client, --trusted-proxy).
         config = uvicorn.Config(
-            app, host=host, port=int(port), log_level="warning", access_log=False, lifespan="off"
+            app,
+            host=host,
+            port=int(port),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            proxy_headers=False,
         )
         server = _EmbeddedUvicorn(config)
         self._http = server

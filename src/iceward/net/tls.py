@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from iceward.datadir import ensure_private_dir
+
 log = logging.getLogger("iceward.tls")
 
 
@@ -23,7 +25,7 @@ def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for name in dict.fromkeys(["localhost", socket.gethostname(), *names]):
@@ -53,7 +55,9 @@ def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
                 serialization.NoEncryption(),
             )
         )
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:  # in the data dir: private like everything there
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
     log.warning(
         "generated a self-signed TLS certificate in %s: browsers will refuse turns: with it; "
         "pass --cert/--key with a certificate from a CA for production",

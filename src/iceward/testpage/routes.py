@@ -5,9 +5,9 @@
   page and the doctor speak the same words;
 - ``GET /api/v1/test-ice-servers?t=TOKEN``: short-lived TURN credentials for a test-link token
   (``iceward test-link``, ``POST /admin/v1/test-links``), never an API key in a link;
-- ``POST /api/v1/reports`` stores a report (validated, size capped, rate limited per address) and
-  returns its short link; ``GET /api/v1/reports/{id}`` is the JSON (``iceward analyze`` reads it);
-  ``GET /reports/{id}`` renders it for support.
+- ``POST /api/v1/reports`` stores a report (validated, size capped by the API's request guard,
+  rate limited per client address) and returns its short link; ``GET /api/v1/reports/{id}`` is
+  the JSON (``iceward analyze`` reads it); ``GET /reports/{id}`` renders it for support.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at runtime.
@@ -21,6 +21,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from iceward.api.client import ClientAddress
+from iceward.api.guard import REPORT_BODY_LIMIT
 from iceward.api.issue import issue
 from iceward.api.ratelimit import RateLimiter
 from iceward.diagnose.findings import CODES
@@ -30,7 +32,7 @@ from iceward.testpage.tokens import DEFAULT_TTL, MAX_TTL, check_token, ensure_ke
 if TYPE_CHECKING:
     from iceward.net.front import ServerFront
 
-MAX_REPORT_BYTES = 256 * 1024
+MAX_REPORT_BYTES = REPORT_BODY_LIMIT  # enforced for every route by iceward.api.guard
 REPORT_RETENTION = dt.timedelta(days=30)
 MAX_REPORTS = 1000
 TEST_CREDENTIAL_TTL = 900
@@ -138,15 +140,12 @@ def _has_secret(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 def create_router(
     service: "ServerFront",
     store: Store,
     *,
     admin: Callable[[Request], Awaitable[str]],
+    client_address: ClientAddress,
     report_rate: float = 0.2,
     report_burst: int = 5,
 ) -> APIRouter:
@@ -227,16 +226,9 @@ def create_router(
     @router.post("/api/v1/reports", status_code=201, tags=["test page"])
     async def post_report(request: Request) -> JSONResponse:
         """Store a test page report for support; returns its id and link."""
-        if not report_limiter.allow(_client(request)):
+        if not report_limiter.allow(client_address(request.scope)):
             raise HTTPException(429, "too many reports from this address; try again in a minute")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_REPORT_BYTES):
-            raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_REPORT_BYTES:
-                raise HTTPException(413, f"report larger than {MAX_REPORT_BYTES} bytes")
+        body = await request.body()  # at most MAX_REPORT_BYTES: the guard cuts it off there
         try:
             report = ReportIn.model_validate_json(body)
         except ValidationError as exc:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from pathlib import Path
+
+from iceward.datadir import create_private_file, ensure_private_dir
 
 KEY_FILE = "test-link-key"
 DEFAULT_TTL = 3600
@@ -20,15 +21,11 @@ MAX_TTL = 7 * 86400
 
 
 def ensure_key(data_dir: Path) -> bytes:
-    """The signing key in ``data_dir``, created (mode 0600) the first time."""
+    """The signing key in ``data_dir`` (0700), created (mode 0600) the first time."""
     path = data_dir / KEY_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_hex(32).encode())
-        finally:
-            os.close(fd)
+        ensure_private_dir(data_dir)
+        create_private_file(path, secrets.token_hex(32).encode())
     return path.read_bytes().strip()
 
 
