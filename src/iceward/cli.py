@@ -156,7 +156,7 @@ def serve(
     ] = None,
     max_challenges: Annotated[
         int | None,
-        Opt("--max-challenges", help="401 challenges per source IP per second [100]."),
+        Opt("--max-challenges", help="401 challenges per UDP source IP per second [500]."),
     ] = None,
     alternate_address: Annotated[
         str | None,

@@ -75,8 +75,8 @@ class ServerSettings(BaseSettings):
     max_connections_per_source: int = Field(500, ge=1)
     #: Failed authentications answered per source IP per minute; beyond, requests are dropped.
     max_auth_failures: int = Field(60, ge=1)
-    #: 401 challenges answered per source IP per second (an unauthenticated flood's answers).
-    max_challenges: int = Field(100, ge=1)
+    #: 401 challenges answered per UDP source IP per second (a spoofed flood's reflections).
+    max_challenges: int = Field(500, ge=1)
     #: Relaying processes; None: one per core this process may run on.
     workers: int | None = Field(None, ge=1, le=128)
     #: RFC 5780: a second IP (optionally IP:PORT) to answer CHANGE-REQUEST from.

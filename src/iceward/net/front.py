@@ -75,7 +75,7 @@ class ServerFront:
         self.settings = settings
         # Secrets live there: created 0700, an older install's looser modes fixed (and logged).
         ensure_private_dir(settings.data_dir)
-        self.credentials = CredentialStore(settings.realm)
+        self.credentials = CredentialStore(settings.realm, settings.max_credential_ttl)
         for spec in settings.user:
             name, _, secret = spec.partition(":")
             if secret.startswith("0x") and len(secret) == 34:
@@ -118,6 +118,8 @@ class ServerFront:
             max_allocations_per_user=settings.max_allocations_per_user,
             max_allocations=settings.max_allocations,
             max_permissions_per_allocation=settings.max_permissions,
+            max_auth_failures=settings.max_auth_failures,
+            max_challenges=settings.max_challenges,
         )
         if settings.alternate_address:  # RFC 5780 (config checked: one listen IP, fixed port)
             alternate = parse_alternate_address(settings.alternate_address, settings.port)

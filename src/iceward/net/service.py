@@ -13,7 +13,9 @@ import os
 import signal
 import socket
 import ssl
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled, raise_open_files_limit
 from iceward.net.front import ServerFront
 from iceward.net.handoff import ReservationHandoff
+from iceward.net.localaddrs import own_addresses
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
@@ -29,6 +32,7 @@ from iceward.net.snapshot import Snapshot
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
 from iceward.net.udp import ClientEntry, UdpListener
+from iceward.ratelimit import LogThrottle
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
 from iceward.turn.auth import NonceManager
 from iceward.turn.events import (
@@ -83,6 +87,7 @@ class TurnService(ServerFront):
         #: The native relay fast path, when built and not disabled (ICEWARD_FASTPATH=0).
         self.fast: FastPath | None = None
         self.relay_path = "python"
+        self._error_log = LogThrottle(budget=1)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,7 +100,7 @@ class TurnService(ServerFront):
         await self.refresh_from_store()
         engine, self.relay_path = load_engine()
         if engine is not None:
-            self.fast = FastPath(engine, loop)
+            self.fast = FastPath(engine, loop, self._internal_error)
         log.info("relay path: %s", self.relay_path)
         self._relays = UdpRelayAllocator(
             self.relay_ips,
@@ -149,6 +154,10 @@ class TurnService(ServerFront):
                 )
                 self._servers.append(acceptor)
             self.endpoints.tls_port = slot.tls[0].getsockname()[1]
+        ports = [a[1] for a in self._udp] + [s.getsockname()[1] for s in slot.tcp + slot.tls]
+        self.policy.set_own_addresses(
+            *own_addresses(self.settings, list(self.advertise.values()), ports)
+        )
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         except (NotImplementedError, RuntimeError):
@@ -185,11 +194,21 @@ class TurnService(ServerFront):
         """SIGHUP: load the certificate files again; new TLS connections use them."""
         if self._tls is None or self._tls_files is None:
             return
+        cert, key = self._tls_files
         try:
-            self._tls.load_cert_chain(*self._tls_files)
-            log.info("reloaded TLS certificate from %s", self._tls_files[0])
+            # The very bytes checked are the ones loaded: a pair that does not load together (a
+            # new certificate beside the old key) leaves the live context untouched.
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
+                copy[0].write_bytes(cert.read_bytes())
+                copy[1].write_bytes(key.read_bytes())
+                server_context(*copy)
+                self._tls.load_cert_chain(*copy)
+            log.info("reloaded TLS certificate from %s", cert)
         except (OSError, ssl.SSLError) as exc:
-            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            log.error(
+                "TLS reload failed, keeping the old certificate: %s or %s: %s", cert, key, exc
+            )
 
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
@@ -343,7 +362,7 @@ class TurnService(ServerFront):
         ft = FiveTuple("udp", client, listener.local)
         if self._handoff is not None and self._handoff.hold(data, ft):
             return
-        self._apply(self.core.handle_client(data, ft, time.time()))
+        self._feed(self.core.handle_client, data, ft)
 
     def _deliver(self, data: bytes, ft: FiveTuple) -> None:
         """A request the reservation handoff held back, now that the reserved port is here."""
@@ -351,11 +370,11 @@ class TurnService(ServerFront):
             return
         if ft.transport != "udp" and ft not in self._streams:
             return  # the connection closed meanwhile
-        self._apply(self.core.handle_client(data, ft, time.time()))
+        self._feed(self.core.handle_client, data, ft)
 
     def _on_relay_miss(self, relay: RelaySocket, data: bytes, peer: Address) -> None:
         assert self.core is not None
-        self._apply(self.core.handle_peer(relay, data, peer, time.time()))
+        self._feed(self.core.handle_peer, relay, data, peer)
 
     def _new_stream(self, kind: str, peer: Address) -> StreamConnection | None:
         """Just accepted (no TLS yet): counted against its source IP, or refused (None)."""
@@ -381,7 +400,7 @@ class TurnService(ServerFront):
         assert self.core is not None and conn.five_tuple is not None
         if self._handoff is not None and self._handoff.hold(data, conn.five_tuple):
             return
-        self._apply(self.core.handle_client(data, conn.five_tuple, time.time()))
+        self._feed(self.core.handle_client, data, conn.five_tuple)
 
     def _on_close(self, conn: StreamConnection) -> None:
         if not conn.counted:
@@ -450,6 +469,23 @@ class TurnService(ServerFront):
         self._timer_deadline = None
         if self.core is not None:
             self._apply(self.core.handle_timer(time.time()))
+
+    def _feed(self, handle: Callable[..., list[Output]], *args: Any) -> None:
+        """One input to the core (``now`` appended), its outputs applied. An exception one input
+        trips is counted and logged, and never reaches the loop that read a batch of them."""
+        try:
+            self._apply(handle(*args, time.time()))
+        except Exception:
+            self._internal_error()
+
+    def _internal_error(self) -> None:
+        """Called from an ``except`` block: count it, log its traceback once a minute."""
+        if self.core is not None:
+            self.core.counters["drop.internal_error"] += 1
+        write, held = self._error_log.admit("input", time.monotonic())
+        if write:
+            more = f" ({held} more since the last report)" if held else ""
+            log.exception("internal error handling one message, dropped%s", more)
 
     # -- output --------------------------------------------------------------------------------
     def _apply(self, outputs: list[Output]) -> None:
