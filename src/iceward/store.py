@@ -300,9 +300,6 @@ class Store:
         self.health.ok()
         return None
 
-    def ping(self) -> bool:
-        return self.check() is None
-
     def revision(self) -> int:
         with self._session() as s:
             row = s.get(RevisionRow, 1)

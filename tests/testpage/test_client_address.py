@@ -21,9 +21,18 @@ def post_from(server: RunningServer, forwarded_for: str | None) -> int:
     return status
 
 
+def link_scheme(server: RunningServer, forwarded_proto: str) -> str:
+    """The scheme of the report link the API answers a request that names ``forwarded_proto``."""
+    headers = {"X-Forwarded-Proto": forwarded_proto}
+    status, doc = request(server.http_url + "/api/v1/reports", json.dumps(VALID).encode(), headers)
+    assert status == 201, doc
+    return str(doc["url"]).partition(":")[0]
+
+
 def test_forwarded_for_does_not_get_past_the_report_limit(make_server: MakeServer) -> None:
     server = make_server(tls=False)
-    answers = [post_from(server, f"198.51.100.{i}") for i in range(1, 9)]
+    assert link_scheme(server, "https") == "http"  # nor is X-Forwarded-Proto believed
+    answers = [post_from(server, f"198.51.100.{i}") for i in range(1, 8)]
     assert 429 in answers, answers  # one bucket: the peer's, whatever the header says
     assert answers.count(201) <= 6, answers
 
@@ -36,6 +45,8 @@ def test_forwarded_for_believed_from_a_trusted_proxy(make_server: MakeServer) ->
     chain = ["203.0.113.9", "203.0.113.9, 127.0.0.5", "10.9.9.9, 203.0.113.9, 127.0.0.7"]
     answers = [post_from(server, chain[i % 3]) for i in range(8)]
     assert 429 in answers and answers.count(201) <= 6, answers
+    # The proxy's X-Forwarded-Proto names the scheme of the links the API answers with.
+    assert link_scheme(server, "https") == "https"
     # The admin allow-list judges the client too, not the proxy on loopback.
     admin = iceward("keys", "add", "ops", "--admin", "--data-dir", str(server.data_dir))
     key = admin.stdout.strip()

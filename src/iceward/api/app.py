@@ -174,6 +174,7 @@ def create_app(
         authenticate=authenticate,
         refused=api_metrics.http_refused,
         on_error=store_failure,
+        client_address=client_address,
     )
     if cors_origins:
         app.add_middleware(

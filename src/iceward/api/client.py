@@ -3,7 +3,8 @@
 The TCP peer is the client, unless the peer is a proxy the operator trusts (``--trusted-proxy``
 CIDR): then ``X-Forwarded-For`` is believed, read from the right (each trusted proxy appends the
 address it received from), and the client is the right-most address that is not itself a trusted
-proxy. From any other peer the header is ignored: anyone can write it.
+proxy. From any other peer the header is ignored: anyone can write it. A trusted proxy's
+``X-Forwarded-Proto`` likewise sets the scheme of the links the API answers with.
 """
 
 from __future__ import annotations
@@ -41,11 +42,27 @@ class ClientAddress:
     def _trusted(self, ip: IPAddress) -> bool:
         return any(ip.version == net.version and ip in net for net in self.trusted)
 
-    def __call__(self, scope: Scope) -> str:
+    def _peer(self, scope: Scope) -> tuple[str, IPAddress | None, bool]:
+        """(peer as given, its address, whether it is a trusted proxy)."""
         client = scope.get("client")
         peer = str(client[0]) if client else ""
         peer_ip = _ip(peer)
-        if peer_ip is None or not self.trusted or not self._trusted(peer_ip):
+        return peer, peer_ip, peer_ip is not None and self._trusted(peer_ip)
+
+    def forwarded_scheme(self, scope: Scope) -> str | None:
+        """``X-Forwarded-Proto`` (http or https) of a trusted proxy, so links the API builds
+        name the scheme the client used; None from any other peer."""
+        if not self.trusted or not self._peer(scope)[2]:
+            return None
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-proto":
+                proto = value.decode("latin-1").split(",")[-1].strip().lower()
+                return proto if proto in ("http", "https") else None
+        return None
+
+    def __call__(self, scope: Scope) -> str:
+        peer, peer_ip, trusted = self._peer(scope)
+        if peer_ip is None or not trusted:
             return str(peer_ip) if peer_ip is not None else (peer or "unknown")
         forwarded: list[str] = []
         for name, value in scope.get("headers", []):

@@ -6,7 +6,7 @@ in front of the routes: it refuses by ``Content-Length`` (413), checks the API o
 routes that need one (401/403) without touching the body, and cuts a body off at the route's limit
 while it streams (chunked bodies have no length to check up front). A refusal with a body still
 on the way closes the connection, so the rest is never read. :data:`BODY_RULES` is the one table
-of limits.
+of limits. It also applies a trusted proxy's ``X-Forwarded-Proto`` (see :mod:`iceward.api.client`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Literal
 from prometheus_client import Counter
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from iceward.api.client import ClientAddress
 
 KiB = 1024
 #: JSON API bodies: an ice-servers request, a user, a secret are a few hundred bytes.
@@ -82,9 +84,11 @@ class RequestGuard:
         authenticate: Authenticate,
         refused: Counter,
         on_error: ErrorAnswer,
+        client_address: ClientAddress,
     ) -> None:
         self.app = app
         self.authenticate = authenticate
+        self.client_address = client_address
         self.refused = refused
         self.on_error = on_error
 
@@ -92,6 +96,9 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scheme = self.client_address.forwarded_scheme(scope)
+        if scheme is not None:
+            scope["scheme"] = scheme
         rule = rule_for(scope["path"])
         length: int | None = None
         chunked = False
