@@ -53,7 +53,7 @@ def _fix(path: Path, info: os.stat_result, fixes: list[tuple[Path, int, int]]) -
         return
     new = old & ~0o077
     try:
-        os.chmod(path, new, follow_symlinks=False)
+        os.chmod(path, new)  # symlinks were skipped: lchmod does not exist on Linux
     except OSError as exc:
         log.error(
             "cannot tighten the permissions of %s (mode %04o; it may hold secrets): %s",

@@ -112,3 +112,19 @@ def test_a_fresh_install_is_created_private(make_server: MakeServer) -> None:
     assert {".", "iceward.db", "rest-secret", "test-link-key", "tls", "tls/cert.pem"} <= set(found)
     assert_private(server.data_dir)
     assert "tightened" not in server.log_text()  # created so, not fixed afterwards
+
+
+def test_a_data_dir_behind_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    old_install(real)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceward", "keys", "list", "--data-dir", str(link)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"tightened the permissions of {link} from 0755 to 0700" in proc.stderr
+    assert_private(real)
