@@ -248,11 +248,15 @@ class Store:
         self.engine: Engine = create_engine(url, future=True, **kwargs)
         if self.path is not None:
             self._watch_file(self.path)
-        Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        with self._session.begin() as s:
-            if s.get(RevisionRow, 1) is None:
-                s.add(RevisionRow(id=1, value=0))
+        try:
+            Base.metadata.create_all(self.engine)
+            with self._session.begin() as s:
+                if s.get(RevisionRow, 1) is None:
+                    s.add(RevisionRow(id=1, value=0))
+        except STORE_FAILURES as exc:  # one line naming the store, not SQLAlchemy's SQL dump
+            self.engine.dispose()
+            raise StoreUnavailable(f"{self.health.subject}: {describe_failure(exc)}") from None
 
     def _watch_file(self, path: Path) -> None:
         """Connections hold the file they opened: when it is deleted or replaced, a pooled

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.api.test_api import cli, eventually, http
-from tests.conftest import RunningServer
+from tests.conftest import HOST, RunningServer
 
 MakeServer = Callable[..., RunningServer]
 #: Lines of the process serving the API (worker processes log as ``iceward.store[wN]``).
@@ -74,3 +76,28 @@ def test_a_deleted_data_dir(make_server: MakeServer, tmp_path: Path) -> None:
     assert not server.data_dir.exists()  # no empty database made in its place
     shutil.copytree(backup, server.data_dir)  # restored from the backup: another file
     assert_recovery(server, key)
+
+
+def test_a_corrupted_database_at_start(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "iceward.db").write_bytes(b"garbage, not SQLite\n" * 100)
+    for args in (
+        ["keys", "list"],
+        ["serve", "--listen", HOST, "--port", "0", "--tls-port", "0", "--http", "off",
+         "--secret", "s", "--workers", "1"],
+    ):  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "iceward", *args, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 2, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if "error" in line]
+        prefix = "cannot start: " if args[0] == "serve" else ""
+        assert errors == [
+            f"iceward: error: {prefix}cannot open the data store: "
+            f"{data_dir / 'iceward.db'}: file is not a database"
+        ], proc.stderr
+        assert "Traceback" not in proc.stderr

@@ -24,7 +24,7 @@ from iceward.datadir import ensure_private_dir
 from iceward.net.listeners import ListenerSet, open_listeners
 from iceward.net.snapshot import Snapshot
 from iceward.net.tls import ensure_self_signed
-from iceward.store import STORE_FAILURES, Store, database_url, describe_failure, sqlite_path
+from iceward.store import STORE_FAILURES, Store, database_url, describe_failure
 from iceward.turn.auth import CredentialStore
 from iceward.turn.policy import PeerPolicy
 from iceward.turn.server import TurnConfig, family_of
@@ -173,8 +173,7 @@ class ServerFront:
         try:
             self.store = Store(url)
         except STORE_FAILURES as exc:
-            where = sqlite_path(url) or "--database"
-            raise OSError(f"cannot open the data store {where}: {describe_failure(exc)}") from None
+            raise OSError(f"cannot open the data store: {describe_failure(exc)}") from None
         return self.store
 
     async def refresh_from_store(self) -> None:
