@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
-import os
 import socket
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
-from iceward.datadir import ensure_private_dir
+from iceward.certs import self_signed
+from iceward.datadir import create_private_file, ensure_private_dir
 
 log = logging.getLogger("iceward.tls")
+
+#: Days the self-signed certificate is valid.
+SELF_SIGNED_DAYS = 825
 
 
 def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
@@ -26,38 +22,11 @@ def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
     ensure_private_dir(directory)
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for name in dict.fromkeys(["localhost", socket.gethostname(), *names]):
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            sans.append(x509.DNSName(name))
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "iceward")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=825))
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    fd = os.open(cert_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:  # in the data dir: private like everything there
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    sans = list(dict.fromkeys(["localhost", socket.gethostname(), *names]))
+    cert, key = self_signed(names[0] if names else "iceward", sans, SELF_SIGNED_DAYS)
+    for path, data in ((key_path, key), (cert_path, cert)):  # in the data dir: both private
+        path.unlink(missing_ok=True)  # one of the pair left alone: made again with the other
+        create_private_file(path, data)
     log.warning(
         "generated a self-signed TLS certificate in %s: browsers will refuse turns: with it; "
         "pass --cert/--key with a certificate from a CA for production",
