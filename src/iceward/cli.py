@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from iceward import __version__
 from iceward.config import ServerSettings, ensure_secret, load_settings
+from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
 
 app = typer.Typer(
@@ -42,23 +43,6 @@ def _settings_error(exc: ValidationError | ValueError) -> typer.Exit:
             lines.append(f"{where.replace('_', '-')}: {err['msg']}")
         return _fail("invalid settings:\n  " + "\n  ".join(lines))
     return _fail(str(exc))
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def _event_loop_policy() -> None:
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
 
 
 @app.callback()
@@ -213,8 +197,8 @@ def serve(
         )
     except (ValidationError, ValueError) as exc:
         raise _settings_error(exc) from None
-    _setup_logging(settings.log_level)
-    _event_loop_policy()
+    setup_logging(settings.log_level)
+    use_uvloop()
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:

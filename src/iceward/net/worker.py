@@ -22,6 +22,7 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net.service import TurnService
 from iceward.net.slot import WorkerSlot
+from iceward.runtime import setup_logging, use_uvloop
 
 #: Longest control line (an allocation report of a busy worker is the largest).
 LINE_LIMIT = 64 * 1024 * 1024
@@ -68,7 +69,7 @@ async def serve_worker(control_fd: int) -> int:
     spec = json.loads(await reader.readline())
     settings = ServerSettings(**spec["settings"])
     slot = _slot(spec)
-    _setup_logging(settings.log_level, slot.index)
+    setup_logging(settings.log_level, worker=slot.index)
     service = TurnService(settings, slot)
     try:
         await service.start()
@@ -124,22 +125,8 @@ async def _serve_requests(
             return
 
 
-def _setup_logging(level: str, index: int) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s %(name)s[w{index}] %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-
-
 def main() -> None:
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    except ImportError:
-        pass
+    use_uvloop()
     if len(sys.argv) != 2 or not sys.argv[1].isdigit():
         sys.exit("usage: python -m iceward.net.worker CONTROL_FD (started by iceward serve)")
     try:
