@@ -18,7 +18,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from iceward import __version__
+from iceward import __version__, storecli
+from iceward.cliutil import Opt, fail, settings_error
 from iceward.config import ServerSettings, ensure_secret, load_settings
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
@@ -30,21 +31,6 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"iceward: error: {message}", err=True)
-    return typer.Exit(2)
-
-
-def _settings_error(exc: ValidationError | ValueError) -> typer.Exit:
-    if isinstance(exc, ValidationError):
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "settings"
-            lines.append(f"{where.replace('_', '-')}: {err['msg']}")
-        return _fail("invalid settings:\n  " + "\n  ".join(lines))
-    return _fail(str(exc))
-
-
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -52,9 +38,6 @@ def _root(
     if version:
         typer.echo(__version__)
         raise typer.Exit(0)
-
-
-Opt = typer.Option
 
 
 @app.command()
@@ -196,13 +179,13 @@ def serve(
             workers=workers,
         )
     except (ValidationError, ValueError) as exc:
-        raise _settings_error(exc) from None
+        raise settings_error(exc) from None
     setup_logging(settings.log_level)
     use_uvloop()
     try:
         asyncio.run(_serve(settings))
     except OSError as exc:
-        raise _fail(f"cannot start: {exc}") from None
+        raise fail(f"cannot start: {exc}") from None
     except KeyboardInterrupt:
         pass
 
@@ -279,15 +262,10 @@ def credentials(
 ) -> None:
     """Mint a TURN REST API credential: JSON with username, password, ttl, uris, iceServers."""
     if secret is None:
-        try:
-            settings = load_settings(None, data_dir=data_dir)
-        except (ValidationError, ValueError) as exc:
-            raise _settings_error(exc) from None
+        settings = storecli.load(None, data_dir=data_dir)
         path = settings.data_dir / "rest-secret"
         if not path.exists():
-            raise _fail(
-                f"no --secret given and no secret in {settings.data_dir} (run `serve` once)"
-            )
+            raise fail(f"no --secret given and no secret in {settings.data_dir} (run `serve` once)")
         secret = ensure_secret(settings.data_dir)
     if uri:
         uris = list(uri)
@@ -297,7 +275,7 @@ def credentials(
         uris = Endpoints(host, port, tls_port).uris()
     bad = [u for u in uris if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]
     if bad:
-        raise _fail(f"not a STUN/TURN URI: {', '.join(bad)}")
+        raise fail(f"not a STUN/TURN URI: {', '.join(bad)}")
     cred = mint_rest_credential(secret, user, ttl, time.time())
     out = {
         "username": cred.username,
@@ -309,201 +287,14 @@ def credentials(
     typer.echo(json.dumps(out, indent=2))
 
 
-# -- data store commands: keys, users, secrets ------------------------------------------------
-
-keys_app = typer.Typer(help="API keys for app backends (and --admin keys for the admin API).")
-users_app = typer.Typer(help="Static TURN users, stored as long-term keys.")
-secrets_app = typer.Typer(help="TURN REST shared secrets: add, list, retire (rotation).")
-app.add_typer(keys_app, name="keys")
-app.add_typer(users_app, name="users")
-app.add_typer(secrets_app, name="secrets")
-
-ConfigOpt = Annotated[Path | None, Opt("--config", help="TOML settings file.")]
-DataDirOpt = Annotated[Path | None, Opt("--data-dir", help="Where state is kept.")]
-DatabaseOpt = Annotated[str | None, Opt("--database", help="SQLAlchemy URL.")]
-
-
-def _open_store(config: Path | None, data_dir: Path | None, database: str | None) -> Any:
-    from iceward.store import Store, database_url
-
-    try:
-        settings = load_settings(config, data_dir=data_dir, database=database)
-    except (ValidationError, ValueError) as exc:
-        raise _settings_error(exc) from None
-    try:
-        return Store(database_url(settings.data_dir, settings.database)), settings
-    except Exception as exc:
-        raise _fail(f"cannot open the data store: {exc}") from None
-
-
-def _store_call(func: Any, *args: Any, **kwargs: Any) -> Any:
-    from iceward.store import StoreError
-
-    try:
-        return func(*args, **kwargs)
-    except StoreError as exc:
-        raise _fail(str(exc)) from None
-
-
-@keys_app.command("add")
-def keys_add(
-    name: str,
-    admin: Annotated[bool, Opt("--admin", help="A key for the admin API.")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """Create an API key; it is printed once and stored only as a hash."""
-    store, _ = _open_store(config, data_dir, database)
-    key = _store_call(store.add_api_key, name, admin=admin)
-    typer.echo(key)
-
-
-@keys_app.command("list")
-def keys_list(
-    json_out: Annotated[bool, Opt("--json")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """List API keys (never the keys themselves)."""
-    store, _ = _open_store(config, data_dir, database)
-    rows = [
-        {
-            "name": k.name,
-            "admin": k.admin,
-            "createdAt": k.created_at.isoformat(),
-            "revokedAt": k.revoked_at.isoformat() if k.revoked_at else None,
-        }
-        for k in store.list_api_keys()
-    ]
-    _print_rows(rows, json_out, ["name", "admin", "createdAt", "revokedAt"])
-
-
-@keys_app.command("revoke")
-def keys_revoke(
-    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
-) -> None:
-    """Revoke an API key; a running server refuses it from the next request."""
-    store, _ = _open_store(config, data_dir, database)
-    _store_call(store.revoke_api_key, name)
-    typer.echo(f"revoked {name}")
-
-
-@users_app.command("add")
-def users_add(
-    name: str,
-    password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, help="Hashed into keys; never stored.")
-    ],
-    realm: Annotated[
-        str | None, Opt("--realm", help="The server's realm [from --config, else iceward].")
-    ] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """Add (or change) a static TURN user: its keys are derived for the server's realm."""
-    if ":" in name:
-        raise _fail("user names cannot contain ':' (it separates REST expiry and user)")
-    store, settings = _open_store(config, data_dir, database)
-    realm = realm or settings.realm
-    _store_call(store.add_user, name, password, realm)
-    typer.echo(f"added {name} (realm {realm})")
-
-
-@users_app.command("list")
-def users_list(
-    json_out: Annotated[bool, Opt("--json")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """List static users stored in the data store."""
-    store, _ = _open_store(config, data_dir, database)
-    rows = [
-        {"name": u.name, "realm": u.realm, "createdAt": u.created_at.isoformat()}
-        for u in store.list_users()
-    ]
-    _print_rows(rows, json_out, ["name", "realm", "createdAt"])
-
-
-@users_app.command("remove")
-def users_remove(
-    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
-) -> None:
-    """Remove a static user; a running server refuses it within a second."""
-    store, _ = _open_store(config, data_dir, database)
-    _store_call(store.remove_user, name)
-    typer.echo(f"removed {name}")
-
-
-@secrets_app.command("add")
-def secrets_add(
-    name: str,
-    value: Annotated[str | None, Opt("--value", help="Default: a new random secret.")] = None,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """Add a shared secret; new credentials are signed with the newest one.
-
-    The secret is stored as it is (HMAC needs it), protected by permissions: the data dir is
-    0700 and the database 0600 (tightened on start). With --database, protect that database.
-    """
-    store, _ = _open_store(config, data_dir, database)
-    typer.echo(_store_call(store.add_secret, name, value))
-
-
-@secrets_app.command("list")
-def secrets_list(
-    json_out: Annotated[bool, Opt("--json")] = False,
-    config: ConfigOpt = None,
-    data_dir: DataDirOpt = None,
-    database: DatabaseOpt = None,
-) -> None:
-    """List shared secrets in the data store (names and dates, not values)."""
-    store, _ = _open_store(config, data_dir, database)
-    rows = [
-        {
-            "name": r.name,
-            "createdAt": r.created_at.isoformat(),
-            "retiredAt": r.retired_at.isoformat() if r.retired_at else None,
-        }
-        for r in store.list_secrets()
-    ]
-    _print_rows(rows, json_out, ["name", "createdAt", "retiredAt"])
-
-
-@secrets_app.command("retire")
-def secrets_retire(
-    name: str, config: ConfigOpt = None, data_dir: DataDirOpt = None, database: DatabaseOpt = None
-) -> None:
-    """Retire a secret: credentials signed with it stop validating."""
-    store, _ = _open_store(config, data_dir, database)
-    _store_call(store.retire_secret, name)
-    typer.echo(f"retired {name}")
-
-
-def _print_rows(rows: list[dict[str, Any]], json_out: bool, columns: list[str]) -> None:
-    if json_out:
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
-    Console().print(table)
-
-
 def _register_subcommands() -> None:
     from iceward.analyze.command import register as register_analyze
     from iceward.doctor.command import register as register_doctor
     from iceward.lab.command import register as register_lab
+    from iceward.storecli import register as register_store
     from iceward.testpage.command import register as register_testpage
 
+    register_store(app)
     register_doctor(app)
     register_analyze(app)
     register_lab(app)

@@ -10,11 +10,7 @@ from typing import Annotated
 import typer
 
 from iceward.analyze.load import DEFAULT_MAX_BYTES, InputError, parse_size
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"iceward: error: {message}", err=True)
-    return typer.Exit(2)
+from iceward.cliutil import fail
 
 
 def analyze_fn(
@@ -47,22 +43,22 @@ def analyze_fn(
     try:
         limit = parse_size(max_size)
     except ValueError as exc:
-        raise _fail(f"--max-size: {exc}") from None
+        raise fail(f"--max-size: {exc}") from None
     try:
         analysis = analyze_path(dump, limit)
     except InputError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     except RecursionError:
-        raise _fail(f"{dump}: JSON nested too deeply to be a dump") from None
+        raise fail(f"{dump}: JSON nested too deeply to be a dump") from None
     except MemoryError:
-        raise _fail(f"{dump}: not enough memory to analyse it (try a smaller --max-size)") from None
+        raise fail(f"{dump}: not enough memory to analyse it (try a smaller --max-size)") from None
     if html is not None:
         from iceward.analyze.html import render_html
 
         try:
             html.write_text(render_html(analysis), encoding="utf-8")
         except OSError as exc:
-            raise _fail(f"--html {html}: {exc.strerror or exc}") from None
+            raise fail(f"--html {html}: {exc.strerror or exc}") from None
     if as_json:
         sys.stdout.write(json.dumps(to_json(analysis), indent=2) + "\n")
     else:

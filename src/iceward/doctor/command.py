@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from iceward.cliutil import Opt, fail
 from iceward.diagnose.findings import CODES
 from iceward.doctor.certs import client_context
 from iceward.doctor.config import load_config
@@ -23,13 +24,6 @@ from iceward.doctor.fetch import InputError, fetch_config, read_ice_servers
 from iceward.doctor.report import RichProgress, render, to_json
 from iceward.doctor.rules import RuleOptions, duration, evaluate, summarize
 from iceward.doctor.runner import NoProgress, Options, ProgressSink, run_ladder
-
-Opt = typer.Option
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"iceward doctor: error: {message}", err=True)
-    return typer.Exit(2)
 
 
 def doctor(
@@ -126,12 +120,16 @@ def doctor(
 ) -> None:
     """Probe an iceServers config from here and name the root cause of "ICE failed"."""
     if (ice_servers is None) == (credentials_url is None):
-        raise _fail("give exactly one of --ice-servers FILE|-|JSON and --credentials-url URL")
+        raise fail(
+            "give exactly one of --ice-servers FILE|-|JSON and --credentials-url URL",
+            command="doctor",
+        )
     waived = set(ignore or [])
     unknown = sorted(waived - set(CODES))
     if unknown:
-        raise _fail(
-            f"--ignore: unknown finding code {', '.join(unknown)} (codes: {', '.join(CODES)})"
+        raise fail(
+            f"--ignore: unknown finding code {', '.join(unknown)} (codes: {', '.join(CODES)})",
+            command="doctor",
         )
     try:
         if ice_servers is not None:
@@ -144,7 +142,7 @@ def doctor(
                 credentials_url, header or [], timeout, client_context(ca_file, insecure)
             )
     except InputError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), command="doctor") from None
 
     console = Console(stderr=json_out, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-Opt = typer.Option
+from iceward.cliutil import Opt, fail
 
 lab_app = typer.Typer(
     help="Real kernel NAT in network namespaces: which ICE setups connect behind which networks "
@@ -32,13 +32,17 @@ DEFAULT_ROWS = ",".join(
 )  # the quick default; `--rows full` runs every row
 
 
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"iceward lab: error: {message}", err=True)
-    return typer.Exit(2)
-
-
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _require_root() -> None:
+    from iceward.lab.topology import LabError, check_root
+
+    try:
+        check_root()
+    except LabError as exc:
+        raise fail(str(exc), command="lab") from None
 
 
 @lab_app.command("run")
@@ -94,7 +98,7 @@ def run(
     """Run the matrix: print it, write matrix.md, matrix.json and per-cell logs."""
     from iceward.lab.matrix import CONFIGS, FULL_ROWS, LabOptions, parse_row, run_matrix
     from iceward.lab.report import render_markdown, render_rich, to_json
-    from iceward.lab.topology import LabError, Netem, check_root, cleanup_all
+    from iceward.lab.topology import Netem, cleanup_all
 
     row_list = FULL_ROWS if rows == "full" else _split(rows)
     col_list = _split(cols)
@@ -102,21 +106,18 @@ def run(
         for row in row_list:
             parse_row(row)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), command="lab") from None
     unknown = [c for c in col_list if c not in CONFIGS]
     if unknown or not col_list or not row_list:
-        raise _fail(f"--cols: choose from {', '.join(CONFIGS)}")
+        raise fail(f"--cols: choose from {', '.join(CONFIGS)}", command="lab")
     if server not in ("iceward", "coturn"):
-        raise _fail("--server: iceward or coturn")
-    try:
-        check_root()
-    except LabError as exc:
-        raise _fail(str(exc)) from None
+        raise fail("--server: iceward or coturn", command="lab")
+    _require_root()
     if (
         server == "coturn"
         and subprocess.run(["which", "turnserver"], capture_output=True, check=False).returncode
     ):
-        raise _fail("--server coturn needs turnserver (Debian package coturn)")
+        raise fail("--server coturn needs turnserver (Debian package coturn)", command="lab")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = out or Path(f"iceward-lab-{stamp}")
     outdir.mkdir(parents=True, exist_ok=True)
@@ -134,14 +135,16 @@ def run(
         from iceward.lab.browser import chromium_path
 
         if chromium_path() is None:
-            raise _fail("--browser needs chromium (Debian package chromium)")
+            raise fail("--browser needs chromium (Debian package chromium)", command="lab")
         try:
             import playwright  # noqa: F401
         except ImportError:
-            raise _fail("--browser needs the playwright package (pip install playwright)") from None
+            raise fail(
+                "--browser needs the playwright package (pip install playwright)", command="lab"
+            ) from None
     if run_id:
         if not run_id.isalnum() or len(run_id) > 12:
-            raise _fail("--run-id: up to 12 letters and digits")
+            raise fail("--run-id: up to 12 letters and digits", command="lab")
         opts.run_id = run_id
     total = len(row_list) * len(col_list)
     done: list[int] = []
@@ -207,16 +210,13 @@ def nat(
     from rich.table import Table
 
     from iceward.lab.matrix import LabOptions, run_nat_checks
-    from iceward.lab.topology import PROFILES, LabError, check_root, cleanup_all
+    from iceward.lab.topology import PROFILES, cleanup_all
 
     names = _split(profiles)
     bad = [n for n in names if n not in PROFILES]
     if bad or not names:
-        raise _fail(f"--profiles: choose from {', '.join(PROFILES)}")
-    try:
-        check_root()
-    except LabError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(f"--profiles: choose from {', '.join(PROFILES)}", command="lab")
+    _require_root()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     outdir = out or Path(f"iceward-lab-nat-{stamp}")
     try:
@@ -280,7 +280,6 @@ def shell(
         SERVER_IP,
         LabError,
         Topology,
-        check_root,
         cleanup_all,
         install_cleanup,
         new_run_id,
@@ -290,11 +289,10 @@ def shell(
     from iceward.turn.credentials import mint_rest_credential
 
     if site not in PROFILES:
-        raise _fail(f"unknown site profile {site!r} (choose from {', '.join(PROFILES)})")
-    try:
-        check_root()
-    except LabError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(
+            f"unknown site profile {site!r} (choose from {', '.join(PROFILES)})", command="lab"
+        )
+    _require_root()
     install_cleanup()
     workdir = Path(f"/tmp/iceward-lab-shell-{new_run_id()}")
     ca = make_lab_ca(workdir / "ca")
@@ -332,7 +330,7 @@ def shell(
         code = subprocess.run(argv, env=env, check=False).returncode
         stop_process(proc)
     except LabError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), command="lab") from None
     finally:
         topo.destroy()
         cleanup_all()

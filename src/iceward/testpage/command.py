@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-Opt = typer.Option
-ConfigOpt = Annotated[Path | None, Opt("--config", help="TOML settings file.")]
-DataDirOpt = Annotated[Path | None, Opt("--data-dir", help="Where state is kept.")]
-DatabaseOpt = Annotated[str | None, Opt("--database", help="SQLAlchemy URL.")]
+from iceward.cliutil import ConfigOpt, DatabaseOpt, DataDirOpt, JsonOpt, Opt, fail, print_rows
+from iceward.storecli import load, open_store
 
 reports_app = typer.Typer(help="Browser test page reports shared with support.")
 
@@ -25,21 +22,14 @@ def test_link(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Print a link to the browser test page with a short-lived token (no API key in it)."""
-    from pydantic import ValidationError
-
-    from iceward.cli import _fail, _settings_error
-    from iceward.config import load_settings
     from iceward.testpage.tokens import MAX_TTL, ensure_key, mint_token
 
     if ttl > MAX_TTL:
-        raise _fail(f"--ttl is at most {MAX_TTL} seconds")
-    try:
-        settings = load_settings(config, data_dir=data_dir)
-    except (ValidationError, ValueError) as exc:
-        raise _settings_error(exc) from None
+        raise fail(f"--ttl is at most {MAX_TTL} seconds")
+    settings = load(config, data_dir=data_dir)
     if base_url is None:
         if settings.http == "off":
-            raise _fail("the HTTP API is off (--http); give --base-url")
+            raise fail("the HTTP API is off (--http); give --base-url")
         host, _, port = settings.http.rpartition(":")
         host = host.strip("[]")
         if host in ("", "0.0.0.0", "::"):
@@ -51,17 +41,15 @@ def test_link(
 
 @reports_app.command("list")
 def reports_list(
-    json_out: Annotated[bool, Opt("--json")] = False,
+    json_out: JsonOpt = False,
     limit: Annotated[int, Opt("--limit", min=1)] = 100,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     database: DatabaseOpt = None,
 ) -> None:
     """List stored reports, newest first."""
-    from iceward.cli import _open_store, _print_rows
-
-    store, _ = _open_store(config, data_dir, database)
-    _print_rows(store.list_reports(limit), json_out, ["id", "createdAt", "summary"])
+    store, _ = open_store(config, data_dir, database)
+    print_rows(store.list_reports(limit), json_out, ["id", "createdAt", "summary"])
 
 
 @reports_app.command("show")
@@ -75,12 +63,10 @@ def reports_show(
     database: DatabaseOpt = None,
 ) -> None:
     """Show one report: verdict, findings, the URL x transport table, browser facts."""
-    from iceward.cli import _fail, _open_store
-
-    store, _ = _open_store(config, data_dir, database)
+    store, _ = open_store(config, data_dir, database)
     report = store.get_report(report_id)
     if report is None:
-        raise _fail(f"no report {report_id!r}")
+        raise fail(f"no report {report_id!r}")
     if json_out:
         typer.echo(json.dumps(report, indent=2))
         return
