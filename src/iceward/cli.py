@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +21,9 @@ from iceward.cliutil import Opt, fail, settings_error
 from iceward.config import ServerSettings, ensure_secret, load_settings
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
+
+if TYPE_CHECKING:
+    from iceward.server import Server
 
 app = typer.Typer(
     add_completion=False,
@@ -191,54 +192,27 @@ def serve(
 
 
 async def _serve(settings: ServerSettings) -> None:
-    from iceward.net.front import ServerFront
-    from iceward.net.pool import WorkerPool, default_workers
-    from iceward.net.service import TurnService
+    from iceward.server import run
 
-    count = settings.workers or default_workers()
-    service: ServerFront
-    if count == 1:
-        service = TurnService(settings)
-        await service.start()
-    else:
-        try:
-            pool = WorkerPool(settings, count)
-        except ValueError as exc:
-            raise OSError(str(exc)) from None
-        service = pool
-        await pool.start()
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
-
-    def stop() -> None:
-        if not stopping:
-            logging.getLogger("iceward.server").info("stopping")
-            stopping.append(loop.create_task(service.stop()))
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    _print_ready(service)
-    await service.wait_stopped()
+    await run(settings, _print_ready)
 
 
-def _print_ready(service: Any) -> None:
-    uris = service.public_uris()
-    secret = service.minting_secret()
+def _print_ready(server: Server) -> None:
+    uris = server.public_uris()
+    secret = server.minting_secret()
     if secret:
         cred = mint_rest_credential(secret, "iceward", 24 * 3600, time.time())
         servers = ice_servers(uris, cred.username, cred.password)
         note = "REST credential valid 24 h; mint more with `iceward credentials`"
     else:
-        name = service.credentials.usernames[0]
-        password = next(
-            u.partition(":")[2] for u in service.settings.user if u.partition(":")[0] == name
-        )
-        servers = ice_servers(uris, name, password)
-        note = f"static user {name}"
+        user = server.plan.users[0]
+        password = user.secret if isinstance(user.secret, str) else "0x" + user.secret.hex()
+        servers = ice_servers(uris, user.name, password)
+        note = f"static user {user.name}"
     typer.echo(json.dumps({"iceServers": servers}, indent=2))
     typer.echo(f"# iceServers above: {note}", err=True)
-    if service.http_address is not None:
-        host, port = service.http_address
+    if server.http_address is not None:
+        host, port = server.http_address
         typer.echo(
             f"# HTTP API: http://{host}:{port}/docs (credentials for app backends: "
             "`iceward keys add NAME`, then POST /api/v1/ice-servers)",
@@ -270,7 +244,7 @@ def credentials(
     if uri:
         uris = list(uri)
     else:
-        from iceward.net.front import Endpoints
+        from iceward.server.plan import Endpoints
 
         uris = Endpoints(host, port, tls_port).uris()
     bad = [u for u in uris if not u.startswith(("stun:", "stuns:", "turn:", "turns:"))]

@@ -121,12 +121,7 @@ class ServerSettings(BaseSettings):
     @field_validator("http")
     @classmethod
     def _check_http(cls, value: str) -> str:
-        if value == "off":
-            return value
-        host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-            raise ValueError(f"http {value!r} must be HOST:PORT or off")
-        ipaddress.ip_address(host.strip("[]") or "127.0.0.1")
+        parse_http(value)
         return value
 
     @field_validator("public_url")
@@ -155,17 +150,13 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _check_users(cls, values: list[str]) -> list[str]:
         for v in values:
-            name, sep, secret = v.partition(":")
-            if not sep or not name or not secret:
-                raise ValueError(f"user {v!r} must be NAME:PASSWORD or NAME:0xKEY")
+            parse_user(v)
         return values
 
     @field_validator("external_ip")
     @classmethod
     def _check_external(cls, value: str | None) -> str | None:
-        if value is not None:
-            for part in value.split("/"):
-                ipaddress.ip_address(part)
+        parse_external_ip(value)
         return value
 
     @model_validator(mode="after")
@@ -190,6 +181,45 @@ class ServerSettings(BaseSettings):
     @property
     def port_range(self) -> tuple[int, int]:
         return parse_port_range(self.relay_ports)
+
+    @property
+    def http_bind(self) -> tuple[str, int] | None:
+        """Where the HTTP API listens, or None when ``--http off``."""
+        return parse_http(self.http)
+
+
+def parse_http(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[v6]:PORT``; an empty host is 127.0.0.1) or ``off`` (None)."""
+    if value == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"http {value!r} must be HOST:PORT or off")
+    host = host.strip("[]") or "127.0.0.1"
+    ipaddress.ip_address(host)
+    return host, int(port)
+
+
+def parse_user(spec: str) -> tuple[str, str | bytes]:
+    """``NAME:PASSWORD`` -> (name, password); ``NAME:0x<32 hex>`` -> (name, MD5 key bytes)."""
+    name, sep, secret = spec.partition(":")
+    if not sep or not name or not secret:
+        raise ValueError(f"user {spec!r} must be NAME:PASSWORD or NAME:0xKEY")
+    if secret.startswith("0x") and len(secret) == 34:
+        try:
+            return name, bytes.fromhex(secret[2:])
+        except ValueError:
+            pass
+    return name, secret
+
+
+def parse_external_ip(value: str | None) -> tuple[str, str]:
+    """``PUBLIC[/PRIVATE]`` -> (public, private), each "" when not given."""
+    public, _, private = (value or "").partition("/")
+    for part in (public, private):
+        if part:
+            ipaddress.ip_address(part)
+    return public, private
 
 
 _CONFIG_FILE: dict[str, Path | None] = {}

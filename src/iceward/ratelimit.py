@@ -6,7 +6,6 @@ starts over, which can only make a limit more lenient for a moment, never grow w
 
 from __future__ import annotations
 
-import time
 from collections.abc import Hashable
 
 
@@ -19,8 +18,7 @@ class RateLimiter:
         self._buckets: dict[Hashable, tuple[float, float]] = {}
         self._max_keys = max_keys
 
-    def allow(self, key: Hashable, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
+    def allow(self, key: Hashable, now: float) -> bool:
         tokens, stamp = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - stamp) * self.rate)
         allowed = tokens >= 1.0

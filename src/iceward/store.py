@@ -45,6 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from iceward.datadir import FILE_MODE, ensure_private_dir
 from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
 from iceward.stun.integrity import long_term_key
+from iceward.stun.message import StunError
 
 ISSUANCE_LOG_LIMIT = 1000
 KEY_PREFIX = "iwk_"
@@ -353,8 +354,13 @@ class Store:
 
     # -- static users --------------------------------------------------------------------------
     def add_user(self, name: str, password: str, realm: str) -> None:
-        md5 = long_term_key(name, realm, password, ALGORITHM_MD5).hex()
-        sha = long_term_key(name, realm, password, ALGORITHM_SHA256).hex()
+        """Keys derived for ``realm``; StoreError when the name or password cannot be a TURN
+        credential (RFC 8265 OpaqueString: no control characters)."""
+        try:
+            md5 = long_term_key(name, realm, password, ALGORITHM_MD5).hex()
+            sha = long_term_key(name, realm, password, ALGORITHM_SHA256).hex()
+        except StunError as exc:
+            raise StoreError(str(exc)) from None
         with self._session.begin() as s:
             row = s.get(UserRow, name)
             if row is None:

@@ -269,6 +269,11 @@ def test_users_added_and_removed_while_running(make_server: MakeServer) -> None:
     assert allocates(server, "carol", "x")
     assert http(server, "DELETE", "/admin/v1/users/carol", key=admin)[0] == 204
     assert http(server, "DELETE", "/admin/v1/users/carol", key=admin)[0] == 404
+    # A password no TURN client could send (a control character): refused, not a 500.
+    status, doc, _ = http(
+        server, "POST", "/admin/v1/users", {"name": "dave", "password": "\x1f"}, key=admin
+    )
+    assert status == 422 and "OpaqueString" in doc["detail"]
 
 
 def test_secret_rotation_without_downtime(make_server: MakeServer) -> None:

@@ -12,6 +12,7 @@ import socket
 import ssl
 import struct
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -241,3 +242,43 @@ def test_channel_data_header_alone_is_harmless(make_server: MakeServer) -> None:
     finally:
         client.close()
         peer.close()
+
+
+def test_a_password_guessing_flood_is_throttled_and_logged_once(make_server: MakeServer) -> None:
+    """5,000 wrong passwords used to be answered at 2,800/s with one WARNING line each."""
+    import os
+
+    from iceward.stun.message import encode_message
+
+    server = make_server("--max-auth-failures", "30")
+    guesser = BlockingTurnClient((HOST, server.port), "alice", "not-the-password")
+    try:
+        with pytest.raises(TurnError):
+            guesser.allocate()  # learns the nonce; one failure
+        attrs = [
+            (C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP)),
+            (C.USERNAME, b"alice"),
+            (C.REALM, guesser.realm.encode()),
+            (C.NONCE, guesser.nonce.encode()),
+        ]
+        for _ in range(500):
+            guesser.send_raw(
+                encode_message(
+                    C.ALLOCATE, C.REQUEST, os.urandom(12), attrs, integrity_key=guesser._key()
+                )
+            )
+        guesser.sock.settimeout(0.5)
+        answers = 0
+        while True:
+            try:
+                guesser.recv_raw()
+            except TimeoutError:
+                break
+            answers += 1
+    finally:
+        guesser.close()
+    assert answers <= 30, f"{answers} of 500 guesses answered"
+    log = server.log_text()
+    assert log.count("auth refused") == 1, log.count("auth refused")
+    metrics = urllib.request.urlopen(server.http_url + "/metrics", timeout=5).read().decode()
+    assert 'iceward_dropped_total{reason="auth_failure_rate"}' in metrics

@@ -16,8 +16,9 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -29,14 +30,12 @@ from starlette.concurrency import run_in_threadpool
 
 from iceward import __version__
 from iceward.api.client import ClientAddress
+from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import Transport, issue
 from iceward.api.metrics import make_registry
-from iceward.api.ratelimit import RateLimiter
+from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
-
-if TYPE_CHECKING:
-    from iceward.net.front import ServerFront
 
 log = logging.getLogger("iceward.api")
 
@@ -84,7 +83,7 @@ class SecretIn(BaseModel):
 
 
 def create_app(
-    service: "ServerFront",
+    service: ServerControl,
     store: Store,
     *,
     cors_origins: list[str] | None = None,
@@ -197,7 +196,7 @@ def create_app(
 
     async def app_key(request: Request) -> str:
         name = await authenticate(request.scope, "api-key")
-        if not limiter.allow(name):
+        if not limiter.allow(name, time.monotonic()):
             raise HTTPException(429, "rate limit exceeded for this API key")
         return name
 
@@ -234,7 +233,7 @@ def create_app(
         name = await run_in_threadpool(store.check_api_key, key)
         if name is None:
             raise HTTPException(401, "invalid or revoked API key")
-        if not limiter.allow(name):
+        if not limiter.allow(name, time.monotonic()):
             raise HTTPException(429, "rate limit exceeded for this API key")
         lifetime = ttl or default_ttl
         servers, cred = await issue(
@@ -275,7 +274,10 @@ def create_app(
 
     @app.post("/admin/v1/users", status_code=201, tags=["admin"])
     async def add_user(body: UserIn, _: Admin) -> dict[str, str]:
-        await run_in_threadpool(store.add_user, body.name, body.password, service.settings.realm)
+        try:
+            await run_in_threadpool(store.add_user, body.name, body.password, service.realm)
+        except StoreError as exc:
+            raise HTTPException(422, str(exc)) from None
         await service.store_changed()
         return {"name": body.name}
 
@@ -325,11 +327,10 @@ def create_app(
         """The most recent credential responses, credentials redacted."""
         return await run_in_threadpool(store.recent_issuance, limit)
 
-    from iceward.testpage.routes import create_router as testpage_router
-
-    app.include_router(
-        testpage_router(service, store, admin=admin_key, client_address=client_address)
-    )
+    # What other routers mounted beside these (the test page) need: one admin check, one
+    # decision about the client's address.
+    app.state.admin_key = admin_key
+    app.state.client_address = client_address
 
     # -- observability -------------------------------------------------------------------------
     @app.get("/metrics", tags=["observability"], include_in_schema=False)

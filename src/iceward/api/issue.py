@@ -8,16 +8,14 @@ credential redacted, and kept in the store's issuance log.
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from fastapi import HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
+from iceward.api.control import ServerControl
 from iceward.store import Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
-
-if TYPE_CHECKING:
-    from iceward.net.front import ServerFront
 
 log = logging.getLogger("iceward.api")
 
@@ -35,7 +33,7 @@ def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def issue(
-    service: "ServerFront",
+    service: ServerControl,
     store: Store,
     response: Response,
     *,

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, disable_created_metric
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from iceward.net.snapshot import Snapshot
+from iceward.snapshot import Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
 

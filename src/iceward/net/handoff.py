@@ -19,9 +19,8 @@ import socket
 from collections.abc import Callable
 
 from iceward.net.relay import UdpRelayAllocator
-from iceward.stun import constants as C
-from iceward.stun.message import StunParseError, parse_message
 from iceward.turn.allocation import FiveTuple
+from iceward.turn.server import claimed_reservation
 
 log = logging.getLogger("iceward.server")
 
@@ -30,7 +29,6 @@ TIMEOUT = 1.0
 MAX_WAITING = 256
 MAX_PER_TOKEN = 8
 
-_ALLOCATE_REQUEST = b"\x00\x03"
 _ASK, _HERE, _NONE = b"T", b"R", b"N"
 
 
@@ -82,13 +80,8 @@ class ReservationHandoff:
     def hold(self, data: bytes, five_tuple: FiveTuple) -> bool:
         """True when ``data`` is an Allocate claiming another worker's reservation: it will be
         delivered once the reserved socket is here (or the owner said no)."""
-        if data[:2] != _ALLOCATE_REQUEST:
-            return False
-        try:
-            token = parse_message(data).get(C.RESERVATION_TOKEN)
-        except StunParseError:
-            return False
-        if token is None or len(token) != 8:
+        token = claimed_reservation(data)
+        if token is None:
             return False
         owner = token[0]
         if owner == self.index or owner >= self._count or self._allocator.has_reservation(token):

@@ -11,10 +11,6 @@ import ipaddress
 import itertools
 from pathlib import Path
 
-from iceward.config import ServerSettings, parse_alternate_address
-
-_WILDCARDS = ("0.0.0.0", "::")
-
 
 def local_networks() -> list[str]:
     """Every local address (or local network, such as 127.0.0.0/8) of this host, as CIDR text."""
@@ -38,18 +34,10 @@ def local_networks() -> list[str]:
     return sorted(found)
 
 
-def own_addresses(
-    settings: ServerSettings, advertised: list[str], ports: list[int]
-) -> tuple[list[str], list[int]]:
-    """(networks, ports) a peer must not be: the listening IPs (all local ones for a wildcard),
-    the addresses advertised to clients, and the RFC 5780 alternate; the listening ports."""
-    networks = [ip for ip in settings.listen if ip not in _WILDCARDS]
-    if len(networks) < len(settings.listen):
-        networks += local_networks()
-    networks += advertised
-    all_ports = list(ports)
-    if settings.alternate_address:
-        alt_ip, alt_port = parse_alternate_address(settings.alternate_address, settings.port)
-        networks.append(alt_ip)
-        all_ports.append(alt_port)
-    return networks, all_ports
+def expand_local(networks: list[str]) -> list[str]:
+    """``networks`` with ``*`` (a wildcard listener: the server answers on every local address)
+    replaced by this host's local addresses."""
+    out = [n for n in networks if n != "*"]
+    if len(out) < len(networks):
+        out += local_networks()
+    return out

@@ -6,7 +6,7 @@ Addresses are ``(host, port)`` tuples with textual hosts, as the socket module u
 
 from __future__ import annotations
 
-import socket
+import ipaddress
 import struct
 
 from iceward.stun.constants import (
@@ -34,12 +34,47 @@ def _family_of(host: str) -> int:
     return FAMILY_IPV6 if ":" in host else FAMILY_IPV4
 
 
+# Text <-> packed addresses without the socket module (the codec does no I/O), cached: the same
+# clients and peers come back, and ipaddress is slower than inet_pton. The text is exactly what
+# inet_ntop writes (RFC 5952, with the IPv4-mapped and -compatible forms in dotted quad).
+_PACKED: dict[str, bytes] = {}
+_TEXT: dict[bytes, str] = {}
+_CACHE_LIMIT = 4096
+
+
+def _pack(host: str) -> bytes:
+    packed = _PACKED.get(host)
+    if packed is None:
+        packed = ipaddress.ip_address(host).packed
+        if len(_PACKED) >= _CACHE_LIMIT:
+            _PACKED.clear()
+        _PACKED[host] = packed
+    return packed
+
+
+def _text(raw: bytes) -> str:
+    text = _TEXT.get(raw)
+    if text is None:
+        if len(raw) == 4:
+            text = ".".join(map(str, raw))
+        elif raw[:10] == b"\0" * 10 and raw[10:12] == b"\xff\xff":
+            text = "::ffff:" + ".".join(map(str, raw[12:]))
+        elif raw[:12] == b"\0" * 12 and raw[12:14] != b"\0\0":
+            text = "::" + ".".join(map(str, raw[12:]))
+        else:
+            text = str(ipaddress.IPv6Address(raw))
+        if len(_TEXT) >= _CACHE_LIMIT:
+            _TEXT.clear()
+        _TEXT[raw] = text
+    return text
+
+
 def encode_address(address: Address) -> bytes:
     """MAPPED-ADDRESS style value (also ALTERNATE-SERVER, RESPONSE-ORIGIN, OTHER-ADDRESS)."""
     host, port = address[0], address[1]
     if _family_of(host) == FAMILY_IPV6:
-        return struct.pack("!BBH", 0, FAMILY_IPV6, port) + socket.inet_pton(socket.AF_INET6, host)
-    return struct.pack("!BBH", 0, FAMILY_IPV4, port) + socket.inet_aton(host)
+        return struct.pack("!BBH", 0, FAMILY_IPV6, port) + _pack(host)
+    return struct.pack("!BBH", 0, FAMILY_IPV4, port) + _pack(host)
 
 
 def decode_address(value: bytes) -> Address:
@@ -50,11 +85,11 @@ def decode_address(value: bytes) -> Address:
     if family == FAMILY_IPV4:
         if len(value) != 8:
             raise StunParseError("IPv4 address attribute must be 8 bytes")
-        return socket.inet_ntop(socket.AF_INET, value[4:8]), port
+        return _text(value[4:8]), port
     if family == FAMILY_IPV6:
         if len(value) != 20:
             raise StunParseError("IPv6 address attribute must be 20 bytes")
-        return socket.inet_ntop(socket.AF_INET6, value[4:20]), port
+        return _text(value[4:20]), port
     raise StunParseError(f"unknown address family 0x{family:02x}")
 
 
@@ -69,11 +104,11 @@ def encode_xor_address(address: Address, transaction_id: bytes) -> bytes:
     host, port = address[0], address[1]
     xport = port ^ _COOKIE_HIGH
     if _family_of(host) == FAMILY_IPV6:
-        packed = socket.inet_pton(socket.AF_INET6, host)
+        packed = _pack(host)
         return struct.pack("!BBH", 0, FAMILY_IPV6, xport) + _xor_bytes(
             packed, MAGIC_COOKIE_BYTES + transaction_id
         )
-    packed = socket.inet_aton(host)
+    packed = _pack(host)
     return struct.pack("!BBH", 0, FAMILY_IPV4, xport) + _xor_bytes(packed, MAGIC_COOKIE_BYTES)
 
 
@@ -85,12 +120,12 @@ def decode_xor_address(value: bytes, transaction_id: bytes) -> Address:
     if family == FAMILY_IPV4:
         if len(value) != 8:
             raise StunParseError("IPv4 XOR address attribute must be 8 bytes")
-        return socket.inet_ntop(socket.AF_INET, _xor_bytes(value[4:8], MAGIC_COOKIE_BYTES)), port
+        return _text(_xor_bytes(value[4:8], MAGIC_COOKIE_BYTES)), port
     if family == FAMILY_IPV6:
         if len(value) != 20:
             raise StunParseError("IPv6 XOR address attribute must be 20 bytes")
         raw = _xor_bytes(value[4:20], MAGIC_COOKIE_BYTES + transaction_id)
-        return socket.inet_ntop(socket.AF_INET6, raw), port
+        return _text(raw), port
     raise StunParseError(f"unknown address family 0x{family:02x}")
 
 

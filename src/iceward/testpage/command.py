@@ -28,11 +28,11 @@ def test_link(
         raise fail(f"--ttl is at most {MAX_TTL} seconds")
     settings = load(config, data_dir=data_dir)
     if base_url is None:
-        if settings.http == "off":
+        bind = settings.http_bind
+        if bind is None:
             raise fail("the HTTP API is off (--http); give --base-url")
-        host, _, port = settings.http.rpartition(":")
-        host = host.strip("[]")
-        if host in ("", "0.0.0.0", "::"):
+        host, port = bind
+        if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         base_url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     token = mint_token(ensure_key(settings.data_dir), ttl)

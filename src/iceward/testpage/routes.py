@@ -1,4 +1,4 @@
-"""HTTP routes of the browser connectivity test page, included by ``create_app``.
+"""HTTP routes of the browser connectivity test page, mounted beside the API's by the server.
 
 - ``GET /`` links to ``GET /test``, the page itself (static assets under ``/test/static/``);
 - ``GET /test/findings.json``: the findings vocabulary (codes, severities, titles, fixes), so the
@@ -12,9 +12,10 @@
 
 # No ``from __future__ import annotations``: FastAPI reads the route annotations at runtime.
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -22,15 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.concurrency import run_in_threadpool
 
 from iceward.api.client import ClientAddress
+from iceward.api.control import ServerControl
 from iceward.api.guard import REPORT_BODY_LIMIT
 from iceward.api.issue import issue
-from iceward.api.ratelimit import RateLimiter
 from iceward.diagnose.findings import CODES
+from iceward.ratelimit import RateLimiter
 from iceward.store import Store
 from iceward.testpage.tokens import DEFAULT_TTL, MAX_TTL, check_token, ensure_key, mint_token
-
-if TYPE_CHECKING:
-    from iceward.net.front import ServerFront
 
 MAX_REPORT_BYTES = REPORT_BODY_LIMIT  # enforced for every route by iceward.api.guard
 REPORT_RETENTION = dt.timedelta(days=30)
@@ -141,7 +140,7 @@ def _has_secret(value: Any, depth: int = 0) -> bool:
 
 
 def create_router(
-    service: "ServerFront",
+    service: ServerControl,
     store: Store,
     *,
     admin: Callable[[Request], Awaitable[str]],
@@ -150,7 +149,7 @@ def create_router(
     report_burst: int = 5,
 ) -> APIRouter:
     router = APIRouter()
-    key = ensure_key(service.settings.data_dir)
+    key = ensure_key(service.data_dir)
     report_limiter = RateLimiter(report_rate, report_burst)
     token_limiter = RateLimiter(1.0, 10)
 
@@ -201,7 +200,7 @@ def create_router(
         expiry = check_token(key, t)
         if expiry is None:
             raise HTTPException(401, "invalid or expired test link: ask for a new one")
-        if not token_limiter.allow(t):
+        if not token_limiter.allow(t, time.monotonic()):
             raise HTTPException(429, "rate limit exceeded for this test link")
         servers, _ = await issue(
             service, store, response, user="test-page", issuer="test-link",
@@ -226,7 +225,7 @@ def create_router(
     @router.post("/api/v1/reports", status_code=201, tags=["test page"])
     async def post_report(request: Request) -> JSONResponse:
         """Store a test page report for support; returns its id and link."""
-        if not report_limiter.allow(client_address(request.scope)):
+        if not report_limiter.allow(client_address(request.scope), time.monotonic()):
             raise HTTPException(429, "too many reports from this address; try again in a minute")
         body = await request.body()  # at most MAX_REPORT_BYTES: the guard cuts it off there
         try:

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
 from iceward.stun.integrity import long_term_key
 from iceward.turn.credentials import parse_rest_username, rest_password
-
-log = logging.getLogger("iceward.auth")
 
 Address = tuple[str, int]
 

@@ -53,6 +53,16 @@ class ChannelRemoved:
 
 
 @dataclass(slots=True)
+class AuthRefused:
+    """A request failed authentication (counted by reason in the core's counters; logged, with
+    care for floods, by the adapter)."""
+
+    five_tuple: FiveTuple
+    username: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class PeerRefused:
     """A request named a peer the policy refuses (logged with the reason by the adapter)."""
 
@@ -70,4 +80,5 @@ Output = (
     | ChannelInstalled
     | ChannelRemoved
     | PeerRefused
+    | AuthRefused
 )

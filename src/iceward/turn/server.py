@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import struct
 from collections import Counter
@@ -19,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from iceward import SOFTWARE as DEFAULT_SOFTWARE
-from iceward.ratelimit import LogThrottle, RateLimiter
+from iceward.ratelimit import RateLimiter
 from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import verify_integrity
@@ -29,6 +28,7 @@ from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import (
     AllocationCreated,
     AllocationRemoved,
+    AuthRefused,
     ChannelInstalled,
     ChannelRemoved,
     Output,
@@ -39,9 +39,8 @@ from iceward.turn.events import (
 from iceward.turn.policy import PeerPolicy, PolicyDecision
 from iceward.turn.quota import LocalQuota, QuotaLedger
 
-log = logging.getLogger("iceward.turn")
-
 _CHANNEL_HEADER = struct.Struct("!HH")
+_ALLOCATE_REQUEST = struct.pack("!H", C.ALLOCATE)  # the class bits of a request are 0
 _TURN_METHODS = frozenset({C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND})
 _OWN_RELAY = PolicyDecision(False, "the allocation's own relayed address")
 _OFFERED_ALGORITHMS = A.encode_password_algorithm(C.ALGORITHM_MD5) + A.encode_password_algorithm(
@@ -152,7 +151,6 @@ class TurnServer:
         self._stale_timers = 0
         self._failures = RateLimiter(config.max_auth_failures / 60.0, config.max_auth_failures)
         self._challenges = RateLimiter(config.max_challenges, config.max_challenges)
-        self._auth_log = LogThrottle()
         #: Event counters for metrics: requests by method, errors by code, drops by reason.
         self.counters: Counter[str] = Counter()
         self._realm_bytes = config.realm.encode()
@@ -289,15 +287,16 @@ class TurnServer:
             return [self._binding(msg, ft)]
         if msg.method not in _TURN_METHODS:
             return [self._error(msg, ft, 400, None, reason="Unsupported method")]
-        auth_or_reply = self._authenticate(msg, ft, now)
+        out: list[Output] = []
+        auth_or_reply = self._authenticate(msg, ft, now, out)
         if auth_or_reply is None:
-            return []
+            return out
         if isinstance(auth_or_reply, ToClient):
-            return [auth_or_reply]
+            out.append(auth_or_reply)  # after the AuthRefused: logged before it is answered
+            return out
         auth = auth_or_reply
         if msg.unknown_required:
             return [self._error(msg, ft, 420, auth, _unknown(msg))]
-        out: list[Output] = []
         try:
             if msg.method == C.ALLOCATE:
                 self._allocate(msg, ft, auth, now, out)
@@ -348,9 +347,12 @@ class TurnServer:
         attrs.append((C.RESPONSE_ORIGIN, A.encode_address(source.server)))
         return self._reply(msg, source, C.SUCCESS, attrs, None)
 
-    def _authenticate(self, msg: Message, ft: FiveTuple, now: float) -> _Auth | ToClient | None:
+    def _authenticate(
+        self, msg: Message, ft: FiveTuple, now: float, out: list[Output]
+    ) -> _Auth | ToClient | None:
         """The credential that signed ``msg``; else the answer to send, or None to drop it (its
-        source is over its rate of failed authentications or of challenges)."""
+        source is over its rate of failed authentications or of challenges). A refusal adds
+        its :class:`AuthRefused` to ``out``."""
         if msg.integrity_offset < 0 and msg.integrity_sha256_offset < 0:
             # Only UDP sources can be forged, making the 401 (larger than the request) a
             # reflection at a victim; a stream client can only flood itself.
@@ -390,7 +392,7 @@ class TurnServer:
                 return self._error(msg, ft, 400, None, reason="Unsupported password algorithm")
             algorithm = chosen[0][0]
         if realm_v != self._realm_bytes:
-            return self._refuse(msg, ft, now, username, "auth.wrong_realm", "wrong realm")
+            return self._refuse(msg, ft, now, username, "auth.wrong_realm", "wrong realm", out)
         lookup = self.credentials.lookup(username, algorithm, now)
         for key in lookup.keys:
             if verify_integrity(msg, key):
@@ -405,19 +407,23 @@ class TurnServer:
             reason, why = "auth.lifetime_too_long", lookup.refusal
         else:
             reason, why = "auth.unknown_user", lookup.refusal or "unknown user"
-        return self._refuse(msg, ft, now, username, reason, why)
+        return self._refuse(msg, ft, now, username, reason, why, out)
 
     def _refuse(
-        self, msg: Message, ft: FiveTuple, now: float, username: str, reason: str, why: str
+        self,
+        msg: Message,
+        ft: FiveTuple,
+        now: float,
+        username: str,
+        reason: str,
+        why: str,
+        out: list[Output],
     ) -> ToClient | None:
-        """A failed authentication: counted, logged once a minute per source (with how many were
-        held back), answered 401 until the source exceeds its rate, then dropped."""
+        """A failed authentication: counted, reported as :class:`AuthRefused`, answered 401
+        until the source exceeds its rate, then dropped."""
         self.counters[reason] += 1
         source = ft.client[0]
-        write, held = self._auth_log.admit(source, now)
-        if write:
-            more = f" ({held} more refusals from {source} not logged)" if held else ""
-            log.warning("auth refused client=%s username=%r reason=%r%s", ft, username, why, more)
+        out.append(AuthRefused(ft, username, why))
         if not self._failures.allow(source, now):
             self.counters["drop.auth_failure_rate"] += 1
             return None
@@ -607,13 +613,6 @@ class TurnServer:
             decision = _OWN_RELAY
         if not decision.allowed:
             out.append(PeerRefused(alloc.five_tuple, alloc.username, peer[0], decision.reason))
-            log.warning(
-                "peer refused client=%s user=%r peer=%s reason=%r",
-                alloc.five_tuple,
-                alloc.username,
-                peer[0],
-                decision.reason,
-            )
             self.counters["peer.refused"] += 1
             self.counters[f"peer.refused.{decision.reason.split(' (')[0]}"] += 1
             raise _Reply(403, "Forbidden peer address")
@@ -741,6 +740,18 @@ class TurnServer:
         for channel in alloc.channels.values():
             out.append(ChannelRemoved(channel))
         out.append(AllocationRemoved(alloc, reason))
+
+
+def claimed_reservation(data: bytes) -> bytes | None:
+    """The RESERVATION-TOKEN an Allocate request in ``data`` claims (8 bytes), else None: with
+    several workers, the one that receives it may have to fetch the reserved port first."""
+    if data[:2] != _ALLOCATE_REQUEST:
+        return None
+    try:
+        token = parse_message(data).get(C.RESERVATION_TOKEN)
+    except StunError:
+        return None
+    return token if token is not None and len(token) == 8 else None
 
 
 def encode_channel_data(number: int, payload: bytes, padded: bool) -> bytes:

@@ -1,62 +1,86 @@
-"""The running server: sockets around one sans-IO :class:`TurnServer`.
+"""One relaying process's sockets around one sans-IO :class:`TurnServer`.
 
-This module only moves bytes and applies the core's outputs: it sends, installs and removes
-forwarding entries (the hot path the listeners and relay sockets serve on their own), arms the
-single timer the core asks for, and logs each allocation's end with its traffic.
+This is the I/O side of the protocol, in the spirit of aioquic's ``asyncio/protocol.py``: it
+feeds the core what the listeners, streams and relay sockets read (each through one guarded
+call), applies what the core returns (sends, forwarding entries the hot path serves on its own,
+accounting, logs) and arms the single timer the core asks for. Settings, the store and the HTTP
+API are not its business: :mod:`iceward.server` composes it with them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import ssl
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iceward.config import ServerSettings
 from iceward.net.fastpath import FastPath, load_engine
-from iceward.net.fdlimit import PRESSURE, Throttled, raise_open_files_limit
-from iceward.net.front import ServerFront
+from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
-from iceward.net.localaddrs import own_addresses
+from iceward.net.localaddrs import expand_local
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
-from iceward.net.snapshot import Snapshot
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
+from iceward.snapshot import Snapshot
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
-from iceward.turn.auth import NonceManager
+from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import (
     AllocationCreated,
     AllocationRemoved,
+    AuthRefused,
     ChannelInstalled,
     ChannelRemoved,
     Output,
+    PeerRefused,
     ToClient,
     ToPeer,
 )
-from iceward.turn.server import TurnServer, family_of
+from iceward.turn.policy import PeerPolicy
+from iceward.turn.server import TurnConfig, TurnServer, family_of
 
 log = logging.getLogger("iceward.server")
 
 _FAMILIES = {1: "ipv4", 2: "ipv6"}
 
 
-class TurnService(ServerFront):
-    """Owns the listeners, relay sockets and timer of one TURN server process (or worker)."""
+@dataclass(slots=True)
+class EngineParams:
+    """What the engine is told by the server that composes it (see iceward.server.plan)."""
 
-    def __init__(self, settings: ServerSettings, slot: WorkerSlot | None = None) -> None:
-        super().__init__(settings)
-        #: Set when this process is one worker of several (see :mod:`iceward.net.pool`).
+    turn: TurnConfig
+    credentials: CredentialStore
+    policy: PeerPolicy
+    relay_ips: list[str]
+    #: relay IP -> the address peers are told (``--external-ip``).
+    advertise: dict[str, str]
+    #: The server's own IPs (``*``: every local one); with the listening ports, never a peer.
+    own_networks: list[str]
+    nonce_lifetime: float
+    connection_timeout: float
+    idle_timeout: float
+    max_connections_per_source: int
+
+
+class RelayEngine:
+    """The listeners, relay sockets, streams and timer of one TURN server process (or worker)."""
+
+    def __init__(
+        self, params: EngineParams, slot: WorkerSlot, tls_files: tuple[Path, Path] | None
+    ) -> None:
+        """``slot`` holds the process's bound listening sockets and its relay port slice;
+        ``tls_files`` the certificate and key its TLS listeners serve (if it has any)."""
+        self.params = params
         self.slot = slot
         self.quota: SharedQuota | None = None
         self._handoff: ReservationHandoff | None = None
@@ -65,9 +89,10 @@ class TurnService(ServerFront):
         self._udp: dict[Address, UdpListener] = {}
         self._servers: list[StreamAcceptor] = []
         self._streams: dict[FiveTuple, StreamConnection] = {}
-        #: Open TCP/TLS connections per source IP, and how many this process allows.
+        #: Open TCP/TLS connections per source IP, and how many this process allows (with
+        #: workers each takes its share: the kernel spreads one source's connections over them).
         self._per_source: dict[str, int] = {}
-        self._source_cap = settings.max_connections_per_source
+        self._source_cap = -(-params.max_connections_per_source // slot.count)
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._closed_log = Throttled(log, logging.INFO, "closed TCP/TLS connections")
         self._refused_log = Throttled(
@@ -77,8 +102,7 @@ class TurnService(ServerFront):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tls: ssl.SSLContext | None = None
-        self._tls_files: tuple[Path, Path] | None = None
-        self._tick_task: asyncio.Task[None] | None = None
+        self._tls_files = tls_files
         #: Totals of allocations that ended, per (direction, transport): (packets, bytes).
         self._ended: dict[tuple[str, str], list[int]] = {}
         self.created_by_transport: dict[str, int] = {}
@@ -88,26 +112,25 @@ class TurnService(ServerFront):
         self.fast: FastPath | None = None
         self.relay_path = "python"
         self._error_log = LogThrottle(budget=1)
+        self._peer_log = LogThrottle()
+        self._auth_log = LogThrottle()
+        self.listening = False
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def start(self) -> None:
+    def start(self) -> None:
+        """Serve the slot's sockets on the running loop."""
+        params, slot = self.params, self.slot
         loop = self.loop = asyncio.get_running_loop()
-        if self.slot is None:  # alone; a worker inherits the limit its supervisor raised
-            raise_open_files_limit()
-        slot = self.slot or self._own_slot()
-        self.slot = slot
-        self.open_store()
-        await self.refresh_from_store()
         engine, self.relay_path = load_engine()
         if engine is not None:
             self.fast = FastPath(engine, loop, self._internal_error)
         log.info("relay path: %s", self.relay_path)
         self._relays = UdpRelayAllocator(
-            self.relay_ips,
+            params.relay_ips,
             slot.relay_ports,
             loop,
             self._on_relay_miss,
-            self.advertise,
+            params.advertise,
             fast=self.fast,
             token_prefix=bytes([slot.index]) if slot.count > 1 else b"",
         )
@@ -118,29 +141,23 @@ class TurnService(ServerFront):
         if slot.quota_fd is not None:
             self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)
         self.core = TurnServer(
-            self.config,
-            self.credentials,
-            NonceManager(slot.nonce_key, self.settings.nonce_lifetime),
-            self.policy,
+            params.turn,
+            params.credentials,
+            NonceManager(slot.nonce_key, params.nonce_lifetime),
+            params.policy,
             self._relays,
             quota=self.quota,
             first_id=slot.first_id,
             id_step=slot.count,
         )
         PRESSURE.install(loop, self.core.counters)
-        # With workers each takes its share of the per-source cap (the kernel spreads one
-        # source's connections over them).
-        self._source_cap = -(-self.settings.max_connections_per_source // slot.count)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
         for sock in slot.tcp:
             self._servers.append(StreamAcceptor(sock, "tcp", loop, self._new_stream, PRESSURE))
-        if slot.tcp:
-            self.endpoints.port = slot.tcp[0].getsockname()[1]
-        self.endpoints.listen = list(self.settings.listen)
         if slot.tls:
-            self._tls_files = slot.tls_files or self.tls_material()
+            assert self._tls_files is not None, "TLS listeners need a certificate"
             self._tls = server_context(*self._tls_files)
             for sock in slot.tls:
                 acceptor = StreamAcceptor(
@@ -150,45 +167,17 @@ class TurnService(ServerFront):
                     self._new_stream,
                     PRESSURE,
                     tls=self._tls,
-                    handshake_timeout=self.settings.connection_timeout,
+                    handshake_timeout=params.connection_timeout,
                 )
                 self._servers.append(acceptor)
-            self.endpoints.tls_port = slot.tls[0].getsockname()[1]
         ports = [a[1] for a in self._udp] + [s.getsockname()[1] for s in slot.tcp + slot.tls]
-        self.policy.set_own_addresses(
-            *own_addresses(self.settings, list(self.advertise.values()), ports)
-        )
+        params.policy.set_own_addresses(expand_local(params.own_networks), ports)
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload_tls)
         except (NotImplementedError, RuntimeError):
             pass
         self.listening = True
-        self._tick_task = loop.create_task(self.tick_forever())
         self._sweep_handle = loop.call_later(self._sweep_period(), self._sweep)
-        if self.settings.http != "off":
-            await self.start_http()
-        log.info(
-            "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
-            self.endpoints.port,
-            self.endpoints.tls_port or "off",
-            ",".join(self.settings.listen),
-            ",".join(self.relay_ips),
-            *slot.relay_ports,
-        )
-
-    def _own_slot(self) -> WorkerSlot:
-        """One process serving alone: bind its own listeners."""
-        listeners = self.open_listeners(1)
-        return WorkerSlot(
-            index=0,
-            count=1,
-            generation=0,
-            nonce_key=os.urandom(32),
-            relay_ports=self.settings.port_range,
-            udp=listeners.udp[0],
-            tcp=listeners.tcp[0],
-            tls=listeners.tls[0],
-        )
 
     def reload_tls(self) -> None:
         """SIGHUP: load the certificate files again; new TLS connections use them."""
@@ -213,9 +202,8 @@ class TurnService(ServerFront):
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
         self.listening = False
-        await self.stop_http()
-        if self._tick_task is not None:
-            self._tick_task.cancel()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
         for server in self._servers:
             server.close()
         for listener in self._udp.values():
@@ -238,12 +226,10 @@ class TurnService(ServerFront):
             self.quota.close()
         for server in self._servers:
             await server.wait_closed()
-        if self.store is not None:
-            self.store.close()
-        self._stopped.set()
 
-    # -- state shared with the HTTP API and the store -------------------------------------------
-    async def on_tick(self) -> None:
+    # -- what the server reads -----------------------------------------------------------------
+    def on_tick(self) -> None:
+        """Once a second: note which allocations moved traffic (for their idle time)."""
         self._track_activity()
 
     def sync_traffic(self) -> None:
@@ -286,9 +272,9 @@ class TurnService(ServerFront):
             totals[(direction, transport)] = (p + packets, b + nbytes)
 
     def relay_port_usage(self) -> tuple[int, int]:
-        lo, hi = self.slot.relay_ports if self.slot else self.settings.port_range
+        lo, hi = self.slot.relay_ports
         in_use = len(self._relays.active) if self._relays is not None else 0
-        return in_use, (hi - lo + 1) * len(self.relay_ips)
+        return in_use, (hi - lo + 1) * len(self.params.relay_ips)
 
     def local_snapshot(self) -> Snapshot:
         """This process's figures for the metrics endpoint."""
@@ -301,15 +287,6 @@ class TurnService(ServerFront):
         snap.ports_in_use, snap.ports_total = self.relay_port_usage()
         return snap
 
-    async def metrics_snapshot(self) -> Snapshot:
-        return self.local_snapshot()
-
-    async def allocation_report(self) -> list[dict[str, Any]]:
-        return self.local_allocations()
-
-    async def delete_allocation(self, allocation_id: int) -> bool:
-        return self.delete_local(allocation_id)
-
     def local_allocations(self) -> list[dict[str, Any]]:
         self.sync_traffic()
         now = time.time()
@@ -320,7 +297,7 @@ class TurnService(ServerFront):
             out.append(
                 {
                     "id": alloc.id,
-                    "worker": self.slot.index if self.slot else 0,
+                    "worker": self.slot.index,
                     "user": alloc.account,
                     "username": alloc.username,
                     "client": {
@@ -348,13 +325,11 @@ class TurnService(ServerFront):
         return out
 
     def delete_local(self, allocation_id: int) -> bool:
-        if self.core is None:
+        alloc = self.core.allocation_by_id(allocation_id) if self.core is not None else None
+        if self.core is None or alloc is None:
             return False
-        for alloc in self.core.allocations:
-            if alloc.id == allocation_id:
-                self._apply(self.core.delete(alloc.five_tuple, "deleted by admin"))
-                return True
-        return False
+        self._apply(self.core.delete(alloc.five_tuple, "deleted by admin"))
+        return True
 
     # -- input ---------------------------------------------------------------------------------
     def _on_udp_miss(self, listener: UdpListener, data: bytes, client: Address) -> None:
@@ -420,7 +395,7 @@ class TurnService(ServerFront):
         self._apply(self.core.close_client(conn.five_tuple, time.time()))
 
     def _sweep_period(self) -> float:
-        shortest = min(self.settings.connection_timeout, self.settings.idle_timeout)
+        shortest = min(self.params.connection_timeout, self.params.idle_timeout)
         return max(0.05, min(1.0, shortest / 4))
 
     def _sweep(self) -> None:
@@ -434,8 +409,8 @@ class TurnService(ServerFront):
         if not self.listening or core is None or loop is None:
             return
         now = time.monotonic()
-        first_wait = self.settings.connection_timeout
-        idle_wait = self.settings.idle_timeout
+        first_wait = self.params.connection_timeout
+        idle_wait = self.params.idle_timeout
         unheard = idle = 0
         for conn in list(self._streams.values()):
             if conn.active:
@@ -503,6 +478,10 @@ class TurnService(ServerFront):
                 self._created(out.allocation)  # type: ignore[union-attr]
             elif kind is AllocationRemoved:
                 self._removed(out.allocation, out.reason)  # type: ignore[union-attr]
+            elif kind is PeerRefused:
+                self._peer_refused(out)  # type: ignore[arg-type]
+            elif kind is AuthRefused:
+                self._auth_refused(out)  # type: ignore[arg-type]
         self._arm_timer()
 
     def _to_client(self, ft: FiveTuple, data: bytes) -> None:
@@ -624,3 +603,33 @@ class TurnService(ServerFront):
             c.packets_to_client,
             c.bytes_to_client,
         )
+
+    def _peer_refused(self, refused: PeerRefused) -> None:
+        """Counted by the core (``iceward_peer_refusals``); logged here, once a minute per
+        client address with how many were held back."""
+        write, held = self._peer_log.admit(refused.five_tuple.client[0], time.monotonic())
+        if write:
+            more = f" ({held} more refusals for this client not logged)" if held else ""
+            log.warning(
+                "peer refused client=%s user=%r peer=%s reason=%r%s",
+                refused.five_tuple,
+                refused.username,
+                refused.peer,
+                refused.reason,
+                more,
+            )
+
+    def _auth_refused(self, refused: AuthRefused) -> None:
+        """Counted by the core (``iceward_auth_failures``); logged once a minute per source IP,
+        with how many were held back: a password-guessing flood writes one line a minute."""
+        source = refused.five_tuple.client[0]
+        write, held = self._auth_log.admit(source, time.monotonic())
+        if write:
+            more = f" ({held} more refusals from {source} not logged)" if held else ""
+            log.warning(
+                "auth refused client=%s username=%r reason=%r%s",
+                refused.five_tuple,
+                refused.username,
+                refused.reason,
+                more,
+            )

@@ -1,10 +1,19 @@
-"""``iceward serve --workers N``: a supervisor and N relaying worker processes.
+"""``iceward serve --workers N``: a supervisor, N relaying worker processes, and the control
+protocol between them (both halves here).
 
 The supervisor opens every listening socket once, as reuseport groups of N (see
-:mod:`iceward.net.listeners`), and keeps them for its whole life; worker i is started with the
-i-th socket of each group, its own slice of the relay port range, the nonce key all workers
-share and the shared quota memory. A worker owns the allocations it creates. The supervisor
-serves the HTTP API, summing the workers' metrics and allocations over their control sockets.
+:mod:`iceward.net.listeners`), and keeps them for its whole life; worker i is started
+(``python -m iceward.server.workers FD``) with the i-th socket of each group, its own slice of
+the relay port range, the nonce key all workers share and the shared quota memory. A worker owns
+the allocations it creates (:func:`owner_of` says which one from the id). The supervisor mints
+credentials and serves the HTTP API, summing the workers' metrics and allocations.
+
+Control protocol, one JSON object a line on a Unix socket pair: first the supervisor's spec
+(settings, slot, file descriptors) and the worker's ``{"ready": ...}``; then requests ``{"id",
+"op", "arg"}`` answered ``{"id", "result"}`` or ``{"id", "error"}``, with ``op`` one of
+``snapshot`` (metrics), ``allocations``, ``delete`` and ``refresh`` (the store changed). A
+worker stops, ending its allocations with their traffic logged, on SIGTERM/SIGINT or when the
+supervisor goes away (end of file on the control socket).
 
 A worker that dies is started again on the same slot: same sockets, so the steering program
 sends every other worker's clients exactly where it did before; the dead worker's clients reach
@@ -30,14 +39,20 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
-from iceward.net.front import ServerFront
 from iceward.net.listeners import ListenerSet
-from iceward.net.slot import relay_slice
-from iceward.net.snapshot import Snapshot
-from iceward.net.worker import LINE_LIMIT
+from iceward.net.slot import WorkerSlot, relay_slice
+from iceward.runtime import setup_logging, use_uvloop
+from iceward.server.credentials import CredentialSync, open_store, refresh_logged
+from iceward.server.http import HttpServer, build_app
+from iceward.server.plan import ServerPlan, plan
+from iceward.server.process import RelayProcess, listeners_for, tls_files
+from iceward.snapshot import Snapshot
+from iceward.store import Store
 
 log = logging.getLogger("iceward.server")
 
+#: Longest control line (an allocation report of a busy worker is the largest).
+LINE_LIMIT = 64 * 1024 * 1024
 #: How long a worker may take to start, and to answer one control request.
 START_TIMEOUT = 30.0
 CALL_TIMEOUT = 5.0
@@ -46,12 +61,121 @@ RESTART_DELAYS = (0.0, 0.5, 1.0, 2.0, 5.0)
 STABLE_AFTER = 10.0
 
 
-def default_workers() -> int:
-    """One worker per core this process may run on."""
+def owner_of(allocation_id: int, workers: int) -> int:
+    """The worker that owns an allocation: worker i of N numbers its allocations i + 1, step N
+    (see :attr:`WorkerSlot.first_id`)."""
+    return (allocation_id - 1) % workers
+
+
+def _line(message: dict[str, Any]) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+# -- the worker's half ---------------------------------------------------------------------------
+
+
+def _slot(spec: dict[str, Any]) -> WorkerSlot:
+    fds = spec["fds"]
+    files = spec.get("tls_files")
+    return WorkerSlot(
+        index=int(spec["index"]),
+        count=int(spec["count"]),
+        generation=int(spec["generation"]),
+        nonce_key=bytes.fromhex(spec["nonce_key"]),
+        relay_ports=(int(spec["relay_ports"][0]), int(spec["relay_ports"][1])),
+        udp=[socket.socket(fileno=fd) for fd in fds["udp"]],
+        tcp=[socket.socket(fileno=fd) for fd in fds["tcp"]],
+        tls=[socket.socket(fileno=fd) for fd in fds["tls"]],
+        tls_files=(Path(files[0]), Path(files[1])) if files else None,
+        quota_fd=fds.get("quota"),
+        handoff_name=spec.get("handoff_name"),
+    )
+
+
+async def _answer(process: RelayProcess, request: dict[str, Any]) -> Any:
+    op = request.get("op")
+    engine = process.engine
+    if op == "snapshot":
+        return engine.local_snapshot().to_json()
+    if op == "allocations":
+        return engine.local_allocations()
+    if op == "delete":
+        return engine.delete_local(int(request["arg"]))
+    if op == "refresh":
+        await process.refresh()
+        return True
+    raise ValueError(f"unknown request {op!r}")
+
+
+async def serve_worker(control_fd: int) -> int:
+    loop = asyncio.get_running_loop()
+    control = socket.socket(fileno=control_fd)
+    reader, writer = await asyncio.open_unix_connection(sock=control, limit=LINE_LIMIT)
+    spec = json.loads(await reader.readline())
+    settings = ServerSettings(**spec["settings"])
+    slot = _slot(spec)
+    setup_logging(settings.log_level, slot.index)
+    process = RelayProcess(plan(settings, workers=slot.count), slot)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        await process.start()
+    except (OSError, ValueError) as exc:
+        writer.write(_line({"error": str(exc)}))
+        await writer.drain()
+        return 2
+    stopped = asyncio.Event()
+    stopping: list[asyncio.Task[None]] = []
+
+    async def stop_process() -> None:
+        await process.stop()
+        stopped.set()
+
+    def stop() -> None:
+        if not stopping:
+            stopping.append(loop.create_task(stop_process()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    writer.write(_line({"ready": True, "relay_path": process.engine.relay_path}))
+    await writer.drain()
+    requests = loop.create_task(_serve_requests(process, reader, writer))
+    waiting = loop.create_task(stopped.wait())
+    await asyncio.wait({requests, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():  # the supervisor went away
+        log.warning("supervisor gone: stopping")
+        stop()
+        await waiting
+    requests.cancel()
+    return 0
+
+
+async def _serve_requests(
+    process: RelayProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    while True:
+        try:
+            line = await reader.readline()
+        except (ConnectionError, ValueError):
+            return
+        if not line:
+            return
+        try:
+            request = json.loads(line)
+            ident = request.get("id")
+        except (ValueError, AttributeError):
+            reply: dict[str, Any] = {"id": None, "error": "not a JSON object"}
+        else:
+            try:
+                reply = {"id": ident, "result": await _answer(process, request)}
+            except Exception as exc:  # a bad request must not end the worker
+                reply = {"id": ident, "error": str(exc)}
+        writer.write(_line(reply))
+        try:
+            await writer.drain()
+        except ConnectionError:
+            return
+
+
+# -- the supervisor's half -----------------------------------------------------------------------
 
 
 class WorkerDown(Exception):
@@ -71,15 +195,23 @@ class _Worker:
     last_snapshot: Snapshot | None = None
 
 
-class WorkerPool(ServerFront):
-    """The supervisor: listening sockets, worker processes, the HTTP API over all of them."""
+class Supervisor:
+    """Listening sockets, worker processes, and the HTTP API over all of them; what the API sees
+    of it is :class:`iceward.api.control.ServerControl`."""
 
-    def __init__(self, settings: ServerSettings, workers: int) -> None:
-        super().__init__(settings)
+    def __init__(self, server_plan: ServerPlan) -> None:
+        workers = server_plan.workers
+        self.plan = server_plan
         self.count = workers
+        self.endpoints = server_plan.endpoints()
+        self.sync = CredentialSync(server_plan)
+        self.store: Store | None = None
+        http = server_plan.http
+        self.http = HttpServer(http, server_plan.settings.http) if http is not None else None
         self._nonce_key = os.urandom(32)
         self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
-        self._slices = [relay_slice(settings.port_range, workers, i) for i in range(workers)]
+        port_range = server_plan.settings.port_range
+        self._slices = [relay_slice(port_range, workers, i) for i in range(workers)]
         self._listeners: ListenerSet | None = None
         self._quota_fd: int | None = None
         self._tls_files: tuple[Path, Path] | None = None
@@ -90,24 +222,25 @@ class WorkerPool(ServerFront):
         self._tick_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._ids = 0
+        self.listening = False
+        self._stopped = asyncio.Event()
         #: Counts of workers that died: their traffic and events stay in the totals.
         self._departed = Snapshot()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        settings = self.settings
+        settings = self.plan.settings
         raise_open_files_limit()  # before the workers: they inherit it
         PRESSURE.install(asyncio.get_running_loop(), None)  # the HTTP API's accepts
-        self.open_store()
-        await self.refresh_from_store()
-        self._listeners = self.open_listeners(self.count)
+        store = self.store = open_store(self.plan)
+        await self.sync.refresh(store)
+        self._listeners = listeners_for(self.plan, self.count)
         self.endpoints.port = self._listeners.port
         self.endpoints.tls_port = self._listeners.tls_port
-        self.endpoints.listen = list(settings.listen)
         if self._listeners.tls_port:
-            self._tls_files = self.tls_material()
-        if settings.http != "off":  # first: a busy HTTP port fails before any worker starts
-            await self.start_http()
+            self._tls_files = tls_files(self.plan)
+        if self.http is not None:  # first: a busy HTTP port fails before any worker starts
+            await self.http.start(build_app(self, store, settings))
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -118,7 +251,7 @@ class WorkerPool(ServerFront):
             self._watch(worker)
         self.listening = True
         loop = asyncio.get_running_loop()
-        self._tick_task = loop.create_task(self.tick_forever())
+        self._tick_task = loop.create_task(self._tick_forever())
         try:
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
@@ -130,7 +263,7 @@ class WorkerPool(ServerFront):
             self.endpoints.tls_port or "off",
             ",".join(settings.listen),
             self.count,
-            ",".join(self.relay_ips),
+            ",".join(self.plan.relay_ips),
             lo,
             hi,
         )
@@ -139,7 +272,8 @@ class WorkerPool(ServerFront):
         """Stop every worker (each ends its allocations, logging their traffic), then exit."""
         self._stopping = True
         self.listening = False
-        await self.stop_http()
+        if self.http is not None:
+            await self.http.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
         await self._terminate_all()
@@ -153,6 +287,9 @@ class WorkerPool(ServerFront):
         if self.store is not None:
             self.store.close()
         self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
 
     async def _terminate_all(self, grace: float = 15.0) -> None:
         live = [w for w in self._workers if w is not None and w.process.returncode is None]
@@ -169,10 +306,23 @@ class WorkerPool(ServerFront):
                 worker.process.kill()
                 await worker.process.wait()
 
-    async def on_tick(self) -> None:
-        """Each worker's counts, kept in case it dies."""
-        PRESSURE.flush()
-        await self.metrics_snapshot()
+    async def _tick_forever(self) -> None:
+        """Every second: users and secrets from the store; each worker's counts, kept in case
+        it dies."""
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await refresh_logged(self.store, self._refresh)
+            PRESSURE.flush()
+            await self.metrics_snapshot()
+
+    async def _refresh(self) -> None:
+        """Workers first: a credential minted with a new secret must verify in all of them."""
+        assert self.store is not None
+        await self.sync.refresh(self.store, before_reload=self._refresh_workers)
+
+    async def _refresh_workers(self) -> None:
+        await self._call_all("refresh")
 
     def _forward(self, sig: int) -> None:
         for worker in self._workers:
@@ -195,7 +345,7 @@ class WorkerPool(ServerFront):
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "iceward.net.worker",
+                "iceward.server.workers",
                 str(child.fileno()),
                 pass_fds=passed,
                 stdin=subprocess.DEVNULL,
@@ -203,7 +353,7 @@ class WorkerPool(ServerFront):
         finally:
             child.close()
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=LINE_LIMIT)
-        settings = self.settings.model_dump(mode="json")
+        settings = self.plan.settings.model_dump(mode="json")
         settings.update(http="off", port=listeners.port, tls_port=listeners.tls_port)
         spec = {
             "settings": settings,
@@ -216,7 +366,7 @@ class WorkerPool(ServerFront):
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
             "handoff_name": self._handoff_name,
         }
-        writer.write(json.dumps(spec).encode() + b"\n")
+        writer.write(_line(spec))
         await writer.drain()
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
@@ -321,7 +471,7 @@ class WorkerPool(ServerFront):
         ident = self._ids
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[ident] = future
-        worker.writer.write(json.dumps({"id": ident, "op": op, "arg": arg}).encode() + b"\n")
+        worker.writer.write(_line({"id": ident, "op": op, "arg": arg}))
         try:
             await worker.writer.drain()
             return await asyncio.wait_for(future, CALL_TIMEOUT)
@@ -343,7 +493,26 @@ class WorkerPool(ServerFront):
             out.append((index, answer))
         return out
 
-    # -- what the HTTP API asks ----------------------------------------------------------------
+    # -- what the command line prints ----------------------------------------------------------
+    def minting_secret(self) -> str | None:
+        return self.sync.minting_secret()
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return self.http.address if self.http is not None else None
+
+    # -- ServerControl -------------------------------------------------------------------------
+    @property
+    def realm(self) -> str:
+        return self.plan.settings.realm
+
+    @property
+    def data_dir(self) -> Path:
+        return self.plan.data_dir
+
+    def public_uris(self) -> list[str]:
+        return list(self.plan.settings.public_url) or self.endpoints.uris()
+
     async def allocation_report(self) -> list[dict[str, Any]]:
         report: list[dict[str, Any]] = []
         for _, allocations in await self._call_all("allocations"):
@@ -351,9 +520,9 @@ class WorkerPool(ServerFront):
         return report
 
     async def delete_allocation(self, allocation_id: int) -> bool:
-        index = (allocation_id - 1) % self.count
+        owner = owner_of(allocation_id, self.count)
         try:
-            return bool(await self._call(index, "delete", allocation_id))
+            return bool(await self._call(owner, "delete", allocation_id))
         except WorkerDown:
             return False
 
@@ -366,23 +535,20 @@ class WorkerPool(ServerFront):
             if worker is not None:
                 worker.last_snapshot = snap
             total.add(snap)
-        lo, hi = self.settings.port_range
-        total.ports_total = (hi - lo + 1) * len(self.relay_ips)
+        lo, hi = self.plan.settings.port_range
+        total.ports_total = (hi - lo + 1) * len(self.plan.relay_ips)
         return total
 
     async def store_changed(self) -> None:
         await self._call_all("refresh")
-        await self.refresh_from_store()
+        if self.store is not None:
+            await self.sync.refresh(self.store)
 
     async def secret_for_minting(self) -> str | None:
         """Read the store now: a worker may have seen a secret added or retired before this
         process's own tick, and a credential must verify wherever its client lands."""
-        await self.refresh_from_store()
+        await self._refresh()
         return self.minting_secret()
-
-    async def before_store_reload(self) -> None:
-        """Workers first: a credential minted with a new secret must verify in all of them."""
-        await self._call_all("refresh")
 
     def workers_up(self) -> tuple[int, int]:
         up = sum(1 for w in self._workers if w is not None and w.process.returncode is None)
@@ -402,3 +568,17 @@ class WorkerPool(ServerFront):
                 }
             )
         return out
+
+
+def main() -> None:
+    use_uvloop()
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit("usage: python -m iceward.server.workers CONTROL_FD (started by iceward serve)")
+    try:
+        sys.exit(asyncio.run(serve_worker(int(sys.argv[1]))))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""One relaying process, alone or one worker of several: its engine, the credentials it
+verifies, the store they come from, and the once-a-second tick that keeps them current."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from iceward.net.engine import EngineParams, RelayEngine
+from iceward.net.listeners import ListenerSet, open_listeners
+from iceward.net.slot import WorkerSlot
+from iceward.net.tls import ensure_self_signed
+from iceward.server.credentials import CredentialSync, open_store, refresh_logged
+from iceward.server.plan import ServerPlan, specific
+from iceward.store import Store
+from iceward.turn.policy import PeerPolicy
+
+
+def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
+    """Every listening socket the plan asks for, in reuseport groups of ``workers``."""
+    settings = plan.settings
+    return open_listeners(
+        settings.listen, settings.port, plan.tls_port, workers, plan.turn.change_addresses
+    )
+
+
+def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
+    """The operator's certificate and key, or a self-signed pair made once in the data dir."""
+    settings = plan.settings
+    if settings.cert and settings.key:
+        return settings.cert, settings.key
+    names = [plan.public_host, *specific(settings.listen)]
+    return ensure_self_signed(plan.data_dir / "tls", names)
+
+
+class RelayProcess:
+    def __init__(self, plan: ServerPlan, slot: WorkerSlot) -> None:
+        settings = plan.settings
+        self.plan = plan
+        self.sync = CredentialSync(plan)
+        params = EngineParams(
+            turn=plan.turn,
+            credentials=self.sync.credentials,
+            policy=PeerPolicy(allow=settings.allow_peer, deny=settings.deny_peer),
+            relay_ips=plan.relay_ips,
+            advertise=plan.advertise,
+            own_networks=plan.own_networks,
+            nonce_lifetime=settings.nonce_lifetime,
+            connection_timeout=settings.connection_timeout,
+            idle_timeout=settings.idle_timeout,
+            max_connections_per_source=settings.max_connections_per_source,
+        )
+        files = (slot.tls_files or tls_files(plan)) if slot.tls else None
+        self.engine = RelayEngine(params, slot, files)
+        self.store: Store | None = None
+        self._tick: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store = open_store(self.plan)
+        await self.sync.refresh(self.store)
+        self.engine.start()
+        self._tick = asyncio.get_running_loop().create_task(self._tick_forever())
+
+    async def refresh(self) -> None:
+        """Users and secrets from the store, now (the store changed)."""
+        if self.store is not None:
+            await self.sync.refresh(self.store)
+
+    async def _tick_forever(self) -> None:
+        assert self.store is not None
+        while True:
+            await asyncio.sleep(1.0)
+            await refresh_logged(self.store, self.refresh)
+            self.engine.on_tick()
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+        await self.engine.stop()
+        if self.store is not None:
+            self.store.close()

@@ -1,0 +1,126 @@
+"""``iceward serve --workers 1``: one process relays, mints and serves the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from iceward.net.fdlimit import raise_open_files_limit
+from iceward.net.slot import WorkerSlot
+from iceward.server.http import HttpServer, build_app
+from iceward.server.plan import ServerPlan
+from iceward.server.process import RelayProcess, listeners_for
+from iceward.snapshot import Snapshot
+
+log = logging.getLogger("iceward.server")
+
+
+class SingleServer:
+    """The one-process server; what the HTTP API sees of it is :class:`ServerControl`."""
+
+    def __init__(self, plan: ServerPlan) -> None:
+        self.plan = plan
+        self.endpoints = plan.endpoints()
+        self.process: RelayProcess | None = None
+        http = plan.http
+        self.http = HttpServer(http, plan.settings.http) if http is not None else None
+        self._stopped = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        raise_open_files_limit()
+        plan = self.plan
+        listeners = listeners_for(plan, 1)
+        slot = WorkerSlot(
+            index=0,
+            count=1,
+            generation=0,
+            nonce_key=os.urandom(32),
+            relay_ports=plan.settings.port_range,
+            udp=listeners.udp[0],
+            tcp=listeners.tcp[0],
+            tls=listeners.tls[0],
+        )
+        self.endpoints.port = listeners.port
+        self.endpoints.tls_port = listeners.tls_port or 0
+        process = self.process = RelayProcess(plan, slot)
+        await process.start()
+        if self.http is not None:
+            assert process.store is not None
+            await self.http.start(build_app(self, process.store, plan.settings))
+        log.info(
+            "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
+            self.endpoints.port,
+            self.endpoints.tls_port or "off",
+            ",".join(plan.settings.listen),
+            ",".join(plan.relay_ips),
+            *slot.relay_ports,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, end every allocation (logging its traffic), close every socket."""
+        if self.http is not None:
+            await self.http.stop()
+        if self.process is not None:
+            await self.process.stop()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # -- what the command line prints ----------------------------------------------------------
+    def minting_secret(self) -> str | None:
+        return self.process.sync.minting_secret() if self.process else None
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        return self.http.address if self.http is not None else None
+
+    # -- ServerControl -------------------------------------------------------------------------
+    @property
+    def realm(self) -> str:
+        return self.plan.settings.realm
+
+    @property
+    def data_dir(self) -> Path:
+        return self.plan.data_dir
+
+    @property
+    def listening(self) -> bool:
+        return self.process is not None and self.process.engine.listening
+
+    def public_uris(self) -> list[str]:
+        return list(self.plan.settings.public_url) or self.endpoints.uris()
+
+    async def secret_for_minting(self) -> str | None:
+        return self.minting_secret()
+
+    def workers_up(self) -> tuple[int, int]:
+        return (1, 1) if self.listening else (0, 1)
+
+    def worker_status(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "index": 0,
+                "pid": os.getpid(),
+                "up": self.listening,
+                "restarts": 0,
+                "relayPorts": self.plan.settings.relay_ports,
+            }
+        ]
+
+    async def metrics_snapshot(self) -> Snapshot:
+        return self.process.engine.local_snapshot() if self.process else Snapshot()
+
+    async def allocation_report(self) -> list[dict[str, Any]]:
+        return self.process.engine.local_allocations() if self.process else []
+
+    async def delete_allocation(self, allocation_id: int) -> bool:
+        return self.process is not None and self.process.engine.delete_local(allocation_id)
+
+    async def store_changed(self) -> None:
+        if self.process is not None:
+            await self.process.refresh()
