@@ -7,18 +7,20 @@ stderr, never a traceback).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Union, get_args, get_origin
 
 import typer
 from pydantic import ValidationError
 
 from iceward import __version__, storecli
 from iceward.cliutil import Opt, fail, settings_error
-from iceward.config import ServerSettings, ensure_secret, load_settings
+from iceward.config import ServerSettings, ensure_secret, flag_of, load_settings
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
 
@@ -41,144 +43,10 @@ def _root(
         raise typer.Exit(0)
 
 
-@app.command()
-def serve(
-    config: Annotated[
-        Path | None, Opt("--config", help="TOML file with any of these settings.")
-    ] = None,
-    listen: Annotated[
-        list[str] | None, Opt("--listen", help="Address to listen on (repeatable).")
-    ] = None,
-    port: Annotated[int | None, Opt("--port", help="UDP and TCP port [3478].")] = None,
-    tls_port: Annotated[int | None, Opt("--tls-port", help="TLS port, 0 disables [5349].")] = None,
-    cert: Annotated[Path | None, Opt("--cert", help="TLS certificate chain (PEM).")] = None,
-    key: Annotated[Path | None, Opt("--key", help="TLS private key (PEM).")] = None,
-    relay_ip: Annotated[list[str] | None, Opt("--relay-ip", help="Address relays bind to.")] = None,
-    relay_ports: Annotated[str | None, Opt("--relay-ports", help="LOW-HIGH [49152-65535].")] = None,
-    external_ip: Annotated[
-        str | None, Opt("--external-ip", help="PUBLIC\\[/PRIVATE]: relayed address to advertise.")
-    ] = None,
-    realm: Annotated[str | None, Opt("--realm", help="Authentication realm [iceward].")] = None,
-    secret: Annotated[
-        list[str] | None,
-        Opt("--secret", help="TURN REST shared secret (repeatable, for rotation)."),
-    ] = None,
-    user: Annotated[list[str] | None, Opt("--user", help="NAME:PASSWORD or NAME:0xKEY.")] = None,
-    allow_peer: Annotated[
-        list[str] | None, Opt("--allow-peer", help="Open a denied peer range (CIDR, repeatable).")
-    ] = None,
-    deny_peer: Annotated[list[str] | None, Opt("--deny-peer", help="Deny a peer range.")] = None,
-    data_dir: Annotated[Path | None, Opt("--data-dir", help="Where state is kept.")] = None,
-    max_allocations_per_user: Annotated[
-        int | None, Opt("--user-quota", help="Allocations per user, 0 = unlimited.")
-    ] = None,
-    max_allocations: Annotated[int | None, Opt("--total-quota", help="Allocations in all.")] = None,
-    max_permissions: Annotated[
-        int | None, Opt("--max-permissions", help="Permissions per allocation.")
-    ] = None,
-    default_lifetime: Annotated[int | None, Opt("--default-lifetime")] = None,
-    max_lifetime: Annotated[int | None, Opt("--max-lifetime")] = None,
-    log_level: Annotated[str | None, Opt("--log-level")] = None,
-    http: Annotated[
-        str | None, Opt("--http", help="HTTP API HOST:PORT, or off [127.0.0.1:8080].")
-    ] = None,
-    public_url: Annotated[
-        list[str] | None, Opt("--public-url", help="URL handed to clients (repeatable).")
-    ] = None,
-    database: Annotated[
-        str | None, Opt("--database", help="SQLAlchemy URL [sqlite in the data dir].")
-    ] = None,
-    cors_origin: Annotated[
-        list[str] | None, Opt("--cors-origin", help="Browser origin allowed to call the API.")
-    ] = None,
-    admin_allow: Annotated[
-        list[str] | None, Opt("--admin-allow", help="Network allowed the admin API (CIDR).")
-    ] = None,
-    api_rate: Annotated[float | None, Opt("--api-rate", help="Requests/s per API key.")] = None,
-    credential_ttl: Annotated[
-        int | None, Opt("--credential-ttl", help="Default credential lifetime in seconds.")
-    ] = None,
-    max_credential_ttl: Annotated[
-        int | None,
-        Opt("--max-credential-ttl", help="Refuse REST credentials valid longer (s) [604800]."),
-    ] = None,
-    trusted_proxy: Annotated[
-        list[str] | None,
-        Opt("--trusted-proxy", help="Proxy (CIDR) whose X-Forwarded-For is believed."),
-    ] = None,
-    connection_timeout: Annotated[
-        float | None,
-        Opt("--connection-timeout", help="Seconds for TLS and a first request on TCP/TLS [10]."),
-    ] = None,
-    idle_timeout: Annotated[
-        float | None,
-        Opt("--idle-timeout", help="Close TCP/TLS connections idle without allocation (s) [60]."),
-    ] = None,
-    max_connections_per_source: Annotated[
-        int | None,
-        Opt("--max-connections-per-source", help="TCP/TLS connections per source IP [500]."),
-    ] = None,
-    max_auth_failures: Annotated[
-        int | None,
-        Opt("--max-auth-failures", help="Failed authentications per source IP per minute [60]."),
-    ] = None,
-    max_challenges: Annotated[
-        int | None,
-        Opt("--max-challenges", help="401 challenges per UDP source IP per second [500]."),
-    ] = None,
-    alternate_address: Annotated[
-        str | None,
-        Opt(
-            "--alternate-address",
-            help="RFC 5780: second IP[:PORT] for NAT behaviour discovery (CHANGE-REQUEST).",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        Opt("--workers", help="Relaying processes sharing the ports [one per core].", min=1),
-    ] = None,
-) -> None:
+def serve(config: Path | None = None, **given: Any) -> None:
     """Run the STUN/TURN server (UDP, TCP, TLS) and print ready-to-paste iceServers."""
     try:
-        settings = load_settings(
-            config,
-            listen=listen,
-            port=port,
-            tls_port=tls_port,
-            cert=cert,
-            key=key,
-            relay_ip=relay_ip,
-            relay_ports=relay_ports,
-            external_ip=external_ip,
-            realm=realm,
-            secret=secret,
-            user=user,
-            allow_peer=allow_peer,
-            deny_peer=deny_peer,
-            data_dir=data_dir,
-            max_allocations_per_user=max_allocations_per_user,
-            max_allocations=max_allocations,
-            max_permissions=max_permissions,
-            default_lifetime=default_lifetime,
-            max_lifetime=max_lifetime,
-            log_level=log_level,
-            http=http,
-            public_url=public_url,
-            database=database,
-            cors_origin=cors_origin,
-            admin_allow=admin_allow,
-            api_rate=api_rate,
-            credential_ttl=credential_ttl,
-            max_credential_ttl=max_credential_ttl,
-            trusted_proxy=trusted_proxy,
-            connection_timeout=connection_timeout,
-            idle_timeout=idle_timeout,
-            max_connections_per_source=max_connections_per_source,
-            max_auth_failures=max_auth_failures,
-            max_challenges=max_challenges,
-            alternate_address=alternate_address,
-            workers=workers,
-        )
+        settings = load_settings(config, **given)
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from None
     setup_logging(settings.log_level)
@@ -189,6 +57,47 @@ def serve(
         raise fail(f"cannot start: {exc}") from None
     except KeyboardInterrupt:
         pass
+
+
+def _serve_options() -> inspect.Signature:
+    """`serve`'s options, one per setting, read off :class:`ServerSettings`: a new setting is
+    one edit there. Every option defaults to None ("not given"), so the environment and the
+    TOML file still apply; the help shows the setting's own default."""
+    params = [
+        inspect.Parameter(
+            "config",
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[
+                Path | None, Opt("--config", help="TOML file with any of these settings.")
+            ],
+        )
+    ]
+    for name, field in ServerSettings.model_fields.items():
+        kind: Any = field.annotation
+        if get_origin(kind) in (UnionType, Union):
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = field.description or ""
+        if shown not in (None, "") and name != "data_dir" and "[" not in help_text:
+            help_text += f" [{shown}]"
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[
+                    kind | None,
+                    Opt(flag_of(name), help=help_text.replace("[", "\\["), show_default=False),
+                ],
+            )
+        )
+    return inspect.Signature(params)
+
+
+serve.__signature__ = _serve_options()  # type: ignore[attr-defined]
+app.command()(serve)
 
 
 async def _serve(settings: ServerSettings) -> None:

@@ -24,6 +24,18 @@ from iceward.datadir import create_private_file, ensure_private_dir
 from iceward.turn.policy import PeerPolicy
 
 
+def _flag(name: str) -> dict[str, Any]:
+    """The `serve` flag of a setting whose flag is not its name (coturn's words)."""
+    return {"flag": name}
+
+
+def flag_of(name: str) -> str:
+    """The `iceward serve` flag of setting ``name``."""
+    extra = ServerSettings.model_fields[name].json_schema_extra
+    flag = extra.get("flag") if isinstance(extra, dict) else None
+    return str(flag) if flag else "--" + name.replace("_", "-")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "iceward"
@@ -32,55 +44,91 @@ def default_data_dir() -> Path:
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ICEWARD_", extra="forbid")
 
-    listen: list[str] = Field(default_factory=lambda: ["0.0.0.0"])
-    port: int = Field(3478, ge=0, le=65535)
-    tls_port: int = Field(5349, ge=0, le=65535)
-    cert: Path | None = None
-    key: Path | None = None
-    relay_ip: list[str] = Field(default_factory=list)
-    relay_ports: str = "49152-65535"
-    external_ip: str | None = None
-    realm: str = "iceward"
-    secret: list[str] = Field(default_factory=list)
-    user: list[str] = Field(default_factory=list)
-    allow_peer: list[str] = Field(default_factory=list)
-    deny_peer: list[str] = Field(default_factory=list)
-    data_dir: Path = Field(default_factory=default_data_dir)
-    max_allocations_per_user: int = Field(0, ge=0)
-    max_allocations: int = Field(10_000, ge=1)
-    max_permissions: int = Field(256, ge=1)
-    default_lifetime: int = Field(600, ge=60)
-    max_lifetime: int = Field(3600, ge=60)
-    permission_lifetime: int = Field(300, ge=10)
-    channel_lifetime: int = Field(600, ge=10)
-    nonce_lifetime: int = Field(600, ge=10)
-    log_level: str = "info"
-    http: str = "127.0.0.1:8080"
-    public_url: list[str] = Field(default_factory=list)
-    database: str | None = None
-    cors_origin: list[str] = Field(default_factory=list)
-    admin_allow: list[str] = Field(default_factory=list)
-    api_rate: float = Field(10.0, gt=0)
-    api_burst: int = Field(20, ge=1)
-    credential_ttl: int = Field(86400, ge=60, le=7 * 86400)
-    #: REST credentials whose expiry lies further ahead than this (seconds) are refused.
-    max_credential_ttl: int = Field(7 * 86400, ge=60)
-    #: Proxies (CIDR) whose X-Forwarded-For is believed; from anywhere else the peer counts.
-    trusted_proxy: list[str] = Field(default_factory=list)
-    #: Seconds a new TCP/TLS connection has to finish TLS and send its first STUN message.
-    connection_timeout: float = Field(10.0, gt=0)
-    #: Seconds a TCP/TLS connection without an allocation may stay silent before it is closed.
-    idle_timeout: float = Field(60.0, gt=0)
-    #: Open TCP/TLS connections from one source IP.
-    max_connections_per_source: int = Field(500, ge=1)
-    #: Failed authentications answered per source IP per minute; beyond, requests are dropped.
-    max_auth_failures: int = Field(60, ge=1)
-    #: 401 challenges answered per UDP source IP per second (a spoofed flood's reflections).
-    max_challenges: int = Field(500, ge=1)
-    #: Relaying processes; None: one per core this process may run on.
-    workers: int | None = Field(None, ge=1, le=128)
-    #: RFC 5780: a second IP (optionally IP:PORT) to answer CHANGE-REQUEST from.
-    alternate_address: str | None = None
+    # Each setting is written once: its type, default, limits and the help of its `serve` flag
+    # (``--`` and the name with dashes, unless ``flag`` says otherwise; see iceward.cli).
+    listen: list[str] = Field(
+        default_factory=lambda: ["0.0.0.0"], description="Address to listen on (repeatable)."
+    )
+    port: int = Field(3478, ge=0, le=65535, description="UDP and TCP port.")
+    tls_port: int = Field(5349, ge=0, le=65535, description="TLS port, 0 disables.")
+    cert: Path | None = Field(None, description="TLS certificate chain (PEM).")
+    key: Path | None = Field(None, description="TLS private key (PEM).")
+    relay_ip: list[str] = Field(default_factory=list, description="Address relays bind to.")
+    relay_ports: str = Field("49152-65535", description="Relay port range LOW-HIGH.")
+    external_ip: str | None = Field(
+        None, description="PUBLIC[/PRIVATE]: relayed address to advertise."
+    )
+    realm: str = Field("iceward", description="Authentication realm.")
+    secret: list[str] = Field(
+        default_factory=list, description="TURN REST shared secret (repeatable, for rotation)."
+    )
+    user: list[str] = Field(default_factory=list, description="NAME:PASSWORD or NAME:0xKEY.")
+    allow_peer: list[str] = Field(
+        default_factory=list, description="Open a denied peer range (CIDR, repeatable)."
+    )
+    deny_peer: list[str] = Field(default_factory=list, description="Deny a peer range.")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where state is kept.")
+    max_allocations_per_user: int = Field(
+        0,
+        ge=0,
+        description="Allocations per user, 0 = unlimited.",
+        json_schema_extra=_flag("--user-quota"),
+    )
+    max_allocations: int = Field(
+        10_000, ge=1, description="Allocations in all.", json_schema_extra=_flag("--total-quota")
+    )
+    max_permissions: int = Field(256, ge=1, description="Permissions per allocation.")
+    default_lifetime: int = Field(600, ge=60, description="Allocation lifetime (s) by default.")
+    max_lifetime: int = Field(3600, ge=60, description="Longest allocation lifetime (s).")
+    permission_lifetime: int = Field(300, ge=10, description="Permission lifetime (s).")
+    channel_lifetime: int = Field(600, ge=10, description="Channel binding lifetime (s).")
+    nonce_lifetime: int = Field(600, ge=10, description="Nonce lifetime (s), then 438.")
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    http: str = Field("127.0.0.1:8080", description="HTTP API HOST:PORT, or off.")
+    public_url: list[str] = Field(
+        default_factory=list, description="URL handed to clients (repeatable)."
+    )
+    database: str | None = Field(None, description="SQLAlchemy URL [sqlite in the data dir].")
+    cors_origin: list[str] = Field(
+        default_factory=list, description="Browser origin allowed to call the API."
+    )
+    admin_allow: list[str] = Field(
+        default_factory=list, description="Network allowed the admin API (CIDR)."
+    )
+    api_rate: float = Field(10.0, gt=0, description="Requests/s per API key.")
+    api_burst: int = Field(20, ge=1, description="Burst of requests per API key.")
+    credential_ttl: int = Field(
+        86400, ge=60, le=7 * 86400, description="Default credential lifetime (s)."
+    )
+    max_credential_ttl: int = Field(
+        7 * 86400, ge=60, description="Refuse REST credentials valid longer than this (s)."
+    )
+    trusted_proxy: list[str] = Field(
+        default_factory=list,
+        description="Proxy (CIDR) whose X-Forwarded-For is believed; else the peer counts.",
+    )
+    connection_timeout: float = Field(
+        10.0, gt=0, description="Seconds for a TCP/TLS connection's TLS and first request."
+    )
+    idle_timeout: float = Field(
+        60.0, gt=0, description="Close TCP/TLS connections silent this long without allocation."
+    )
+    max_connections_per_source: int = Field(
+        500, ge=1, description="Open TCP/TLS connections per source IP."
+    )
+    max_auth_failures: int = Field(
+        60, ge=1, description="Failed authentications answered per source IP per minute."
+    )
+    max_challenges: int = Field(
+        500, ge=1, description="401 challenges answered per UDP source IP per second."
+    )
+    workers: int | None = Field(
+        None, ge=1, le=128, description="Relaying processes sharing the ports [one per core]."
+    )
+    alternate_address: str | None = Field(
+        None,
+        description="RFC 5780: second IP[:PORT] for NAT behaviour discovery (CHANGE-REQUEST).",
+    )
 
     @classmethod
     def settings_customise_sources(
