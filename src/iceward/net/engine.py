@@ -115,12 +115,16 @@ class RelayEngine:
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
         self.listening = False
+        #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
+        #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
+        self._clock: Callable[[], float] = time.monotonic
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
         """Serve the slot's sockets on the running loop."""
         params, slot = self.params, self.slot
         loop = self.loop = asyncio.get_running_loop()
+        self._clock = loop.time
         engine, self.relay_path = load_engine()
         if engine is not None:
             self.fast = FastPath(engine, loop, self._internal_error)
@@ -241,7 +245,7 @@ class RelayEngine:
         if self.core is None:
             return
         self.sync_traffic()
-        now = time.time()
+        now = self._clock()
         seen: dict[int, tuple[int, float]] = {}
         for alloc in self.core.allocations:
             c = alloc.counters
@@ -289,7 +293,7 @@ class RelayEngine:
 
     def local_allocations(self) -> list[dict[str, Any]]:
         self.sync_traffic()
-        now = time.time()
+        now = self._clock()
         out = []
         for alloc in self.core.allocations if self.core else []:
             c = alloc.counters
@@ -337,7 +341,7 @@ class RelayEngine:
         ft = FiveTuple("udp", client, listener.local)
         if self._handoff is not None and self._handoff.hold(data, ft):
             return
-        self._feed(self.core.handle_client, data, ft)
+        self._feed(self._from_client, data, ft)
 
     def _deliver(self, data: bytes, ft: FiveTuple) -> None:
         """A request the reservation handoff held back, now that the reserved port is here."""
@@ -345,7 +349,7 @@ class RelayEngine:
             return
         if ft.transport != "udp" and ft not in self._streams:
             return  # the connection closed meanwhile
-        self._feed(self.core.handle_client, data, ft)
+        self._feed(self._from_client, data, ft)
 
     def _on_relay_miss(self, relay: RelaySocket, data: bytes, peer: Address) -> None:
         assert self.core is not None
@@ -375,7 +379,7 @@ class RelayEngine:
         assert self.core is not None and conn.five_tuple is not None
         if self._handoff is not None and self._handoff.hold(data, conn.five_tuple):
             return
-        self._feed(self.core.handle_client, data, conn.five_tuple)
+        self._feed(self._from_client, data, conn.five_tuple)
 
     def _on_close(self, conn: StreamConnection) -> None:
         if not conn.counted:
@@ -392,7 +396,7 @@ class RelayEngine:
                 self.core.counters["drop.tls_handshake"] += 1
             return
         self._streams.pop(conn.five_tuple, None)
-        self._apply(self.core.close_client(conn.five_tuple, time.time()))
+        self._apply(self.core.close_client(conn.five_tuple, self._clock()))
 
     def _sweep_period(self) -> float:
         shortest = min(self.params.connection_timeout, self.params.idle_timeout)
@@ -443,13 +447,17 @@ class RelayEngine:
         self._timer = None
         self._timer_deadline = None
         if self.core is not None:
-            self._apply(self.core.handle_timer(time.time()))
+            self._apply(self.core.handle_timer(self._clock()))
+
+    def _from_client(self, data: bytes, ft: FiveTuple, now: float) -> list[Output]:
+        assert self.core is not None
+        return self.core.handle_client(data, ft, now, time.time())
 
     def _feed(self, handle: Callable[..., list[Output]], *args: Any) -> None:
         """One input to the core (``now`` appended), its outputs applied. An exception one input
         trips is counted and logged, and never reaches the loop that read a batch of them."""
         try:
-            self._apply(handle(*args, time.time()))
+            self._apply(handle(*args, self._clock()))
         except Exception:
             self._internal_error()
 
@@ -504,7 +512,7 @@ class RelayEngine:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_deadline = deadline
-        self._timer = self.loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _install(self, channel: Channel) -> None:
         alloc = channel.allocation
@@ -597,7 +605,7 @@ class RelayEngine:
             alloc.five_tuple,
             alloc.username,
             reason,
-            time.time() - alloc.created,
+            self._clock() - alloc.created,
             c.packets_to_peer,
             c.bytes_to_peer,
             c.packets_to_client,

@@ -168,8 +168,12 @@ class TurnServer:
         return self._by_id.get(allocation_id)
 
     # -- input from clients --------------------------------------------------------------------
-    def handle_client(self, data: bytes, five_tuple: FiveTuple, now: float) -> list[Output]:
-        """Bytes of one STUN message or ChannelData message from a client."""
+    def handle_client(
+        self, data: bytes, five_tuple: FiveTuple, now: float, wall: float | None = None
+    ) -> list[Output]:
+        """Bytes of one STUN message or ChannelData message from a client. ``now`` drives the
+        timers (a monotonic clock); ``wall`` (default ``now``) is the Unix time that nonces and
+        REST credential expiries are stamped with."""
         if len(data) < 4:
             self.counters["drop.short"] += 1
             return []
@@ -182,7 +186,7 @@ class TurnServer:
             return []
         if msg.cls == C.REQUEST:
             self.counters[f"request.{C.METHOD_NAMES.get(msg.method, 'unknown')}"] += 1
-            return self._request(msg, five_tuple, now)
+            return self._request(msg, five_tuple, now, now if wall is None else wall)
         if msg.cls == C.INDICATION and msg.method == C.SEND:
             return self._send_indication(msg, five_tuple, now)
         self.counters["drop.unexpected"] += 1
@@ -280,7 +284,7 @@ class TurnServer:
             self._stale_timers = 0
 
     # -- requests ------------------------------------------------------------------------------
-    def _request(self, msg: Message, ft: FiveTuple, now: float) -> list[Output]:
+    def _request(self, msg: Message, ft: FiveTuple, now: float, wall: float) -> list[Output]:
         if msg.method == C.BINDING:
             if msg.unknown_required:
                 return [self._error(msg, ft, 420, None, _unknown(msg))]
@@ -288,7 +292,7 @@ class TurnServer:
         if msg.method not in _TURN_METHODS:
             return [self._error(msg, ft, 400, None, reason="Unsupported method")]
         out: list[Output] = []
-        auth_or_reply = self._authenticate(msg, ft, now, out)
+        auth_or_reply = self._authenticate(msg, ft, now, wall, out)
         if auth_or_reply is None:
             return out
         if isinstance(auth_or_reply, ToClient):
@@ -348,7 +352,7 @@ class TurnServer:
         return self._reply(msg, source, C.SUCCESS, attrs, None)
 
     def _authenticate(
-        self, msg: Message, ft: FiveTuple, now: float, out: list[Output]
+        self, msg: Message, ft: FiveTuple, now: float, wall: float, out: list[Output]
     ) -> _Auth | ToClient | None:
         """The credential that signed ``msg``; else the answer to send, or None to drop it (its
         source is over its rate of failed authentications or of challenges). A refusal adds
@@ -359,7 +363,7 @@ class TurnServer:
             if ft.transport == "udp" and not self._challenges.allow(ft.client[0], now):
                 self.counters["drop.challenge_rate"] += 1
                 return None
-            return self._challenge(msg, ft, 401, now)
+            return self._challenge(msg, ft, 401, wall)
         realm_v, nonce_v = msg.get(C.REALM), msg.get(C.NONCE)
         user_v, userhash = msg.get(C.USERNAME), msg.get(C.USERHASH)
         if realm_v is None or nonce_v is None or (user_v is None and userhash is None):
@@ -371,13 +375,13 @@ class TurnServer:
             else:
                 found = self.credentials.username_for_hash(userhash or b"")
                 if found is None:
-                    return self._challenge(msg, ft, 401, now)
+                    return self._challenge(msg, ft, 401, wall)
                 username = found
         except StunError:
             return self._error(msg, ft, 400, None, reason="Malformed USERNAME or NONCE")
-        if not self.nonces.check(nonce, ft.client, now):
+        if not self.nonces.check(nonce, ft.client, wall):
             self.counters["auth.stale_nonce"] += 1
-            return self._challenge(msg, ft, 438, now)
+            return self._challenge(msg, ft, 438, wall)
         algorithm = C.ALGORITHM_MD5
         pa, pas = msg.get(C.PASSWORD_ALGORITHM), msg.get(C.PASSWORD_ALGORITHMS)
         if pa is not None or pas is not None:
@@ -392,8 +396,9 @@ class TurnServer:
                 return self._error(msg, ft, 400, None, reason="Unsupported password algorithm")
             algorithm = chosen[0][0]
         if realm_v != self._realm_bytes:
-            return self._refuse(msg, ft, now, username, "auth.wrong_realm", "wrong realm", out)
-        lookup = self.credentials.lookup(username, algorithm, now)
+            why = "wrong realm"
+            return self._refuse(msg, ft, now, wall, username, "auth.wrong_realm", why, out)
+        lookup = self.credentials.lookup(username, algorithm, wall)
         for key in lookup.keys:
             if verify_integrity(msg, key):
                 return _Auth(
@@ -407,13 +412,14 @@ class TurnServer:
             reason, why = "auth.lifetime_too_long", lookup.refusal
         else:
             reason, why = "auth.unknown_user", lookup.refusal or "unknown user"
-        return self._refuse(msg, ft, now, username, reason, why, out)
+        return self._refuse(msg, ft, now, wall, username, reason, why, out)
 
     def _refuse(
         self,
         msg: Message,
         ft: FiveTuple,
         now: float,
+        wall: float,
         username: str,
         reason: str,
         why: str,
@@ -427,13 +433,13 @@ class TurnServer:
         if not self._failures.allow(source, now):
             self.counters["drop.auth_failure_rate"] += 1
             return None
-        return self._challenge(msg, ft, 401, now)
+        return self._challenge(msg, ft, 401, wall)
 
-    def _challenge(self, msg: Message, ft: FiveTuple, code: int, now: float) -> ToClient:
+    def _challenge(self, msg: Message, ft: FiveTuple, code: int, wall: float) -> ToClient:
         attrs = [
             (C.ERROR_CODE, A.encode_error_code(code)),
             (C.REALM, self.config.realm.encode()),
-            (C.NONCE, self.nonces.issue(ft.client, now).encode()),
+            (C.NONCE, self.nonces.issue(ft.client, wall).encode()),
             (C.PASSWORD_ALGORITHMS, _OFFERED_ALGORITHMS),
             (C.SOFTWARE, self.config.software.encode()),
         ]
