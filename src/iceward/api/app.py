@@ -32,8 +32,9 @@ from iceward import __version__
 from iceward.api.client import ClientAddress
 from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
-from iceward.api.issue import Transport, issue
+from iceward.api.issue import issue
 from iceward.api.metrics import make_registry
+from iceward.diagnose.iceurl import Transport
 from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
 

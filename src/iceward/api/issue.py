@@ -8,24 +8,23 @@ credential redacted, and kept in the store's issuance log.
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import HTTPException, Response
 from starlette.concurrency import run_in_threadpool
 
 from iceward.api.control import ServerControl
+from iceward.diagnose.iceurl import Transport, read_url
 from iceward.store import Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
 
 log = logging.getLogger("iceward.api")
 
-Transport = Literal["udp", "tcp", "tls"]
 
 
-def url_transport(url: str) -> Transport:
-    if url.startswith(("turns:", "stuns:")):
-        return "tls"
-    return "tcp" if "transport=tcp" in url else "udp"
+def _transport(url: str) -> str | None:
+    parsed = read_url(url)
+    return parsed.transport if parsed is not None else None
 
 
 def redact(servers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -50,7 +49,7 @@ async def issue(
         raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
     uris = service.public_uris()
     if transports:
-        uris = [u for u in uris if u.startswith("stun") or url_transport(u) in transports]
+        uris = [u for u in uris if u.startswith("stun") or _transport(u) in transports]
     cred = mint_rest_credential(secret, user, ttl, time.time())
     servers = ice_servers(uris, cred.username, cred.password)
     request_id = request_id or uuid.uuid4().hex

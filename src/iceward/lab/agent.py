@@ -26,6 +26,8 @@ from aioice import stun
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 from aioice.ice import CandidatePair, StunProtocol, candidate_pair_priority, relayed_candidate
 
+from iceward.diagnose.iceurl import read_url
+
 #: After the first valid pair, how long the controlling agent waits for a better one.
 GRACE = 1.5
 #: Local preference of relayed candidates by TURN transport (browsers prefer UDP relays).
@@ -39,21 +41,18 @@ def parse_urls(config: list[dict[str, Any]]) -> tuple[tuple[str, int] | None, li
     for server in config:
         urls = server["urls"] if isinstance(server["urls"], list) else [server["urls"]]
         for url in urls:
-            scheme, _, rest = url.partition(":")
-            hostport, _, query = rest.partition("?")
-            host, _, port_text = hostport.rpartition(":")
-            transport = "udp"
-            if "transport=tcp" in query:
-                transport = "tcp"
-            if scheme == "stun":
-                stun_server = stun_server or (host, int(port_text))
-            elif scheme in ("turn", "turns"):
+            parsed = read_url(url)
+            if parsed is None:
+                continue
+            if parsed.scheme == "stun":
+                stun_server = stun_server or (parsed.host, parsed.port)
+            elif parsed.is_turn:
                 turns.append(
                     {
                         "url": url,
-                        "host": host,
-                        "port": int(port_text),
-                        "transport": "tls" if scheme == "turns" else transport,
+                        "host": parsed.host,
+                        "port": parsed.port,
+                        "transport": parsed.transport,
                         "username": server.get("username"),
                         "credential": server.get("credential"),
                     }
