@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CertAuthority
 from tests.doctor.conftest import Server, doctor
 
 TOKEN = "Bearer doctor-test"
@@ -142,6 +143,30 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> Non
     lines = run.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], run.output
     assert "Traceback" not in run.output
+
+
+def test_a_ca_file_that_is_no_pem_certificate_is_named(tmp_path: Path, ca: CertAuthority) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = tmp_path / "ca.der"
+    der.write_bytes(
+        x509.load_pem_x509_certificate(ca.ca_cert.read_bytes()).public_bytes(Encoding.DER)
+    )
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    cases = [
+        (der, "a DER (binary) certificate; give it as PEM: openssl x509 -inform DER"),
+        (ca.key, "a private key, not a certificate"),
+        (garbage, "a '-----BEGIN CERTIFICATE-----' block that does not decode"),
+        (tmp_path / "ice", "not a PEM certificate"),
+    ]
+    (tmp_path / "ice").write_text("[]")
+    for path, problem in cases:
+        run = doctor("--ice-servers", "[]", "--ca-file", str(path), json_report=False)
+        lines = run.output.strip().splitlines()
+        assert run.code == 2 and len(lines) == 1, run.output
+        assert lines[0].startswith(f"iceward doctor: error: --ca-file {path}: {problem}")
 
 
 def test_file_and_stdin(tmp_path: Path) -> None:

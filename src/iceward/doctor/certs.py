@@ -21,6 +21,33 @@ def client_context(ca_file: Path | None, insecure: bool) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
+def ca_file_problem(path: Path) -> str | None:
+    """What is wrong with ``path`` as a ``--ca-file`` (one phrase), or None when it loads."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if b"-----BEGIN" not in data:
+        try:
+            x509.load_der_x509_certificate(data)
+        except ValueError:
+            return "not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)"
+        return (
+            "a DER (binary) certificate; give it as PEM: "
+            f"openssl x509 -inform DER -in {path} -out {path.with_suffix('.pem')}"
+        )
+    if b"-----BEGIN CERTIFICATE-----" not in data and b"-----BEGIN TRUSTED CERTIFICATE" not in data:
+        if b"PRIVATE KEY-----" in data:
+            return "a private key, not a certificate (give the CA's certificate, e.g. ca.pem)"
+        return "no certificate in it (no '-----BEGIN CERTIFICATE-----' block)"
+    try:
+        x509.load_pem_x509_certificates(data)
+        ssl.create_default_context(cafile=str(path))
+    except (ValueError, ssl.SSLError):
+        return "a '-----BEGIN CERTIFICATE-----' block that does not decode (damaged or cut short)"
+    return None
+
+
 def insecure_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from iceward.cliutil import Opt, fail
 from iceward.diagnose.findings import CODES
-from iceward.doctor.certs import client_context
+from iceward.doctor.certs import ca_file_problem, client_context
 from iceward.doctor.config import load_config
 from iceward.doctor.fetch import InputError, fetch_config, read_ice_servers
 from iceward.doctor.report import RichProgress, render, to_json
@@ -131,6 +131,10 @@ def doctor(
             f"--ignore: unknown finding code {', '.join(unknown)} (codes: {', '.join(CODES)})",
             command="doctor",
         )
+    if ca_file is not None and not insecure:
+        problem = ca_file_problem(ca_file)
+        if problem:
+            raise fail(f"--ca-file {ca_file}: {problem}", command="doctor")
     try:
         if ice_servers is not None:
             if header:
