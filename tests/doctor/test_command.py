@@ -6,16 +6,18 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CertAuthority
+from iceward.doctor.fetch import masked_header, masked_url
+from tests.conftest import CertAuthority, RunningServer
 from tests.doctor.conftest import Server, doctor
 
 TOKEN = "Bearer doctor-test"
+MakeServer = Callable[..., RunningServer]
 
 
 class Backend:
@@ -121,13 +123,64 @@ def test_credentials_url_refusing_us(backend: Backend) -> None:
     )
 
 
+def test_iceward_credentials_api_posted_with_its_key_masked(make_server: MakeServer) -> None:
+    """README's own endpoint: POST /api/v1/ice-servers with a Bearer key; the key never shows,
+    and a TTL of exactly --call-length (3600) is fine."""
+    server = make_server(tls=False)
+    data_dir = str(server.data_dir)
+    key = subprocess.run(
+        [sys.executable, "-m", "iceward", "keys", "add", "backend", "--data-dir", data_dir],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout.strip()
+    url = f"{server.http_url}/api/v1/ice-servers?api_key={key}&region=eu"
+    bearer = f"Authorization: Bearer {key}"
+    got = doctor("--credentials-url", url, "-H", bearer, json_report=False)
+    assert got.code == 2 and key not in got.output, got.output
+    assert "HTTP 405 Method Not Allowed (the endpoint wants POST: use --method POST" in got.output
+    body = '{"user": "user-42", "ttl": 3600}'
+    args = ["--credentials-url", url, "-H", bearer, "--data", body, "--ignore", "no-tls-443"]
+    run = doctor(*args)
+    assert run.code == 0 and key not in run.output, run.output
+    assert "turn-credential-expired" not in run.codes
+    assert run.report["source"]["location"] == (
+        f"{server.http_url}/api/v1/ice-servers?api_key=…({len(key)} chars)&region=eu"
+    )
+    assert run.report["source"]["method"] == "POST"
+    assert f"Authorization: Bearer …({len(key)} chars)" in run.report["source"]["headers"]
+    terminal = doctor(*args, json_report=False)
+    assert key not in terminal.output
+    assert f"Config served by POST {server.http_url}/api/v1/ice-servers?api_key=…" in (
+        terminal.output
+    )
+
+
+def test_urls_and_headers_are_masked() -> None:
+    assert masked_url("https://u:hunter22@h.example/p?token=abcdef&room=lobby-7&x&n=1#f") == (
+        "https://u:…(8 chars)@h.example/p?token=…(6 chars)&room=lobb…(7 chars)&x&n=1#f"
+    )
+    assert masked_header("X-Api-Key", "abcdef") == "X-Api-Key: …(6 chars)"
+    assert masked_header("Accept-Language", "en") == "Accept-Language: en"
+    bad = doctor("--credentials-url", "http://127.0.0.1:1/", "-H", "Authorization Bearer s3cr3t")
+    assert bad.code == 2 and "s3cr3t" not in bad.output, bad.output
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ([], "give exactly one of --ice-servers"),
         (["--ice-servers", "[]", "--credentials-url", "http://x"], "give exactly one"),
         (["--ice-servers", "/nonexistent/ice.json"], "no such file: /nonexistent/ice.json"),
-        (["--ice-servers", "[]", "--header", "A: b"], "--header applies to --credentials-url"),
+        (["--ice-servers", "[]", "--header", "A: b"], "apply to --credentials-url only"),
+        (["--ice-servers", "[]", "--data", "{}"], "apply to --credentials-url only"),
+        (["--credentials-url", "http://127.0.0.1:1/", "--data", "{nope"], "--data: not JSON"),
+        (
+            ["--credentials-url", "http://127.0.0.1:1/", "--method", "GET", "--data", "{}"],
+            "--data is sent with --method POST only",
+        ),
+        (["--credentials-url", "http://127.0.0.1:1/", "--method", "PUT"], "GET or POST"),
         (["--credentials-url", "ftp://x/y"], "must be http:// or https://"),
         (
             ["--credentials-url", "http://127.0.0.1:1/", "--header", "nocolon"],
@@ -180,6 +233,8 @@ def test_file_and_stdin(tmp_path: Path) -> None:
         "http_status": None,
         "content_type": None,
         "clock_skew_s": None,
+        "method": None,
+        "headers": [],
     }
     proc = subprocess.run(
         [

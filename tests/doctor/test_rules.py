@@ -173,6 +173,16 @@ def test_credential_expiring_within_the_call() -> None:
     assert codes(ev, RuleOptions(call_length_s=300)) == []
 
 
+def test_credential_minted_for_exactly_the_call_length_is_fine() -> None:
+    # The README's own example: ttl 3600 against the default --call-length 3600, judged a few
+    # seconds after the backend minted it.
+    for left in (3600, 3599, 3541):
+        ev = evidence([turn(FULL, username=f"{int(NOW) + left}:u")], *healthy_probes())
+        assert codes(ev) == [], left
+    late = evidence([turn(FULL, username=f"{int(NOW) + 3539}:u")], *healthy_probes())
+    assert codes(late) == [("turn-credential-expired", "warning")]
+
+
 def test_long_lived_and_millisecond_expiries_count_as_static() -> None:
     for username in (f"{int(NOW) + 30 * 86400}:u", f"{int(NOW) * 1000}:u"):
         ev = evidence([turn(FULL, username=username)], *healthy_probes())

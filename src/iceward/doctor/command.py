@@ -22,7 +22,7 @@ from iceward.doctor.certs import ca_file_problem, client_context
 from iceward.doctor.config import load_config
 from iceward.doctor.fetch import InputError, fetch_config, read_ice_servers
 from iceward.doctor.report import RichProgress, render, to_json
-from iceward.doctor.rules import RuleOptions, duration, evaluate, summarize
+from iceward.doctor.rules import RuleOptions, duration, evaluate, outlives_call, summarize
 from iceward.doctor.runner import NoProgress, Options, ProgressSink, run_ladder
 
 
@@ -41,7 +41,27 @@ def doctor(
         Opt(
             "--credentials-url",
             metavar="URL",
-            help="GET the config from the app's backend, exactly as browsers receive it.",
+            help="Ask the app's backend for the config, exactly as browsers receive it (query "
+            "values such as API keys are masked in the output).",
+        ),
+    ] = None,
+    method: Annotated[
+        str,
+        Opt(
+            "--method",
+            metavar="GET|POST",
+            help="HTTP method for --credentials-url (POST when --data is given).",
+            show_default=False,
+        ),
+    ] = "",
+    data: Annotated[
+        str | None,
+        Opt(
+            "--data",
+            "-d",
+            metavar="JSON|@FILE",
+            help='JSON body to POST to --credentials-url, e.g. \'{"user": "u1", "ttl": 3600}\' '
+            "for iceward's POST /api/v1/ice-servers.",
         ),
     ] = None,
     header: Annotated[
@@ -50,7 +70,8 @@ def doctor(
             "--header",
             "-H",
             metavar="'NAME: VALUE'",
-            help="HTTP header for --credentials-url (repeatable), e.g. 'Authorization: Bearer …'.",
+            help="HTTP header for --credentials-url (repeatable), e.g. 'Authorization: Bearer "
+            "KEY' (masked in the output).",
         ),
     ] = None,
     json_out: Annotated[bool, Opt("--json", help="Print one JSON report to stdout.")] = False,
@@ -137,13 +158,18 @@ def doctor(
             raise fail(f"--ca-file {ca_file}: {problem}", command="doctor")
     try:
         if ice_servers is not None:
-            if header:
-                raise InputError("--header applies to --credentials-url only")
+            if header or method or data is not None:
+                raise InputError("--header, --method and --data apply to --credentials-url only")
             text, source = read_ice_servers(ice_servers)
         else:
             assert credentials_url is not None
             text, source = fetch_config(
-                credentials_url, header or [], timeout, client_context(ca_file, insecure)
+                credentials_url,
+                header or [],
+                timeout,
+                client_context(ca_file, insecure),
+                method=method or ("POST" if data is not None else "GET"),
+                data=data,
             )
     except InputError as exc:
         raise fail(str(exc), command="doctor") from None
@@ -173,7 +199,7 @@ def doctor(
             progress.line(
                 f"REST username {cred.username!r} "
                 + (f"expires in {duration(left)}" if left > 0 else f"expired {duration(left)} ago"),
-                left > call_length,
+                outlives_call(left, call_length),
             )
     options = Options(timeout, ca_file, insecure, security)
     try:

@@ -146,11 +146,15 @@ class Source:
     """Where the configuration came from."""
 
     kind: Literal["file", "stdin", "inline", "url"]
+    #: The file, or the URL with its query values (API keys, tokens) masked.
     location: str
     http_status: int | None = None
     content_type: str | None = None
     #: The credentials server's clock minus this machine's (from the HTTP Date header), seconds.
     clock_skew_s: float | None = None
+    #: For a URL: the HTTP method, and the headers sent (secret values masked).
+    method: str | None = None
+    headers: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)

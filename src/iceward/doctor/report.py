@@ -262,7 +262,7 @@ def served_config(console: Console, ev: Evidence, max_lines: int = 40) -> None:
     skew = "" if src.clock_skew_s is None else f"; its clock {src.clock_skew_s:+g} s vs this one"
     console.print(
         Text(
-            f"Config served by GET {src.location} (HTTP {src.http_status}, "
+            f"Config served by {src.method or 'GET'} {src.location} (HTTP {src.http_status}, "
             f"{src.content_type or 'no Content-Type'}{skew}):",
             style="bold",
         )

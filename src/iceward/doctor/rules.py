@@ -20,6 +20,9 @@ from iceward.doctor.evidence import Evidence, Probe, fmt_addr
 #: A REST credential valid longer than this is as good as a static password once leaked.
 LONG_LIVED_S = 7 * 86400
 SKEW_NOTICE_S = 30.0
+#: A credential minted for exactly the call length is judged seconds after it was minted (the
+#: fetch and the run take that long; REST expiries are whole seconds): that much is forgiven.
+MINTED_SLACK_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,12 @@ def duration(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs} s"
     return f"{secs} s"
+
+
+def outlives_call(left: float, call_length_s: float) -> bool:
+    """Whether a credential with ``left`` seconds to live lasts a call of ``call_length_s``: one
+    minted for exactly the call length (a TTL of 3600 for calls of an hour) does."""
+    return left + MINTED_SLACK_S >= call_length_s
 
 
 def utc(ts: float) -> str:
@@ -93,9 +102,10 @@ def bad_config(ev: Evidence, opts: RuleOptions) -> list[Finding]:
     warnings = [i.message for i in ev.config.issues if i.severity == "warning"]
     served = []
     if ev.source.kind == "url":
+        src = ev.source
         served = [
-            f"as served by GET {ev.source.location} (HTTP {ev.source.http_status}, "
-            f"Content-Type {ev.source.content_type or 'none'})"
+            f"as served by {src.method or 'GET'} {src.location} (HTTP {src.http_status}, "
+            f"Content-Type {src.content_type or 'none'})"
         ]
     out = []
     if errors:
@@ -168,7 +178,7 @@ def credentials(ev: Evidence, opts: RuleOptions) -> list[Finding]:
                 )
                 lines += _skew_line(ev)
             out.append(make_finding("turn-auth-failed", lines, subject=subject))
-        if left is not None and left < opts.call_length_s:
+        if left is not None and not outlives_call(left, opts.call_length_s):
             out.append(
                 make_finding(
                     "turn-credential-expired",
