@@ -49,7 +49,7 @@ def serve(config: Path | None = None, **given: Any) -> None:
         settings = load_settings(config, **given)
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from None
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, log_format=settings.log_format)
     use_uvloop()
     try:
         asyncio.run(_serve(settings))

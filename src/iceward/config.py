@@ -84,6 +84,11 @@ class ServerSettings(BaseSettings):
     channel_lifetime: int = Field(600, ge=10, description="Channel binding lifetime (s).")
     nonce_lifetime: int = Field(600, ge=10, description="Nonce lifetime (s), then 438.")
     log_level: str = Field("info", description="debug, info, warning or error.")
+    log_format: str = Field(
+        "text",
+        pattern="^(text|json)$",
+        description="text, or json: one JSON object a line (fields in the README).",
+    )
     http: str = Field("127.0.0.1:8080", description="HTTP API HOST:PORT, or off.")
     public_url: list[str] = Field(
         default_factory=list, description="URL handed to clients (repeatable)."

@@ -581,6 +581,15 @@ class RelayEngine:
             alloc.five_tuple,
             alloc.username,
             relayed,
+            extra={
+                "event": "allocation_start",
+                "allocation": alloc.id,
+                "user": alloc.username,
+                "account": alloc.account,
+                "client": alloc.five_tuple.client,
+                "transport": alloc.five_tuple.transport,
+                "relayed": [r.relayed_address for r in alloc.relays.values()],
+            },
         )
         if alloc.dont_fragment:
             for relay in alloc.relays.values():
@@ -610,6 +619,21 @@ class RelayEngine:
             c.bytes_to_peer,
             c.packets_to_client,
             c.bytes_to_client,
+            extra={
+                "event": "allocation_end",
+                "allocation": alloc.id,
+                "user": alloc.username,
+                "account": alloc.account,
+                "client": ft.client,
+                "transport": ft.transport,
+                "relayed": [r.relayed_address for r in alloc.relays.values()],
+                "reason": reason,
+                "duration_s": round(self._clock() - alloc.created, 3),
+                "bytes_to_peer": c.bytes_to_peer,
+                "bytes_to_client": c.bytes_to_client,
+                "packets_to_peer": c.packets_to_peer,
+                "packets_to_client": c.packets_to_client,
+            },
         )
 
     def _peer_refused(self, refused: PeerRefused) -> None:
@@ -625,6 +649,15 @@ class RelayEngine:
                 refused.peer,
                 refused.reason,
                 more,
+                extra={
+                    "event": "peer_refused",
+                    "client": refused.five_tuple.client,
+                    "transport": refused.five_tuple.transport,
+                    "user": refused.username,
+                    "peer": refused.peer,
+                    "reason": refused.reason,
+                    "suppressed": held,
+                },
             )
 
     def _auth_refused(self, refused: AuthRefused) -> None:
@@ -640,4 +673,12 @@ class RelayEngine:
                 refused.username,
                 refused.reason,
                 more,
+                extra={
+                    "event": "auth_refused",
+                    "client": refused.five_tuple.client,
+                    "transport": refused.five_tuple.transport,
+                    "user": refused.username,
+                    "reason": refused.reason,
+                    "suppressed": held,
+                },
             )

@@ -73,6 +73,7 @@ class HttpServer:
             host=host,
             port=port,
             log_level="warning",
+            log_config=None,  # its records go through the process's handler (text or json)
             access_log=False,
             lifespan="off",
             proxy_headers=False,

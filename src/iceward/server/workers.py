@@ -114,7 +114,7 @@ async def serve_worker(control_fd: int) -> int:
     spec = json.loads(await reader.readline())
     settings = ServerSettings(**spec["settings"])
     slot = _slot(spec)
-    setup_logging(settings.log_level, slot.index)
+    setup_logging(settings.log_level, slot.index, settings.log_format)
     process = RelayProcess(plan(settings, workers=slot.count), slot)
     try:
         await process.start()
@@ -344,8 +344,8 @@ class Supervisor:
         try:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
-                "-m",
-                "iceward.server.workers",
+                "-c",  # not -m: runpy would run this module a second time, with a warning
+                "from iceward.server.workers import main; main()",
                 str(child.fileno()),
                 pass_fds=passed,
                 stdin=subprocess.DEVNULL,
