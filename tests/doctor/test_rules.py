@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
+
+from rich.console import Console
 
 from iceward.diagnose.address import is_internal
 from iceward.doctor.config import load_config
@@ -17,6 +20,7 @@ from iceward.doctor.evidence import (
     Source,
     TlsInfo,
 )
+from iceward.doctor.report import render
 from iceward.doctor.rules import RuleOptions, evaluate, summarize
 
 NOW = 1_800_000_000.0
@@ -134,6 +138,31 @@ def test_ranking_follows_the_field_order() -> None:
     ]
 
 
+def test_a_lone_dead_udp_url_is_unreachable_first() -> None:
+    dead = probe("turn:t.example:3478", "unreachable", error="no answer in 2 s")
+    ev = evidence([turn(["turn:t.example:3478"])], dead)
+    assert [c for c, _ in codes(ev)][:2] == ["turn-unreachable", "turn-udp-only"]
+    # Once a TURN URL answers, the field order holds: UDP-only is the config's weakness.
+    alive = probe("turn:t.example:3479", "ok", relayed=[("203.0.113.5", 50000)])
+    ev = evidence([turn(["turn:t.example:3478", "turn:t.example:3479"])], dead, alive)
+    assert [c for c, _ in codes(ev)][:2] == ["turn-udp-only", "no-tls-443"]
+
+
+def test_terminal_keeps_urls_and_addresses_whole_at_80_columns() -> None:
+    urls = [*FULL, "turns:turn-eu-west-1.example.org:443?transport=tcp"]
+    probes = [*healthy_probes(), probe(urls[3], "ok", transport="tls", relayed=[("::1", 5)])]
+    probes[0].mapped, probes[0].stun_rtt_ms = ("198.51.100.77", 61234), 12.5
+    ev = evidence([turn(urls)], *probes, datapaths=[healthy_datapath()])
+    whole = [*urls, "198.51.100.77:61234", "203.0.113.5:50002", "203.0.113.5:50003"]
+    for width in (80, 60, 200):
+        console = Console(width=width, record=True, file=io.StringIO())
+        render(console, ev, evaluate(ev), [], summarize(ev, evaluate(ev)))
+        lines = console.export_text().splitlines()
+        assert all(len(line.rstrip()) <= width for line in lines)
+        for text in whole:
+            assert any(text in line for line in lines), (width, text)
+
+
 def test_no_turn() -> None:
     ev = evidence(
         [{"urls": "stun:s.example"}], probe("stun:s.example", "ok", mapped=("198.51.100.7", 4000))
@@ -219,7 +248,12 @@ def test_relay_blocked_and_latency() -> None:
         ("relay-ports-blocked", "error")
     ]
     not_tested = healthy_datapath(setup_error="403", not_tested=True, sent=0)
-    assert codes(evidence([turn(FULL)], *healthy_probes(), datapaths=[not_tested])) == []
+    untested = evidence([turn(FULL)], *healthy_probes(), datapaths=[not_tested])
+    assert codes(untested) == []
+    assert summarize(untested, []) == (
+        "TURN over UDP, TCP and TLS work; the relay data path went untested: the server "
+        "refuses its internal relayed 203.0.113.5 as a peer (403)"
+    )
     slow = healthy_datapath(p50_ms=400.0)
     assert codes(evidence([turn(FULL)], *healthy_probes(), datapaths=[slow])) == [
         ("high-relay-latency", "warning")

@@ -271,6 +271,9 @@ def test_security(case: str, servers: Callable[..., Server]) -> None:
         assert "open-relay-exposure" not in run.codes
     without = doctor("--ice-servers", target.config("udp"))
     assert without.report["security"] is None and "open-relay-exposure" not in without.codes
+    if "127.0.0.1" not in expected:  # the data path between two loopback relays got a 403
+        assert without.report["datapath"][0]["not_tested"], without.report["datapath"]
+        assert "the relay data path went untested" in without.report["summary"]
 
 
 def test_data_path_over_tls_when_that_is_all_there_is(server: Server, ca: CertAuthority) -> None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.status import Status
 from rich.table import Table
 from rich.text import Text
@@ -182,13 +185,83 @@ def _notes(p: Probe) -> Text:
     return text
 
 
-def probe_table(ev: Evidence) -> Table:
-    title = "URL \N{MULTIPLICATION SIGN} transport"
-    table = Table(title=title, title_justify="left", expand=False)
-    for column in ("URL", "via", "address", "STUN Binding", "TURN Allocate", "notes"):
-        table.add_column(column, overflow="fold")
+Cell = Text | str
+
+
+@dataclass(slots=True)
+class Rows:
+    """A table's title, headers and rows; the first column is a URL. Rendered as a table when
+    every cell fits the console unbroken (a URL or ``address:port`` split in the middle misleads
+    whoever copies it), else stacked: each URL on its own line, its rows under it."""
+
+    title: str
+    headers: tuple[str, ...]
+    #: Short labels for the stacked form ("" for none), one per header after the first.
+    labels: tuple[str, ...] = ()
+    rows: list[tuple[Cell, ...]] = field(default_factory=list)
+
+    def add(self, *cells: Cell) -> None:
+        self.rows.append(cells)
+
+    def widths(self, console: Console) -> list[int] | None:
+        """Column widths in which no word is broken, or None when the console is too narrow."""
+        lows, highs = [], []
+        for index, header in enumerate(self.headers):
+            cells = [Text(header), *(_text(row[index]) for row in self.rows)]
+            sizes = [Measurement.get(console, console.options, cell) for cell in cells]
+            lows.append(max(m.minimum for m in sizes))
+            highs.append(max(m.maximum for m in sizes))
+        room = console.width - (3 * len(self.headers) + 1)  # borders and padding
+        if sum(lows) > room:
+            return None
+        if sum(highs) <= room:
+            return highs
+        spare, wants = room - sum(lows), [h - low for low, h in zip(lows, highs, strict=True)]
+        return [low + spare * w // sum(wants) for low, w in zip(lows, wants, strict=True)]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = self.widths(console)
+        if widths is not None:
+            table = Table(title=self.title, title_justify="left", expand=False)
+            for header, width in zip(self.headers, widths, strict=True):
+                table.add_column(header, width=width, overflow="fold")
+            for row in self.rows:
+                table.add_row(*row)
+            yield table
+            return
+        yield Text(self.title, style="italic")
+        previous: str | None = None
+        for row in self.rows:
+            head = _text(row[0]).plain
+            if head != previous:
+                yield Text(head, style="bold", overflow="fold")
+                previous = head
+            line = Text()
+            labels = self.labels or self.headers[1:]
+            for label, cell in zip(labels, row[1:], strict=True):
+                text = _text(cell)
+                if text.plain.strip("·✓✗ ") in ("", "-"):
+                    continue
+                if line:
+                    line.append(" · ", style="dim")
+                if label:
+                    line.append(f"{label} ", style="dim")
+                line.append_text(text)
+            yield Padding(line, (0, 0, 0, 2))
+
+
+def _text(cell: Cell) -> Text:
+    return cell if isinstance(cell, Text) else Text(cell)
+
+
+def probe_table(ev: Evidence) -> Rows:
+    rows = Rows(
+        "URL \N{MULTIPLICATION SIGN} transport",
+        ("URL", "via", "address", "STUN Binding", "TURN Allocate", "notes"),
+        ("via", "to", "STUN", "TURN", ""),
+    )
     for p in ev.probes:
-        table.add_row(
+        rows.add(
             Text(p.url),
             p.transport.upper(),
             Text(p.target),
@@ -196,21 +269,21 @@ def probe_table(ev: Evidence) -> Table:
             _turn_cell(p),
             _notes(p),
         )
-    return table
+    return rows
 
 
-def datapath_table(ev: Evidence) -> Table:
-    table = Table(
-        title="Relay data path (two allocations relaying to each other)", title_justify="left"
+def datapath_table(ev: Evidence) -> Rows:
+    rows = Rows(
+        "Relay data path (two allocations relaying to each other)",
+        ("via", "relayed A ↔ B", "crossed A→B / back", "loss", "RTT p50 / p95", "jitter"),
+        ("relayed", "crossed A→B / back:", "loss", "RTT p50 / p95:", "jitter"),
     )
-    for column in ("via", "relayed A ↔ B", "crossed A→B / back", "loss", "RTT p50 / p95", "jitter"):
-        table.add_column(column, overflow="fold")
     for dp in ev.datapaths:
         if dp.setup_error:
             state = None if dp.not_tested else False
-            table.add_row(Text(dp.url), "-", _cell(state, dp.setup_error), "-", "-", "-")
+            rows.add(Text(dp.url), "-", _cell(state, dp.setup_error), "-", "-", "-")
             continue
-        table.add_row(
+        rows.add(
             Text(dp.url),
             Text(f"{fmt_addr(dp.relayed_a)} ↔ {fmt_addr(dp.relayed_b)}"),
             _cell(not dp.blocked, f"{dp.a_to_b}/{dp.sent} / {dp.b_to_a}/{dp.sent}"),
@@ -218,28 +291,28 @@ def datapath_table(ev: Evidence) -> Table:
             f"{dp.p50_ms} / {dp.p95_ms} ms" if dp.p50_ms is not None else "-",
             f"{dp.jitter_ms} ms" if dp.jitter_ms is not None else "-",
         )
-    return table
+    return rows
 
 
-def security_table(ev: Evidence) -> Table:
-    table = Table(
-        title="Peer policy (--security: CreatePermission only, no payload)", title_justify="left"
+def security_table(ev: Evidence) -> Rows:
+    rows = Rows(
+        "Peer policy (--security: CreatePermission only, no payload)",
+        ("via", "peer", "what it is", "answer"),
+        ("peer", "", ""),
     )
-    for column in ("via", "peer", "what it is", "answer"):
-        table.add_column(column, overflow="fold")
     if not ev.security:
-        table.add_row("-", "-", "-", _cell(None, "not tested: no TURN allocation succeeded"))
+        rows.add("-", "-", "-", _cell(None, "not tested: no TURN allocation succeeded"))
     for scan in ev.security or []:
         if scan.error:
-            table.add_row(Text(scan.url), "-", "-", _cell(None, scan.error))
+            rows.add(Text(scan.url), "-", "-", _cell(None, scan.error))
         for c in scan.checks:
-            table.add_row(
+            rows.add(
                 Text(scan.url),
                 Text(c.peer),
                 Text(c.label),
                 Text(c.answer, style="bold red" if c.accepted else "green"),
             )
-    return table
+    return rows
 
 
 def finding_block(f: Finding) -> Group:

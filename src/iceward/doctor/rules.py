@@ -443,11 +443,21 @@ RULES: tuple[Rule, ...] = (
 
 
 def evaluate(ev: Evidence, opts: RuleOptions | None = None) -> list[Finding]:
+    """Every rule's findings, ranked in the field order; except that when no TURN URL answers
+    at all, the URLs that answer nothing come first: that is what fails every call from here,
+    before any weakness of the config (a lone UDP URL that is dead is unreachable first)."""
     opts = opts or RuleOptions()
     findings: list[Finding] = []
     for rule in RULES:
         findings += rule(ev, opts)
-    return rank(findings)
+    findings = rank(findings)
+    turn = [p for u in ev.config.turn_urls for p in ev.probes_for(u)]
+    if turn and not any(p.outcome in ("ok", "auth", "refused") for p in turn):
+        first = [f.code == "turn-unreachable" and f.severity == "error" for f in findings]
+        findings = [f for f, x in zip(findings, first, strict=True) if x] + [
+            f for f, x in zip(findings, first, strict=True) if not x
+        ]
+    return findings
 
 
 # -- the verdict -----------------------------------------------------------------------------------
@@ -509,7 +519,15 @@ def summarize(ev: Evidence, findings: list[Finding]) -> str:
     if by_outcome.get("unreachable"):
         parts.append(f"nothing answers TURN over {_join(by_outcome['unreachable'])}")
     for dp in ev.datapaths:
-        if dp.blocked:
+        if dp.not_tested:
+            host = dp.relayed_b[0] if dp.relayed_b else "address"
+            parts.append(
+                f"the relay data path went untested: the server refuses its internal relayed "
+                f"{host} as a peer (403)"
+            )
+        elif dp.setup_error is not None:
+            parts.append(f"the relay data path could not be tested: {dp.setup_error}")
+        elif dp.blocked:
             parts.append(
                 f"UDP to the relay port range is blocked ({dp.a_to_b}/{dp.sent} packets crossed)"
             )
