@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable
 
 from iceward.config import ServerSettings
+from iceward.net.notify import SystemdNotifier
 from iceward.server.plan import plan
 from iceward.server.single import SingleServer
 from iceward.server.workers import Supervisor
@@ -36,8 +37,15 @@ def build(settings: ServerSettings) -> Server:
 
 
 async def run(settings: ServerSettings, ready: Callable[[Server], None]) -> None:
-    """Start, call ``ready``, serve until SIGTERM or SIGINT, stop cleanly."""
+    """Start, call ``ready``, serve until SIGTERM or SIGINT, stop cleanly; SIGHUP reloads.
+
+    Under systemd (``Type=notify``) it says so: ``READY=1`` once every socket (the HTTP API's
+    too) is bound and every worker up, ``STATUS=`` with the allocations and workers up,
+    ``WATCHDOG=1`` when ``WatchdogSec=`` asks, ``RELOADING=1`` around SIGHUP and ``STOPPING=1``
+    at stop. Only this process (the supervisor, with workers) notifies.
+    """
     server = build(settings)
+    notifier = SystemdNotifier()
     await server.start()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -45,9 +53,60 @@ async def run(settings: ServerSettings, ready: Callable[[Server], None]) -> None
     def stop() -> None:
         if not stopping:
             logging.getLogger("iceward.server").info("stopping")
+            notifier.stopping()
             stopping.append(loop.create_task(server.stop()))
+
+    def reload() -> None:
+        notifier.reloading()
+        server.reload()
+        notifier.notify("READY=1")
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    loop.add_signal_handler(signal.SIGHUP, reload)
     ready(server)
-    await server.wait_stopped()
+    tasks: list[asyncio.Task[None]] = []
+    if notifier.enabled:
+        notifier.ready(await status_line(server))
+        tasks.append(loop.create_task(_report_status(server, notifier, stopping)))
+        if notifier.watchdog_interval is not None:
+            tasks.append(loop.create_task(_keep_watchdog(notifier, notifier.watchdog_interval)))
+    try:
+        await server.wait_stopped()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+#: Seconds between two STATUS= updates (sent when the line changed).
+STATUS_PERIOD = 2.0
+
+
+async def status_line(server: Server) -> str:
+    """``3 allocations, 2/2 workers up``: what ``systemctl status`` shows."""
+    snapshot = await server.metrics_snapshot()
+    active = sum(snapshot.active.values())
+    up, total = server.workers_up()
+    return f"{active} allocation{'' if active == 1 else 's'}, {up}/{total} workers up"
+
+
+async def _report_status(
+    server: Server, notifier: SystemdNotifier, stopping: list[asyncio.Task[None]]
+) -> None:
+    last = ""
+    while not stopping:
+        try:
+            line = await status_line(server)
+        except Exception as exc:  # a status line must never end the server
+            line = f"status unavailable: {exc}"
+        if line != last and not stopping:
+            notifier.status(line)
+            last = line
+        await asyncio.sleep(STATUS_PERIOD)
+
+
+async def _keep_watchdog(notifier: SystemdNotifier, interval: float) -> None:
+    """WATCHDOG=1 from the event loop itself: a loop that hangs stops feeding it."""
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval)

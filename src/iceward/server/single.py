@@ -71,6 +71,11 @@ class SingleServer:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def reload(self) -> None:
+        """SIGHUP: load the TLS certificate files again."""
+        if self.process is not None:
+            self.process.engine.reload_tls()
+
     # -- what the command line prints ----------------------------------------------------------
     def minting_secret(self) -> str | None:
         return self.process.sync.minting_secret() if self.process else None

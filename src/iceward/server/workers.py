@@ -291,6 +291,10 @@ class Supervisor:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def reload(self) -> None:
+        """SIGHUP: every worker loads the TLS certificate files again."""
+        self._forward(signal.SIGHUP)
+
     async def _terminate_all(self, grace: float = 15.0) -> None:
         live = [w for w in self._workers if w is not None and w.process.returncode is None]
         for worker in live:
