@@ -92,6 +92,22 @@ def test_html_for_a_failed_call_has_pairs_and_chart(tmp_path: Path) -> None:
     assert "Candidate pairs" in html and "polyline" in html and "ice-failed-unknown" in html
 
 
+def test_html_chart_has_a_legend_and_no_empty_bytes_box(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    invoke("--html", str(out), str(WRONG_PASSWORD))  # no byte counters: it never connected
+    html = out.read_text()
+    legends = re.findall(r"<p class=legend>(.*?)</p>", html)
+    assert len(legends) == html.count("<svg") == 2
+    for state in ("have-local-offer", "stable", "gathering", "complete", "icecandidateerror"):
+        assert f"</i>{state}</span>" in legends[0], legends[0]
+    assert "fill='none' stroke='#d0d7de'" not in html  # the bytes plot's empty frame
+    assert html.count("No byte counters in the input: no bytes chart.") == 2
+    invoke("--html", str(out), str(RELAY_UDP))
+    html = out.read_text()
+    assert "polyline" in html and "no bytes chart" not in html
+    assert "</i>connected</span>" in re.findall(r"<p class=legend>(.*?)</p>", html)[0]
+
+
 def test_credentials_never_printed(tmp_path: Path) -> None:
     dump = samples.write(tmp_path / "d.rtcstats", samples.rtcstats_delta(), lines=True)
     html = tmp_path / "d.html"

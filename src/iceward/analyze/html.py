@@ -43,6 +43,9 @@ th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
 svg{background:#fff;border:1px solid #d0d7de;margin:.5em 0}
 svg text{font:11px system-ui,sans-serif;fill:#57606a}
 .sel{font-weight:700}code{font-size:12px}
+.legend{font-size:12px;color:#57606a;margin:0 0 1em}.legend span{margin-right:1.2em}
+.sw{display:inline-block;width:12px;height:12px;margin-right:.35em;vertical-align:-2px}
+.sw.err{height:0;border-top:2px dashed #cf222e;vertical-align:3px}
 """
 STATE_COLORS = {
     "new": "#d0d7de",
@@ -61,6 +64,7 @@ STATE_COLORS = {
     "failed": "#cf222e",
     "closed": "#6e7781",
 }
+BYTES_COLORS = {"sent": "#0969da", "received": "#8250df"}
 W, LANE, PLOT, LEFT, RIGHT = 960, 18, 150, 110, 20
 
 
@@ -80,14 +84,25 @@ def _finding_html(f: Finding) -> str:
 
 
 def chart(pc: PeerConnectionReport) -> str:
-    """State lanes plus the bytes curves, on one time axis (seconds from the PC's start)."""
+    """State lanes plus the bytes curves, on one time axis (seconds from the PC's start), and a
+    legend of the colours used. No byte counters: the lanes alone, and a line saying so."""
     t0, end = pc.t0, pc.end
     if t0 is None or end is None:
         return "<p class=meta>No times in the input: no chart.</p>"
     span = max(end - t0, 1000.0)
     lanes = [k for k in STATE_KINDS if pc.history(k)]
+    byte_series = [
+        s
+        for s in pc.flow
+        if s.unit == "bytes" and s.source != "rtp" and any(t >= t0 for t, _ in s.points)
+    ]
+    no_bytes = "<p class=meta>No byte counters in the input: no bytes chart.</p>"
+    if not lanes and not byte_series:
+        return "<p class=meta>No state changes or byte counters in the input: no chart.</p>"
     top = 10
-    height = top + LANE * len(lanes) + 20 + PLOT + 30
+    y0 = top + LANE * len(lanes) + (20 if byte_series else 0)
+    bottom = y0 + PLOT if byte_series else y0 + 4
+    height = bottom + 30
     inner = W - LEFT - RIGHT
 
     def x(t: float) -> float:
@@ -97,6 +112,7 @@ def chart(pc: PeerConnectionReport) -> str:
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{height}'"
         f" viewBox='0 0 {W} {height}' role='img' aria-label='timeline of {_e(pc.id)}'>"
     ]
+    shown: dict[str, str] = {}
     for i, kind in enumerate(lanes):
         y = top + i * LANE
         out.append(f"<text x='4' y='{y + 13}'>{_e(kind)}</text>")
@@ -107,43 +123,41 @@ def chart(pc: PeerConnectionReport) -> str:
             nxt = next((h.t for h in history[j + 1 :] if h.t is not None), end)
             x1, x2 = x(s.t), x(max(nxt, s.t))
             color = STATE_COLORS.get(s.state, "#8c959f")
+            shown.setdefault(s.state, color)
             width = max(x2 - x1, 1.5)
             out.append(
                 f"<rect x='{x1:.1f}' y='{y + 2}' width='{width:.1f}' height='{LANE - 4}'"
                 f" fill='{color}'><title>{_e(kind)}: {_e(s.state)} at {_e(pc.offset(s.t))}"
                 "</title></rect>"
             )
-    y0 = top + LANE * len(lanes) + 20
-    out.append(
-        f"<rect x='{LEFT}' y='{y0}' width='{inner}' height='{PLOT}' fill='none' stroke='#d0d7de'/>"
-    )
-    byte_series = [s for s in pc.flow if s.unit == "bytes" and s.source != "rtp"]
-    peak = max((v for s in byte_series for _, v in s.points), default=0.0)
-    colors = {"sent": "#0969da", "received": "#8250df"}
-    scale = max(peak, 1.0)  # all-zero counters draw a flat line: nothing flowed
-    for series in byte_series:
-        if not series.points:
-            continue
-        pts = " ".join(
-            f"{x(t):.1f},{y0 + PLOT - v / scale * (PLOT - 6):.1f}"
-            for t, v in series.points
-            if t >= t0
-        )
-        stroke = colors.get(series.direction, "#57606a")
+    if byte_series:
         out.append(
-            f"<polyline fill='none' stroke='{stroke}' stroke-width='2'"
-            f" points='{pts}'><title>{_e(series.name)}</title></polyline>"
+            f"<rect x='{LEFT}' y='{y0}' width='{inner}' height='{PLOT}' fill='none'"
+            " stroke='#d0d7de'/>"
         )
-    out.append(f"<text x='4' y='{y0 + 12}'>bytes (cumulative)</text>")
-    out.append(f"<text x='4' y='{y0 + 26}' fill='#0969da'>— sent</text>")
-    out.append(f"<text x='4' y='{y0 + 40}' fill='#8250df'>— received</text>")
-    out.append(f"<text x='4' y='{y0 + PLOT}'>max {human_bytes(peak)}</text>")
-    for e in pc.candidate_errors:
-        if e.t is None:
-            continue
+        peak = max((v for s in byte_series for _, v in s.points), default=0.0)
+        scale = max(peak, 1.0)  # all-zero counters draw a flat line: nothing flowed
+        for series in byte_series:
+            pts = " ".join(
+                f"{x(t):.1f},{y0 + PLOT - v / scale * (PLOT - 6):.1f}"
+                for t, v in series.points
+                if t >= t0
+            )
+            stroke = BYTES_COLORS.get(series.direction, "#57606a")
+            out.append(
+                f"<polyline fill='none' stroke='{stroke}' stroke-width='2'"
+                f" points='{pts}'><title>{_e(series.name)}</title></polyline>"
+            )
+        out.append(f"<text x='4' y='{y0 + 12}'>bytes (cumulative)</text>")
+        out.append(f"<text x='4' y='{y0 + 26}' fill='#0969da'>— sent</text>")
+        out.append(f"<text x='4' y='{y0 + 40}' fill='#8250df'>— received</text>")
+        out.append(f"<text x='4' y='{y0 + PLOT}'>max {human_bytes(peak)}</text>")
+    errors = [e for e in pc.candidate_errors if e.t is not None]
+    for e in errors:
+        assert e.t is not None
         xe = x(e.t)
         out.append(
-            f"<line x1='{xe:.1f}' x2='{xe:.1f}' y1='{top}' y2='{y0 + PLOT}' stroke='#cf222e'"
+            f"<line x1='{xe:.1f}' x2='{xe:.1f}' y1='{top}' y2='{bottom}' stroke='#cf222e'"
             f" stroke-dasharray='3,3'><title>icecandidateerror {e.code} {_e(e.url)}"
             f" {_e(e.text)} at {_e(pc.offset(e.t))}</title></line>"
         )
@@ -151,10 +165,19 @@ def chart(pc: PeerConnectionReport) -> str:
     for i in range(ticks + 1):
         t = t0 + span * i / ticks
         out.append(
-            f"<text x='{x(t):.1f}' y='{y0 + PLOT + 16}' text-anchor='middle'>"
+            f"<text x='{x(t):.1f}' y='{bottom + 16}' text-anchor='middle'>"
             f"{(t - t0) / 1000:.1f} s</text>"
         )
     out.append("</svg>")
+    legend = [
+        f"<span><i class=sw style='background:{color}'></i>{_e(state)}</span>"
+        for state, color in shown.items()
+    ]
+    if errors:
+        legend.append("<span><i class='sw err'></i>icecandidateerror</span>")
+    out.append(f"<p class=legend>{''.join(legend)}</p>" if legend else "")
+    if not byte_series:
+        out.append(no_bytes)
     return "".join(out)
 
 
