@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from iceward.analyze.api import analyze_path
-from iceward.analyze.load import detect
+from iceward.analyze.load import InputError, detect
 from tests.analyze import samples
 
 
@@ -143,3 +143,31 @@ def test_test_page_report_brings_the_page_findings(tmp_path: Path) -> None:
     assert blocked.subject == "turn:198.51.100.7:3478?transport=udp"
     assert by_code["no-tls-443"].severity == "warning"  # the vocabulary's, not "bogus"
     assert analysis.exit_code == 1
+
+
+def test_test_page_report_of_a_failing_user_has_no_stats_but_the_page_findings(
+    tmp_path: Path,
+) -> None:
+    """Nothing connected, so the page recorded no getStats(): its own findings are the answer."""
+    report = {
+        "format": "iceward-test-report",
+        "summary": "Calls from this network will not connect: the TURN server refused the "
+        "credential",
+        "urls": ["turn:198.51.100.7:3478?transport=udp"],
+        "getStats": [],
+        "findings": [
+            {
+                "code": "turn-auth-failed",
+                "severity": "error",
+                "evidence": ["turn:198.51.100.7:3478?transport=udp: icecandidateerror 401"],
+                "subject": "turn:198.51.100.7:3478?transport=udp",
+            }
+        ],
+    }
+    analysis = analyze_path(samples.write(tmp_path / "report.json", report))
+    assert (analysis.format, analysis.reports) == ("iceward-test-report", [])
+    assert [(f.code, f.severity) for f in analysis.findings] == [("turn-auth-failed", "error")]
+    assert analysis.meta["summary"] == report["summary"] and analysis.exit_code == 1
+    del report["findings"]
+    with pytest.raises(InputError, match="neither findings nor getStats"):
+        analyze_path(samples.write(tmp_path / "empty.json", report))

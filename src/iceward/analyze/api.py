@@ -8,7 +8,7 @@ from typing import Any
 
 from iceward.analyze.getstats import parse_getstats
 from iceward.analyze.internals import parse_internals
-from iceward.analyze.load import DEFAULT_MAX_BYTES, InputError, LoadedInput, load
+from iceward.analyze.load import DEFAULT_MAX_BYTES, TEST_REPORT, InputError, LoadedInput, load
 from iceward.analyze.model import PeerConnectionReport
 from iceward.analyze.rtcstats import parse_rtcstats
 from iceward.analyze.rules import analyze
@@ -33,6 +33,8 @@ class Analysis:
 
 
 def analyze_loaded(loaded: LoadedInput, path: str) -> Analysis:
+    if loaded.format == TEST_REPORT:
+        return _page_only(loaded, path)
     if loaded.format == "webrtc-internals":
         reports, meta = parse_internals(loaded.data)
     elif loaded.format == "rtcstats":
@@ -50,6 +52,28 @@ def analyze_loaded(loaded: LoadedInput, path: str) -> Analysis:
         seen = {(f.code, f.subject) for f in findings}
         findings = rank(findings + [f for f in carried if (f.code, f.subject) not in seen])
     return Analysis(path, loaded.format, loaded.size, loaded.compressed, reports, findings, meta)
+
+
+def _page_only(loaded: LoadedInput, path: str) -> Analysis:
+    """A test page report without getStats() data (no relay test connected): the page's own
+    findings, with its one-line answer and what it tested."""
+    report: dict[str, Any] = loaded.data
+    findings = rank(page_findings(loaded.page_findings))
+    if not findings:
+        raise InputError("an iceward test page report whose findings are none of the known codes")
+    urls = report.get("urls")
+    meta: dict[str, Any] = {
+        "summary": _text(report.get("summary")),
+        "recordedAt": _text(report.get("createdAt")),
+        "urls": [_text(u) for u in urls[:_MAX_EVIDENCE]] if isinstance(urls, list) else [],
+        "note": "a browser test page report without getStats() data (no relay test connected):"
+        " the findings are the page's own",
+    }
+    return Analysis(path, loaded.format, loaded.size, loaded.compressed, [], findings, meta)
+
+
+def _text(value: Any) -> str | None:
+    return str(value)[:_MAX_TEXT] if isinstance(value, str) else None
 
 
 #: Bounds on what a (possibly edited) test page report may carry into the analysis.

@@ -17,7 +17,8 @@ def analyze_fn(
     dump: Annotated[
         Path,
         typer.Argument(
-            help="webrtc-internals dump, rtcstats dump or getStats() JSON (plain or .gz).",
+            help="webrtc-internals dump, rtcstats dump, getStats() JSON or a test page report "
+            "(plain or .gz).",
             show_default=False,
         ),
     ],

@@ -331,10 +331,16 @@ def render_html(analysis: Analysis) -> str:
         meta.append(str(browser))
     meta.append(f"{len(analysis.reports)} PeerConnection(s)")
     body = "".join(_pc_html(pc) for pc in analysis.reports)
+    said = [
+        f"<div class=note>{_e(prefix + str(analysis.meta[key]))}</div>"
+        for key, prefix in (("note", ""), ("summary", "The page said: "))
+        if analysis.meta.get(key)
+    ]
     return (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         "<meta name=viewport content='width=device-width,initial-scale=1'>"
         f"<title>iceward analyze: {_e(analysis.path)}</title><style>{CSS}</style></head><body>"
         f"<h1>iceward analyze</h1><p class=meta>{_e(analysis.path)} · {_e(' · '.join(meta))}"
-        f" · iceward {_e(__version__)}</p><h2>Findings</h2>{findings}{body}</body></html>"
+        f" · iceward {_e(__version__)}</p>{''.join(said)}<h2>Findings</h2>{findings}{body}"
+        "</body></html>"
     )

@@ -15,6 +15,8 @@ from typing import Any
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 GZIP_MAGIC = b"\x1f\x8b"
 RTCSTATS_MAGIC = "RTCStatsDump"
+#: The browser test page's report format (``GET /api/v1/reports/ID``).
+TEST_REPORT = "iceward-test-report"
 
 
 class InputError(Exception):
@@ -23,8 +25,9 @@ class InputError(Exception):
 
 @dataclass(slots=True)
 class LoadedInput:
-    format: str  # "webrtc-internals", "rtcstats", "getstats"
-    #: The parsed JSON (webrtc-internals, getstats) or the text lines (rtcstats).
+    format: str  # "webrtc-internals", "rtcstats", "getstats", "iceward-test-report"
+    #: The parsed JSON (webrtc-internals, getstats, a test page report without getStats() data)
+    #: or the text lines (rtcstats).
     data: Any
     size: int
     compressed: bool
@@ -159,19 +162,20 @@ def detect(raw: bytes, name: str = "input", compressed: bool = False) -> LoadedI
         return LoadedInput("webrtc-internals", data, size, compressed)
     if is_getstats(data):
         return LoadedInput("getstats", data, size, compressed)
-    if isinstance(data, dict) and data.get("format") == "iceward-test-report":
+    if isinstance(data, dict) and data.get("format") == TEST_REPORT:
         # A browser test page report (/api/v1/reports/ID): its getStats() snapshot is analysed,
-        # and the page's own findings (from its per-transport probes) are carried along.
-        if not is_getstats(data.get("getStats")):
-            raise InputError(f"{name} is an iceward test page report without getStats() data")
+        # and the page's own findings (from its per-transport probes) are carried along. When
+        # no relay test got far enough to record stats (the user whose calls fail), the page's
+        # findings are the analysis.
         carried = data.get("findings")
-        return LoadedInput(
-            "getstats",
-            data["getStats"],
-            size,
-            compressed,
-            carried if isinstance(carried, list) else [],
-        )
+        findings = carried if isinstance(carried, list) else []
+        if is_getstats(data.get("getStats")):
+            return LoadedInput("getstats", data["getStats"], size, compressed, findings)
+        if not findings:
+            raise InputError(
+                f"{name} is an iceward test page report with neither findings nor getStats() data"
+            )
+        return LoadedInput(TEST_REPORT, data, size, compressed, findings)
     raise InputError(f"{name} is JSON but {describe_shape(data)}: {EXPECTED}")
 
 
