@@ -176,12 +176,14 @@ def _register_subcommands() -> None:
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
     from iceward.testpage.command import register as register_testpage
+    from iceward.top import register as register_top
 
     register_store(app)
     register_doctor(app)
     register_analyze(app)
     register_lab(app)
     register_testpage(app)
+    register_top(app)
 
 
 _register_subcommands()
