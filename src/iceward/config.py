@@ -10,7 +10,7 @@ import ipaddress
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
@@ -84,10 +84,8 @@ class ServerSettings(BaseSettings):
     channel_lifetime: int = Field(600, ge=10, description="Channel binding lifetime (s).")
     nonce_lifetime: int = Field(600, ge=10, description="Nonce lifetime (s), then 438.")
     log_level: str = Field("info", description="debug, info, warning or error.")
-    log_format: str = Field(
-        "text",
-        pattern="^(text|json)$",
-        description="text, or json: one JSON object a line (fields in the README).",
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object a line (fields in the README)."
     )
     http: str = Field("127.0.0.1:8080", description="HTTP API HOST:PORT, or off.")
     public_url: list[str] = Field(

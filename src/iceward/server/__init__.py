@@ -84,7 +84,10 @@ STATUS_PERIOD = 2.0
 
 async def status_line(server: Server) -> str:
     """``3 allocations, 2/2 workers up``: what ``systemctl status`` shows."""
-    snapshot = await server.metrics_snapshot()
+    try:
+        snapshot = await server.metrics_snapshot()
+    except Exception as exc:  # a status line must never end the server
+        return f"status unavailable: {exc}"
     active = sum(snapshot.active.values())
     up, total = server.workers_up()
     return f"{active} allocation{'' if active == 1 else 's'}, {up}/{total} workers up"
@@ -95,10 +98,7 @@ async def _report_status(
 ) -> None:
     last = ""
     while not stopping:
-        try:
-            line = await status_line(server)
-        except Exception as exc:  # a status line must never end the server
-            line = f"status unavailable: {exc}"
+        line = await status_line(server)
         if line != last and not stopping:
             notifier.status(line)
             last = line
