@@ -172,6 +172,7 @@ def credentials(
 
 def _register_subcommands() -> None:
     from iceward.analyze.command import register as register_analyze
+    from iceward.coturn.command import register as register_coturn
     from iceward.doctor.command import register as register_doctor
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
@@ -183,6 +184,7 @@ def _register_subcommands() -> None:
     register_analyze(app)
     register_lab(app)
     register_testpage(app)
+    register_coturn(app)
     register_top(app)
 
 
