@@ -174,6 +174,7 @@ def _register_subcommands() -> None:
     from iceward.analyze.command import register as register_analyze
     from iceward.coturn.command import register as register_coturn
     from iceward.doctor.command import register as register_doctor
+    from iceward.firewall import register as register_firewall
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
     from iceward.testpage.command import register as register_testpage
@@ -185,6 +186,7 @@ def _register_subcommands() -> None:
     register_lab(app)
     register_testpage(app)
     register_coturn(app)
+    register_firewall(app)
     register_top(app)
 
 
