@@ -16,13 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 # The README's screenshots are refreshed with ICEWARD_SCREENSHOTS=docs/screenshots make test;
 # otherwise a run leaves the tracked ones alone and writes to a scratch folder.
 SCREENSHOTS = Path(
-    os.environ.get("ICEWARD_SCREENSHOTS")
-    or Path(tempfile.gettempdir()) / "iceward-screenshots"
+    os.environ.get("ICEWARD_SCREENSHOTS") or Path(tempfile.gettempdir()) / "iceward-screenshots"
 ).resolve()
 RUN_TIMEOUT_MS = 60_000
 RESULT_JS = """() => ({
   state: document.body.dataset.state,
   summary: window.iceward.summary,
+  answer: window.iceward.answer,
   findings: window.iceward.findings,
   rows: window.iceward.rows,
   facts: window.iceward.facts,
@@ -62,6 +62,18 @@ def row(result: dict[str, Any], kind: str, transport: str) -> dict[str, Any]:
 
 def codes(result: dict[str, Any], severity: str | None = None) -> list[str]:
     return [f["code"] for f in result["findings"] if severity is None or f["severity"] == severity]
+
+
+#: Visible elements whose right edge is past the viewport (cut off on a phone), if any.
+OVERFLOWING_JS = """() => [...document.querySelectorAll('body *')].filter((e) => {
+  const r = e.getBoundingClientRect();
+  return r.width > 0 && r.height > 0 && r.right > window.innerWidth + 0.5;
+}).map((e) => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''}.${e.className}`)"""
+
+
+def overflowing(page: Any) -> list[str]:
+    found: list[str] = page.evaluate(OVERFLOWING_JS)
+    return found
 
 
 def screenshot(page: Any, name: str) -> None:

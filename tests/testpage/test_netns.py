@@ -110,6 +110,10 @@ def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
         assert r["datapath"] and r["datapath"]["delivered"] == 0, context
     assert codes(result, "error") == ["relay-ports-blocked", "relay-ports-blocked"], context
     assert result["summary"].startswith("Allocations work but data"), context
+    assert result["answer"] == (
+        "Calls from this network will not connect: "
+        "Allocations work but data through the relay does not."
+    ), context
     assert time.monotonic() - started < 60
     # The shared report reaches the analyzer, which sees a relay-only call that never connected
     # and keeps the page's own diagnosis.

@@ -63,6 +63,7 @@ def _page_only(loaded: LoadedInput, path: str) -> Analysis:
         raise InputError("an iceward test page report whose findings are none of the known codes")
     urls = report.get("urls")
     meta: dict[str, Any] = {
+        "answer": _text(report.get("answer")),
         "summary": _text(report.get("summary")),
         "recordedAt": _text(report.get("createdAt")),
         "urls": [_text(u) for u in urls[:_MAX_EVIDENCE]] if isinstance(urls, list) else [],

@@ -333,7 +333,11 @@ def render_html(analysis: Analysis) -> str:
     body = "".join(_pc_html(pc) for pc in analysis.reports)
     said = [
         f"<div class=note>{_e(prefix + str(analysis.meta[key]))}</div>"
-        for key, prefix in (("note", ""), ("summary", "The page said: "))
+        for key, prefix in (
+            ("note", ""),
+            ("answer", "The page said: "),
+            ("summary", "The page said: "),
+        )
         if analysis.meta.get(key)
     ]
     return (

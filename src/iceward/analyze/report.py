@@ -461,9 +461,9 @@ def render(analysis: Analysis, console: Console) -> None:
         details.append(str(meta["browser"]))
     details.append(f"{len(analysis.reports)} PeerConnection(s)")
     console.print(Text(head, style="bold"), Text(" · ".join(details), style="dim"))
-    for key in ("note", "summary"):
+    for key in ("note", "answer", "summary"):
         if meta.get(key):
-            console.print(Text(("The page said: " if key == "summary" else "") + str(meta[key])))
+            console.print(Text(("" if key == "note" else "The page said: ") + str(meta[key])))
     console.print(
         Panel(findings_renderable(analysis.findings), title="Findings", title_align="left")
     )

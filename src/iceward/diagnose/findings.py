@@ -129,6 +129,10 @@ _SPECS = (
 )
 
 CODES: dict[str, FindingSpec] = {spec.code: spec for spec in _SPECS}
+
+#: static-credentials: a TURN REST credential valid longer than this is as good as a static
+#: password once leaked (the doctor and the test page judge with it).
+LONG_LIVED_CREDENTIAL_S = 7 * 86400
 _RANK = {code: i for i, code in enumerate(CODES)}
 
 

@@ -13,12 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from iceward.diagnose.address import is_internal
-from iceward.diagnose.findings import Finding, make_finding, rank
+from iceward.diagnose.findings import LONG_LIVED_CREDENTIAL_S, Finding, make_finding, rank
 from iceward.doctor.config import Credential, ServerUrl, unique_urls
 from iceward.doctor.evidence import Evidence, Probe, fmt_addr
 
 #: A REST credential valid longer than this is as good as a static password once leaked.
-LONG_LIVED_S = 7 * 86400
+LONG_LIVED_S = LONG_LIVED_CREDENTIAL_S
 SKEW_NOTICE_S = 30.0
 #: A credential minted for exactly the call length is judged seconds after it was minted (the
 #: fetch and the run take that long; REST expiries are whole seconds): that much is forgiven.

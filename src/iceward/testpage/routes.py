@@ -2,7 +2,8 @@
 
 - ``GET /`` links to ``GET /test``, the page itself (static assets under ``/test/static/``);
 - ``GET /test/findings.json``: the findings vocabulary (codes, severities, titles, fixes), so the
-  page and the doctor speak the same words;
+  page and the doctor speak the same words; ``GET /test/policy.json``: the thresholds and the
+  internal address table the page judges with (the doctor's and the peer policy's);
 - ``GET /api/v1/test-ice-servers?t=TOKEN``: short-lived TURN credentials for a test-link token
   (``iceward test-link``, ``POST /admin/v1/test-links``), never an API key in a link;
 - ``POST /api/v1/reports`` stores a report (validated, size capped by the API's request guard,
@@ -26,10 +27,11 @@ from iceward.api.client import ClientAddress
 from iceward.api.control import ServerControl
 from iceward.api.guard import REPORT_BODY_LIMIT
 from iceward.api.issue import issue
-from iceward.diagnose.findings import CODES
+from iceward.diagnose.findings import CODES, LONG_LIVED_CREDENTIAL_S
 from iceward.ratelimit import RateLimiter
 from iceward.store import Store
 from iceward.testpage.tokens import DEFAULT_TTL, MAX_TTL, check_token, ensure_key, mint_token
+from iceward.turn.policy import DEFAULT_DENIED
 
 MAX_REPORT_BYTES = REPORT_BODY_LIMIT  # enforced for every route by iceward.api.guard
 REPORT_RETENTION = dt.timedelta(days=30)
@@ -117,6 +119,8 @@ class ReportIn(_Strict):
     createdAt: str = Field(max_length=64)
     source: Literal["token", "pasted", "url"]
     summary: str = Field(max_length=500)
+    #: The one sentence for the end user ("Calls from this network will connect.").
+    answer: str = Field("", max_length=300)
     urls: list[Annotated[str, Field(max_length=500)]] = Field(max_length=64)
     findings: list[FindingIn] = Field(max_length=100)
     rows: list[RowIn] = Field(max_length=64)
@@ -190,6 +194,16 @@ def create_router(
             {"code": s.code, "severity": s.severity, "title": s.title, "fix": s.fix}
             for s in CODES.values()
         ]
+
+    @router.get("/test/policy.json", tags=["test page"])
+    async def policy() -> dict[str, Any]:
+        """The thresholds and tables the page judges with, the doctor's and the server's own:
+        how long a credential may live (static-credentials), and which address ranges are
+        internal (the peer policy's table; IPv4 inside IPv6 is unwrapped as the server does)."""
+        return {
+            "longLivedCredentialS": LONG_LIVED_CREDENTIAL_S,
+            "internalRanges": [list(pair) for pair in DEFAULT_DENIED],
+        }
 
     @router.get("/api/v1/test-ice-servers", tags=["test page"])
     async def test_ice_servers(

@@ -12,6 +12,9 @@ const CONNECT_TIMEOUT_MS = 10000;
 const MESSAGES = 20;
 const ECHO_WAIT_MS = 2000;
 const MAX_RELAY_RTT_MS = 300;
+// A turns: URL that fails fast is asked again without TLS (turn:HOST:PORT?transport=tcp) for
+// this long: a connection refused arrives at once, a port that speaks only TLS stays silent.
+const TLS_TWIN_WAIT_MS = 3000;
 
 const STUN_ERRORS = {
   300: "try another server (300 Try Alternate)",
@@ -60,6 +63,9 @@ const state = {
   getStats: [],
   report: null,
   running: false,
+  answer: "",
+  // From the server (/test/policy.json): the doctor's thresholds and the peer policy's table.
+  policy: { longLivedCredentialS: 7 * 86400, internalRanges: [] },
 };
 window.iceward = state;
 
@@ -109,11 +115,117 @@ function parseUrl(url) {
   return { url: String(url).trim(), scheme, kind, host: m[2], port, transport, secure };
 }
 
-function isPrivateHost(host) {
-  const h = host.replace(/^\[|\]$/g, "").toLowerCase();
-  return h === "localhost" || h.startsWith("127.") || h.startsWith("10.") ||
-    h.startsWith("192.168.") || /^172\.(1[6-9]|2\d|3[01])\./.test(h) || h === "::1" ||
-    h.startsWith("fc") || h.startsWith("fd") || h.startsWith("169.254.");
+// -- internal addresses: the server's peer-policy table (turn/policy.py DEFAULT_DENIED), IPv4
+// hidden in IPv6 unwrapped as the server does; names are never addresses (fdn.example is public).
+
+function parseIPv4(text) {
+  const parts = text.split(".");
+  if (parts.length !== 4) return null;
+  const bytes = [];
+  for (const part of parts) {
+    if (!/^\d{1,3}$/.test(part) || (part.length > 1 && part[0] === "0")) return null;
+    const n = Number(part);
+    if (n > 255) return null;
+    bytes.push(n);
+  }
+  return bytes;
+}
+
+function parseIPv6(text) {
+  let t = text.split("%")[0];
+  let v4 = null;
+  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(t);
+  if (dotted) {
+    v4 = parseIPv4(dotted[2]);
+    if (!v4) return null;
+    t = dotted[1] + "0:0";
+  }
+  if (!/^[0-9a-f:]+$/.test(t)) return null;
+  const halves = t.split("::");
+  if (halves.length > 2) return null;
+  const split = (x) => (x ? x.split(":") : []);
+  const head = split(halves[0]);
+  const tail = halves.length === 2 ? split(halves[1]) : [];
+  if (halves.length === 1 ? head.length !== 8 : head.length + tail.length > 7) return null;
+  const groups = halves.length === 1 ? head
+    : [...head, ...Array(8 - head.length - tail.length).fill("0"), ...tail];
+  if (groups.some((g) => !/^[0-9a-f]{1,4}$/.test(g))) return null;
+  const bytes = [];
+  for (const g of groups) { const n = parseInt(g, 16); bytes.push(n >> 8, n & 255); }
+  if (v4) bytes.splice(12, 4, ...v4);
+  return bytes;
+}
+
+function parseIp(text) {
+  const v4 = parseIPv4(text);
+  if (v4) return { v: 4, b: v4 };
+  const v6 = text.includes(":") ? parseIPv6(text) : null;
+  return v6 ? { v: 6, b: v6 } : null;
+}
+
+function inPrefix(bytes, net, len) {
+  for (let bit = 0; bit < len; bit++) {
+    const mask = 0x80 >> (bit % 8);
+    if ((bytes[bit >> 3] & mask) !== (net[bit >> 3] & mask)) return false;
+  }
+  return true;
+}
+
+const V6 = (text) => parseIPv6(text);
+const EMBEDDING = { mapped: V6("::ffff:0:0"), nat64: V6("64:ff9b::"), nat64Local: V6("64:ff9b:1::"),
+  siit: V6("::ffff:0:0:0"), sixToFour: V6("2002::"), teredo: V6("2001::") };
+// RFC 6052 2.2: where the IPv4 address sits per prefix length (byte 8 is always skipped).
+const RFC6052 = [[[6, 8], [9, 11]], [[7, 8], [9, 12]], [[9, 13]], [[12, 16]]];
+
+// Every address a packet to ip may really reach, as the server's turn.policy.reached().
+function reached(ip) {
+  if (ip.v === 4) return [ip];
+  const b = ip.b;
+  const v4 = (bytes) => ({ v: 4, b: bytes });
+  if (inPrefix(b, EMBEDDING.mapped, 96)) return [v4(b.slice(12))];
+  if (inPrefix(b, EMBEDDING.nat64, 96) || inPrefix(b, EMBEDDING.siit, 96)) return [v4(b.slice(12))];
+  if (inPrefix(b, EMBEDDING.nat64Local, 48)) {
+    const found = RFC6052.map((parts) => v4(parts.flatMap(([from, to]) => b.slice(from, to))))
+      .filter((a) => a.b[0] !== 0);
+    return found.length ? found : [ip];
+  }
+  if (inPrefix(b, EMBEDDING.sixToFour, 16)) return [v4(b.slice(2, 6))];
+  if (inPrefix(b, EMBEDDING.teredo, 32)) return [v4(b.slice(12).map((x) => x ^ 0xff)), v4(b.slice(4, 8))];
+  const low = b.slice(12);
+  if (b.slice(0, 12).every((x) => x === 0) && (low[0] || low[1] || low[2] || low[3] > 1)) {
+    return [v4(low)]; // IPv4-compatible ::a.b.c.d
+  }
+  return [ip];
+}
+
+function internalRanges() {
+  if (!state.ranges) {
+    state.ranges = state.policy.internalRanges.map(([net, why]) => {
+      const [addr, len] = net.split("/");
+      const ip = parseIp(addr);
+      return { v: ip.v, b: ip.b, len: Number(len), why };
+    });
+  }
+  return state.ranges;
+}
+
+// Why peers elsewhere cannot reach host (an IP, bracketed or not, or a name), or null: the
+// server's diagnose.address.internal_reason().
+function internalReason(host) {
+  if (!host) return null;
+  const name = String(host).replace(/^\[+|\]+$/g, "").toLowerCase();
+  if (name === "localhost" || name === "localhost.localdomain" || name.endsWith(".localhost")) {
+    return "loopback";
+  }
+  if (name.endsWith(".local")) return "mDNS name (the local network only)";
+  const ip = parseIp(name.split("%")[0]);
+  if (!ip) return null;
+  for (const addr of reached(ip)) {
+    for (const r of internalRanges()) {
+      if (r.v === addr.v && inPrefix(addr.b, r.b, r.len)) return r.why;
+    }
+  }
+  return null;
 }
 
 function finding(code, evidence, subject, severity) {
@@ -151,7 +263,7 @@ function lint(servers) {
       const ice = { urls: [parsed.url] };
       if (server.username !== undefined) ice.username = server.username;
       if (server.credential !== undefined) ice.credential = server.credential;
-      entries.push({ ...parsed, ice });
+      entries.push({ ...parsed, ice, index: i });
     });
   });
   const turns = entries.filter((e) => e.kind === "turn");
@@ -163,13 +275,47 @@ function lint(servers) {
   if (turns.length && !turns.some((e) => e.secure && e.port === 443)) {
     findings.push(finding("no-tls-443", "no turns: URL on port 443", null, "warning"));
   }
+  servers.forEach((server, i) => {
+    const urls = turns.filter((e) => e.index === i).map((e) => e.url);
+    const line = urls.length ? staticCredential(String(server.username)) : null;
+    if (line) {
+      findings.push(finding("static-credentials", line, `iceServers[${i}] (${urls.join(", ")})`, "warning"));
+    }
+  });
   return { entries, findings };
 }
 
+// The doctor's static-credentials rule: a username that is no TURN REST <expiry>:<user>, an
+// expiry in milliseconds, or one further ahead than the server's threshold (7 days).
+function staticCredential(username) {
+  const head = username.split(":")[0];
+  if (/^\d{13}$/.test(head)) {
+    return `username '${username}': a 13-digit expiry is milliseconds; servers read seconds, so this credential never expires`;
+  }
+  if (!/^\d{1,12}$/.test(head)) {
+    return `username '${username}' is not a TURN REST username (<expiry>:<user>): a fixed password handed to every browser can be copied and used by anyone`;
+  }
+  const left = Number(head) - Date.now() / 1000;
+  if (left > state.policy.longLivedCredentialS) {
+    return `username '${username}' is valid for ${duration(left)}: once copied it works for that long; mint per session with a TTL of hours`;
+  }
+  return null;
+}
+
+function duration(seconds) {
+  const s = Math.floor(Math.abs(seconds));
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  if (d) return `${d} d ${h} h`;
+  if (h) return `${h} h ${m} min`;
+  return m ? `${m} min ${s % 60} s` : `${s} s`;
+}
+
 async function loadSpecs() {
-  const response = await fetch("/test/findings.json");
-  const list = await response.json();
-  for (const spec of list) state.specs[spec.code] = spec;
+  const [specs, policy] = await Promise.all(
+    ["/test/findings.json", "/test/policy.json"].map((u) => fetch(u).then((r) => r.json())));
+  for (const spec of specs) state.specs[spec.code] = spec;
+  state.policy = policy;
+  state.ranges = null;
 }
 
 async function configFromToken(token) {
@@ -192,7 +338,7 @@ function candidateInfo(c) {
     address: c.address || "", port: c.port, url: c.url || null };
 }
 
-async function gather(entry) {
+async function gather(entry, timeoutMs = GATHER_TIMEOUT_MS) {
   const result = { candidates: [], errors: [], timedOut: false };
   const pc = new RTCPeerConnection({ iceServers: [entry.ice], iceTransportPolicy: "all" });
   try {
@@ -212,7 +358,7 @@ async function gather(entry) {
     };
     await pc.setLocalDescription(await pc.createOffer());
     try {
-      await withTimeout(done, GATHER_TIMEOUT_MS, "gathering");
+      await withTimeout(done, timeoutMs, "gathering");
     } catch (err) {
       result.timedOut = true;
     }
@@ -220,6 +366,23 @@ async function gather(entry) {
     pc.close();
   }
   return result;
+}
+
+// A turns: URL that failed at once (701): is it the TLS layer? The same host and port without
+// TLS tells: an allocation, a TURN error or a connection held open answer there, so TCP connects
+// and the browser refused the TLS handshake (an untrusted, expired or misnamed certificate). A
+// refused connection (701 again) means nothing listens: turn-unreachable, as before.
+async function tlsTwin(entry) {
+  const url = `turn:${entry.host}:${entry.port}?transport=tcp`;
+  const g = await gather({ ...entry, url, ice: { ...entry.ice, urls: [url] } }, TLS_TWIN_WAIT_MS);
+  const relay = g.candidates.some((c) => c.type === "relay");
+  const answered = g.errors.find((e) => e.code !== 701);
+  const refused = g.errors.some((e) => e.code === 701);
+  if (!relay && !answered && refused) return null;
+  const what = relay ? "allocates a relay" : answered ? `answers TURN (${answered.code})`
+    : "accepts the connection";
+  return `${url}, the same port without TLS, ${what}: the TLS handshake is what fails, so this ` +
+    `browser refused the certificate (untrusted or self-signed, expired, or not for ${entry.host})`;
 }
 
 // -- step 3: the relay data path -------------------------------------------------------------
@@ -332,10 +495,13 @@ function newRow(entry) {
     datapath: null, note: "waiting" };
 }
 
+const COLUMNS = ["URL", "Transport", "Status", "host", "srflx", "relay", "Relay data path", "Errors"];
+
 function cell(tr, text, cls) {
   const td = document.createElement("td");
   td.textContent = text;
   if (cls) td.className = cls;
+  td.dataset.label = COLUMNS[tr.children.length]; // the column's name on narrow screens
   tr.appendChild(td);
   return td;
 }
@@ -355,7 +521,11 @@ function renderRows(rows, running) {
     tr.dataset.status = row.status;
     cell(tr, row.url, "url");
     cell(tr, row.kind === "turn" ? `TURN ${row.transport.toUpperCase()}` : "STUN");
-    const statusCell = cell(tr, STATUS_TEXT[status], `status ${status}`);
+    const statusCell = cell(tr, "", `status ${status}`);
+    const word = document.createElement("span");
+    word.className = "state";
+    word.textContent = STATUS_TEXT[status];
+    statusCell.appendChild(word);
     if (row.note && row.note !== "testing…" && row.note !== "waiting") {
       const note = document.createElement("span");
       note.className = "note";
@@ -372,13 +542,17 @@ function renderRows(rows, running) {
       if (dp.rttP50 !== null) path += `; RTT p50 ${Math.round(dp.rttP50)} ms, p95 ${Math.round(dp.rttP95)} ms`;
     }
     cell(tr, path);
-    cell(tr, row.errors.map((e) => `${e.code}: ${e.meaning}`).join("; ") || "none");
+    cell(tr, [...new Set(row.errors.map((e) => `${e.code}: ${e.meaning}`))].join("; ") || "none");
     tbody.appendChild(tr);
   });
   $("results-section").hidden = rows.length === 0;
 }
 
-function renderVerdict(summary, findings) {
+function renderVerdict(summary, findings, answer) {
+  $("answer").textContent = answer || "";
+  $("answer").hidden = !answer;
+  $("answer").className = "answer " + (!answer ? "" : answer.includes("will not connect") ? "fail"
+    : answer.includes("only through") ? "warn" : "ok");
   $("summary").textContent = summary;
   const ul = $("findings");
   ul.textContent = "";
@@ -450,6 +624,7 @@ function renderAllPolicy(all) {
 
 function verdict(configFindings, rows) {
   const findings = configFindings.slice();
+  const refused = []; // one turn-auth-failed for every URL that refused the credential
   for (const row of rows) {
     if (row.kind === "stun") {
       if (row.status !== "ok") {
@@ -458,9 +633,12 @@ function verdict(configFindings, rows) {
       }
       continue;
     }
-    const evidence = row.errors.map((e) => `icecandidateerror ${e.code} (${e.meaning}) from ${e.url}`);
+    const evidence = [...new Set(row.errors.map((e) => `icecandidateerror ${e.code} (${e.meaning}) from ${e.url}`))];
     if (row.problem === "auth") {
-      findings.push(finding("turn-auth-failed", evidence.length ? evidence : [`${row.url}: no relay candidate`], row.url));
+      refused.push(row);
+    } else if (row.problem === "tls") {
+      findings.push(finding("tls-certificate-invalid", [...evidence, row.tls,
+        "browsers refuse the connection, so this URL gives no relay"], row.url));
     } else if (row.problem === "unreachable") {
       findings.push(finding("turn-unreachable",
         [`${row.url}: no relay candidate${row.timedOut ? " within " + GATHER_TIMEOUT_MS / 1000 + " s" : ""}`, ...evidence], row.url));
@@ -470,14 +648,22 @@ function verdict(configFindings, rows) {
         [`${row.url}: relay candidate ${row.relayAddress || ""} allocated, but two relay-only peers ` +
           (dp.connected ? `delivered ${dp.delivered}/${dp.sent} messages` : `never connected (${dp.error})`)], row.url));
     }
-    if (row.relayAddress && isPrivateHost(row.relayAddress)) {
-      const reachedPrivately = isPrivateHost(parseUrl(row.url).host);
+    if (row.relayAddress && internalReason(row.relayAddress)) {
+      const reachedPrivately = internalReason(parseUrl(row.url).host) !== null;
       findings.push(finding("private-relay-address", `${row.url}: relayed address ${row.relayAddress}`,
         row.url, reachedPrivately ? "warning" : "error"));
     }
     if (row.datapath && row.datapath.rttP50 !== null && row.datapath.rttP50 > MAX_RELAY_RTT_MS) {
       findings.push(finding("high-relay-latency", `${row.url}: RTT p50 ${Math.round(row.datapath.rttP50)} ms`, row.url));
     }
+  }
+  if (refused.length) {
+    const lines = refused.flatMap((row) => {
+      const errors = [...new Set(row.errors.filter((e) => e.code === 401 || e.code === 441)
+        .map((e) => `icecandidateerror ${e.code} (${e.meaning})`))];
+      return [`${row.url}: ${errors.join("; ") || "no relay candidate"}`];
+    });
+    findings.push(finding("turn-auth-failed", lines, refused.map((r) => r.url).join(", ")));
   }
   if (state.allPolicy && state.allPolicy.connected) {
     const relayed = state.allPolicy.selectedLocal === "relay";
@@ -496,7 +682,20 @@ function verdict(configFindings, rows) {
   else if (!errors.length) summary = good.length ? `TURN over ${good.join(", ")} works and relays data.` : "STUN works; no TURN relay was tested.";
   else summary = `${errors[0].title}${errors[0].subject ? " (" + errors[0].subject + ")" : ""}` +
     (good.length ? `; TURN over ${good.join(", ")} works` : "") + (bad.length ? `; fails over ${bad.join(", ")}` : "");
-  return { findings, summary };
+  return { findings, summary, answer: answerFor(rows, findings) };
+}
+
+// The one sentence for the person at the keyboard: will calls from here connect?
+function answerFor(rows, findings) {
+  const relays = [...new Set(rows.filter((r) => r.kind === "turn" && (r.status === "ok" || r.status === "warn"))
+    .map((r) => r.transport))];
+  if (relays.includes("udp")) return "Calls from this network will connect.";
+  if (relays.length) {
+    const over = relays.map((t) => t.toUpperCase()).sort().join("/");
+    return `Calls from this network will connect only through the relay (TURN over ${over}).`;
+  }
+  const error = findings.find((f) => f.severity === "error");
+  return `Calls from this network will not connect: ${error ? error.title : "no relay works from here"}.`;
 }
 
 // -- the run ---------------------------------------------------------------------------------
@@ -505,8 +704,7 @@ async function run() {
   if (state.running) return;
   state.running = true;
   document.body.dataset.state = "running";
-  $("run").disabled = true;
-  $("run-all").disabled = true;
+  setBusy(true);
   $("share-section").hidden = true;
   $("share-result").textContent = "";
   state.allPolicy = null;
@@ -552,6 +750,13 @@ async function run() {
         row.problem = auth ? "auth" : "unreachable";
         row.status = "fail";
         row.note = auth ? "credential refused" : "nothing answers";
+        if (!auth && entry.secure && !row.timedOut && row.errors.some((e) => e.code === 701)) {
+          row.tls = await tlsTwin(entry);
+          if (row.tls) {
+            row.problem = "tls";
+            row.note = "certificate refused";
+          }
+        }
       } else {
         row.note = "testing…";
       }
@@ -591,23 +796,32 @@ async function run() {
     finishVerdict(configFindings);
     setStatus("Done.", 100);
     $("share-section").hidden = false;
-    $("run-all").disabled = entries.length === 0;
   } catch (err) {
     const f = finding("bad-ice-config", String(err.message || err));
     state.configFindings = [f];
     state.rows = [];
     state.findings = [f];
     state.summary = `The configuration could not be used: ${err.message || err}`;
+    state.answer = answerFor([], state.findings);
     renderRows([], false);
-    renderVerdict(state.summary, state.findings);
+    renderVerdict(state.summary, state.findings, state.answer);
     renderFacts(state.facts);
     setStatus("Stopped: the configuration could not be used.", 100);
     $("share-section").hidden = false;
   } finally {
     state.running = false;
-    $("run").disabled = false;
+    setBusy(false);
     document.body.dataset.state = "done";
   }
+}
+
+// While a test runs (or the microphone prompt is open) no button starts another.
+let busy = 0;
+function setBusy(on) {
+  busy += on ? 1 : -1;
+  $("run").disabled = busy > 0;
+  $("widen").disabled = busy > 0;
+  $("run-all").disabled = busy > 0 || state.rows.length === 0;
 }
 
 function finishVerdict(configFindings) {
@@ -615,8 +829,9 @@ function finishVerdict(configFindings) {
   const v = verdict(configFindings, state.rows);
   state.findings = v.findings;
   state.summary = v.summary;
+  state.answer = v.answer;
   renderRows(state.rows, false);
-  renderVerdict(v.summary, v.findings);
+  renderVerdict(v.summary, v.findings, v.answer);
   renderFacts(state.facts);
   renderAllPolicy(state.allPolicy);
 }
@@ -625,7 +840,7 @@ async function runAllPolicy() {
   if (state.running || !state.entries.length) return;
   state.running = true;
   document.body.dataset.state = "running";
-  $("run-all").disabled = true;
+  setBusy(true);
   setStatus("Connecting two peers with every candidate allowed…", 50);
   try {
     const dp = await dataPath(state.servers, "all");
@@ -635,7 +850,7 @@ async function runAllPolicy() {
     setStatus("Done.", 100);
   } finally {
     state.running = false;
-    $("run-all").disabled = false;
+    setBusy(false);
     document.body.dataset.state = "done";
   }
 }
@@ -663,22 +878,27 @@ async function resolveConfig() {
 }
 
 async function widen() {
-  if (state.running) return;
-  if (!state.rows.length) await run(); // the baseline, without permission
-  const before = { host: state.facts.hostCandidates, mdns: state.facts.mdnsHost };
+  if (state.running || busy) return;
+  setBusy(true);
   try {
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
-    stream.getTracks().forEach((t) => t.stop());
-    state.facts.getUserMedia = "granted";
-  } catch (err) {
-    state.facts.getUserMedia = navigator.mediaDevices ? "denied" : "unavailable";
-  }
-  await run();
-  if (state.facts.getUserMedia === "granted") {
-    // Browsers hide host addresses behind mDNS names until a page may capture media.
-    state.facts.widenedGathering = state.facts.hostCandidates > before.host ||
-      (before.mdns && !state.facts.mdnsHost);
-    renderFacts(state.facts);
+    if (!state.rows.length) await run(); // the baseline, without permission
+    const before = { host: state.facts.hostCandidates, mdns: state.facts.mdnsHost };
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+      stream.getTracks().forEach((t) => t.stop());
+      state.facts.getUserMedia = "granted";
+    } catch (err) {
+      state.facts.getUserMedia = navigator.mediaDevices ? "denied" : "unavailable";
+    }
+    await run();
+    if (state.facts.getUserMedia === "granted") {
+      // Browsers hide host addresses behind mDNS names until a page may capture media.
+      state.facts.widenedGathering = state.facts.hostCandidates > before.host ||
+        (before.mdns && !state.facts.mdnsHost);
+      renderFacts(state.facts);
+    }
+  } finally {
+    setBusy(false);
   }
 }
 
@@ -693,7 +913,8 @@ function buildReport() {
   const all = state.allPolicy ? { connected: state.allPolicy.connected,
     selected: state.allPolicy.selected, error: state.allPolicy.error } : null;
   return { format: "iceward-test-report", version: 1, createdAt: new Date().toISOString(),
-    source: state.source || "pasted", summary: state.summary.slice(0, 500), urls,
+    source: state.source || "pasted", summary: state.summary.slice(0, 500),
+    answer: state.answer.slice(0, 300), urls,
     findings: state.findings, rows, facts: state.facts, allPolicy: all, getStats: state.getStats };
 }
 
@@ -742,7 +963,7 @@ async function showStored(id) {
     `from ${report.source === "token" ? "the test link" : report.source === "url" ? "a credentials URL" : "a pasted iceServers JSON"}: ` +
     `${report.urls.join(", ")}.`;
   $("download").href = `/api/v1/reports/${encodeURIComponent(id)}?download=1`;
-  renderVerdict(report.summary, report.findings);
+  renderVerdict(report.summary, report.findings, report.answer);
   renderRows(report.rows, false);
   renderFacts(report.facts);
   renderAllPolicy(report.allPolicy);
