@@ -9,7 +9,7 @@ from pathlib import Path
 from iceward.net.engine import EngineParams, RelayEngine
 from iceward.net.listeners import ListenerSet, open_listeners
 from iceward.net.slot import WorkerSlot
-from iceward.net.tls import ensure_self_signed
+from iceward.net.tls import check_tls_files, ensure_self_signed
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.plan import ServerPlan, specific
 from iceward.store import Store
@@ -22,6 +22,14 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
     return open_listeners(
         settings.listen, settings.port, plan.tls_port, workers, plan.turn.change_addresses
     )
+
+
+def check_operator_tls(plan: ServerPlan) -> None:
+    """The operator's ``--cert``/``--key`` load, else OSError naming the file and the problem:
+    checked once before any socket or worker, which would each fail on their own."""
+    settings = plan.settings
+    if plan.tls_port is not None and settings.cert and settings.key:
+        check_tls_files(settings.cert, settings.key)
 
 
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:

@@ -120,7 +120,10 @@ async def serve_worker(control_fd: int) -> int:
         await process.start()
     except (OSError, ValueError) as exc:
         writer.write(_line({"error": str(exc)}))
-        await writer.drain()
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass  # the supervisor gave up already (another worker failed first)
         return 2
     stopped = asyncio.Event()
     stopping: list[asyncio.Task[None]] = []
