@@ -10,7 +10,9 @@ worker's index in the groups, where they were.
 
 from __future__ import annotations
 
+import errno
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from iceward.net import steering
@@ -18,6 +20,37 @@ from iceward.turn.allocation import Address
 
 _BUFFER = 4 * 1024 * 1024
 _BACKLOG = 511
+#: Tries at a set of listeners on port 0: the port the kernel gave UDP may be taken for TCP.
+_EPHEMERAL_TRIES = 20
+
+
+class BindError(OSError):
+    """A listening socket that could not be bound; ``str()`` says which protocol, address and
+    port, and why in words (no ``[Errno 98]``)."""
+
+    def __init__(self, code: int, message: str, *, ephemeral: bool = False) -> None:
+        super().__init__(code, message)
+        #: The port was chosen by the kernel for another socket of the set: try another.
+        self.ephemeral = ephemeral
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _bind_error(exc: OSError, proto: str, host: str, port: int, ephemeral: bool) -> BindError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        text = f"cannot listen on {proto} {where}: the port is in use by another process"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        text = f"cannot listen on {proto} {where}: {host} is not an address of this host"
+    elif exc.errno == errno.EACCES:
+        text = (
+            f"cannot listen on {proto} {where}: permission denied (a port below 1024 needs "
+            "root or CAP_NET_BIND_SERVICE)"
+        )
+    else:
+        text = f"cannot listen on {proto} {where}: {exc.strerror or exc}"
+    return BindError(exc.errno or 0, text, ephemeral=ephemeral and exc.errno == errno.EADDRINUSE)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -125,31 +158,63 @@ def open_listeners(
     change_addresses: tuple[Address, Address] | None = None,
 ) -> ListenerSet:
     """Bind UDP and TCP on ``port`` (the TCP port follows UDP's when ``port`` is 0), TLS on
-    ``tls_port`` (None: no TLS) and, for RFC 5780, UDP on the other three IP x port pairs."""
+    ``tls_port`` (None: no TLS) and, for RFC 5780, UDP on the other three IP x port pairs.
+
+    Port 0 means a port the kernel picks, the same for every address (and for UDP and TCP):
+    when that port is taken for one of them, the whole set is opened again on another.
+    :class:`BindError` names the protocol, address and port that could not be bound."""
+    for attempt in range(_EPHEMERAL_TRIES):
+        try:
+            return _open_listeners(listen, port, tls_port, workers, change_addresses)
+        except BindError as exc:
+            if not exc.ephemeral or attempt == _EPHEMERAL_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _open_listeners(
+    listen: list[str],
+    port: int,
+    tls_port: int | None,
+    workers: int,
+    change_addresses: tuple[Address, Address] | None,
+) -> ListenerSet:
     result = ListenerSet(workers, [[] for _ in range(workers)], [[] for _ in range(workers)])
     result.tls = [[] for _ in range(workers)]
 
-    def add(groups: list[list[socket.socket]], group: list[socket.socket]) -> None:
+    def add(
+        groups: list[list[socket.socket]],
+        opener: Callable[[str, int, int], list[socket.socket]],
+        proto: str,
+        host: str,
+        wanted: int,
+        requested: int,
+    ) -> int:
+        """Bind ``proto`` on ``host:wanted``; ``requested`` 0 with ``wanted`` set means the
+        port came from the kernel for another socket. Returns the port bound."""
+        try:
+            group = opener(host, wanted, workers)
+        except OSError as exc:
+            raise _bind_error(exc, proto, host, wanted, requested == 0 and wanted != 0) from None
         for index, sock in enumerate(group):
             groups[index].append(sock)
+        return int(group[0].getsockname()[1])
 
     try:
+        bound = port
         for host in listen:
-            group = udp_group(host, port, workers)
-            add(result.udp, group)
-            port = group[0].getsockname()[1]
-            add(result.tcp, tcp_group(host, port, workers))
-        result.port = port
+            bound = add(result.udp, udp_group, "udp", host, bound, port)
+            add(result.tcp, tcp_group, "tcp", host, bound, port)
+        result.port = bound
         if change_addresses:
             (ip_a, port_a), (ip_b, port_b) = change_addresses
             for host, p in ((ip_a, port_b), (ip_b, port_a), (ip_b, port_b)):
-                add(result.udp, udp_group(host, p, workers))
+                add(result.udp, udp_group, "udp", host, p, p)
         if tls_port is not None:
+            bound_tls = tls_port
             for host in listen:
-                group = tcp_group(host, tls_port, workers)
-                add(result.tls, group)
-                tls_port = group[0].getsockname()[1]
-            result.tls_port = tls_port
+                bound_tls = add(result.tls, tcp_group, "tls", host, bound_tls, tls_port)
+            result.tls_port = bound_tls
     except OSError:
         result.close()
         raise
