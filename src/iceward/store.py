@@ -180,6 +180,23 @@ def describe_failure(exc: BaseException) -> str:
     return text_.strip() or type(exc).__name__
 
 
+#: The extra of the iceward package that installs a database's driver.
+DRIVER_EXTRAS = {"postgresql": "postgresql"}
+
+
+def missing_driver(url: str, exc: ImportError) -> str:
+    """What to install when ``create_engine(url)`` cannot import the database's driver."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    extra = DRIVER_EXTRAS.get(backend)
+    if extra is None:
+        return f"the database driver is not installed ({exc}): install the module {exc.name}"
+    advice = f"the {backend} driver is not installed ({exc}): pip install 'iceward[{extra}]'"
+    if parsed.get_driver_name() != "psycopg":
+        advice += f", and name it in the URL: {backend}+psycopg://..."
+    return advice
+
+
 def database_url(data_dir: Path, url: str | None) -> str:
     """The URL given, else the SQLite file in ``data_dir`` (which is made or kept 0700)."""
     if url:
@@ -246,7 +263,10 @@ class Store:
                 ) from None
         subject = self.path or make_url(url).render_as_string(hide_password=True)
         self.health = StoreHealth(str(subject))
-        self.engine: Engine = create_engine(url, future=True, **kwargs)
+        try:
+            self.engine: Engine = create_engine(url, future=True, **kwargs)
+        except ImportError as exc:  # the dialect's driver (psycopg, ...) is an extra
+            raise StoreUnavailable(f"{self.health.subject}: {missing_driver(url, exc)}") from None
         if self.path is not None:
             self._watch_file(self.path)
         self._session = sessionmaker(self.engine, expire_on_commit=False)

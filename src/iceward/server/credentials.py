@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 
 from iceward.config import ensure_secret
 from iceward.server.plan import ServerPlan
-from iceward.store import STORE_FAILURES, Store, database_url, describe_failure, sqlite_path
+from iceward.store import (
+    STORE_FAILURES,
+    Store,
+    StoreUnavailable,
+    database_url,
+    describe_failure,
+    sqlite_path,
+)
 from iceward.turn.auth import CredentialStore
 
 log = logging.getLogger("iceward.server")
@@ -24,6 +31,8 @@ def open_store(plan: ServerPlan) -> Store:
     url = database_url(plan.data_dir, plan.settings.database)
     try:
         return Store(url)
+    except StoreUnavailable as exc:  # its message names the store already
+        raise OSError(f"cannot open the data store: {exc}") from None
     except STORE_FAILURES as exc:
         where = sqlite_path(url) or "--database"
         raise OSError(f"cannot open the data store {where}: {describe_failure(exc)}") from None
