@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -121,13 +121,20 @@ def start_server(
     realm: str | None = "iceward.test",
     http: bool = True,
     workers: int | None = None,
+    port: int = 0,
+    tls_port: int | None = None,
 ) -> RunningServer:
-    """Start ``iceward serve`` as a subprocess on loopback and wait until it answers STUN."""
+    """Start ``iceward serve`` as a subprocess on loopback and wait until every worker is up.
+
+    The server binds ports the kernel picks (``--port 0``, ``--tls-port -1``) and says which in
+    its ``--ready-file``: no port is chosen here and then hoped to stay free. ``port`` and
+    ``tls_port`` ask for fixed ones (a test whose flags must name them beforehand)."""
     users = {"alice": "wonderland"} if users is None else users
-    port = free_port_pair()
-    tls_port = free_tcp_port() if tls else 0
+    if tls_port is None:
+        tls_port = -1 if tls else 0
     data_dir = workdir / "data"
     log_path = workdir / "server.log"
+    ready_file = workdir / "ready.json"
     cmd = [
         sys.executable,
         "-m",
@@ -143,6 +150,8 @@ def start_server(
         str(data_dir),
         "--log-level",
         "debug",
+        "--ready-file",
+        str(ready_file),
     ]
     if realm:
         cmd += ["--realm", realm]
@@ -159,22 +168,22 @@ def start_server(
     cmd += list(extra)
     log_file = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-    server = RunningServer(proc, port, tls_port, data_dir, log_path, secret, dict(users))
+    server = RunningServer(proc, port, 0, data_dir, log_path, secret, dict(users))
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"iceward serve exited early:\n{server.log_text()}")
-        if stun_binding(port) is not None:
-            if not http:
+        if ready_file.exists():  # written whole once every listener and worker is up
+            bound = json.loads(ready_file.read_text())
+            server.port = bound["port"]
+            server.tls_port = bound["tls_port"] or 0
+            if bound["http"]:
+                server.http_port = int(bound["http"].rpartition(":")[2])
+            if stun_binding(server.port) is not None and (not http or _ready(server)):
                 return server
-            found = re.search(r"HTTP API on http://[^ ]+:(\d+)", server.log_text())
-            if found:
-                server.http_port = int(found.group(1))
-                if _ready(server):  # every worker is up
-                    return server
-        time.sleep(0.1)
+        time.sleep(0.05)
     server.stop()
-    raise RuntimeError(f"iceward serve did not answer STUN:\n{server.log_text()}")
+    raise RuntimeError(f"iceward serve did not start:\n{server.log_text()}")
 
 
 def _ready(server: RunningServer) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,8 +20,15 @@ import typer
 from pydantic import ValidationError
 
 from iceward import __version__, storecli
-from iceward.cliutil import Opt, fail, settings_error
-from iceward.config import ServerSettings, ensure_secret, flag_of, load_settings
+from iceward.cliutil import Opt, TidyGroup, fail, settings_error
+from iceward.config import (
+    ServerSettings,
+    ensure_secret,
+    flag_of,
+    load_settings,
+    metavar_of,
+    unknown_variables,
+)
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
 
@@ -28,19 +36,33 @@ if TYPE_CHECKING:
     from iceward.server import Server
 
 app = typer.Typer(
+    cls=TidyGroup,  # --help shows INTEGER, TEXT, PATH..., not <int>, <list[str]>, <bool>
     add_completion=False,
     no_args_is_help=True,
     help="STUN/TURN server and WebRTC connectivity diagnostics.",
 )
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         typer.echo(__version__)
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            is_eager=True,  # before the group asks for a command ("Missing command.")
+            expose_value=False,
+            callback=_print_version,
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 def serve(config: Path | None = None, **given: Any) -> None:
@@ -49,6 +71,8 @@ def serve(config: Path | None = None, **given: Any) -> None:
         settings = load_settings(config, **given)
     except (ValidationError, ValueError) as exc:
         raise settings_error(exc) from None
+    for warning in unknown_variables():
+        typer.echo(f"iceward serve: warning: {warning}", err=True)
     setup_logging(settings.log_level, log_format=settings.log_format)
     use_uvloop()
     try:
@@ -89,7 +113,12 @@ def _serve_options() -> inspect.Signature:
                 default=None,
                 annotation=Annotated[
                     kind | None,
-                    Opt(flag_of(name), help=help_text.replace("[", "\\["), show_default=False),
+                    Opt(
+                        flag_of(name),
+                        help=help_text.replace("[", "\\["),
+                        show_default=False,
+                        metavar=metavar_of(name),
+                    ),
                 ],
             )
         )
@@ -103,7 +132,11 @@ app.command()(serve)
 async def _serve(settings: ServerSettings) -> None:
     from iceward.server import run
 
-    await run(settings, _print_ready)
+    try:
+        await run(settings, _print_ready)
+    finally:
+        if settings.ready_file is not None:
+            settings.ready_file.unlink(missing_ok=True)
 
 
 def _print_ready(server: Server) -> None:
@@ -113,6 +146,8 @@ def _print_ready(server: Server) -> None:
         cred = mint_rest_credential(secret, "iceward", 24 * 3600, time.time())
         servers = ice_servers(uris, cred.username, cred.password)
         note = "REST credential valid 24 h; mint more with `iceward credentials`"
+        if server.plan.users:
+            note += f"; static users ({', '.join(u.name for u in server.plan.users)}) work too"
     else:
         user = server.plan.users[0]
         password = user.secret if isinstance(user.secret, str) else "0x" + user.secret.hex()
@@ -128,6 +163,23 @@ def _print_ready(server: Server) -> None:
             err=True,
         )
     sys.stdout.flush()
+    if server.plan.settings.ready_file is not None:
+        _write_ready_file(server, server.plan.settings.ready_file)
+
+
+def _write_ready_file(server: Server, path: Path) -> None:
+    """What was bound, for scripts and tests that ask for port 0: written whole (renamed into
+    place) once every listener and worker is up; removed when the server stops."""
+    http = server.http_address
+    doc = {
+        "pid": os.getpid(),
+        "port": server.endpoints.port,
+        "tls_port": server.endpoints.tls_port or None,
+        "http": f"{http[0]}:{http[1]}" if http is not None else None,
+    }
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(doc) + "\n")
+    os.replace(partial, path)
 
 
 @app.command()

@@ -6,13 +6,16 @@ secret, denied/allowed peers, user quota) so operators moving over recognise the
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import secrets
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -29,11 +32,27 @@ def _flag(name: str) -> dict[str, Any]:
     return {"flag": name}
 
 
+def _shown(metavar: str) -> dict[str, Any]:
+    """The placeholder of a setting's value in ``serve --help`` (else its type's: INTEGER...)."""
+    return {"metavar": metavar}
+
+
 def flag_of(name: str) -> str:
     """The `iceward serve` flag of setting ``name``."""
     extra = ServerSettings.model_fields[name].json_schema_extra
     flag = extra.get("flag") if isinstance(extra, dict) else None
     return str(flag) if flag else "--" + name.replace("_", "-")
+
+
+def metavar_of(name: str) -> str | None:
+    """The placeholder `serve --help` shows for setting ``name``'s value, None: its type's."""
+    extra = ServerSettings.model_fields[name].json_schema_extra
+    metavar = extra.get("metavar") if isinstance(extra, dict) else None
+    return str(metavar) if metavar else None
+
+
+#: ``--tls-port`` value asking for any free port (0 turns TLS off).
+ANY_PORT = -1
 
 
 def default_data_dir() -> Path:
@@ -45,29 +64,70 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ICEWARD_", extra="forbid")
 
     # Each setting is written once: its type, default, limits and the help of its `serve` flag
-    # (``--`` and the name with dashes, unless ``flag`` says otherwise; see iceward.cli).
+    # (``--`` and the name with dashes, unless ``flag`` says otherwise; ``metavar`` is the
+    # placeholder of its value; see iceward.cli).
     listen: list[str] = Field(
-        default_factory=lambda: ["0.0.0.0"], description="Address to listen on (repeatable)."
+        default_factory=lambda: ["0.0.0.0"],
+        description="Address to listen on (repeatable).",
+        json_schema_extra=_shown("IP"),
     )
-    port: int = Field(3478, ge=0, le=65535, description="UDP and TCP port.")
-    tls_port: int = Field(5349, ge=0, le=65535, description="TLS port, 0 disables.")
-    cert: Path | None = Field(None, description="TLS certificate chain (PEM).")
-    key: Path | None = Field(None, description="TLS private key (PEM).")
-    relay_ip: list[str] = Field(default_factory=list, description="Address relays bind to.")
-    relay_ports: str = Field("49152-65535", description="Relay port range LOW-HIGH.")
+    port: int = Field(
+        3478,
+        ge=0,
+        le=65535,
+        description="UDP and TCP port; 0 takes a free one (see --ready-file).",
+        json_schema_extra=_shown("PORT"),
+    )
+    tls_port: int = Field(
+        5349,
+        ge=ANY_PORT,
+        le=65535,
+        description=f"TLS port; 0 disables TLS, {ANY_PORT} takes a free port (see --ready-file).",
+        json_schema_extra=_shown("PORT"),
+    )
+    cert: Path | None = Field(
+        None, description="TLS certificate chain (PEM).", json_schema_extra=_shown("FILE")
+    )
+    key: Path | None = Field(
+        None, description="TLS private key (PEM).", json_schema_extra=_shown("FILE")
+    )
+    relay_ip: list[str] = Field(
+        default_factory=list,
+        description="Address relays bind to.",
+        json_schema_extra=_shown("IP"),
+    )
+    relay_ports: str = Field(
+        "49152-65535", description="Relay port range.", json_schema_extra=_shown("LOW-HIGH")
+    )
     external_ip: str | None = Field(
-        None, description="PUBLIC[/PRIVATE]: relayed address to advertise."
+        None,
+        description="Relayed address to advertise (behind 1:1 NAT).",
+        json_schema_extra=_shown("PUBLIC[/PRIVATE]"),
     )
     realm: str = Field("iceward", description="Authentication realm.")
     secret: list[str] = Field(
-        default_factory=list, description="TURN REST shared secret (repeatable, for rotation)."
+        default_factory=list,
+        description="TURN REST shared secret (repeatable, for rotation).",
+        json_schema_extra=_shown("SECRET"),
     )
-    user: list[str] = Field(default_factory=list, description="NAME:PASSWORD or NAME:0xKEY.")
+    user: list[str] = Field(
+        default_factory=list,
+        description="Static user NAME:PASSWORD or NAME:0xKEY (repeatable).",
+        json_schema_extra=_shown("NAME:PASSWORD"),
+    )
     allow_peer: list[str] = Field(
-        default_factory=list, description="Open a denied peer range (CIDR, repeatable)."
+        default_factory=list,
+        description="Open a denied peer range (repeatable).",
+        json_schema_extra=_shown("CIDR"),
     )
-    deny_peer: list[str] = Field(default_factory=list, description="Deny a peer range.")
-    data_dir: Path = Field(default_factory=default_data_dir, description="Where state is kept.")
+    deny_peer: list[str] = Field(
+        default_factory=list, description="Deny a peer range.", json_schema_extra=_shown("CIDR")
+    )
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="Where state is kept.",
+        json_schema_extra=_shown("DIR"),
+    )
     max_allocations_per_user: int = Field(
         0,
         ge=0,
@@ -78,43 +138,97 @@ class ServerSettings(BaseSettings):
         10_000, ge=1, description="Allocations in all.", json_schema_extra=_flag("--total-quota")
     )
     max_permissions: int = Field(256, ge=1, description="Permissions per allocation.")
-    default_lifetime: int = Field(600, ge=60, description="Allocation lifetime (s) by default.")
-    max_lifetime: int = Field(3600, ge=60, description="Longest allocation lifetime (s).")
-    permission_lifetime: int = Field(300, ge=10, description="Permission lifetime (s).")
-    channel_lifetime: int = Field(600, ge=10, description="Channel binding lifetime (s).")
-    nonce_lifetime: int = Field(600, ge=10, description="Nonce lifetime (s), then 438.")
-    log_level: str = Field("info", description="debug, info, warning or error.")
+    default_lifetime: int = Field(
+        600,
+        ge=60,
+        description="Allocation lifetime (s) by default.",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    max_lifetime: int = Field(
+        3600,
+        ge=60,
+        description="Longest allocation lifetime (s).",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    permission_lifetime: int = Field(
+        300, ge=10, description="Permission lifetime (s).", json_schema_extra=_shown("SECONDS")
+    )
+    channel_lifetime: int = Field(
+        600,
+        ge=10,
+        description="Channel binding lifetime (s).",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    nonce_lifetime: int = Field(
+        600,
+        ge=10,
+        description="Nonce lifetime (s), then 438.",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    log_level: str = Field(
+        "info",
+        description="debug, info, warning or error.",
+        json_schema_extra=_shown("LEVEL"),
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one JSON object a line (fields in the README)."
     )
-    http: str = Field("127.0.0.1:8080", description="HTTP API HOST:PORT, or off.")
-    public_url: list[str] = Field(
-        default_factory=list, description="URL handed to clients (repeatable)."
+    http: str = Field(
+        "127.0.0.1:8080",
+        description="Where the HTTP API listens (port 0: a free one), or off.",
+        json_schema_extra=_shown("HOST:PORT"),
     )
-    database: str | None = Field(None, description="SQLAlchemy URL [sqlite in the data dir].")
+    public_url: list[str] = Field(
+        default_factory=list,
+        description="URL handed to clients (repeatable).",
+        json_schema_extra=_shown("URL"),
+    )
+    database: str | None = Field(
+        None,
+        description="SQLAlchemy URL [sqlite in the data dir].",
+        json_schema_extra=_shown("URL"),
+    )
     cors_origin: list[str] = Field(
-        default_factory=list, description="Browser origin allowed to call the API."
+        default_factory=list,
+        description="Browser origin allowed to call the API.",
+        json_schema_extra=_shown("ORIGIN"),
     )
     admin_allow: list[str] = Field(
-        default_factory=list, description="Network allowed the admin API (CIDR)."
+        default_factory=list,
+        description="Network allowed the admin API.",
+        json_schema_extra=_shown("CIDR"),
     )
     api_rate: float = Field(10.0, gt=0, description="Requests/s per API key.")
     api_burst: int = Field(20, ge=1, description="Burst of requests per API key.")
     credential_ttl: int = Field(
-        86400, ge=60, le=7 * 86400, description="Default credential lifetime (s)."
+        86400,
+        ge=60,
+        le=7 * 86400,
+        description="Default credential lifetime (s).",
+        json_schema_extra=_shown("SECONDS"),
     )
     max_credential_ttl: int = Field(
-        7 * 86400, ge=60, description="Refuse REST credentials valid longer than this (s)."
+        7 * 86400,
+        ge=60,
+        description="Refuse REST credentials valid longer than this (s).",
+        json_schema_extra=_shown("SECONDS"),
     )
     trusted_proxy: list[str] = Field(
         default_factory=list,
-        description="Proxy (CIDR) whose X-Forwarded-For is believed; else the peer counts.",
+        description="Proxy whose X-Forwarded-For is believed; else the peer counts.",
+        json_schema_extra=_shown("CIDR"),
     )
     connection_timeout: float = Field(
-        10.0, gt=0, description="Seconds for a TCP/TLS connection's TLS and first request."
+        10.0,
+        gt=0,
+        description="Seconds for a TCP/TLS connection's TLS and first request.",
+        json_schema_extra=_shown("SECONDS"),
     )
     idle_timeout: float = Field(
-        60.0, gt=0, description="Close TCP/TLS connections silent this long without allocation."
+        60.0,
+        gt=0,
+        description="Close TCP/TLS connections silent this long without allocation.",
+        json_schema_extra=_shown("SECONDS"),
     )
     max_connections_per_source: int = Field(
         500, ge=1, description="Open TCP/TLS connections per source IP."
@@ -130,7 +244,13 @@ class ServerSettings(BaseSettings):
     )
     alternate_address: str | None = Field(
         None,
-        description="RFC 5780: second IP[:PORT] for NAT behaviour discovery (CHANGE-REQUEST).",
+        description="RFC 5780: a second address for NAT behaviour discovery (CHANGE-REQUEST).",
+        json_schema_extra=_shown("IP[:PORT]"),
+    )
+    ready_file: Path | None = Field(
+        None,
+        description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
+        json_schema_extra=_shown("FILE"),
     )
 
     @classmethod
@@ -302,16 +422,66 @@ def parse_alternate_address(value: str, port: int) -> tuple[str, int]:
     return ip, alt_port
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used, in one line that names the setting (and the file)."""
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
-    """Settings from flags (``overrides``, None meaning "not given"), environment and TOML file."""
+    """Settings from flags (``overrides``, None meaning "not given"), environment and TOML file;
+    :class:`SettingsError` says in one line what is wrong where."""
     if config_file is not None and not config_file.is_file():
-        raise ValueError(f"config file {config_file} does not exist")
+        raise SettingsError(f"config file {config_file} does not exist")
     _CONFIG_FILE["path"] = config_file
     try:
         given = {k: v for k, v in overrides.items() if v is not None and v != []}
         return ServerSettings(**given)
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc, config_file)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {config_file}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise SettingsError(f"config file {config_file}: {exc.strerror or exc}") from None
     finally:
         _CONFIG_FILE.pop("path", None)
+
+
+def describe_invalid(exc: ValidationError, config_file: Path | None = None) -> str:
+    """Each wrong setting with what is wrong, on one line: an unknown key (only a TOML file has
+    those) with the setting it most likely meant, pydantic's "Value error, " prefixes dropped."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            text = f"unknown setting {where}"
+            if config_file is not None:
+                text += f" in {config_file}"
+            close = difflib.get_close_matches(where, ServerSettings.model_fields, n=1)
+            parts.append(text + (f"; did you mean {close[0]}?" if close else ""))
+            continue
+        cause = (err.get("ctx") or {}).get("error")
+        message = str(cause) if isinstance(cause, Exception) else err["msg"]
+        parts.append(f"{where.replace('_', '-')}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+#: ``ICEWARD_*`` variables that are not settings: read by other parts of iceward and its tests.
+OTHER_VARIABLES = ("FASTPATH", "LAB_", "TEST_", "SCREENSHOTS", "FUZZ_")
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each ``ICEWARD_*`` environment variable that is no setting (a typo, such as
+    ``ICEWARD_RELAYPORTS``, would otherwise be ignored without a word), naming the closest."""
+    environ = os.environ if environ is None else environ
+    settings = {name.upper() for name in ServerSettings.model_fields}
+    warnings = []
+    for variable in sorted(environ):
+        name = variable.upper().removeprefix("ICEWARD_")
+        if name == variable.upper() or name in settings or name.startswith(OTHER_VARIABLES):
+            continue
+        close = difflib.get_close_matches(name, settings, n=1, cutoff=0.7)
+        hint = f"; did you mean ICEWARD_{close[0]}?" if close else ""
+        warnings.append(f"{variable} is not a setting: ignored{hint}")
+    return warnings
 
 
 def ensure_secret(data_dir: Path) -> str:

@@ -348,3 +348,75 @@ def test_sighup_reloads_the_tls_certificate(
         time.sleep(0.1)
     assert all_new()
     assert server.log_text().count("reloaded TLS certificate") == workers
+
+
+def _allocates(server: RunningServer, username: str, password: str) -> bool:
+    client = BlockingTurnClient((HOST, server.port), username, password)
+    try:
+        client.allocate()
+        return True
+    except TurnError:
+        return False
+    finally:
+        client.close()
+
+
+def _iceward(*args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "iceward", *args], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_static_users_and_the_generated_rest_secret_coexist(make_server: MakeServer) -> None:
+    """Adding --user keeps the data dir's REST secret: credentials minted before still work,
+    and the credential API still mints (it answered 503 once a static user was given)."""
+    import urllib.request
+
+    first = make_server(secret="", users={})
+    data_dir = str(first.data_dir)
+    minted = json.loads(_iceward("credentials", "--data-dir", data_dir, "--user", "early"))
+    first.stop()
+    server = make_server("--data-dir", data_dir, secret="", users={"alice": "wonderland"})
+    assert _allocates(server, minted["username"], minted["password"])
+    assert _allocates(server, "alice", "wonderland")
+    key = _iceward("keys", "add", "backend", "--data-dir", data_dir).strip()
+    request = urllib.request.Request(
+        server.http_url + "/api/v1/ice-servers",
+        data=json.dumps({"user": "u1"}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+        turn = next(s for s in json.load(response)["iceServers"] if "username" in s)
+    assert _allocates(server, turn["username"], turn["credential"])
+    deadline = time.monotonic() + 10
+    while "# iceServers above" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "static users (alice) work too" in server.log_text()
+
+
+def test_ephemeral_ports_are_reported_in_the_ready_file(make_server: MakeServer) -> None:
+    """--port 0 and --tls-port -1 (the fixture's): ports the kernel picks, one for UDP and TCP,
+    written with the HTTP address to --ready-file once serving; the file goes when it stops."""
+    import ssl
+
+    server = make_server()
+    ready = server.log_path.parent / "ready.json"
+    doc = json.loads(ready.read_text())
+    assert doc["port"] == server.port and doc["tls_port"] == server.tls_port
+    assert 0 not in (server.port, server.tls_port) and server.port != server.tls_port
+    assert doc["http"] == f"127.0.0.1:{server.http_port}"
+    assert stun_binding(server.port) is not None
+    with socket.create_connection((HOST, server.port), timeout=3):
+        pass  # TCP on the UDP port
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with (
+        socket.create_connection((HOST, server.tls_port), timeout=3) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        assert tls.version() is not None
+    assert server.stop() == 0
+    assert not ready.exists()

@@ -65,8 +65,6 @@ def server_with_urls(
     tls_port = conftest.free_tcp_port()
     while tls_port in (port, tcp_port):
         tls_port = conftest.free_tcp_port()
-    monkeypatch.setattr(conftest, "free_port_pair", lambda: port)
-    monkeypatch.setattr(conftest, "free_tcp_port", lambda: tls_port)
     urls = [
         f"stun:127.0.0.1:{port}",
         f"turn:127.0.0.1:{port}?transport=udp",
@@ -75,8 +73,7 @@ def server_with_urls(
     if tls:
         urls.append(f"turns:localhost:{tls_port}?transport=tcp")
     flags = [arg for u in urls for arg in ("--public-url", u)]
-    server = make_server(*flags, tls=tls, **options)
-    monkeypatch.undo()
+    server = make_server(*flags, tls=tls, port=port, tls_port=tls_port if tls else 0, **options)
     assert server.port == port
     return server
 

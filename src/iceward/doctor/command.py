@@ -139,7 +139,11 @@ def doctor(
         ),
     ] = None,
 ) -> None:
-    """Probe an iceServers config from here and name the root cause of "ICE failed"."""
+    """Probe an iceServers config from here and name the root cause of "ICE failed".
+
+    Exit codes: 0 no error finding (warnings and waived findings allowed), 1 an error finding,
+    2 usage or input error (one line on stderr), 130 interrupted.
+    """
     if (ice_servers is None) == (credentials_url is None):
         raise fail(
             "give exactly one of --ice-servers FILE|-|JSON and --credentials-url URL",

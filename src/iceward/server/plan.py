@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iceward.config import (
+    ANY_PORT,
     ServerSettings,
     parse_alternate_address,
     parse_external_ip,
@@ -84,11 +85,12 @@ class ServerPlan:
     #: The host put in the URLs handed to clients.
     public_host: str
     users: list[StaticUser]
-    #: Shared secrets from the settings; when there are none and no static user either, one is
-    #: generated into the data dir (``generate_secret``).
+    #: Shared secrets from the settings; when there are none, one is generated into the data dir
+    #: (``generate_secret``), static users or not: the credential API needs one, and credentials
+    #: minted with it before must keep working when a ``--user`` is added.
     secrets: list[str]
     generate_secret: bool
-    #: Where the TLS listeners go: None when TLS is off.
+    #: Where the TLS listeners go (0: any free port): None when TLS is off.
     tls_port: int | None
     #: The HTTP API's address, or None (``--http off``).
     http: tuple[str, int] | None
@@ -102,6 +104,14 @@ class ServerPlan:
 
     def endpoints(self) -> Endpoints:
         return Endpoints(self.public_host)
+
+
+def tls_port_of(settings: ServerSettings) -> int | None:
+    """The TLS port to bind (0: the kernel picks), or None: no TLS. ``--tls-port 0`` turns TLS
+    off unless a ``--cert`` is given (then any port); ``--tls-port -1`` asks for any port."""
+    if settings.tls_port == ANY_PORT:
+        return 0
+    return settings.tls_port if (settings.tls_port or settings.cert) else None
 
 
 def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
@@ -149,8 +159,8 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         public_host=external_public or (listen_specific or relay_ips)[0],
         users=users,
         secrets=list(settings.secret),
-        generate_secret=not settings.secret and not settings.user,
-        tls_port=settings.tls_port if (settings.tls_port or settings.cert) else None,
+        generate_secret=not settings.secret,
+        tls_port=tls_port_of(settings),
         http=settings.http_bind,
         workers=workers or settings.workers or default_workers(),
         own_networks=own,
