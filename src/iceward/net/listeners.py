@@ -97,6 +97,18 @@ def _bind_tcp(host: str, port: int, joining: bool, group: bool) -> socket.socket
     return sock
 
 
+def check_local_address(host: str, what: str) -> None:
+    """:class:`BindError` naming ``what`` (a setting) when ``host`` is not an address of this
+    host, so a socket can never be bound to it (checked at start, not at the first use)."""
+    try:
+        with socket.socket(_family(host), socket.SOCK_DGRAM) as probe:
+            probe.bind((host, 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise BindError(exc.errno, f"{what} {host} is not an address of this host") from None
+        raise BindError(exc.errno or 0, f"{what} {host}: {exc.strerror or exc}") from None
+
+
 def udp_group(host: str, port: int, workers: int) -> list[socket.socket]:
     """``workers`` UDP sockets on one address, index i for worker i, steered by client."""
     socks: list[socket.socket] = []

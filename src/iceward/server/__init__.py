@@ -19,7 +19,7 @@ from collections.abc import Callable
 from iceward.config import ServerSettings
 from iceward.net.notify import SystemdNotifier
 from iceward.server.plan import plan
-from iceward.server.process import check_operator_tls
+from iceward.server.process import check_before_start
 from iceward.server.single import SingleServer
 from iceward.server.workers import Supervisor
 
@@ -29,7 +29,7 @@ Server = SingleServer | Supervisor
 def build(settings: ServerSettings) -> Server:
     """The server the settings ask for (not started); OSError when they cannot work."""
     server_plan = plan(settings)
-    check_operator_tls(server_plan)
+    check_before_start(server_plan)
     if server_plan.workers == 1:
         return SingleServer(server_plan)
     try:

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from iceward.net.engine import EngineParams, RelayEngine
-from iceward.net.listeners import ListenerSet, open_listeners
+from iceward.net.listeners import ListenerSet, check_local_address, open_listeners
 from iceward.net.slot import WorkerSlot
 from iceward.net.tls import check_tls_files, ensure_self_signed
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
@@ -24,12 +24,21 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
     )
 
 
-def check_operator_tls(plan: ServerPlan) -> None:
-    """The operator's ``--cert``/``--key`` load, else OSError naming the file and the problem:
-    checked once before any socket or worker, which would each fail on their own."""
+def check_before_start(plan: ServerPlan) -> None:
+    """What would fail later, and in every worker, checked once before any socket or worker:
+    the operator's ``--cert``/``--key`` load, each relay address is one of this host's; else
+    OSError naming the file or address and the problem."""
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
+    if settings.relay_ip:
+        what = "--relay-ip"
+    elif "/" in (settings.external_ip or ""):
+        what = "the relay address (--external-ip PUBLIC/PRIVATE)"
+    else:
+        what = "--listen"  # relays bind to the listening address
+    for ip in plan.relay_ips:
+        check_local_address(ip, what)
 
 
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
