@@ -58,6 +58,27 @@ def free_tcp_port() -> int:
         return int(t.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """A server given fixed ports found one taken (by whatever bound it since it was picked)."""
+
+
+def with_fixed_ports(start: Callable[[int, int], RunningServer], tries: int = 5) -> RunningServer:
+    """``start(port, tls_port)`` for a server whose flags must name its ports beforehand (RFC
+    5780's alternate port, URLs it hands out): ports picked free here and, since another
+    process may take one before the server binds it, picked again when the server says so."""
+    for attempt in range(tries):
+        port = free_port_pair()
+        tls_port = free_tcp_port()
+        while tls_port == port:
+            tls_port = free_tcp_port()
+        try:
+            return start(port, tls_port)
+        except PortTaken:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def stun_binding(port: int, host: str = HOST, timeout: float = 0.2) -> tuple[str, int] | None:
     """One UDP Binding request; the XOR-MAPPED-ADDRESS or None if nothing answered."""
     from iceward.stun.attributes import decode_xor_address
@@ -172,7 +193,9 @@ def start_server(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"iceward serve exited early:\n{server.log_text()}")
+            log = server.log_text()
+            taken = port != 0 and "the port is in use" in log
+            raise (PortTaken if taken else RuntimeError)(f"iceward serve exited early:\n{log}")
         if ready_file.exists():  # written whole once every listener and worker is up
             bound = json.loads(ready_file.read_text())
             server.port = bound["port"]
@@ -201,7 +224,7 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
 
     def factory(*extra: str, **options: object) -> RunningServer:
         workdir = tmp_path / f"server{len(started)}"
-        workdir.mkdir()
+        workdir.mkdir(exist_ok=True)  # again after PortTaken
         server = start_server(workdir, *extra, **options)  # type: ignore[arg-type]
         started.append(server)
         return server

@@ -397,12 +397,15 @@ def test_static_users_and_the_generated_rest_secret_coexist(make_server: MakeSer
     assert "static users (alice) work too" in server.log_text()
 
 
-def test_ephemeral_ports_are_reported_in_the_ready_file(make_server: MakeServer) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ephemeral_ports_are_reported_in_the_ready_file(
+    make_server: MakeServer, workers: int
+) -> None:
     """--port 0 and --tls-port -1 (the fixture's): ports the kernel picks, one for UDP and TCP,
     written with the HTTP address to --ready-file once serving; the file goes when it stops."""
     import ssl
 
-    server = make_server()
+    server = make_server(workers=workers)
     ready = server.log_path.parent / "ready.json"
     doc = json.loads(ready.read_text())
     assert doc["port"] == server.port and doc["tls_port"] == server.tls_port
@@ -420,3 +423,4 @@ def test_ephemeral_ports_are_reported_in_the_ready_file(make_server: MakeServer)
         assert tls.version() is not None
     assert server.stop() == 0
     assert not ready.exists()
+    assert "Traceback" not in server.log_text()

@@ -61,20 +61,22 @@ def server_with_urls(
 ) -> RunningServer:
     """A server whose --public-url list names its own ports (localhost for the TLS certificate),
     or a closed port for TURN over TCP."""
-    port = conftest.free_port_pair()
-    tls_port = conftest.free_tcp_port()
-    while tls_port in (port, tcp_port):
-        tls_port = conftest.free_tcp_port()
-    urls = [
-        f"stun:127.0.0.1:{port}",
-        f"turn:127.0.0.1:{port}?transport=udp",
-        f"turn:127.0.0.1:{tcp_port or port}?transport=tcp",
-    ]
-    if tls:
-        urls.append(f"turns:localhost:{tls_port}?transport=tcp")
-    flags = [arg for u in urls for arg in ("--public-url", u)]
-    server = make_server(*flags, tls=tls, port=port, tls_port=tls_port if tls else 0, **options)
-    assert server.port == port
+
+    def start(port: int, tls_port: int) -> RunningServer:
+        if tcp_port in (port, tls_port):
+            raise conftest.PortTaken("the closed port was picked for the server")
+        urls = [
+            f"stun:127.0.0.1:{port}",
+            f"turn:127.0.0.1:{port}?transport=udp",
+            f"turn:127.0.0.1:{tcp_port or port}?transport=tcp",
+        ]
+        if tls:
+            urls.append(f"turns:localhost:{tls_port}?transport=tcp")
+        flags = [arg for u in urls for arg in ("--public-url", u)]
+        tls_flag = tls_port if tls else 0
+        return make_server(*flags, tls=tls, port=port, tls_port=tls_flag, **options)
+
+    server = conftest.with_fixed_ports(start)  # the URLs name the ports: fixed, not port 0
     return server
 
 

@@ -16,7 +16,7 @@ from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import ToClient
 from iceward.turn.policy import PeerPolicy
 from iceward.turn.server import TurnConfig, TurnServer
-from tests.conftest import HOST, RunningServer
+from tests.conftest import HOST, RunningServer, with_fixed_ports
 from tests.turn.helpers import FakeRelays
 
 PRIMARY: Address = ("192.0.2.1", 3478)
@@ -119,7 +119,11 @@ def test_serve_alternate_address_end_to_end(
     every CHANGE-REQUEST answered from the right address (RESPONSE-ORIGIN = packet source)."""
     from iceward.doctor.nat import EIM, discover
 
-    server = make_server("--alternate-address", "127.0.0.2", tls=False, http=False)
+    server = with_fixed_ports(  # the alternate port is the server's + 1: fixed, not port 0
+        lambda port, _: make_server(
+            "--alternate-address", "127.0.0.2", tls=False, http=False, port=port
+        )
+    )
     report = discover((HOST, server.port), timeout=1.0)
     assert report.other == ("127.0.0.2", server.port + 1), report
     assert report.behind_nat is False
