@@ -176,6 +176,15 @@ def test_an_unknown_iceward_variable_is_warned_about(tmp_path: Path) -> None:
     ], proc.stderr
 
 
+def test_a_list_setting_from_the_environment_is_explained_without_its_value(
+    tmp_path: Path,
+) -> None:
+    line = serve(tmp_path, env={"ICEWARD_SECRET": "top-secret-value"})
+    assert line.endswith("""ICEWARD_SECRET: a list setting is a JSON array in the environment, \
+e.g. ICEWARD_SECRET='["VALUE"]'"""), line
+    assert "top-secret-value" not in line
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("psycopg") is not None, reason="the PostgreSQL driver is installed"
 )

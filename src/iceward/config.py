@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from iceward.datadir import create_private_file, ensure_private_dir
 from iceward.turn.policy import PeerPolicy
@@ -439,6 +441,15 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> ServerSe
         raise SettingsError(describe_invalid(exc, config_file)) from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"config file {config_file}: not valid TOML: {exc}") from None
+    except SourceError as exc:  # an ICEWARD_* value that a list setting cannot read
+        found = re.search(r'field "(\w+)" from source "EnvSettingsSource"', str(exc))
+        if found is None:
+            raise SettingsError(str(exc)) from None
+        variable = f"ICEWARD_{found.group(1).upper()}"
+        raise SettingsError(  # the value is not repeated: it may be a secret
+            f"{variable}: a list setting is a JSON array in the environment, "
+            f"""e.g. {variable}='["VALUE"]'"""
+        ) from None
     except OSError as exc:
         raise SettingsError(f"config file {config_file}: {exc.strerror or exc}") from None
     finally:
