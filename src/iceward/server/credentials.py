@@ -110,4 +110,3 @@ async def refresh_logged(store: Store, refresh: Callable[[], Awaitable[None]]) -
         store.health.failed(exc)
     except Exception as exc:  # a store hiccup must not stop the server
         log.error("store refresh failed: %s", exc)
-
