@@ -2,7 +2,8 @@
 
 A link is bound to the same address as its parent (which is bound exclusively, then marked
 SO_REUSEPORT) and connected to one client or peer, so the kernel hands that sender's datagrams
-to it and sends need no address. Listener and relay sockets make and drop links the same way.
+to it and sends need no address. Listener and relay sockets make and drop links the same way,
+and are read the same way (:class:`LinkedSocket`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from iceward.net.fastpath import FastPath, Handler
 from iceward.turn.allocation import Address
 
 _IP_MTU_DISCOVER = 10  # Linux; DONT-FRAGMENT set on the parent holds for its links too
@@ -81,3 +83,57 @@ class Links:
 
     def __len__(self) -> int:
         return len(self._socks)
+
+
+#: A parent's forwarding loop: ``forward(sock, None)`` reads the parent, ``forward(link, target)``
+#: a link connected to ``target``.
+Forward = Callable[[socket.socket, Any], None]
+
+
+class LinkedSocket:
+    """A parent socket (a UDP listener, a relay socket) and its links, all read by one
+    ``forward`` loop on the event loop; or, with the native fast path, the parent read by the
+    extension, which hands what its tables do not serve to ``on_fast_miss`` and needs no links."""
+
+    __slots__ = ("_loop", "fast", "fd", "links", "sock")
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+        fast: FastPath | None,
+        kind: int,
+        on_fast_miss: Handler,
+        forward: Forward,
+    ) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.fast = fast
+        self._loop = loop
+        #: target address -> socket connected to it.
+        self.links = Links(sock, loop, forward)
+        if fast is not None:
+            fast.register(self.fd, kind, on_fast_miss)
+        else:
+            loop.add_reader(sock.fileno(), forward, sock, None)
+
+    def link(self, target: Address) -> Callable[..., Any] | None:
+        """The ``send`` of ``target``'s link, made on first use; None if the kernel says no
+        (or the native fast path reads this socket: it needs no links)."""
+        if self.fast is not None:
+            return None
+        return self.links.send_to(target)
+
+    def unlink(self, target: Address) -> None:
+        self.links.drop(target)
+
+    def close(self) -> None:
+        self.links.drop_all()
+        if self.fast is not None:
+            self.fast.unregister(self.fd)
+        else:
+            try:
+                self._loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+        self.sock.close()

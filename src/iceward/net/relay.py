@@ -2,12 +2,12 @@
 
 Each :class:`RelaySocket` is the core's ``RelayHandle``. Its reader drains the socket in batches and
 serves datagrams from peers that have a channel straight from its forwarding table (one dict lookup,
-a header written in place, one ``sendto``); anything else goes to the core.
+a header written in place, one send: :func:`_to_client`); anything else goes to the core.
 
 A peer with a channel also gets a *link*: a socket on the relay's address connected to that peer.
 The relay port is bound exclusively first (so no other process can hold it) and only then marked
 SO_REUSEPORT, which lets the links bind it too. The kernel hands the peer's datagrams to the
-link, whose reader needs no address and no lookup per datagram; data for the peer leaves through
+link, whose reader needs no address per datagram; data for the peer leaves through
 the link's ``send`` (no address to parse, no route lookup).
 
 With the native fast path (:mod:`iceward.net.fastpath`) the extension reads the relay socket
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iceward.net.fastpath import RELAY, FastPath
-from iceward.net.links import Links
+from iceward.net.links import LinkedSocket
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
 from iceward.turn.allocation import Address, TrafficCounters
 from iceward.turn.server import RelayUnavailable
@@ -38,17 +38,15 @@ BUFFER_SIZE = 65536 + 4
 _HEADER = struct.Struct("!HH")
 
 
-def _receive_buffer() -> tuple[bytearray, memoryview, memoryview]:
-    buf = bytearray(BUFFER_SIZE)
-    view = memoryview(buf)
-    return buf, view, view[4:]
-
-
 #: The receive buffer every relay socket of the process reads into (payload at offset 4, below a
 #: ChannelData header written in place). One is enough: a datagram is forwarded, or copied for
 #: the core, before the loop reads the next one; a buffer per relay would cost 64 KiB per
-#: allocation. The native fast path never touches it.
-_SHARED_BUFFER = _receive_buffer()
+#: allocation. The native fast path reads into its own, and hands :meth:`RelaySocket.deliver`
+#: bytes, which are copied here to be framed the same way.
+_BUF = bytearray(BUFFER_SIZE)
+_VIEW = memoryview(_BUF)
+_PAYLOAD = _VIEW[4:]
+_PACK = _HEADER.pack_into
 
 #: What the relay does with a datagram that is not a forwarding-table hit.
 PeerHandler = Callable[["RelaySocket", bytes, Address], None]
@@ -75,24 +73,32 @@ class PeerEntry:
         self.stream = stream
 
 
-class RelaySocket:
+def _to_client(entry: PeerEntry, n: int) -> None:
+    """The one peer -> client framing: ``n`` payload bytes in the shared buffer (at offset 4)
+    leave as ChannelData, the header written in place before them, counted on the entry. Over a
+    stream, a copy padded to a multiple of 4 (RFC 8656); over UDP, the view itself, through
+    the client's link or to its address from the listener."""
+    counters = entry.counters
+    counters.packets_to_client += 1
+    counters.bytes_to_client += n
+    _PACK(_BUF, 0, entry.number, n)
+    frame = _VIEW[: 4 + n]
+    try:
+        if entry.stream:
+            pad = -n & 3
+            entry.send(bytes(frame) + b"\x00" * pad if pad else bytes(frame))
+        elif entry.client is None:
+            entry.send(frame)
+        else:
+            entry.send(frame, entry.client)
+    except OSError:
+        pass  # UDP semantics: a full buffer or an unreachable client loses the datagram
+
+
+class RelaySocket(LinkedSocket):
     """One relay port; hashable by identity, so the core can key allocations by it."""
 
-    __slots__ = (
-        "_buf",
-        "_family",
-        "_loop",
-        "_mv",
-        "_on_miss",
-        "_payload",
-        "advertised",
-        "bound",
-        "channels",
-        "fast",
-        "fd",
-        "links",
-        "sock",
-    )
+    __slots__ = ("_family", "_on_miss", "advertised", "bound", "channels")
 
     def __init__(
         self,
@@ -103,22 +109,12 @@ class RelaySocket:
         on_miss: PeerHandler,
         fast: FastPath | None = None,
     ) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.fast = fast
         self._family = family
         self.bound: Address = sock.getsockname()[:2]
         self.advertised = advertised
         self.channels: dict[Any, PeerEntry] = {}
-        #: peer address -> socket connected to it (see the module docstring).
-        self.links = Links(sock, loop, self._on_link_readable)
-        self._loop = loop
         self._on_miss = on_miss
-        self._buf, self._mv, self._payload = _SHARED_BUFFER
-        if fast is not None:
-            fast.register(self.fd, RELAY, self.deliver)
-        else:
-            loop.add_reader(sock.fileno(), self._on_readable)
+        super().__init__(sock, loop, fast, RELAY, self.deliver, self._forward)
 
     @property
     def family(self) -> int:
@@ -134,26 +130,8 @@ class RelaySocket:
         except OSError:
             pass  # UDP semantics: a full buffer or an unreachable peer loses the datagram
 
-    def link(self, peer: Address) -> Callable[..., Any] | None:
-        """The ``send`` of this peer's link, made on first use; None if the kernel says no
-        (or the native fast path reads this relay: it needs no links)."""
-        if self.fast is not None:
-            return None
-        return self.links.send_to(peer)
-
-    def unlink(self, peer: Address) -> None:
-        self.links.drop(peer)
-
     def close(self) -> None:
-        self.links.drop_all()
-        if self.fast is not None:
-            self.fast.unregister(self.fd)
-        else:
-            try:
-                self._loop.remove_reader(self.sock.fileno())
-            except (ValueError, OSError):
-                pass
-        self.sock.close()
+        super().close()
         self.channels.clear()
 
     def deliver(self, data: bytes, peer: Address) -> None:
@@ -164,95 +142,42 @@ class RelaySocket:
             self._on_miss(self, data, peer)
             return
         n = len(data)
-        counters = entry.counters
-        counters.packets_to_client += 1
-        counters.bytes_to_client += n
-        message = _HEADER.pack(entry.number, n) + data
-        try:
-            if entry.stream:
-                pad = -n & 3
-                entry.send(message + b"\x00" * pad if pad else message)
-            elif entry.client is None:
-                entry.send(message)
-            else:
-                entry.send(message, entry.client)
-        except OSError:
-            pass
+        _PAYLOAD[:n] = data
+        _to_client(entry, n)
 
-    def _on_link_readable(self, sock: socket.socket, peer: Address) -> None:
-        entry = self.channels.get(peer)
-        if entry is None or entry.stream or entry.client is not None:
-            self._drain(sock.recvfrom_into)
-            return
-        # The common case: a channel to a UDP client that has a link too. Nothing below can
-        # change the forwarding table, so the entry holds for the whole batch.
+    def _forward(self, sock: socket.socket, peer: Address | None) -> None:
+        """The one peer -> client loop, for the relay socket (``peer`` None: each datagram says
+        whose it is) and for a link (connected to ``peer``: no address to read). A peer with a
+        channel is framed to its client; the rest goes to ``on_miss`` (the core)."""
+        recvfrom = sock.recvfrom_into
         recv = sock.recv_into
-        payload = self._payload
-        buf = self._buf
-        mv = self._mv
-        send = entry.send
-        pack = _HEADER.pack_into
-        number = entry.number
-        packets = nbytes = 0
-        try:
-            for _ in range(BATCH):
-                try:
-                    n = recv(payload)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    continue
-                pack(buf, 0, number, n)
-                packets += 1
-                nbytes += n
-                try:
-                    send(mv[: 4 + n])
-                except OSError:
-                    pass
-        finally:
-            counters = entry.counters
-            counters.packets_to_client += packets
-            counters.bytes_to_client += nbytes
-
-    def _on_readable(self) -> None:
-        self._drain(self.sock.recvfrom_into)
-
-    def _drain(self, recv: Callable[..., Any]) -> None:
-        payload = self._payload
-        buf = self._buf
-        mv = self._mv
-        channels = self.channels
+        payload = _PAYLOAD
+        get = self.channels.get
+        to_client = _to_client
+        on_miss = self._on_miss
         v6 = self._family == FAMILY_IPV6
+        key: Any = peer
+        entry: PeerEntry | None = None
         for _ in range(BATCH):
             try:
-                n, addr = recv(payload)
+                if peer is None:
+                    n, key = recvfrom(payload)
+                    if v6:
+                        key = key[:2]
+                else:
+                    n = recv(payload)
             except BlockingIOError:
                 return
             except OSError:
-                continue
-            key = addr[:2] if v6 else addr
-            entry = channels.get(key)
+                continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
+            if peer is None or entry is None:
+                # A link's entry, once found, holds for the batch: nothing in it but a miss
+                # (the core) changes the table.
+                entry = get(key)
             if entry is None:
-                self._on_miss(self, bytes(payload[:n]), key)
-                continue
-            number = entry.number
-            buf[0] = number >> 8
-            buf[1] = number & 0xFF
-            buf[2] = n >> 8
-            buf[3] = n & 0xFF
-            counters = entry.counters
-            counters.packets_to_client += 1
-            counters.bytes_to_client += n
-            try:
-                if entry.stream:
-                    pad = -n & 3
-                    entry.send(bytes(mv[: 4 + n]) + b"\x00" * pad if pad else bytes(mv[: 4 + n]))
-                elif entry.client is None:
-                    entry.send(mv[: 4 + n])
-                else:
-                    entry.send(mv[: 4 + n], entry.client)
-            except OSError:
-                pass
+                on_miss(self, bytes(payload[:n]), key)
+            else:
+                to_client(entry, n)
 
 
 def _family_of_ip(ip: str) -> int:

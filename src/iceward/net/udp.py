@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iceward.net.fastpath import LISTENER, FastPath
-from iceward.net.links import Links
+from iceward.net.links import LinkedSocket
 from iceward.net.listeners import bind_udp
 from iceward.turn.allocation import Address, TrafficCounters
 
@@ -47,7 +47,7 @@ class ClientEntry:
         self.counters = counters
 
 
-class UdpListener:
+class UdpListener(LinkedSocket):
     """One UDP socket clients talk to (STUN, TURN control and ChannelData)."""
 
     def __init__(
@@ -57,23 +57,14 @@ class UdpListener:
         on_miss: Callable[[UdpListener, bytes, Address], None],
         fast: FastPath | None = None,
     ) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.fast = fast
         self.local: Address = sock.getsockname()[:2]
         self.channels: dict[ChannelKey, ClientEntry] = {}
         self._v6 = sock.family == socket.AF_INET6
-        self._loop = loop
         self._on_miss = on_miss
-        #: client address -> socket connected to it (see the module docstring).
-        self.links = Links(sock, loop, self._on_link_readable)
         self._buf = bytearray(BUFFER_SIZE)
         self._mv = memoryview(self._buf)
         sock.setblocking(False)
-        if fast is not None:
-            fast.register(self.fd, LISTENER, self._on_fast_miss)
-        else:
-            loop.add_reader(sock.fileno(), self._on_readable)
+        super().__init__(sock, loop, fast, LISTENER, self._on_fast_miss, self._forward)
 
     @classmethod
     def bind(
@@ -87,52 +78,41 @@ class UdpListener:
         """Bind exclusively (no one else may hold the port), then let this uid's links join."""
         return cls(bind_udp(host, port), loop, on_miss, fast)
 
-    def link(self, client: Address) -> Callable[..., Any] | None:
-        """The ``send`` of this client's link, made on first use; None if the kernel says no
-        (or the native fast path reads this listener: it needs no links)."""
-        if self.fast is not None:
-            return None
-        return self.links.send_to(client)
-
-    def unlink(self, client: Address) -> None:
-        self.links.drop(client)
-
     def send(self, data: bytes, client: Address) -> None:
         try:
             self.sock.sendto(data, client)
         except OSError:
             pass
 
-    def close(self) -> None:
-        self.links.drop_all()
-        if self.fast is not None:
-            self.fast.unregister(self.fd)
-        else:
-            try:
-                self._loop.remove_reader(self.sock.fileno())
-            except (ValueError, OSError):
-                pass
-        self.sock.close()
-
     def _on_fast_miss(self, data: bytes, client: Address) -> None:
         self._on_miss(self, data, client)
 
-    def _on_readable(self) -> None:
-        recv = self.sock.recvfrom_into
+    def _forward(self, sock: socket.socket, client: Address | None) -> None:
+        """The one client -> peer loop, for the listener (``client`` None: each datagram says
+        whose it is) and for a link (connected to ``client``: no address to read). A bound
+        channel's ChannelData goes to the peer from the listener's buffer; the rest to
+        ``on_miss``."""
+        recvfrom = sock.recvfrom_into
+        recv = sock.recv_into
         buf = self._buf
         mv = self._mv
         get = self.channels.get
         unpack = _HEADER.unpack_from
+        on_miss = self._on_miss
         v6 = self._v6
+        addr: Any = client
         for _ in range(BATCH):
             try:
-                n, addr = recv(buf)
+                if client is None:
+                    n, addr = recvfrom(buf)
+                    if v6:
+                        addr = addr[:2]
+                else:
+                    n = recv(buf)
             except BlockingIOError:
                 return
             except OSError:
-                continue
-            if v6:
-                addr = addr[:2]
+                continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
             if n >= 4 and 0x40 <= buf[0] <= 0x7F:
                 number, length = unpack(buf)
                 entry = get((addr, number))
@@ -140,42 +120,13 @@ class UdpListener:
                     counters = entry.counters
                     counters.packets_to_peer += 1
                     counters.bytes_to_peer += length
+                    peer = entry.peer
                     try:
-                        if entry.peer is None:
+                        if peer is None:
                             entry.send(mv[4 : 4 + length])
                         else:
-                            entry.send(mv[4 : 4 + length], entry.peer)
+                            entry.send(mv[4 : 4 + length], peer)
                     except OSError:
                         pass
                     continue
-            self._on_miss(self, bytes(mv[:n]), addr)
-
-    def _on_link_readable(self, sock: socket.socket, client: Address) -> None:
-        recv = sock.recv_into
-        buf = self._buf
-        mv = self._mv
-        get = self.channels.get
-        unpack = _HEADER.unpack_from
-        for _ in range(BATCH):
-            try:
-                n = recv(buf)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
-            if n >= 4 and 0x40 <= buf[0] <= 0x7F:
-                number, length = unpack(buf)
-                entry = get((client, number))
-                if entry is not None and 4 + length <= n:
-                    counters = entry.counters
-                    counters.packets_to_peer += 1
-                    counters.bytes_to_peer += length
-                    try:
-                        if entry.peer is None:
-                            entry.send(mv[4 : 4 + length])
-                        else:
-                            entry.send(mv[4 : 4 + length], entry.peer)
-                    except OSError:
-                        pass
-                    continue
-            self._on_miss(self, bytes(mv[:n]), client)
+            on_miss(self, bytes(mv[:n]), addr)
