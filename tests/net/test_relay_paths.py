@@ -130,6 +130,36 @@ def test_peer_without_a_channel_goes_to_the_core(rig: Rig) -> None:
     assert rig.misses[2] == (rig.relay, b"via the link", rig.paddr)
 
 
+def test_one_batch_from_several_peers_is_counted_per_channel(rig: Rig) -> None:
+    """Datagrams from two peers with channels and one without, read in one batch from the
+    relay socket: each channel's counters get exactly its own, the core the stranger's."""
+    other, stranger = udp(), udp()
+    try:
+        written: list[bytes] = []
+        mine, theirs = TrafficCounters(), TrafficCounters()
+        rig.relay.channels[rig.paddr] = PeerEntry(written.append, None, 0x4006, mine, True)
+        rig.relay.channels[other.getsockname()] = PeerEntry(
+            written.append, None, 0x4007, theirs, True
+        )
+        for sender, data in [
+            (rig.peer, b"a1"),
+            (rig.peer, b"a22"),
+            (stranger, b"?"),
+            (rig.peer, b"a4444"),
+            (other, b"b1"),
+            (rig.peer, b"a55555"),
+        ]:
+            sender.sendto(data, rig.relay.advertised)
+        rig.pump(lambda: len(written) == 5 and len(rig.misses) == 1)
+        assert (mine.packets_to_client, mine.bytes_to_client) == (4, 16)
+        assert (theirs.packets_to_client, theirs.bytes_to_client) == (1, 2)
+        assert rig.misses == [(rig.relay, b"?", stranger.getsockname())]
+        assert [w[:2] for w in written] == [b"\x40\x06"] * 3 + [b"\x40\x07", b"\x40\x06"]
+    finally:
+        other.close()
+        stranger.close()
+
+
 @pytest.mark.parametrize("linked", [False, True])
 def test_client_to_peer(rig: Rig, linked: bool) -> None:
     if linked:

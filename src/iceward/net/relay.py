@@ -75,12 +75,9 @@ class PeerEntry:
 
 def _to_client(entry: PeerEntry, n: int) -> None:
     """The one peer -> client framing: ``n`` payload bytes in the shared buffer (at offset 4)
-    leave as ChannelData, the header written in place before them, counted on the entry. Over a
-    stream, a copy padded to a multiple of 4 (RFC 8656); over UDP, the view itself, through
-    the client's link or to its address from the listener."""
-    counters = entry.counters
-    counters.packets_to_client += 1
-    counters.bytes_to_client += n
+    leave as ChannelData, the header written in place before them. Over a stream, a copy padded
+    to a multiple of 4 (RFC 8656); over UDP, the view itself, through the client's link or to
+    its address from the listener. The caller counts."""
     _PACK(_BUF, 0, entry.number, n)
     frame = _VIEW[: 4 + n]
     try:
@@ -93,6 +90,13 @@ def _to_client(entry: PeerEntry, n: int) -> None:
             entry.send(frame, entry.client)
     except OSError:
         pass  # UDP semantics: a full buffer or an unreachable client loses the datagram
+
+
+def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
+    """Add what was framed to ``entry``'s client to the allocation's counters."""
+    counters = entry.counters
+    counters.packets_to_client += packets
+    counters.bytes_to_client += nbytes
 
 
 class RelaySocket(LinkedSocket):
@@ -143,6 +147,7 @@ class RelaySocket(LinkedSocket):
             return
         n = len(data)
         _PAYLOAD[:n] = data
+        _count(entry, 1, n)
         _to_client(entry, n)
 
     def _forward(self, sock: socket.socket, peer: Address | None) -> None:
@@ -154,30 +159,45 @@ class RelaySocket(LinkedSocket):
         payload = _PAYLOAD
         get = self.channels.get
         to_client = _to_client
+        count = _count
         on_miss = self._on_miss
         v6 = self._family == FAMILY_IPV6
         key: Any = peer
         entry: PeerEntry | None = None
-        for _ in range(BATCH):
-            try:
-                if peer is None:
-                    n, key = recvfrom(payload)
-                    if v6:
-                        key = key[:2]
-                else:
-                    n = recv(payload)
-            except BlockingIOError:
-                return
-            except OSError:
-                continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
-            if peer is None or entry is None:
-                # A link's entry, once found, holds for the batch: nothing in it but a miss
-                # (the core) changes the table.
-                entry = get(key)
-            if entry is None:
-                on_miss(self, bytes(payload[:n]), key)
-            else:
+        # Counted in locals over a run of datagrams to one entry (a link's whole batch), and
+        # added to its counters when the run ends: before a miss, another entry, or the return.
+        run: PeerEntry | None = None
+        packets = nbytes = 0
+        try:
+            for _ in range(BATCH):
+                try:
+                    if peer is None:
+                        n, key = recvfrom(payload)
+                        if v6:
+                            key = key[:2]
+                    else:
+                        n = recv(payload)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue  # e.g. ECONNREFUSED from an ICMP error: UDP semantics, go on
+                if peer is None or entry is None:
+                    # A link's entry, once found, holds for the batch: nothing in it but a miss
+                    # (the core) changes the table.
+                    entry = get(key)
+                if entry is not run:
+                    if run is not None:
+                        count(run, packets, nbytes)
+                    run, packets, nbytes = entry, 0, 0
+                if entry is None:
+                    on_miss(self, bytes(payload[:n]), key)
+                    continue
+                packets += 1
+                nbytes += n
                 to_client(entry, n)
+        finally:
+            if run is not None:
+                count(run, packets, nbytes)
 
 
 def _family_of_ip(ip: str) -> int:
