@@ -41,7 +41,9 @@ class Rig:
         self.misses: list[tuple[Any, bytes, Address]] = []
         self.listener = UdpListener.bind(HOST, 0, self.loop, self._miss)
         self.allocator = UdpRelayAllocator([HOST], RELAY_PORTS, self.loop, self._miss)
-        self.relay, _ = self.allocator.allocate(FAMILY_IPV4)
+        handle, _ = self.allocator.allocate(FAMILY_IPV4)
+        self.relay = self.allocator.active[handle.id]
+        self.relayed = handle.relayed_address
         self.client, self.peer = udp(), udp()
         self.caddr: Address = self.client.getsockname()
         self.paddr: Address = self.peer.getsockname()
@@ -80,7 +82,7 @@ def test_peer_to_client_through_links(rig: Rig) -> None:
     rig.relay.channels[rig.paddr] = PeerEntry(client_send, None, 0x4001, rig.counters, False)
     payloads = [bytes([i]) * (i * 37 % 1200 + 1) for i in range(20)]
     for p in payloads:
-        rig.peer.sendto(p, rig.relay.advertised)
+        rig.peer.sendto(p, rig.relayed)
     rig.pump(lambda: rig.counters.packets_to_client == 20)
     got = [rig.client.recvfrom(2048) for _ in payloads]
     assert got == [(channel_data(0x4001, p), rig.listener.local) for p in payloads]
@@ -92,7 +94,7 @@ def test_peer_to_client_through_links(rig: Rig) -> None:
 def test_peer_to_client_from_the_listener_address(rig: Rig) -> None:
     entry = PeerEntry(rig.listener.sock.sendto, rig.caddr, 0x4002, rig.counters, False)
     rig.relay.channels[rig.paddr] = entry
-    rig.peer.sendto(b"no links", rig.relay.advertised)
+    rig.peer.sendto(b"no links", rig.relayed)
     rig.pump(lambda: rig.counters.packets_to_client == 1)
     assert rig.client.recvfrom(2048) == (channel_data(0x4002, b"no links"), rig.listener.local)
     assert rig.counters.bytes_to_client == 8
@@ -102,7 +104,7 @@ def test_peer_to_stream_client_is_padded_and_native_bytes_framed_alike(rig: Rig)
     written: list[bytes] = []
     rig.relay.channels[rig.paddr] = PeerEntry(written.append, None, 0x4003, rig.counters, True)
     for p in (b"abc", b"abcd", b"abcde"):
-        rig.peer.sendto(p, rig.relay.advertised)
+        rig.peer.sendto(p, rig.relayed)
     rig.pump(lambda: len(written) == 3)
     rig.relay.deliver(b"native", rig.paddr)  # what the native engine hands back
     assert written == [
@@ -116,18 +118,18 @@ def test_peer_to_stream_client_is_padded_and_native_bytes_framed_alike(rig: Rig)
 
 
 def test_peer_without_a_channel_goes_to_the_core(rig: Rig) -> None:
-    rig.peer.sendto(b"to the core", rig.relay.advertised)
+    rig.peer.sendto(b"to the core", rig.relayed)
     rig.pump(lambda: bool(rig.misses))
     rig.relay.deliver(b"native miss", rig.paddr)
     assert rig.misses == [
-        (rig.relay, b"to the core", rig.paddr),
-        (rig.relay, b"native miss", rig.paddr),
+        (rig.relay.handle.id, b"to the core", rig.paddr),
+        (rig.relay.handle.id, b"native miss", rig.paddr),
     ]
     # A link whose channel is gone meanwhile hands its datagrams to the core too.
     assert rig.relay.link(rig.paddr) is not None
-    rig.peer.sendto(b"via the link", rig.relay.advertised)
+    rig.peer.sendto(b"via the link", rig.relayed)
     rig.pump(lambda: len(rig.misses) == 3)
-    assert rig.misses[2] == (rig.relay, b"via the link", rig.paddr)
+    assert rig.misses[2] == (rig.relay.handle.id, b"via the link", rig.paddr)
 
 
 def test_one_batch_from_several_peers_is_counted_per_channel(rig: Rig) -> None:
@@ -149,11 +151,11 @@ def test_one_batch_from_several_peers_is_counted_per_channel(rig: Rig) -> None:
             (other, b"b1"),
             (rig.peer, b"a55555"),
         ]:
-            sender.sendto(data, rig.relay.advertised)
+            sender.sendto(data, rig.relayed)
         rig.pump(lambda: len(written) == 5 and len(rig.misses) == 1)
         assert (mine.packets_to_client, mine.bytes_to_client) == (4, 16)
         assert (theirs.packets_to_client, theirs.bytes_to_client) == (1, 2)
-        assert rig.misses == [(rig.relay, b"?", stranger.getsockname())]
+        assert rig.misses == [(rig.relay.handle.id, b"?", stranger.getsockname())]
         assert [w[:2] for w in written] == [b"\x40\x06"] * 3 + [b"\x40\x07", b"\x40\x06"]
     finally:
         other.close()
@@ -176,7 +178,7 @@ def test_client_to_peer(rig: Rig, linked: bool) -> None:
     rig.client.sendto(b"\x40\x04\x00\x10short", target)  # length beyond the datagram
     rig.client.sendto(b"\x00\x01 stun-ish", target)
     rig.pump(lambda: len(rig.misses) == 3)
-    assert rig.peer.recvfrom(2048) == (b"to the peer", rig.relay.advertised)
+    assert rig.peer.recvfrom(2048) == (b"to the peer", rig.relayed)
     assert (rig.counters.packets_to_peer, rig.counters.bytes_to_peer) == (1, 11)
     assert rig.misses == [
         (rig.listener, channel_data(0x4005, b"unbound"), rig.caddr),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 
@@ -9,7 +10,7 @@ from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import long_term_key, verify_integrity
 from iceward.stun.message import Message, encode_message, parse_message
-from iceward.turn.allocation import Address, FiveTuple
+from iceward.turn.allocation import Address, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import Output, ToClient
 from iceward.turn.policy import PeerPolicy
@@ -19,12 +20,6 @@ REALM = "example.test"
 SERVER: Address = ("192.0.2.1", 3478)
 
 
-@dataclass(eq=False)
-class FakeRelay:
-    family: int
-    relayed_address: Address
-
-
 class FakeRelays:
     """Hands out relay ports counting up from 50000; can be told to run out."""
 
@@ -32,15 +27,16 @@ class FakeRelays:
         self._families = families
         self.next_port = 50000
         self.exhausted = False
-        self.released: list[FakeRelay] = []
-        self.reserved: dict[bytes, FakeRelay] = {}
+        self.released: list[Relay] = []
+        self.reserved: dict[bytes, Relay] = {}
+        self._ids = itertools.count(1)
 
     def families(self) -> frozenset[int]:
         return self._families
 
     def allocate(
         self, family: int, *, even: bool = False, reserve_next: bool = False
-    ) -> tuple[FakeRelay, bytes | None]:
+    ) -> tuple[Relay, bytes | None]:
         if self.exhausted:
             raise RelayUnavailable(508, "no free relay port")
         if family not in self._families:
@@ -50,20 +46,20 @@ class FakeRelays:
         port = self.next_port
         self.next_port += 2 if reserve_next else 1
         host = "2001:db8::1" if family == C.FAMILY_IPV6 else "192.0.2.1"
-        relay = FakeRelay(family, (host, port))
+        relay = Relay(next(self._ids), family, (host, port))
         token = None
         if reserve_next:
             token = os.urandom(8)
-            self.reserved[token] = FakeRelay(family, (host, port + 1))
+            self.reserved[token] = Relay(next(self._ids), family, (host, port + 1))
         return relay, token
 
-    def allocate_reserved(self, token: bytes) -> FakeRelay:
+    def allocate_reserved(self, token: bytes) -> Relay:
         relay = self.reserved.pop(token, None)
         if relay is None:
             raise RelayUnavailable(508, "unknown token")
         return relay
 
-    def release(self, relay: FakeRelay) -> None:  # type: ignore[override]
+    def release(self, relay: Relay) -> None:
         self.released.append(relay)
 
 

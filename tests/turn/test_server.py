@@ -451,7 +451,7 @@ def test_permission_quota_gets_508() -> None:
 def test_send_indication_needs_a_permission_and_data_comes_back_as_data_indication() -> None:
     client, _ = allocated_client()
     server = client.server
-    relay = server.allocations[0].relays[C.FAMILY_IPV4]
+    relay = server.allocations[0].relays[C.FAMILY_IPV4].id
     assert client.send_indication(PEER, b"early") == []
     assert server.handle_peer(relay, b"unsolicited", PEER, client.now) == []
     assert client.create_permission(PEER).cls == C.SUCCESS
@@ -471,7 +471,7 @@ def test_send_indication_needs_a_permission_and_data_comes_back_as_data_indicati
 def test_permission_expires_after_300_seconds() -> None:
     client, _ = allocated_client()
     server = client.server
-    relay = server.allocations[0].relays[C.FAMILY_IPV4]
+    relay = server.allocations[0].relays[C.FAMILY_IPV4].id
     client.create_permission(PEER)
     server.handle_timer(client.now + 300)
     assert server.handle_peer(relay, b"late", PEER, client.now + 300) == []
@@ -531,7 +531,7 @@ def test_channel_data_both_ways_and_stream_padding() -> None:
     assert [(o.peer, o.data) for o in out if isinstance(o, ToPeer)] == [(PEER, b"abc")]
     assert client.send_raw(struct.pack("!HH", 0x4002, 3) + b"abc") == []  # unbound channel
     assert client.send_raw(struct.pack("!HH", 0x4001, 30) + b"abc") == []  # truncated
-    back = server.handle_peer(alloc.relays[C.FAMILY_IPV4], b"hello", PEER, client.now)
+    back = server.handle_peer(alloc.relays[C.FAMILY_IPV4].id, b"hello", PEER, client.now)
     assert [o.data for o in back if isinstance(o, ToClient)] == [
         struct.pack("!HH", 0x4001, 5) + b"hello"
     ]
@@ -540,7 +540,7 @@ def test_channel_data_both_ways_and_stream_padding() -> None:
     tcp = Client(tcp_server, FiveTuple("tcp", ("203.0.113.5", 40000), SERVER))
     tcp.allocate()
     tcp.channel_bind(0x4001, PEER)
-    relay = tcp_server.allocations[0].relays[C.FAMILY_IPV4]
+    relay = tcp_server.allocations[0].relays[C.FAMILY_IPV4].id
     back = tcp_server.handle_peer(relay, b"hello", PEER, tcp.now)
     assert [o.data for o in back if isinstance(o, ToClient)] == [
         struct.pack("!HH", 0x4001, 5) + b"hello\x00\x00\x00"
@@ -566,7 +566,7 @@ def test_channel_bind_installs_forwarding_and_keeps_the_permission_alive() -> No
     assert len(installed) == 1 and installed[0].channel.peer == PEER
     assert [o for o in client.send_raw(request) if isinstance(o, ChannelInstalled)] == []
     alloc = server.allocations[0]
-    relay = alloc.relays[C.FAMILY_IPV4]
+    relay = alloc.relays[C.FAMILY_IPV4].id
     # Past the 300 s permission lifetime the channel (600 s) still keeps the permission.
     client.refresh(3600)
     server.handle_timer(client.now + 400)

@@ -33,7 +33,7 @@ from iceward.net.tls import server_context
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
 from iceward.snapshot import Snapshot
-from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple
+from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import (
     AllocationCreated,
@@ -351,9 +351,15 @@ class RelayEngine:
             return  # the connection closed meanwhile
         self._feed(self._from_client, data, ft)
 
-    def _on_relay_miss(self, relay: RelaySocket, data: bytes, peer: Address) -> None:
+    def _on_relay_miss(self, relay_id: int, data: bytes, peer: Address) -> None:
         assert self.core is not None
-        self._feed(self.core.handle_peer, relay, data, peer)
+        self._feed(self.core.handle_peer, relay_id, data, peer)
+
+    def _socket_of(self, relay: Relay | None) -> RelaySocket | None:
+        """The socket behind one of the core's relays (None once released)."""
+        if relay is None or self._relays is None:
+            return None
+        return self._relays.active.get(relay.id)
 
     def _new_stream(self, kind: str, peer: Address) -> StreamConnection | None:
         """Just accepted (no TLS yet): counted against its source IP, or refused (None)."""
@@ -477,7 +483,10 @@ class RelayEngine:
             if kind is ToClient:
                 self._to_client(out.five_tuple, out.data)  # type: ignore[union-attr]
             elif kind is ToPeer:
-                out.relay.send(out.data, out.peer)  # type: ignore[union-attr]
+                assert isinstance(out, ToPeer)
+                sock = self._socket_of(out.relay)
+                if sock is not None:
+                    sock.send(out.data, out.peer)
             elif kind is ChannelInstalled:
                 self._install(out.channel)  # type: ignore[union-attr]
             elif kind is ChannelRemoved:
@@ -517,8 +526,9 @@ class RelayEngine:
     def _install(self, channel: Channel) -> None:
         alloc = channel.allocation
         ft = alloc.five_tuple
-        relay = alloc.relays[family_of(channel.peer[0])]
-        assert isinstance(relay, RelaySocket)
+        relay = self._socket_of(alloc.relays.get(family_of(channel.peer[0])))
+        if relay is None:
+            return
         if self.fast is not None and ft.transport == "udp":
             listener = self._udp[ft.server]
             self.fast.install(
@@ -557,8 +567,8 @@ class RelayEngine:
             if listener is not None:
                 self.fast.uninstall(listener.fd, ft.client, channel.number)
             return
-        relay = alloc.relays.get(family_of(channel.peer[0]))
-        if isinstance(relay, RelaySocket):
+        relay = self._socket_of(alloc.relays.get(family_of(channel.peer[0])))
+        if relay is not None:
             relay.channels.pop(channel.peer, None)
             relay.unlink(channel.peer)
         if ft.transport == "udp":
@@ -592,8 +602,9 @@ class RelayEngine:
             },
         )
         if alloc.dont_fragment:
-            for relay in alloc.relays.values():
-                if isinstance(relay, RelaySocket) and relay.family == 1:
+            for handle in alloc.relays.values():
+                relay = self._socket_of(handle)
+                if relay is not None and relay.family == 1:
                     relay.sock.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER=DO
 
     def _removed(self, alloc: Allocation, reason: str) -> None:

@@ -1,8 +1,10 @@
 """Relay sockets: a UDP port per allocation from the configured range, read on the event loop.
 
-Each :class:`RelaySocket` is the core's ``RelayHandle``. Its reader drains the socket in batches and
-serves datagrams from peers that have a channel straight from its forwarding table (one dict lookup,
-a header written in place, one send: :func:`_to_client`); anything else goes to the core.
+The core knows a relay only as a :class:`~iceward.turn.allocation.Relay` (an id, a family, an
+address); :class:`UdpRelayAllocator` keeps the :class:`RelaySocket` behind each id. A relay
+socket's reader drains it in batches and serves datagrams from peers that have a channel straight
+from its forwarding table (one dict lookup, a header written in place, one send:
+:func:`_to_client`); anything else goes to the core.
 
 A peer with a channel also gets a *link*: a socket on the relay's address connected to that peer.
 The relay port is bound exclusively first (so no other process can hold it) and only then marked
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import random
 import socket
@@ -30,7 +33,7 @@ from typing import Any
 from iceward.net.fastpath import RELAY, FastPath
 from iceward.net.links import LinkedSocket
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
-from iceward.turn.allocation import Address, TrafficCounters
+from iceward.turn.allocation import Address, Relay, TrafficCounters
 from iceward.turn.server import RelayUnavailable
 
 BATCH = 64
@@ -48,8 +51,9 @@ _VIEW = memoryview(_BUF)
 _PAYLOAD = _VIEW[4:]
 _PACK = _HEADER.pack_into
 
-#: What the relay does with a datagram that is not a forwarding-table hit.
-PeerHandler = Callable[["RelaySocket", bytes, Address], None]
+#: What the relay does with a datagram that is not a forwarding-table hit: the relay's id, the
+#: payload, the peer.
+PeerHandler = Callable[[int, bytes, Address], None]
 
 
 class PeerEntry:
@@ -100,33 +104,27 @@ def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
 
 
 class RelaySocket(LinkedSocket):
-    """One relay port; hashable by identity, so the core can key allocations by it."""
+    """One relay port, which the core knows only as ``handle``."""
 
-    __slots__ = ("_family", "_on_miss", "advertised", "bound", "channels")
+    __slots__ = ("_on_miss", "bound", "channels", "handle")
 
     def __init__(
         self,
         sock: socket.socket,
-        family: int,
-        advertised: Address,
+        handle: Relay,
         loop: asyncio.AbstractEventLoop,
         on_miss: PeerHandler,
         fast: FastPath | None = None,
     ) -> None:
-        self._family = family
+        self.handle = handle
         self.bound: Address = sock.getsockname()[:2]
-        self.advertised = advertised
         self.channels: dict[Any, PeerEntry] = {}
         self._on_miss = on_miss
         super().__init__(sock, loop, fast, RELAY, self.deliver, self._forward)
 
     @property
     def family(self) -> int:
-        return self._family
-
-    @property
-    def relayed_address(self) -> Address:
-        return self.advertised
+        return self.handle.family
 
     def send(self, data: bytes, peer: Address) -> None:
         try:
@@ -143,7 +141,7 @@ class RelaySocket(LinkedSocket):
         core (permissions, Data indications)."""
         entry = self.channels.get(peer)
         if entry is None:
-            self._on_miss(self, data, peer)
+            self._on_miss(self.handle.id, data, peer)
             return
         n = len(data)
         _PAYLOAD[:n] = data
@@ -161,7 +159,8 @@ class RelaySocket(LinkedSocket):
         to_client = _to_client
         count = _count
         on_miss = self._on_miss
-        v6 = self._family == FAMILY_IPV6
+        relay_id = self.handle.id
+        v6 = self.handle.family == FAMILY_IPV6
         key: Any = peer
         entry: PeerEntry | None = None
         # Counted in locals over a run of datagrams to one entry (a link's whole batch), and
@@ -190,7 +189,7 @@ class RelaySocket(LinkedSocket):
                         count(run, packets, nbytes)
                     run, packets, nbytes = entry, 0, 0
                 if entry is None:
-                    on_miss(self, bytes(payload[:n]), key)
+                    on_miss(relay_id, bytes(payload[:n]), key)
                     continue
                 packets += 1
                 nbytes += n
@@ -236,7 +235,9 @@ class UdpRelayAllocator:
         self._fast = fast
         self._reserved: dict[bytes, tuple[socket.socket, int, asyncio.TimerHandle]] = {}
         self._token_prefix = token_prefix
-        self.active: set[RelaySocket] = set()
+        self._ids = itertools.count(1)
+        #: relay id -> its socket: the core's relays, as the engine finds them.
+        self.active: dict[int, RelaySocket] = {}
 
     def families(self) -> frozenset[int]:
         return frozenset(self._ips)
@@ -262,16 +263,15 @@ class UdpRelayAllocator:
         sock.setblocking(False)
         return sock
 
-    def _wrap(self, sock: socket.socket, family: int) -> RelaySocket:
+    def _wrap(self, sock: socket.socket, family: int) -> Relay:
         ip, port = sock.getsockname()[:2]
-        advertised = (self._advertise.get(ip, ip), port)
-        relay = RelaySocket(sock, family, advertised, self._loop, self._on_miss, self._fast)
-        self.active.add(relay)
-        return relay
+        handle = Relay(next(self._ids), family, (self._advertise.get(ip, ip), port))
+        self.active[handle.id] = RelaySocket(sock, handle, self._loop, self._on_miss, self._fast)
+        return handle
 
     def allocate(
         self, family: int, *, even: bool = False, reserve_next: bool = False
-    ) -> tuple[RelaySocket, bytes | None]:
+    ) -> tuple[Relay, bytes | None]:
         if family not in self._ips:
             raise RelayUnavailable(440, "address family not configured for relaying")
         span = self._high - self._low + 1
@@ -299,7 +299,7 @@ class UdpRelayAllocator:
             return self._wrap(sock, family), token
         raise RelayUnavailable(508, "no free relay port")
 
-    def allocate_reserved(self, token: bytes) -> RelaySocket:
+    def allocate_reserved(self, token: bytes) -> Relay:
         entry = self._reserved.pop(token, None)
         if entry is None:
             raise RelayUnavailable(508, "unknown or expired RESERVATION-TOKEN")
@@ -330,13 +330,13 @@ class UdpRelayAllocator:
         if entry is not None:
             entry[0].close()
 
-    def release(self, relay: Any) -> None:
-        if relay in self.active:
-            self.active.discard(relay)
-            relay.close()
+    def release(self, relay: Relay) -> None:
+        sock = self.active.pop(relay.id, None)
+        if sock is not None:
+            sock.close()
 
     def close(self) -> None:
-        for relay in list(self.active):
+        for relay in self.active.values():
             relay.close()
         self.active.clear()
         for sock, _, timer in self._reserved.values():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
 
 Address = tuple[str, int]
 
@@ -24,14 +23,14 @@ class FiveTuple:
         return f"{self.transport}:{self.client[0]}:{self.client[1]}"
 
 
-class RelayHandle(Protocol):
-    """A relay socket as the core sees it: where it is bound and what address peers see."""
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class Relay:
+    """A relay as the core sees it: an opaque id chosen by the I/O adapter (which alone knows the
+    socket behind it), its family, and the address peers are told."""
 
-    @property
-    def family(self) -> int: ...
-
-    @property
-    def relayed_address(self) -> Address: ...
+    id: int
+    family: int
+    relayed_address: Address
 
 
 class TrafficCounters:
@@ -68,7 +67,7 @@ class Allocation:
     #: The key that authenticated the Allocate: later requests must verify with the same one.
     key: bytes
     algorithm: int
-    relays: dict[int, RelayHandle]
+    relays: dict[int, Relay]
     expires: float
     created: float
     transaction_id: bytes

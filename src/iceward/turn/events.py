@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, RelayHandle
+from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 
 
 @dataclass(slots=True)
@@ -17,9 +17,9 @@ class ToClient:
 
 @dataclass(slots=True)
 class ToPeer:
-    """Send ``data`` from relay socket ``relay`` to ``peer``."""
+    """Send ``data`` from ``relay`` to ``peer``."""
 
-    relay: RelayHandle
+    relay: Relay
     peer: Address
     data: bytes
     dont_fragment: bool = False

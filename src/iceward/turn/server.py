@@ -23,7 +23,7 @@ from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import verify_integrity
 from iceward.stun.message import Message, StunError, encode_message, parse_message
-from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, RelayHandle
+from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.events import (
     AllocationCreated,
@@ -57,19 +57,20 @@ class RelayUnavailable(Exception):
 
 
 class RelayAllocator(Protocol):
-    """Hands out relay sockets; the I/O adapter implements it with real sockets."""
+    """Hands out relays; the I/O adapter binds a real socket for each and keeps it under the
+    relay's id, so the core never holds one."""
 
     def families(self) -> frozenset[int]: ...
 
     def allocate(
         self, family: int, *, even: bool = False, reserve_next: bool = False
-    ) -> tuple[RelayHandle, bytes | None]:
+    ) -> tuple[Relay, bytes | None]:
         """A relay for ``family``; with ``reserve_next`` also a token for the next port."""
         ...
 
-    def allocate_reserved(self, token: bytes) -> RelayHandle: ...
+    def allocate_reserved(self, token: bytes) -> Relay: ...
 
-    def release(self, relay: RelayHandle) -> None: ...
+    def release(self, relay: Relay) -> None: ...
 
 
 def family_of(host: str) -> int:
@@ -142,6 +143,7 @@ class TurnServer:
         self.policy = policy
         self.relays = relays
         self._allocations: dict[FiveTuple, Allocation] = {}
+        #: relay id -> its allocation, for ``handle_peer``.
         self._by_relay: dict[int, Allocation] = {}
         self._by_id: dict[int, Allocation] = {}
         self.quota: QuotaLedger = quota if quota is not None else LocalQuota()
@@ -204,11 +206,10 @@ class TurnServer:
         return out
 
     # -- input from peers ----------------------------------------------------------------------
-    def handle_peer(
-        self, relay: RelayHandle, data: bytes, peer: Address, now: float
-    ) -> list[Output]:
-        """A datagram from ``peer`` on a relay: ChannelData, Data indication, or dropped."""
-        alloc = self._by_relay.get(id(relay))
+    def handle_peer(self, relay_id: int, data: bytes, peer: Address, now: float) -> list[Output]:
+        """A datagram from ``peer`` on relay ``relay_id``: ChannelData, Data indication, or
+        dropped."""
+        alloc = self._by_relay.get(relay_id)
         if alloc is None:
             return []
         channel = alloc.channels_by_peer.get(peer)
@@ -533,7 +534,7 @@ class TurnServer:
         if self.quota.total() >= self.config.max_allocations:
             raise _Reply(508)
         lifetime = self._lifetime(msg) or self.config.default_lifetime
-        relays: dict[int, RelayHandle] = {}
+        relays: dict[int, Relay] = {}
         new_token: bytes | None = None
         try:
             if token is not None:
@@ -582,7 +583,7 @@ class TurnServer:
         self._allocations[ft] = alloc
         self._by_id[alloc.id] = alloc
         for r in relays.values():
-            self._by_relay[id(r)] = alloc
+            self._by_relay[r.id] = alloc
         self.quota.added(auth.account)
         self._schedule(alloc)
         out.append(reply)
@@ -730,7 +731,7 @@ class TurnServer:
         for host in [h for h in alloc.permissions if family_of(h) == family]:
             del alloc.permissions[host]
         relay = alloc.relays.pop(family)
-        self._by_relay.pop(id(relay), None)
+        self._by_relay.pop(relay.id, None)
         self.relays.release(relay)
 
     def _remove(self, alloc: Allocation, reason: str, out: list[Output]) -> None:
@@ -741,7 +742,7 @@ class TurnServer:
             self._stale(1)
         self.quota.removed(alloc.account)
         for relay in alloc.relays.values():
-            self._by_relay.pop(id(relay), None)
+            self._by_relay.pop(relay.id, None)
             self.relays.release(relay)
         for channel in alloc.channels.values():
             out.append(ChannelRemoved(channel))
