@@ -24,7 +24,6 @@ import asyncio
 import errno
 import itertools
 import os
-import random
 import socket
 import struct
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 
 from iceward.net.fastpath import RELAY, FastPath
 from iceward.net.links import LinkedSocket
+from iceward.net.portpool import PortPool
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
 from iceward.turn.allocation import Address, Relay, TrafficCounters
 from iceward.turn.server import RelayUnavailable
@@ -228,7 +228,7 @@ class UdpRelayAllocator:
         self._ips: dict[int, str] = {}
         for ip in relay_ips:
             self._ips.setdefault(_family_of_ip(ip), ip)
-        self._low, self._high = port_range
+        self._pools = {family: PortPool(*port_range) for family in self._ips}
         self._loop = loop
         self._on_miss = on_miss
         self._advertise = advertise or {}
@@ -274,16 +274,16 @@ class UdpRelayAllocator:
     ) -> tuple[Relay, bytes | None]:
         if family not in self._ips:
             raise RelayUnavailable(440, "address family not configured for relaying")
-        span = self._high - self._low + 1
-        start = random.randrange(span)
-        attempts = min(span, 256)
-        for i in range(attempts):
-            port = self._low + (start + i * 7919) % span
+        pool = self._pools[family]
+        if not even and not reserve_next:
+            sock = pool.take(lambda port: self._bind(family, port))
+            if sock is None:
+                raise RelayUnavailable(508, "no free relay port")
+            return self._wrap(sock, family), None
+        for port in pool.candidates():  # EVEN-PORT: a shape the queue cannot serve
             if even and port & 1:
-                port = port - 1 if port > self._low else port + 1
-                if port & 1 or port > self._high:
-                    continue
-            if reserve_next and port + 1 > self._high:
+                continue
+            if reserve_next and (port + 1 > pool.high or pool.is_held(port + 1)):
                 continue
             sock = self._bind(family, port)
             if sock is None:
@@ -294,8 +294,10 @@ class UdpRelayAllocator:
                 if nxt is None:
                     sock.close()
                     continue
+                pool.hold(port + 1)
                 token = self._token_prefix + os.urandom(8 - len(self._token_prefix))
                 self.adopt(token, nxt, family)
+            pool.hold(port)
             return self._wrap(sock, family), token
         raise RelayUnavailable(508, "no free relay port")
 
@@ -323,16 +325,23 @@ class UdpRelayAllocator:
         if entry is None:
             return None
         entry[2].cancel()
+        self._free_port(entry[0], entry[1])  # its new owner binds nothing here
         return entry[0], entry[1]
 
     def _expire(self, token: bytes) -> None:
         entry = self._reserved.pop(token, None)
         if entry is not None:
+            self._free_port(entry[0], entry[1])
             entry[0].close()
+
+    def _free_port(self, sock: socket.socket, family: int) -> None:
+        """Back to the pool (a no-op for a port of another worker's slice, handed over here)."""
+        self._pools[family].release(sock.getsockname()[1])
 
     def release(self, relay: Relay) -> None:
         sock = self.active.pop(relay.id, None)
         if sock is not None:
+            self._pools[relay.family].release(sock.bound[1])
             sock.close()
 
     def close(self) -> None:
