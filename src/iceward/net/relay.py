@@ -4,7 +4,7 @@ The core knows a relay only as a :class:`~iceward.turn.allocation.Relay` (an id,
 address); :class:`UdpRelayAllocator` keeps the :class:`RelaySocket` behind each id. A relay
 socket's reader drains it in batches and serves datagrams from peers that have a channel straight
 from its forwarding table (one dict lookup, a header written in place, one send:
-:func:`_to_client`); anything else goes to the core.
+:meth:`RelaySocket._forward`); anything else goes to the core.
 
 A peer with a channel also gets a *link*: a socket on the relay's address connected to that peer.
 The relay port is bound exclusively first (so no other process can hold it) and only then marked
@@ -27,7 +27,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from iceward.net.fastpath import RELAY, FastPath
 from iceward.net.links import LinkedSocket
@@ -50,6 +50,15 @@ _BUF = bytearray(BUFFER_SIZE)
 _VIEW = memoryview(_BUF)
 _PAYLOAD = _VIEW[4:]
 _PACK = _HEADER.pack_into
+
+
+class Readable(Protocol):
+    """What the forwarding loop reads: a relay socket, a link, or a handed-over datagram."""
+
+    def recv_into(self, buf: memoryview) -> int: ...
+
+    def recvfrom_into(self, buf: memoryview) -> tuple[int, Any]: ...
+
 
 #: What the relay does with a datagram that is not a forwarding-table hit: the relay's id, the
 #: payload, the peer.
@@ -77,30 +86,29 @@ class PeerEntry:
         self.stream = stream
 
 
-def _to_client(entry: PeerEntry, n: int) -> None:
-    """The one peer -> client framing: ``n`` payload bytes in the shared buffer (at offset 4)
-    leave as ChannelData, the header written in place before them. Over a stream, a copy padded
-    to a multiple of 4 (RFC 8656); over UDP, the view itself, through the client's link or to
-    its address from the listener. The caller counts."""
-    _PACK(_BUF, 0, entry.number, n)
-    frame = _VIEW[: 4 + n]
-    try:
-        if entry.stream:
-            pad = -n & 3
-            entry.send(bytes(frame) + b"\x00" * pad if pad else bytes(frame))
-        elif entry.client is None:
-            entry.send(frame)
-        else:
-            entry.send(frame, entry.client)
-    except OSError:
-        pass  # UDP semantics: a full buffer or an unreachable client loses the datagram
-
-
 def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
     """Add what was framed to ``entry``'s client to the allocation's counters."""
     counters = entry.counters
     counters.packets_to_client += packets
     counters.bytes_to_client += nbytes
+
+
+class _Handed:
+    """A datagram the native engine handed over, read by the forwarding loop as a link's
+    socket would be read: so its framing and counting are the loop's own."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def recv_into(self, buf: memoryview) -> int:
+        n = len(self.data)
+        buf[:n] = self.data
+        return n
+
+    def recvfrom_into(self, buf: memoryview) -> tuple[int, Address]:
+        raise BlockingIOError  # read as a link: the peer is known
 
 
 class RelaySocket(LinkedSocket):
@@ -139,36 +147,38 @@ class RelaySocket(LinkedSocket):
     def deliver(self, data: bytes, peer: Address) -> None:
         """A peer datagram the native tables did not serve: a TCP/TLS client's channel, or the
         core (permissions, Data indications)."""
-        entry = self.channels.get(peer)
-        if entry is None:
-            self._on_miss(self.handle.id, data, peer)
-            return
-        n = len(data)
-        _PAYLOAD[:n] = data
-        _count(entry, 1, n)
-        _to_client(entry, n)
+        self._forward(_Handed(data), peer, 1)
 
-    def _forward(self, sock: socket.socket, peer: Address | None) -> None:
+    def _forward(self, sock: Readable, peer: Address | None, batch: int = BATCH) -> None:
         """The one peer -> client loop, for the relay socket (``peer`` None: each datagram says
         whose it is) and for a link (connected to ``peer``: no address to read). A peer with a
-        channel is framed to its client; the rest goes to ``on_miss`` (the core)."""
+        channel is framed to its client as ChannelData, the header written in place before the
+        payload in the shared buffer: over a stream, a copy padded to a multiple of 4 (RFC
+        8656); over UDP, the view itself, through the client's link or to its address from the
+        listener. The rest goes to ``on_miss`` (the core)."""
         recvfrom = sock.recvfrom_into
         recv = sock.recv_into
+        buf = _BUF
         payload = _PAYLOAD
+        view = _VIEW
+        pack = _PACK
         get = self.channels.get
-        to_client = _to_client
-        count = _count
         on_miss = self._on_miss
         relay_id = self.handle.id
         v6 = self.handle.family == FAMILY_IPV6
         key: Any = peer
         entry: PeerEntry | None = None
-        # Counted in locals over a run of datagrams to one entry (a link's whole batch), and
-        # added to its counters when the run ends: before a miss, another entry, or the return.
+        # A run of datagrams to one entry (a link's whole batch): its fields are read into
+        # locals once, and what it framed is counted in locals and added to its counters when
+        # the run ends (before a miss, another entry, or the return).
         run: PeerEntry | None = None
+        send: Any = None
+        client: Address | None = None
+        number = 0
+        stream = False
         packets = nbytes = 0
         try:
-            for _ in range(BATCH):
+            for _ in range(batch):
                 try:
                     if peer is None:
                         n, key = recvfrom(payload)
@@ -186,17 +196,36 @@ class RelaySocket(LinkedSocket):
                     entry = get(key)
                 if entry is not run:
                     if run is not None:
-                        count(run, packets, nbytes)
-                    run, packets, nbytes = entry, 0, 0
+                        _count(run, packets, nbytes)
+                        packets = nbytes = 0
+                    run = entry
+                    if entry is not None:
+                        send, client, number, stream = (
+                            entry.send,
+                            entry.client,
+                            entry.number,
+                            entry.stream,
+                        )
                 if entry is None:
                     on_miss(relay_id, bytes(payload[:n]), key)
                     continue
                 packets += 1
                 nbytes += n
-                to_client(entry, n)
+                pack(buf, 0, number, n)
+                try:
+                    if stream:
+                        pad = -n & 3
+                        frame = bytes(view[: 4 + n])  # a copy: the buffer is reused
+                        send(frame + b"\x00" * pad if pad else frame)
+                    elif client is None:
+                        send(view[: 4 + n])
+                    else:
+                        send(view[: 4 + n], client)
+                except OSError:
+                    pass  # UDP semantics: a full buffer or an unreachable client loses it
         finally:
             if run is not None:
-                count(run, packets, nbytes)
+                _count(run, packets, nbytes)
 
 
 def _family_of_ip(ip: str) -> int:
