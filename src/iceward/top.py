@@ -76,7 +76,11 @@ class AdminApi:
         self.timeout = timeout
 
     def get(self, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path)
+        return self.call(path)
+
+    def call(self, path: str, method: str = "GET") -> bytes:
+        """The body of the answer to ``method path``; TopError in one line if there is none."""
+        request = urllib.request.Request(self.url + path, method=method)
         request.add_header("Authorization", f"Bearer {self.key}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -90,7 +94,7 @@ class AdminApi:
                 ) from None
             if err.code == 403:
                 raise TopError(
-                    f"{self.url} refused the admin API to this address (403{detail}); run top "
+                    f"{self.url} refused the admin API to this address (403{detail}); run it "
                     "on the server, or allow this address with --admin-allow"
                 ) from None
             raise TopError(f"{self.url}{path} answered {err.code}{detail}") from None
@@ -98,9 +102,9 @@ class AdminApi:
             reason = getattr(err, "reason", err)
             raise TopError(f"cannot reach {self.url}: {reason}") from None
 
-    def get_json(self, path: str) -> Any:
+    def get_json(self, path: str, method: str = "GET") -> Any:
         try:
-            return json.loads(self.get(path))
+            return json.loads(self.call(path, method))
         except ValueError:
             raise TopError(f"{self.url}{path} did not answer JSON: is it iceward?") from None
 
