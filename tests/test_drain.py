@@ -23,9 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from iceward.config import parse_alternate_server
+from iceward.server.drain import Alternate, CoreLookup, StaticAlternates
 from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import long_term_key, verify_integrity
+from iceward.turn.allocation import FiveTuple
 from tests.api.test_api import cli, http
 from tests.conftest import HOST, RunningServer, require_tool, start_server, stop_process
 from tests.net.turnclient import BlockingTurnClient, TurnError
@@ -258,3 +261,31 @@ def test_drain_cli_errors_are_one_line_exit_2() -> None:
         assert done.returncode == 2, done
         assert done.stdout == "" and len(done.stderr.splitlines()) == 1, done.stderr
         assert done.stderr.startswith("iceward drain: error: ") and said in done.stderr
+
+
+def test_static_alternates_by_family_and_transport_in_turn() -> None:
+    source = StaticAlternates(
+        ["192.0.2.7:3478", "[2001:db8::7]:3478", "192.0.2.8:3478"],
+        ["turn2.example.test@192.0.2.7:5349"],
+    )
+    lookup = CoreLookup(source)
+    v4 = [source.alternate(socket.AF_INET, "udp") for _ in range(3)]
+    assert [a.address for a in v4 if a] == [
+        ("192.0.2.7", 3478),
+        ("192.0.2.8", 3478),
+        ("192.0.2.7", 3478),
+    ]
+    assert source.alternate(socket.AF_INET6, "tcp") == Alternate(("2001:db8::7", 3478))
+    assert source.alternate(socket.AF_INET, "tls") == Alternate(
+        ("192.0.2.7", 5349), "turn2.example.test"
+    )
+    assert source.alternate(socket.AF_INET6, "tls") is None  # no TLS alternate of that family
+    mapped = FiveTuple("tcp", ("::ffff:198.51.100.1", 4000), ("::", 3478))
+    assert lookup.alternate_for(mapped) == Alternate(("192.0.2.8", 3478))
+    for bad, said in (
+        ("turn.example.test:3478", "must be [NAME@]IP:PORT"),
+        ("2001:db8::7:3478", "[IP]:PORT"),
+        ("bad_name@192.0.2.7:5349", "DNS name"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            parse_alternate_server(bad)

@@ -262,7 +262,7 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_shown("[NAME@]IP:PORT"),
     )
     drain_timeout: float = Field(
-        3600.0,
+        3600,
         gt=0,
         description="A draining node exits when its last allocation ends, or after this (s).",
         json_schema_extra=_shown("SECONDS"),
@@ -471,7 +471,13 @@ def parse_alternate_server(value: str) -> tuple[str, int, str | None]:
         raise ValueError(f"alternate server {value!r} must be [NAME@]IP:PORT") from None
     if ":" in ip and not host.startswith("["):
         raise ValueError(f"alternate server {value!r}: write an IPv6 address as [IP]:PORT")
+    if name and (len(name) > 253 or not _DNS_NAME.fullmatch(name)):
+        raise ValueError(f"alternate server {value!r}: NAME must be a DNS name (its certificate's)")
     return ip, int(port), name or None
+
+
+#: A DNS name as a certificate names a server (letters, digits, hyphens; ``*.`` not allowed).
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class SettingsError(ValueError):
