@@ -282,6 +282,11 @@ def test_static_alternates_by_family_and_transport_in_turn() -> None:
     assert source.alternate(socket.AF_INET6, "tls") is None  # no TLS alternate of that family
     mapped = FiveTuple("tcp", ("::ffff:198.51.100.1", 4000), ("::", 3478))
     assert lookup.alternate_for(mapped) == Alternate(("192.0.2.8", 3478))
+    # This node itself is never the answer (the same list on every node): the next one is.
+    on_7 = FiveTuple("udp", ("198.51.100.1", 4000), ("192.0.2.7", 3478))
+    assert {lookup.alternate_for(on_7) for _ in range(4)} == {Alternate(("192.0.2.8", 3478))}
+    alone = CoreLookup(StaticAlternates(["192.0.2.7:3478"], []))
+    assert alone.alternate_for(on_7) is None
     for bad, said in (
         ("turn.example.test:3478", "must be [NAME@]IP:PORT"),
         ("2001:db8::7:3478", "[IP]:PORT"),

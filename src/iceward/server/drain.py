@@ -70,7 +70,13 @@ def alternate_source(settings: ServerSettings) -> AlternateSource:
 
 
 class CoreLookup:
-    """The TURN core's question (a client's five-tuple) put to an :class:`AlternateSource`."""
+    """The TURN core's question (a client's five-tuple) put to an :class:`AlternateSource`.
+
+    An alternate that is the very address the client reached (a list copied to every node) is
+    passed over, as coturn does, or the client would be sent round in a circle."""
+
+    #: How many answers to ask for before concluding that only this node is known.
+    TRIES = 8
 
     def __init__(self, source: AlternateSource) -> None:
         self.source = source
@@ -79,7 +85,11 @@ class CoreLookup:
         ip = five_tuple.client[0]
         v6 = ":" in ip and not ip.startswith("::ffff:")  # a mapped IPv4 client came over IPv4
         family = socket.AF_INET6 if v6 else socket.AF_INET
-        return self.source.alternate(family, five_tuple.transport)
+        for _ in range(self.TRIES):
+            alternate = self.source.alternate(family, five_tuple.transport)
+            if alternate is None or alternate.address != five_tuple.server:
+                return alternate
+        return None
 
 
 class DrainState:
