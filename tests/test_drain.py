@@ -38,8 +38,8 @@ NODE_A, NODE_B = "127.0.0.2", "127.0.0.3"
 REALM = "iceward.test"
 # uclient client-to-client over TCP (a closed connection ends its allocations at once, its
 # "probe" allocation included): 2 clients with RTP and RTCP sessions, 250 messages each.
-STREAM = ("-t", "-y", "-n", "250", "-m", "2", "-l", "170", "-z", "10", "-u", "alice")
-STREAM += ("-w", "wonderland")
+STREAM = ("-t", "-y", "-n", "250", "-m", "2", "-l", "170", "-z", "10", "-u", "alice", "-w",
+          "wonderland")  # fmt: skip
 TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
 LOST = re.compile(r"Total lost packets (\d+)")
 ALLOCATION_END = re.compile(r"allocation end .*to_peer_packets=(\d+)")
@@ -144,6 +144,7 @@ def test_draining_node_keeps_relaying_and_sends_new_allocations_to_the_alternate
     peer.bind((HOST, 0))
     peer.settimeout(2)
     runs: list[Uclient] = []
+    others: list[subprocess.Popen[str]] = []
     try:
         admin = cli(a, "keys", "add", "ops", "--admin")
         relayed = keeper.allocate()
@@ -195,14 +196,30 @@ def test_draining_node_keeps_relaying_and_sends_new_allocations_to_the_alternate
         ends_on_b = [int(n) for n in ALLOCATION_END.findall(b.log_text())]
         assert len(ends_on_b) >= 4 and sum(ends_on_b) > 0, b.log_text()[-3000:]
 
-        keeper.refresh(0)  # the last allocation ends: the node exits 0
+        # A preStop hook's `iceward drain --wait` (asking again changes nothing) returns once
+        # the node is gone, which happens when the last allocation ends.
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "iceward", "drain", "--admin-url", a.http_url, "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ICEWARD_ADMIN_KEY": admin},
+        )
+        others.append(waiting)
+        assert waiting.stdout is not None
+        said = waiting.stdout.readline()  # once it has asked: the node's answer
+        assert "draining, 1 allocation left" in said, said
+        assert waiting.poll() is None
+        keeper.refresh(0)
         assert wait_exit(a, 10) == 0
         assert "drained: the last allocation has ended" in a.log_text()
+        out, err = waiting.communicate(timeout=15)
+        assert waiting.returncode == 0 and "the node has exited" in out, said + out + err
     finally:
-        for run in runs:
-            if run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
+        for proc in [run.proc for run in runs] + others:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
         keeper.close()
         newcomer.close()
         peer.close()

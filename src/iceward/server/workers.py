@@ -402,7 +402,10 @@ class Supervisor:
         worker.reading = asyncio.get_running_loop().create_task(self._read_replies(worker))
         self._workers[index] = worker
         if self.drain_state.draining and not spec["draining"]:  # began while it started
-            await self._call(index, "drain")
+            try:
+                await self._call(index, "drain")
+            except WorkerDown:
+                pass  # it died already: its successor's spec says draining
         log.info(
             "worker %d started (pid %d, relay ports %d-%d, %s path)",
             index,
