@@ -10,6 +10,7 @@ then opens are on the alternate). The node exits 0 when its last allocation has 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -184,6 +185,14 @@ def test_draining_node_keeps_relaying_and_sends_new_allocations_to_the_alternate
         status, drain, _ = http(a, "GET", "/admin/v1/drain", key=admin)
         assert status == 200 and drain["state"] == "draining" and drain["allocations"] >= 1
         assert http(b, "GET", "/readyz")[0] == 200
+        top = subprocess.run(
+            [sys.executable, "-m", "iceward", "top", "--url", a.http_url, "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "ICEWARD_ADMIN_KEY": admin},
+        )
+        assert top.returncode == 0 and json.loads(top.stdout)["draining"] is True, top.stderr
         metrics = urlopen_text(a.http_url + "/metrics")
         assert metric(metrics, "iceward_draining") == 1
         assert metric(metrics, 'iceward_drain_answers_total{answer="redirected"}') >= 1

@@ -175,6 +175,8 @@ class Frame:
     refusals_per_min: dict[str, float]
     users: list[UserRow] = field(default_factory=list)
     busiest: list[AllocationRow] = field(default_factory=list)
+    #: The server drains (``iceward drain``): it takes no new allocation and exits once empty.
+    draining: bool = False
 
 
 def _per(delta: float, seconds: float) -> float:
@@ -211,6 +213,7 @@ def build_frame(url: str, before: Sample, after: Sample) -> Frame:
         relayed_bps=relayed,
         auth_failures_per_min=_rates("iceward_auth_failures_total", "reason", before, after, 60),
         refusals_per_min=refusals,
+        draining=after.total("iceward_draining") > 0,
     )
     earlier = {a.get("id"): a.get("traffic", {}) for a in before.allocations}
     users: dict[str, UserRow] = {}
@@ -276,6 +279,7 @@ def render(frame: Frame, error: str | None = None) -> RenderableType:
         (f"{frame.allocations}", "bold"),
         f" allocation{'' if frame.allocations == 1 else 's'}   relay ports "
         f"{frame.relay_ports_in_use} in use, {frame.relay_ports_free} free",
+        ("   DRAINING" if frame.draining else "", "bold yellow"),
     )
     rates = Text.assemble(
         "relayed  to peers ",
