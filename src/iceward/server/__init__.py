@@ -100,10 +100,10 @@ async def _stop_when_drained(server: Server, stop: Callable[[], None]) -> None:
     log = logging.getLogger("iceward.server")
     while True:
         try:
-            left = sum((await server.metrics_snapshot()).active.values())
+            left = await server.allocations_left()
         except Exception as exc:  # counted again at the next poll; the timeout still holds
             log.warning("draining: cannot count allocations: %s", exc)
-            left = -1
+            left = None
         if left == 0:
             log.info("drained: the last allocation has ended; exiting")
             break
@@ -111,7 +111,7 @@ async def _stop_when_drained(server: Server, stop: Callable[[], None]) -> None:
             log.warning(
                 "drain timeout (%g s): exiting with %s allocation(s) left",
                 state.timeout,
-                left if left >= 0 else "unknown",
+                "unknown" if left is None else left,
             )
             break
         await asyncio.sleep(DRAIN_POLL)

@@ -140,3 +140,7 @@ class SingleServer:
 
     def drain_status(self) -> dict[str, Any]:
         return self.drain_state.status()
+
+    async def allocations_left(self) -> int | None:
+        """Allocations alive (what a drained server waits for)."""
+        return sum(self.process.engine.local_snapshot().active.values()) if self.process else 0

@@ -577,6 +577,15 @@ class Supervisor:
     def drain_status(self) -> dict[str, Any]:
         return self.drain_state.status()
 
+    async def allocations_left(self) -> int | None:
+        """Allocations alive in the workers; None when a live worker did not answer (a silent
+        worker's allocations are not none: the drain must not end on that count)."""
+        live = self.workers_up()[0]
+        answers = await self._call_all("snapshot")
+        if len(answers) < live:
+            return None
+        return sum(sum(Snapshot.from_json(data).active.values()) for _, data in answers)
+
     async def secret_for_minting(self) -> str | None:
         """Read the store now: a worker may have seen a secret added or retired before this
         process's own tick, and a credential must verify wherever its client lands."""
