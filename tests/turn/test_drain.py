@@ -97,3 +97,14 @@ def test_existing_allocation_keeps_refreshing_binding_and_relaying_while_drainin
     assert server.counters["drain.redirected"] == 0
     assert client.refresh(0).cls == C.SUCCESS
     assert server.allocations == [] and len(relays.released) == 1
+
+
+def test_300_is_signed_with_message_integrity_sha256_when_the_request_was() -> None:
+    server, _ = make_server()
+    server.drain = Alternates({(False, "udp"): V4})
+    client = Client(server, algorithm=C.ALGORITHM_SHA256)
+    transport = [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP))]
+    reply = client.request(C.ALLOCATE, transport, sha256_mac=True)
+    assert error_code(reply) == 300
+    assert reply.integrity_sha256_offset > 0 and reply.integrity_offset < 0
+    assert verify_integrity(reply, client.key)
