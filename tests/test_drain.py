@@ -3,9 +3,10 @@ coturn's ``turnutils_uclient`` and the project's own TURN client as peers.
 
 While a node drains, what it relays goes on (uclient counts 0 lost), Refresh, CreatePermission
 and ChannelBind keep working, and a new Allocate is answered 300 Try Alternate naming the other
-node, signed, which uclient follows (its "probe" Allocate is the one redirected: the sessions it
-then opens are on the alternate). The node exits 0 when its last allocation has ended, or at
-``--drain-timeout``; ``/readyz`` says draining, ``/metrics`` and sd_notify's STATUS too.
+node, signed (on TLS: its TLS port and ALTERNATE-DOMAIN), which uclient follows (its "probe"
+Allocate is the one redirected: the sessions it then opens are on the alternate). The node exits
+0 when its last allocation has ended, or at ``--drain-timeout``; ``/readyz`` says draining,
+``/metrics`` and sd_notify's STATUS too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -96,7 +98,8 @@ class Uclient:
 def node(tmp_path: Path, name: str, host: str, *extra: str, **options: object) -> RunningServer:
     workdir = tmp_path / name
     workdir.mkdir()
-    return start_server(workdir, *extra, host=host, tls=False, **options)  # type: ignore[arg-type]
+    options.setdefault("tls", False)
+    return start_server(workdir, *extra, host=host, **options)  # type: ignore[arg-type]
 
 
 def wait_exit(server: RunningServer, timeout: float) -> int:
@@ -134,10 +137,11 @@ def test_draining_node_keeps_relaying_and_sends_new_allocations_to_the_alternate
     tmp_path: Path,
 ) -> None:
     uclient = require_tool("turnutils_uclient")
-    b = node(tmp_path, "b", NODE_B, "--relay-ports", "21000-21099")
+    b = node(tmp_path, "b", NODE_B, "--relay-ports", "21000-21099", tls=True)
     a = node(
         tmp_path, "a", NODE_A, "--relay-ports", "21000-21099", "--alternate-server",
-        f"{NODE_B}:{b.port}",
+        f"{NODE_B}:{b.port}", "--tls-alternate-server", f"turn-b.test@{NODE_B}:{b.tls_port}",
+        tls=True,
     )  # fmt: skip
     keeper = BlockingTurnClient((NODE_A, a.port), "alice", "wonderland")
     newcomer = BlockingTurnClient((NODE_A, a.port), "alice", "wonderland")
@@ -175,6 +179,21 @@ def test_draining_node_keeps_relaying_and_sends_new_allocations_to_the_alternate
         assert reply is not None
         assert A.decode_address(reply.get(C.ALTERNATE_SERVER) or b"") == (NODE_B, b.port)
         assert verify_integrity(reply, long_term_key("alice", REALM, "wonderland"))
+
+        # On TLS: B's TLS port, and the name its certificate must carry (ALTERNATE-DOMAIN).
+        on_tls = BlockingTurnClient((NODE_A, a.tls_port), "alice", "wonderland", transport="tcp")
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # self-signed
+        on_tls.sock = context.wrap_socket(on_tls.sock)
+        try:
+            with pytest.raises(TurnError) as refused:
+                on_tls.allocate()
+        finally:
+            on_tls.close()
+        reply = refused.value.reply
+        assert refused.value.code == 300 and reply is not None
+        assert A.decode_address(reply.get(C.ALTERNATE_SERVER) or b"") == (NODE_B, b.tls_port)
+        assert reply.get(C.ALTERNATE_DOMAIN) == b"turn-b.test"
 
         # uclient follows it: its sessions are allocated on B and relay there.
         second = Uclient(uclient, NODE_A, a.port)
