@@ -144,12 +144,14 @@ def start_server(
     workers: int | None = None,
     port: int = 0,
     tls_port: int | None = None,
+    host: str = HOST,
 ) -> RunningServer:
     """Start ``iceward serve`` as a subprocess on loopback and wait until every worker is up.
 
     The server binds ports the kernel picks (``--port 0``, ``--tls-port -1``) and says which in
     its ``--ready-file``: no port is chosen here and then hoped to stay free. ``port`` and
-    ``tls_port`` ask for fixed ones (a test whose flags must name them beforehand)."""
+    ``tls_port`` ask for fixed ones (a test whose flags must name them beforehand); ``host`` is
+    the address it listens on (127.0.0.2, .3...: one node each)."""
     users = {"alice": "wonderland"} if users is None else users
     if tls_port is None:
         tls_port = -1 if tls else 0
@@ -162,7 +164,7 @@ def start_server(
         "iceward",
         "serve",
         "--listen",
-        HOST,
+        host,
         "--port",
         str(port),
         "--tls-port",
@@ -189,7 +191,7 @@ def start_server(
     cmd += list(extra)
     log_file = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
-    server = RunningServer(proc, port, 0, data_dir, log_path, secret, dict(users))
+    server = RunningServer(proc, port, 0, data_dir, log_path, secret, dict(users), host)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -202,7 +204,7 @@ def start_server(
             server.tls_port = bound["tls_port"] or 0
             if bound["http"]:
                 server.http_port = int(bound["http"].rpartition(":")[2])
-            if stun_binding(server.port) is not None and (not http or _ready(server)):
+            if stun_binding(server.port, host) is not None and (not http or _ready(server)):
                 return server
         time.sleep(0.05)
     server.stop()

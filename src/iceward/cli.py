@@ -226,6 +226,7 @@ def _register_subcommands() -> None:
     from iceward.analyze.command import register as register_analyze
     from iceward.coturn.command import register as register_coturn
     from iceward.doctor.command import register as register_doctor
+    from iceward.draincli import register as register_drain
     from iceward.firewall import register as register_firewall
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
@@ -240,6 +241,7 @@ def _register_subcommands() -> None:
     register_coturn(app)
     register_firewall(app)
     register_top(app)
+    register_drain(app)
 
 
 _register_subcommands()

@@ -249,6 +249,24 @@ class ServerSettings(BaseSettings):
         description="RFC 5780: a second address for NAT behaviour discovery (CHANGE-REQUEST).",
         json_schema_extra=_shown("IP[:PORT]"),
     )
+    alternate_server: list[str] = Field(
+        default_factory=list,
+        description="Where a draining node sends new UDP/TCP allocations (300 Try Alternate; "
+        "repeatable, taken in turn among those of the client's IP family); in a fleet the "
+        "healthy node of the same region is used.",
+        json_schema_extra=_shown("IP:PORT"),
+    )
+    tls_alternate_server: list[str] = Field(
+        default_factory=list,
+        description="The same for TLS clients; NAME is sent as ALTERNATE-DOMAIN (repeatable).",
+        json_schema_extra=_shown("[NAME@]IP:PORT"),
+    )
+    drain_timeout: float = Field(
+        3600,
+        gt=0,
+        description="A draining node exits when its last allocation ends, or after this (s).",
+        json_schema_extra=_shown("SECONDS"),
+    )
     ready_file: Path | None = Field(
         None,
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
@@ -311,6 +329,21 @@ class ServerSettings(BaseSettings):
         if value is not None:
             parse_alternate_address(value, 3478)
         return value
+
+    @field_validator("alternate_server")
+    @classmethod
+    def _check_alternate_servers(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if parse_alternate_server(v)[2] is not None:
+                raise ValueError(f"alternate server {v!r}: a NAME is for --tls-alternate-server")
+        return values
+
+    @field_validator("tls_alternate_server")
+    @classmethod
+    def _check_tls_alternate_servers(cls, values: list[str]) -> list[str]:
+        for v in values:
+            parse_alternate_server(v)
+        return values
 
     @field_validator("admin_allow", "trusted_proxy")
     @classmethod
@@ -422,6 +455,29 @@ def parse_alternate_address(value: str, port: int) -> tuple[str, int]:
     if not 0 < alt_port <= 65535:
         raise ValueError(f"alternate address {value!r}: port out of range")
     return ip, alt_port
+
+
+def parse_alternate_server(value: str) -> tuple[str, int, str | None]:
+    """``[NAME@]IP:PORT`` ([v6]:PORT) -> (IP, PORT, NAME or None): an address a client can be
+    sent to, so an IP literal (ALTERNATE-SERVER carries no name) and a port."""
+    name, at, rest = value.rpartition("@")
+    host, sep, port = rest.rpartition(":")
+    ip = host.strip("[]")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise ValueError(f"alternate server {value!r} must be [NAME@]IP:PORT") from None
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535 or (at and not name):
+        raise ValueError(f"alternate server {value!r} must be [NAME@]IP:PORT") from None
+    if ":" in ip and not host.startswith("["):
+        raise ValueError(f"alternate server {value!r}: write an IPv6 address as [IP]:PORT")
+    if name and (len(name) > 253 or not _DNS_NAME.fullmatch(name)):
+        raise ValueError(f"alternate server {value!r}: NAME must be a DNS name (its certificate's)")
+    return ip, int(port), name or None
+
+
+#: A DNS name as a certificate names a server (letters, digits, hyphens; ``*.`` not allowed).
+_DNS_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 
 
 class SettingsError(ValueError):

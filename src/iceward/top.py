@@ -76,7 +76,11 @@ class AdminApi:
         self.timeout = timeout
 
     def get(self, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path)
+        return self.call(path)
+
+    def call(self, path: str, method: str = "GET") -> bytes:
+        """The body of the answer to ``method path``; TopError in one line if there is none."""
+        request = urllib.request.Request(self.url + path, method=method)
         request.add_header("Authorization", f"Bearer {self.key}")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -90,7 +94,7 @@ class AdminApi:
                 ) from None
             if err.code == 403:
                 raise TopError(
-                    f"{self.url} refused the admin API to this address (403{detail}); run top "
+                    f"{self.url} refused the admin API to this address (403{detail}); run it "
                     "on the server, or allow this address with --admin-allow"
                 ) from None
             raise TopError(f"{self.url}{path} answered {err.code}{detail}") from None
@@ -98,9 +102,9 @@ class AdminApi:
             reason = getattr(err, "reason", err)
             raise TopError(f"cannot reach {self.url}: {reason}") from None
 
-    def get_json(self, path: str) -> Any:
+    def get_json(self, path: str, method: str = "GET") -> Any:
         try:
-            return json.loads(self.get(path))
+            return json.loads(self.call(path, method))
         except ValueError:
             raise TopError(f"{self.url}{path} did not answer JSON: is it iceward?") from None
 
@@ -171,6 +175,8 @@ class Frame:
     refusals_per_min: dict[str, float]
     users: list[UserRow] = field(default_factory=list)
     busiest: list[AllocationRow] = field(default_factory=list)
+    #: The server drains (``iceward drain``): it takes no new allocation and exits once empty.
+    draining: bool = False
 
 
 def _per(delta: float, seconds: float) -> float:
@@ -207,6 +213,7 @@ def build_frame(url: str, before: Sample, after: Sample) -> Frame:
         relayed_bps=relayed,
         auth_failures_per_min=_rates("iceward_auth_failures_total", "reason", before, after, 60),
         refusals_per_min=refusals,
+        draining=after.total("iceward_draining") > 0,
     )
     earlier = {a.get("id"): a.get("traffic", {}) for a in before.allocations}
     users: dict[str, UserRow] = {}
@@ -272,6 +279,7 @@ def render(frame: Frame, error: str | None = None) -> RenderableType:
         (f"{frame.allocations}", "bold"),
         f" allocation{'' if frame.allocations == 1 else 's'}   relay ports "
         f"{frame.relay_ports_in_use} in use, {frame.relay_ports_free} free",
+        ("   DRAINING" if frame.draining else "", "bold yellow"),
     )
     rates = Text.assemble(
         "relayed  to peers ",

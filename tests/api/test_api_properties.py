@@ -56,10 +56,15 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServe
         server.stop()
 
 
+#: Operations left out: draining ends the server once it is empty (tests/test_drain.py).
+ENDS_THE_SERVER = {("POST", "/admin/v1/drain")}
+
+
 def operations(server: RunningServer) -> list[tuple[str, str]]:
     with urllib.request.urlopen(server.http_url + "/openapi.json", timeout=10) as response:
         spec = json.load(response)
-    return [(method.upper(), path) for path, item in spec["paths"].items() for method in item]
+    every = [(method.upper(), path) for path, item in spec["paths"].items() for method in item]
+    return [operation for operation in every if operation not in ENDS_THE_SERVER]
 
 
 def call(

@@ -15,9 +15,11 @@ Address = tuple[str, int]
 
 
 class TurnError(Exception):
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, code: int, reason: str, reply: Message | None = None) -> None:
         super().__init__(f"{code} {reason}")
         self.code = code
+        #: The error response itself (a 300's ALTERNATE-SERVER, its MESSAGE-INTEGRITY...).
+        self.reply = reply
 
 
 class BlockingTurnClient:
@@ -130,7 +132,7 @@ class BlockingTurnClient:
                 self.realm = (reply.get(C.REALM) or b"").decode()
                 self.nonce = (reply.get(C.NONCE) or b"").decode()
                 continue
-            raise TurnError(code, reason)
+            raise TurnError(code, reason, reply)
         raise TurnError(401, "authentication failed")
 
     def allocate(self, *extra: tuple[int, bytes]) -> Address:

@@ -321,6 +321,23 @@ def create_app(
         await service.store_changed()
         return Response(status_code=204)
 
+    async def drain_status() -> dict[str, Any]:
+        doc = service.drain_status()
+        doc["allocations"] = sum((await service.metrics_snapshot()).active.values())
+        return doc
+
+    @app.post("/admin/v1/drain", tags=["admin"])
+    async def start_drain(_: Admin) -> dict[str, Any]:
+        """Drain this node: new allocations are sent to an alternate server (300 Try Alternate),
+        existing ones go on; it exits once the last has ended, or at --drain-timeout."""
+        await service.drain()
+        return await drain_status()
+
+    @app.get("/admin/v1/drain", tags=["admin"])
+    async def get_drain(_: Admin) -> dict[str, Any]:
+        """``state`` (serving or draining), since, deadline, allocations left."""
+        return await drain_status()
+
     @app.get("/admin/v1/issuance", tags=["admin"])
     async def recent_issuance(
         _: Admin, limit: Annotated[int, Query(ge=1, le=1000)] = 100
@@ -337,6 +354,7 @@ def create_app(
     @app.get("/metrics", tags=["observability"], include_in_schema=False)
     async def metrics() -> Response:
         collector.snapshot = await service.metrics_snapshot()
+        api_metrics.draining.set(service.drain_status()["state"] == "draining")
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", tags=["observability"])
@@ -345,9 +363,10 @@ def create_app(
 
     @app.get("/readyz", tags=["observability"])
     async def readyz() -> JSONResponse:
-        """200 when listening, a worker is up and the store answers a real query; else 503 with
-        the reason."""
+        """200 when listening, a worker is up, the store answers a real query and the node is not
+        draining; else 503 with the reason (load balancers stop sending to a draining node)."""
         listening = service.listening
+        state = service.drain_status()["state"]
         up, total = service.workers_up()
         try:
             store_error = await asyncio.wait_for(
@@ -362,8 +381,11 @@ def create_app(
             reasons.append("no worker up")
         if store_error is not None:
             reasons.append(f"data store {store.health.subject}: {store_error}")
+        if state == "draining":
+            reasons.append("draining")
         doc: dict[str, Any] = {
             "status": "not ready" if reasons else "ready",
+            "state": state,
             "listeners": listening,
             "workers": {"up": up, "total": total},
             "store": store_error is None,

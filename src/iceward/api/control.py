@@ -54,3 +54,12 @@ class ServerControl(Protocol):
     async def store_changed(self) -> None:
         """Users or secrets changed through the API: apply them now, not at the next tick."""
         ...
+
+    async def drain(self) -> None:
+        """Start draining (again: nothing changes): new allocations go to an alternate server,
+        existing ones go on, the server exits when the last ends or at the drain timeout."""
+        ...
+
+    def drain_status(self) -> dict[str, Any]:
+        """``state`` (``serving`` or ``draining``), ``since``, ``deadline``, the timeout."""
+        ...

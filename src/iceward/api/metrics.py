@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -86,8 +86,16 @@ class ServerCollector(Collector):
             "iceward_quota_refusals", "Requests refused by a quota", labels=["quota"]
         )
         quota.add_metric(["user"], c.get("error.486", 0))
-        quota.add_metric(["capacity"], c.get("error.508", 0))
-        yield from (requests, errors, auth, refused, drops, binding, quota)
+        # A draining node's 508 (no alternate known) is no capacity limit: counted below.
+        quota.add_metric(["capacity"], c.get("error.508", 0) - c.get("drain.refused", 0))
+        drain = CounterMetricFamily(
+            "iceward_drain_answers",
+            "New allocations a draining node sent to an alternate (redirected) or refused",
+            labels=["answer"],
+        )
+        drain.add_metric(["redirected"], c.get("drain.redirected", 0))
+        drain.add_metric(["refused"], c.get("drain.refused", 0))
+        yield from (requests, errors, auth, refused, drops, binding, quota, drain)
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])
         ports.add_metric(["in_use"], snap.ports_in_use)
@@ -105,6 +113,7 @@ class ApiMetrics:
     collector: ServerCollector
     api_requests: Counter
     http_refused: Counter
+    draining: Gauge
 
 
 def make_registry() -> ApiMetrics:
@@ -126,4 +135,7 @@ def make_registry() -> ApiMetrics:
     )
     for reason in REFUSAL_REASONS:
         http_refused.labels(reason)
-    return ApiMetrics(registry, collector, api_requests, http_refused)
+    draining = Gauge(
+        "iceward_draining", "1 while the node drains (see POST /admin/v1/drain)", registry=registry
+    )
+    return ApiMetrics(registry, collector, api_requests, http_refused, draining)

@@ -61,8 +61,9 @@ _TLS = (
     "no client certificates"
 )
 _REDIRECT = (
-    "no ALTERNATE-SERVER redirects: a node answers every client itself; spread load over nodes "
-    "with DNS, and over cores with `workers`"
+    "no redirect of every Allocate: a node answers its clients itself (spread load over nodes "
+    "with DNS, over cores with `workers`); ALTERNATE-SERVER is sent only while a node drains, "
+    "to `alternate_server` / `tls_alternate_server` (see Draining)"
 )
 _AUTH_KINDS = (
     "no ORIGIN checks, MICE mobility or OAuth access tokens: TURN REST credentials and static "

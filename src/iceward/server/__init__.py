@@ -39,7 +39,8 @@ def build(settings: ServerSettings) -> Server:
 
 
 async def run(settings: ServerSettings, ready: Callable[[Server], None]) -> None:
-    """Start, call ``ready``, serve until SIGTERM or SIGINT, stop cleanly; SIGHUP reloads.
+    """Start, call ``ready``, serve until SIGTERM or SIGINT, stop cleanly; SIGHUP reloads;
+    SIGUSR1 drains (as ``POST /admin/v1/drain`` does), then stops once drained.
 
     Under systemd (``Type=notify``) it says so: ``READY=1`` once every socket (the HTTP API's
     too) is bound and every worker up, ``STATUS=`` with the allocations and workers up,
@@ -63,11 +64,17 @@ async def run(settings: ServerSettings, ready: Callable[[Server], None]) -> None
         server.reload()
         notifier.notify("READY=1")
 
+    def drain() -> None:
+        if not stopping:
+            tasks.append(loop.create_task(server.drain()))
+
+    tasks: list[asyncio.Task[None]] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     loop.add_signal_handler(signal.SIGHUP, reload)
+    loop.add_signal_handler(signal.SIGUSR1, drain)
     ready(server)
-    tasks: list[asyncio.Task[None]] = []
+    tasks.append(loop.create_task(_stop_when_drained(server, stop)))
     if notifier.enabled:
         notifier.ready(await status_line(server))
         tasks.append(loop.create_task(_report_status(server, notifier, stopping)))
@@ -82,17 +89,46 @@ async def run(settings: ServerSettings, ready: Callable[[Server], None]) -> None
 
 #: Seconds between two STATUS= updates (sent when the line changed).
 STATUS_PERIOD = 2.0
+#: Seconds between two counts of the allocations left while draining.
+DRAIN_POLL = 0.5
+
+
+async def _stop_when_drained(server: Server, stop: Callable[[], None]) -> None:
+    """Once draining began: ``stop`` when the last allocation has ended or at the timeout."""
+    state = server.drain_state
+    await state.started.wait()
+    log = logging.getLogger("iceward.server")
+    while True:
+        try:
+            left = await server.allocations_left()
+        except Exception as exc:  # counted again at the next poll; the timeout still holds
+            log.warning("draining: cannot count allocations: %s", exc)
+            left = None
+        if left == 0:
+            log.info("drained: the last allocation has ended; exiting")
+            break
+        if not state.remaining():
+            log.warning(
+                "drain timeout (%g s): exiting with %s allocation(s) left",
+                state.timeout,
+                "unknown" if left is None else left,
+            )
+            break
+        await asyncio.sleep(DRAIN_POLL)
+    stop()
 
 
 async def status_line(server: Server) -> str:
-    """``3 allocations, 2/2 workers up``: what ``systemctl status`` shows."""
+    """``3 allocations, 2/2 workers up`` (``draining: ...`` while draining): what ``systemctl
+    status`` shows."""
     try:
         snapshot = await server.metrics_snapshot()
     except Exception as exc:  # a status line must never end the server
         return f"status unavailable: {exc}"
     active = sum(snapshot.active.values())
     up, total = server.workers_up()
-    return f"{active} allocation{'' if active == 1 else 's'}, {up}/{total} workers up"
+    line = f"{active} allocation{'' if active == 1 else 's'}, {up}/{total} workers up"
+    return f"draining: {line}" if server.drain_state.draining else line
 
 
 async def _report_status(

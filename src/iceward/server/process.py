@@ -11,6 +11,7 @@ from iceward.net.listeners import ListenerSet, check_local_address, open_listene
 from iceward.net.slot import WorkerSlot
 from iceward.net.tls import check_tls_files, ensure_self_signed
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
+from iceward.server.drain import CoreLookup, alternate_source
 from iceward.server.plan import ServerPlan, specific
 from iceward.store import Store
 from iceward.turn.policy import PeerPolicy
@@ -82,6 +83,12 @@ class RelayProcess:
         """Users and secrets from the store, now (the store changed)."""
         if self.store is not None:
             await self.sync.refresh(self.store)
+
+    def drain(self) -> None:
+        """From now on a new Allocate is sent to an alternate (or refused); see server.drain."""
+        core = self.engine.core
+        if core is not None and core.drain is None:
+            core.drain = CoreLookup(alternate_source(self.plan.settings))
 
     async def _tick_forever(self) -> None:
         assert self.store is not None

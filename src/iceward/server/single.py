@@ -10,6 +10,7 @@ from typing import Any
 
 from iceward.net.fdlimit import raise_open_files_limit
 from iceward.net.slot import WorkerSlot
+from iceward.server.drain import DrainState
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan
 from iceward.server.process import RelayProcess, listeners_for
@@ -28,6 +29,7 @@ class SingleServer:
         http = plan.http
         self.http = HttpServer(http, plan.settings.http) if http is not None else None
         self._stopped = asyncio.Event()
+        self.drain_state = DrainState(plan.settings.drain_timeout)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,3 +131,16 @@ class SingleServer:
     async def store_changed(self) -> None:
         if self.process is not None:
             await self.process.refresh()
+
+    async def drain(self) -> None:
+        if self.drain_state.begin():
+            log.info("draining: new allocations go to an alternate server")
+        if self.process is not None:
+            self.process.drain()
+
+    def drain_status(self) -> dict[str, Any]:
+        return self.drain_state.status()
+
+    async def allocations_left(self) -> int | None:
+        """Allocations alive (what a drained server waits for)."""
+        return sum(self.process.engine.local_snapshot().active.values()) if self.process else 0

@@ -11,7 +11,8 @@ credentials and serves the HTTP API, summing the workers' metrics and allocation
 Control protocol, one JSON object a line on a Unix socket pair: first the supervisor's spec
 (settings, slot, file descriptors) and the worker's ``{"ready": ...}``; then requests ``{"id",
 "op", "arg"}`` answered ``{"id", "result"}`` or ``{"id", "error"}``, with ``op`` one of
-``snapshot`` (metrics), ``allocations``, ``delete`` and ``refresh`` (the store changed). A
+``snapshot`` (metrics), ``allocations``, ``delete``, ``refresh`` (the store changed) and ``drain``
+(new allocations go to an alternate; a worker started while the server drains drains too). A
 worker stops, ending its allocations with their traffic logged, on SIGTERM/SIGINT or when the
 supervisor goes away (end of file on the control socket).
 
@@ -43,6 +44,7 @@ from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
+from iceward.server.drain import DrainState
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan, plan
 from iceward.server.process import RelayProcess, listeners_for, tls_files
@@ -104,6 +106,9 @@ async def _answer(process: RelayProcess, request: dict[str, Any]) -> Any:
     if op == "refresh":
         await process.refresh()
         return True
+    if op == "drain":
+        process.drain()
+        return True
     raise ValueError(f"unknown request {op!r}")
 
 
@@ -125,6 +130,8 @@ async def serve_worker(control_fd: int) -> int:
         except ConnectionError:
             pass  # the supervisor gave up already (another worker failed first)
         return 2
+    if spec.get("draining"):
+        process.drain()
     stopped = asyncio.Event()
     stopping: list[asyncio.Task[None]] = []
 
@@ -138,6 +145,9 @@ async def serve_worker(control_fd: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
+    # SIGUSR1 sent to the whole group (systemctl kill) must not end a worker: it drains it; the
+    # supervisor, which decides when to exit, got it too.
+    loop.add_signal_handler(signal.SIGUSR1, process.drain)
     writer.write(_line({"ready": True, "relay_path": process.engine.relay_path}))
     await writer.drain()
     requests = loop.create_task(_serve_requests(process, reader, writer))
@@ -229,6 +239,7 @@ class Supervisor:
         self._stopped = asyncio.Event()
         #: Counts of workers that died: their traffic and events stay in the totals.
         self._departed = Snapshot()
+        self.drain_state = DrainState(server_plan.settings.drain_timeout)
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -372,6 +383,7 @@ class Supervisor:
             "fds": fds,
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
             "handoff_name": self._handoff_name,
+            "draining": self.drain_state.draining,
         }
         writer.write(_line(spec))
         await writer.drain()
@@ -389,6 +401,11 @@ class Supervisor:
         worker = _Worker(index, process, reader, writer, time.monotonic())
         worker.reading = asyncio.get_running_loop().create_task(self._read_replies(worker))
         self._workers[index] = worker
+        if self.drain_state.draining and not spec["draining"]:  # began while it started
+            try:
+                await self._call(index, "drain")
+            except WorkerDown:
+                pass  # it died already: its successor's spec says draining
         log.info(
             "worker %d started (pid %d, relay ports %d-%d, %s path)",
             index,
@@ -550,6 +567,24 @@ class Supervisor:
         await self._call_all("refresh")
         if self.store is not None:
             await self.sync.refresh(self.store)
+
+    async def drain(self) -> None:
+        """Every worker drains (one restarted later is told so in its spec)."""
+        if self.drain_state.begin():
+            log.info("draining: new allocations go to an alternate server")
+        await self._call_all("drain")
+
+    def drain_status(self) -> dict[str, Any]:
+        return self.drain_state.status()
+
+    async def allocations_left(self) -> int | None:
+        """Allocations alive in the workers; None when a live worker did not answer (a silent
+        worker's allocations are not none: the drain must not end on that count)."""
+        live = self.workers_up()[0]
+        answers = await self._call_all("snapshot")
+        if len(answers) < live:
+            return None
+        return sum(sum(Snapshot.from_json(data).active.values()) for _, data in answers)
 
     async def secret_for_minting(self) -> str | None:
         """Read the store now: a worker may have seen a secret added or retired before this

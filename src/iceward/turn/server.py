@@ -15,7 +15,7 @@ import os
 import struct
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from iceward import SOFTWARE as DEFAULT_SOFTWARE
 from iceward.ratelimit import RateLimiter
@@ -25,6 +25,12 @@ from iceward.stun.integrity import verify_integrity
 from iceward.stun.message import Message, StunError, encode_message, parse_message
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
+from iceward.turn.drain import (
+    NO_ALTERNATE,
+    NO_ALTERNATE_REASON,
+    AlternateLookup,
+    redirect_attributes,
+)
 from iceward.turn.events import (
     AllocationCreated,
     AllocationRemoved,
@@ -157,6 +163,9 @@ class TurnServer:
         self.counters: Counter[str] = Counter()
         self._realm_bytes = config.realm.encode()
         self._ids = itertools.count(first_id, id_step)
+        #: Set while the server drains: a new Allocate is sent to the alternate it names (300),
+        #: or refused (508) when it names none; what exists keeps working (see turn.drain).
+        self.drain: AlternateLookup | None = None
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -500,6 +509,8 @@ class TurnServer:
                 out.append(ToClient(ft, existing.allocate_response))
                 return
             raise _Reply(437)
+        if self.drain is not None:
+            self._redirect(self.drain, ft)
         transport = msg.get(C.REQUESTED_TRANSPORT)
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT missing")
@@ -588,6 +599,15 @@ class TurnServer:
         self._schedule(alloc)
         out.append(reply)
         out.append(AllocationCreated(alloc))
+
+    def _redirect(self, drain: AlternateLookup, ft: FiveTuple) -> NoReturn:
+        """Draining: 300 naming the alternate for this client's family and transport, or 508."""
+        alternate = drain.alternate_for(ft)
+        if alternate is None:
+            self.counters["drain.refused"] += 1
+            raise _Reply(NO_ALTERNATE, NO_ALTERNATE_REASON)
+        self.counters["drain.redirected"] += 1
+        raise _Reply(300, extra=tuple(redirect_attributes(alternate, ft)))
 
     def _refresh(
         self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
