@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from iceward.api.app import create_app
 from iceward.api.control import ServerControl
 from iceward.config import ServerSettings
+from iceward.server.certificates import http_challenge_router
 from iceward.store import Store
 from iceward.testpage.routes import create_router as testpage_router
 
@@ -33,6 +34,9 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
     )
+    acme = http_challenge_router(settings)
+    if acme is not None:
+        app.include_router(acme)
     app.include_router(
         testpage_router(
             control,

@@ -1,0 +1,118 @@
+"""The server's TLS certificate seen from above: where it comes from (``--cert``, ACME or the
+self-signed fallback), its expiry in ``/metrics``, and the ACME manager when ``--acme`` asks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from fastapi import APIRouter, Response
+
+from iceward.autocert.client import OrderSpec
+from iceward.autocert.files import AcmeFiles
+from iceward.autocert.manager import OUTCOMES, CertificateManager
+from iceward.config import ServerSettings
+from iceward.snapshot import Snapshot
+
+log = logging.getLogger("iceward.acme")
+
+#: The TLS-ALPN-01 validator connects to this port (RFC 8737); no other can be asked for.
+ALPN_PORT = 443
+
+
+def acme_files(settings: ServerSettings) -> AcmeFiles | None:
+    return AcmeFiles.of(settings.data_dir) if settings.acme else None
+
+
+def tls_challenges(settings: ServerSettings) -> Path | None:
+    """The directory TLS listeners answer TLS-ALPN-01 validations from, or None."""
+    files = acme_files(settings)
+    return files.tls_alpn if files and settings.acme_challenge == "tls-alpn-01" else None
+
+
+def http_challenge_router(settings: ServerSettings) -> APIRouter | None:
+    """``GET /.well-known/acme-challenge/{token}`` for HTTP-01, or None when not asked for."""
+    files = acme_files(settings)
+    if files is None or settings.acme_challenge != "http-01":
+        return None
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/.well-known/acme-challenge/{token}")
+    def answer(token: str) -> Response:
+        body = files.http_answer(token)
+        if body is None:
+            return Response(status_code=404)
+        return Response(body, media_type="application/octet-stream")
+
+    return router
+
+
+class Certificates:
+    """The live certificate's figures, and the ACME manager renewing it (if ``--acme``)."""
+
+    def __init__(self, settings: ServerSettings, swap: Callable[[], None]) -> None:
+        """``swap()`` makes every TLS listener load the certificate files again."""
+        self.settings = settings
+        self.path: Path | None = None
+        self._seen: tuple[float, dict[str, float]] | None = None
+        files = acme_files(settings)
+        self.manager: CertificateManager | None = None
+        if files is not None:
+            spec = OrderSpec(
+                directory=settings.acme_directory,
+                email=settings.acme_email,
+                domains=list(settings.acme),
+                challenge=settings.acme_challenge,
+            )
+            self.manager = CertificateManager(spec, files, settings.acme_renew_before * 86400, swap)
+
+    def start(self, cert: Path | None, tls_port: int) -> None:
+        """``cert``: the chain the TLS listeners serve (None: no TLS)."""
+        self.path = cert
+        if self.manager is None:
+            return
+        if self.settings.acme_challenge == "tls-alpn-01" and tls_port != ALPN_PORT:
+            log.warning(
+                "TLS-ALPN-01 validation comes to port %d; the TLS port is %d: forward %d to it",
+                ALPN_PORT, tls_port, ALPN_PORT,
+            )  # fmt: skip
+        self.manager.start()
+
+    async def stop(self) -> None:
+        if self.manager is not None:
+            await self.manager.stop()
+
+    def annotate(self, snapshot: Snapshot) -> Snapshot:
+        """``snapshot`` with the certificate's expiry per name and the ACME outcomes."""
+        snapshot.certificates.update(self._not_after())
+        if self.manager is not None:
+            for outcome in OUTCOMES:
+                snapshot.counters[f"acme.{outcome}"] = self.manager.outcomes[outcome]
+        return snapshot
+
+    def _not_after(self) -> dict[str, float]:
+        """Per DNS name of the live certificate (read again only when the file changed)."""
+        if self.path is None:
+            return {}
+        try:
+            mtime = self.path.stat().st_mtime
+            if self._seen is None or self._seen[0] != mtime:
+                self._seen = mtime, _names_not_after(self.path.read_bytes())
+        except (OSError, ValueError, IndexError):
+            return {}
+        return self._seen[1]
+
+
+def _names_not_after(chain: bytes) -> dict[str, float]:
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = san.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = []
+    if not names:
+        names = [str(a.value) for a in leaf.subject if a.oid == x509.NameOID.COMMON_NAME]
+    when = leaf.not_valid_after_utc.timestamp()
+    return dict.fromkeys(names, when)
