@@ -115,10 +115,12 @@ def _obtain(spec: OrderSpec, files: AcmeFiles) -> None:
     net = ClientNetwork(account_key, user_agent="iceward", timeout=HTTP_TIMEOUT)
     try:
         directory = ClientV2.get_directory(spec.directory, net)
-    except (json.JSONDecodeError, jose.errors.DeserializationError, KeyError):
-        raise AcmeFailure(
-            f"{spec.directory} is not an ACME directory (no directory JSON)"
-        ) from None
+    except json.JSONDecodeError:  # requests' own is also a RequestException
+        raise AcmeFailure(f"{spec.directory} is not an ACME directory (not JSON)") from None
+    except requests.exceptions.RequestException:
+        raise
+    except (errors.Error, jose.errors.Error, KeyError, ValueError) as exc:
+        raise AcmeFailure(f"{spec.directory} is not an ACME directory ({_one_line(exc)})") from None
     client = ClientV2(directory, net)
     registration = messages.NewRegistration.from_data(
         email=spec.email, terms_of_service_agreed=True

@@ -6,15 +6,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from fastapi import APIRouter, Response
 
-from iceward.autocert.client import OrderSpec
 from iceward.autocert.files import AcmeFiles
-from iceward.autocert.manager import OUTCOMES, CertificateManager
 from iceward.config import ServerSettings
 from iceward.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from iceward.autocert.manager import CertificateManager
 
 log = logging.getLogger("iceward.acme")
 
@@ -60,6 +62,10 @@ class Certificates:
         files = acme_files(settings)
         self.manager: CertificateManager | None = None
         if files is not None:
+            # Imported here: the ACME client and its HTTP stack load only when asked for.
+            from iceward.autocert.client import OrderSpec
+            from iceward.autocert.manager import CertificateManager
+
             spec = OrderSpec(
                 directory=settings.acme_directory,
                 email=settings.acme_email,
@@ -88,8 +94,8 @@ class Certificates:
         """``snapshot`` with the certificate's expiry per name and the ACME outcomes."""
         snapshot.certificates.update(self._not_after())
         if self.manager is not None:
-            for outcome in OUTCOMES:
-                snapshot.counters[f"acme.{outcome}"] = self.manager.outcomes[outcome]
+            for outcome, n in self.manager.outcomes.items():
+                snapshot.counters[f"acme.{outcome}"] = n
         return snapshot
 
     def _not_after(self) -> dict[str, float]:

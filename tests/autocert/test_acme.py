@@ -4,10 +4,13 @@ an older TLS connection keeps flowing; HTTP-01 on the HTTP API; failures as one 
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import socket
 import ssl
 import stat
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +18,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from iceward.autocert.client import AcmeFailure, OrderSpec, obtain
+from iceward.autocert.files import AcmeFiles
 
 from ..conftest import HOST, PortTaken, RunningServer, free_tcp_port, start_server
 from ..net.turnclient import BlockingTurnClient
@@ -145,3 +151,110 @@ def check_renewal_under_a_live_relay(server: RunningServer, pebble: Pebble) -> N
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
     assert {p.name for p in acme_dir.iterdir()} >= {"account-key.pem", "cert.pem", "key.pem"}
     assert not list((acme_dir / "tls-alpn-01").iterdir())  # challenges removed once validated
+
+
+def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pebble fetches /.well-known/acme-challenge/TOKEN from the HTTP API's port."""
+    for attempt in range(3):  # pebble must be told the HTTP port before the server binds it
+        http_port = free_tcp_port()
+        workdir = tmp_path / f"try{attempt}"
+        with running_pebble(workdir / "pebble", http_port=http_port) as pebble:
+            monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.api_ca))
+            (workdir / "server").mkdir()
+            try:
+                server = start_server(
+                    workdir / "server",
+                    "--acme", DOMAIN,
+                    "--acme-directory", pebble.directory,
+                    "--acme-challenge", "http-01",
+                    "--http", f"{HOST}:{http_port}",
+                )  # fmt: skip
+            except RuntimeError as exc:
+                if "HTTP API cannot listen" in str(exc):
+                    continue
+                raise
+            try:
+                fetch = functools.partial(served_certificate, server.tls_port, pebble.issuing_root)
+                cert = wait_for(fetch, 20, "the certificate")
+                assert isinstance(cert, x509.Certificate)
+                log = server.log_text()
+                assert "TLS-ALPN-01" not in log and "Traceback" not in log
+                assert not list((server.data_dir / "acme" / "http-01").iterdir())
+                with pytest.raises(urllib.error.HTTPError) as missing:
+                    urllib.request.urlopen(
+                        f"{server.http_url}/.well-known/acme-challenge/no-such-token", timeout=5
+                    )
+                assert missing.value.code == 404
+            finally:
+                server.stop()
+            return
+    raise AssertionError("no free HTTP port for pebble and the server")
+
+
+def test_failures_are_one_line_naming_url_or_domain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreachable directory and a failed challenge, in a running server: one log line
+    each, counted, and the placeholder still served. A URL that is no ACME directory and a CA
+    not trusted, by the same client called directly: one line each too."""
+    nobody = free_tcp_port()  # pebble validates there: nothing answers
+    with running_pebble(tmp_path / "pebble", tls_port=nobody) as pebble:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.api_ca))
+        unreachable = "https://127.0.0.1:1/dir"
+        cases = {
+            unreachable: f"ACME directory {unreachable} unreachable: Connection refused",
+            pebble.directory: f"tls-alpn-01 challenge failed at {pebble.directory}: {DOMAIN}: ",
+        }
+
+        def start(index: int, directory: str) -> RunningServer:
+            workdir = tmp_path / f"server{index}"
+            workdir.mkdir()
+            return start_server(workdir, "--acme", DOMAIN, "--acme-directory", directory)
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            servers = list(pool.map(start, (0, 1), cases))
+        try:
+            for server, expected in zip(servers, cases.values(), strict=True):
+
+                def failed(server: RunningServer = server) -> bool:
+                    return "not obtained" in server.log_text()
+
+                wait_for(failed, 20, expected)
+                lines = [line for line in server.log_text().splitlines() if "not obtained" in line]
+                assert len(lines) == 1, lines
+                assert f"certificate for {DOMAIN} not obtained: {expected}" in lines[0], lines[0]
+                assert lines[0].endswith("retrying in 60 s")
+                assert "Traceback" not in server.log_text()
+                assert metric(server, 'iceward_acme_renewals_total{outcome="failure"}') == 1
+                assert metric(server, 'iceward_acme_renewals_total{outcome="success"}') == 0
+                placeholder = served_certificate_unverified(server.tls_port)
+                assert placeholder.issuer == placeholder.subject  # self-signed, still served
+        finally:
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                list(pool.map(RunningServer.stop, servers))
+
+        files = AcmeFiles.of(tmp_path / "direct")
+        files.prepare([DOMAIN])
+        not_a_directory = pebble.directory.replace("/dir", "/nonce-plz")
+        with pytest.raises(AcmeFailure, match=f"^{not_a_directory} is not an ACME directory"):
+            obtain(OrderSpec(not_a_directory, None, [DOMAIN], "tls-alpn-01"), files)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pebble.issuing_root))  # the wrong CA
+        with pytest.raises(AcmeFailure) as untrusted:
+            obtain(OrderSpec(pebble.directory, None, [DOMAIN], "tls-alpn-01"), files)
+        assert str(untrusted.value).startswith(
+            f"ACME directory {pebble.directory}: TLS certificate not trusted ("
+        )
+        assert "\n" not in str(untrusted.value)
+
+
+def served_certificate_unverified(port: int) -> x509.Certificate:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection((HOST, port), timeout=3) as raw,
+        ctx.wrap_socket(raw, server_hostname=DOMAIN) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
