@@ -363,7 +363,7 @@ class ServerSettings(BaseSettings):
     def _check_domains(cls, values: list[str]) -> list[str]:
         domains = [v.strip().lower().rstrip(".") for v in values]
         for v in domains:
-            if not _DOMAIN.match(v) or len(v) > 253:
+            if not _DOMAIN.match(v) or len(v) > 253 or v.rpartition(".")[2].isdigit():
                 raise ValueError(
                     f"ACME domain {v!r} must be a DNS name with a dot (no IP address, no wildcard)"
                 )
