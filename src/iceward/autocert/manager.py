@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from iceward.autocert.client import AcmeFailure, OrderSpec, obtain
 from iceward.autocert.files import AcmeFiles, LiveCertificate, read_live, utc
@@ -27,6 +29,39 @@ RETRY_MAX = 6 * 3600.0
 MAX_SLEEP = 12 * 3600.0
 #: ``iceward_acme_renewals_total`` outcomes.
 OUTCOMES = ("success", "failure")
+
+
+_T = TypeVar("_T")
+
+
+async def _in_daemon_thread(function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` in a daemon thread: a server stopping while an order waits on the CA
+    exits at once instead of joining the thread (as the loop's default executor would)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]  # None only with an error
+
+    def run() -> None:
+        result: _T | None = None
+        error: BaseException | None = None
+        try:
+            result = function(*args)
+        except BaseException as exc:
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop closed meanwhile: the server stopped
+            pass
+
+    threading.Thread(target=run, name="acme-order", daemon=True).start()
+    return await future
 
 
 def retry_delay(failures: int) -> float:
@@ -84,7 +119,7 @@ class CertificateManager:
         domains = ", ".join(self.spec.domains)
         log.info("requesting a certificate for %s from %s", domains, self.spec.directory)
         try:
-            await asyncio.to_thread(obtain, self.spec, self.files)
+            await _in_daemon_thread(obtain, self.spec, self.files)
         except AcmeFailure as exc:
             self.outcomes["failure"] += 1
             self._failures += 1

@@ -48,6 +48,8 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     if data[0] != 0x16:
         raise ValueError("not a TLS handshake record")
     end = 5 + struct.unpack_from("!H", data, 3)[0]
+    if end > MAX_HELLO:
+        raise ValueError("a TLS record longer than TLS allows")
     if len(data) < end:
         return None
     body = memoryview(data)[5:end]
@@ -95,8 +97,8 @@ def challenge_context(directory: Path, hello: ClientHello) -> ssl.SSLContext | N
     if "/" in name or name.startswith("."):
         return None
     path = challenge_file(directory, name)
-    if not path.is_file():
-        log.warning("TLS-ALPN-01 validation for %s, but no challenge is pending for it", name)
+    if not path.is_file():  # anyone may offer acme-tls/1: not worth more than a debug line
+        log.debug("TLS-ALPN-01 validation for %s, but no challenge is pending for it", name)
         return None
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -124,7 +126,7 @@ class _HelloReadingObject(ssl.SSLObject):
             bio.write(data)  # put back, in order: the BIO was drained by the read
             self._hello += data
             try:
-                hello = parse_client_hello(bytes(self._hello[:MAX_HELLO]))
+                hello = parse_client_hello(bytes(self._hello))
             except ValueError:
                 hello, self._hello_bio = None, None  # OpenSSL will say what is wrong
             if hello is not None:
