@@ -154,7 +154,8 @@ def check_renewal_under_a_live_relay(server: RunningServer, pebble: Pebble) -> N
 
 
 def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pebble fetches /.well-known/acme-challenge/TOKEN from the HTTP API's port."""
+    """pebble fetches /.well-known/acme-challenge/TOKEN from the HTTP API's port (served by
+    the supervisor; its workers, which have no HTTP API, load the certificate)."""
     for attempt in range(3):  # pebble must be told the HTTP port before the server binds it
         http_port = free_tcp_port()
         workdir = tmp_path / f"try{attempt}"
@@ -168,6 +169,7 @@ def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                     "--acme-directory", pebble.directory,
                     "--acme-challenge", "http-01",
                     "--http", f"{HOST}:{http_port}",
+                    workers=2,
                 )  # fmt: skip
             except RuntimeError as exc:
                 if "HTTP API cannot listen" in str(exc):

@@ -22,3 +22,10 @@ def test_bad_acme_values_are_named(tmp_path: Path) -> None:
 def test_acme_with_what_excludes_it(tmp_path: Path) -> None:
     line = serve(tmp_path, "--acme", "turn.example.com", "--acme-challenge", "http-01")
     assert "--acme needs TLS: --tls-port 0 turns it off" in line, line
+
+
+def test_http_01_needs_the_http_api(tmp_path: Path) -> None:
+    line = serve(
+        tmp_path, "--acme", "turn.example.com", "--acme-challenge", "http-01", "--tls-port", "-1"
+    )
+    assert "--acme-challenge http-01 is answered by the HTTP API: not --http off" in line, line

@@ -27,11 +27,13 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
 
 def check_before_start(plan: ServerPlan) -> None:
     """What would fail later, and in every worker, checked once before any socket or worker:
-    the operator's ``--cert``/``--key`` load, each relay address is one of this host's; else
-    OSError naming the file or address and the problem."""
+    the operator's ``--cert``/``--key`` load, HTTP-01 has the HTTP API to answer on, each relay
+    address is one of this host's; else OSError naming the file, setting or address."""
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
+    if settings.acme and settings.acme_challenge == "http-01" and plan.http is None:
+        raise OSError("--acme-challenge http-01 is answered by the HTTP API: not --http off")
     if settings.relay_ip:
         what = "--relay-ip"
     elif "/" in (settings.external_ip or ""):
