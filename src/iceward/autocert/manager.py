@@ -120,23 +120,14 @@ class CertificateManager:
         log.info("requesting a certificate for %s from %s", domains, self.spec.directory)
         try:
             await _in_daemon_thread(obtain, self.spec, self.files)
-        except AcmeFailure as exc:
+        except Exception as exc:  # AcmeFailure says why; anything else is a surprise, also kept
+            why = str(exc) if isinstance(exc, AcmeFailure) else f"unexpected {exc!r}"
             self.outcomes["failure"] += 1
             self._failures += 1
             delay = retry_delay(self._failures)
             log.error(
-                "certificate for %s not obtained: %s; retrying in %.0f s", domains, exc, delay
+                "certificate for %s not obtained: %s; retrying in %.0f s", domains, why, delay
             )
-            await asyncio.sleep(delay)
-            return False
-        except Exception as exc:  # a bug or a surprise in the library: logged, retried
-            self.outcomes["failure"] += 1
-            self._failures += 1
-            delay = retry_delay(self._failures)
-            log.error(
-                "certificate for %s not obtained: unexpected %s: %s; retrying in %.0f s",
-                domains, type(exc).__name__, exc, delay,
-            )  # fmt: skip
             await asyncio.sleep(delay)
             return False
         self._failures = 0
