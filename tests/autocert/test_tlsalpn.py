@@ -17,8 +17,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iceward.autocert.client import ACME_IDENTIFIER, tls_alpn_certificate
-from iceward.autocert.files import LiveCertificate
-from iceward.autocert.manager import RETRY_MAX, retry_delay
 from iceward.net.tls import server_context
 from iceward.net.tlsalpn import (
     ACME_TLS_ALPN,
@@ -129,13 +127,3 @@ def test_shared_port_serves_challenge_and_real_certificate(
         loop.run_until_complete(scenario())
     finally:
         loop.close()
-
-
-def test_renewal_time_and_backoff() -> None:
-    day = 86400.0
-    ninety = LiveCertificate(frozenset({DOMAIN}), 0.0, 90 * day, self_signed=False)
-    assert ninety.renew_at(30 * day) == 60 * day
-    six = LiveCertificate(frozenset({DOMAIN}), 0.0, 6 * day, self_signed=False)
-    assert six.renew_at(30 * day) == 3 * day  # never in the first half of its life
-    assert [retry_delay(n) for n in (1, 2, 3)] == [60.0, 120.0, 240.0]
-    assert retry_delay(50) == RETRY_MAX

@@ -167,7 +167,7 @@ def _obtain(spec: OrderSpec, files: AcmeFiles) -> None:
             path.unlink(missing_ok=True)
     if not order.fullchain_pem:
         raise AcmeFailure(f"ACME server {spec.directory} returned no certificate chain")
-    files.install(order.fullchain_pem.encode(), key_pem(key))
+    files.install(order.fullchain_pem.encode(), key_pem(key), spec.directory)
 
 
 def _account_key(files: AcmeFiles) -> JWKRSA:

@@ -42,6 +42,11 @@ class AcmeFiles:
         return self.root / "key.pem"
 
     @property
+    def issuer(self) -> Path:
+        """The directory URL the live certificate came from (a change of CA orders anew)."""
+        return self.root / "directory-url"
+
+    @property
     def tls_alpn(self) -> Path:
         """Pending TLS-ALPN-01 challenges (read by every TLS listener)."""
         return self.root / "tls-alpn-01"
@@ -58,14 +63,23 @@ class AcmeFiles:
             ensure_private_dir(directory)
         if not (self.cert.exists() and self.key.exists()):
             cert, key = self_signed(domains[0], domains, PLACEHOLDER_DAYS)
-            self.install(cert, key)
+            replace_private_file(self.key, key)
+            replace_private_file(self.cert, cert)
         return self.cert, self.key
 
-    def install(self, chain: bytes, key: bytes) -> None:
+    def install(self, chain: bytes, key: bytes, directory: str) -> None:
         """The new pair in place: the key first, so a pair read between the two writes is
         refused by the reload (keys that do not match) rather than half-swapped."""
         replace_private_file(self.key, key)
         replace_private_file(self.cert, chain)
+        replace_private_file(self.issuer, directory.encode())
+
+    def issued_by(self) -> str | None:
+        """The directory URL of the CA that issued the live certificate, None: not known."""
+        try:
+            return self.issuer.read_text().strip()
+        except OSError:
+            return None
 
     def put_tls_alpn(self, domain: str, cert_and_key: bytes) -> Path:
         path = challenge_file(self.tls_alpn, domain)

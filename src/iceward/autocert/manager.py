@@ -1,8 +1,8 @@
 """When to ask the CA, and what to do with the answer: one task on the server's event loop.
 
 It sleeps until the live certificate is due (``--acme-renew-before`` days before expiry, never
-in the first half of its life; at once when only the placeholder is there or the domains
-changed), runs the order in a thread, swaps the new pair into the running TLS contexts (the
+in the first half of its life; at once when only the placeholder is there, or the domains or
+the CA changed), runs the order in a thread, swaps the new pair into the running TLS contexts (the
 callback, which reloads the files as SIGHUP does: open connections keep their session, new
 ones get the new certificate) and counts the outcome. A failure is logged in one line and
 retried with exponential backoff; nothing it raises ends the server.
@@ -101,8 +101,11 @@ class CertificateManager:
                 pass
 
     def due_in(self, live: LiveCertificate | None) -> float:
-        """Seconds until the certificate must be renewed (0: now)."""
+        """Seconds until the certificate must be renewed (0: now: none yet, the placeholder,
+        another set of domains, or another CA, such as a move from a staging CA)."""
         if live is None or live.self_signed or not set(self.spec.domains) <= live.names:
+            return 0.0
+        if self.files.issued_by() != self.spec.directory:
             return 0.0
         return max(0.0, live.renew_at(self.renew_before) - self.clock())
 
