@@ -70,8 +70,8 @@ def metric(server: RunningServer, line_start: str) -> float:
 def test_obtained_over_tls_alpn_renewed_and_swapped_under_a_live_relay(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers: the supervisor orders, both workers answer the validation and both load
-    the renewed certificate; the relay on the first TLS connection never notices."""
+    """Two workers: the supervisor orders, whichever worker the validator reaches answers it,
+    both load the renewed certificate; the relay on the first TLS connection never notices."""
     for _ in range(3):  # pebble must be told the TLS port before the server binds it
         tls_port = free_tcp_port()
         with running_pebble(tmp_path / "pebble", tls_port=tls_port, validity=VALIDITY) as pebble:

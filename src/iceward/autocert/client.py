@@ -145,12 +145,15 @@ def _obtain(spec: OrderSpec, files: AcmeFiles) -> None:
                     f"{domain} (offered: {offered})"
                 )
             chall = challb.chall
-            if isinstance(chall, TLSALPN01):
-                digest = chall.validation(account_key)
+            # By type name, not class: an older acme library registers its own TLS-ALPN-01.
+            if not isinstance(chall, challenges.KeyAuthorizationChallenge):
+                raise AcmeFailure(f"{spec.challenge} challenge for {domain}: not understood")
+            key_authorization = chall.key_authorization(account_key)
+            if chall.typ == TLSALPN01.typ:
+                digest = hashlib.sha256(key_authorization.encode()).digest()
                 written.append(files.put_tls_alpn(domain, tls_alpn_certificate(domain, digest)))
-            elif isinstance(chall, challenges.HTTP01):
-                token = chall.encode("token")
-                written.append(files.put_http(token, chall.validation(account_key)))
+            else:
+                written.append(files.put_http(chall.encode("token"), key_authorization))
             client.answer_challenge(challb, chall.response(account_key))
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
         try:
