@@ -119,6 +119,11 @@ class ServerSettings(BaseSettings):
         "tls-alpn-01",
         description="tls-alpn-01 (on the TLS port) or http-01 (on --http, forwarded from port 80).",
     )
+    acme_http: str | None = Field(
+        None,
+        description="Also answer HTTP-01 on this address alone (port 80), not only on --http.",
+        json_schema_extra=_shown("HOST:PORT"),
+    )
     acme_renew_before: float = Field(
         30.0,
         gt=0,
@@ -368,6 +373,13 @@ class ServerSettings(BaseSettings):
                     f"ACME domain {v!r} must be a DNS name with a dot (no IP address, no wildcard)"
                 )
         return list(dict.fromkeys(domains))
+
+    @field_validator("acme_http")
+    @classmethod
+    def _check_acme_http(cls, value: str | None) -> str | None:
+        if value is not None and parse_http(value) is None:
+            raise ValueError("acme-http must be HOST:PORT")
+        return value
 
     @field_validator("acme_directory")
     @classmethod

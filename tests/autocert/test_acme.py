@@ -153,10 +153,11 @@ def check_renewal_under_a_live_relay(server: RunningServer, pebble: Pebble) -> N
     assert not list((acme_dir / "tls-alpn-01").iterdir())  # challenges removed once validated
 
 
-def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """pebble fetches /.well-known/acme-challenge/TOKEN from the HTTP API's port (served by
-    the supervisor; its workers, which have no HTTP API, load the certificate)."""
-    for attempt in range(3):  # pebble must be told the HTTP port before the server binds it
+def test_http_01_on_its_own_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pebble fetches /.well-known/acme-challenge/TOKEN from ``--acme-http``, a port serving
+    nothing else (the supervisor's; its workers, without HTTP, load the certificate); the HTTP
+    API answers the same route."""
+    for attempt in range(3):  # pebble must be told the port before the server binds it
         http_port = free_tcp_port()
         workdir = tmp_path / f"try{attempt}"
         with running_pebble(workdir / "pebble", http_port=http_port) as pebble:
@@ -168,11 +169,11 @@ def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                     "--acme", DOMAIN,
                     "--acme-directory", pebble.directory,
                     "--acme-challenge", "http-01",
-                    "--http", f"{HOST}:{http_port}",
+                    "--acme-http", f"{HOST}:{http_port}",
                     workers=2,
                 )  # fmt: skip
             except RuntimeError as exc:
-                if "HTTP API cannot listen" in str(exc):
+                if "cannot listen" in str(exc):
                     continue
                 raise
             try:
@@ -182,11 +183,15 @@ def test_http_01_on_the_http_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                 log = server.log_text()
                 assert "TLS-ALPN-01" not in log and "Traceback" not in log
                 assert not list((server.data_dir / "acme" / "http-01").iterdir())
-                with pytest.raises(urllib.error.HTTPError) as missing:
-                    urllib.request.urlopen(
-                        f"{server.http_url}/.well-known/acme-challenge/no-such-token", timeout=5
-                    )
-                assert missing.value.code == 404
+                for url in (
+                    f"{server.http_url}/.well-known/acme-challenge/no-such-token",
+                    f"http://{HOST}:{http_port}/.well-known/acme-challenge/no-such-token",
+                    f"http://{HOST}:{http_port}/metrics",  # the challenge port serves no API
+                    f"http://{HOST}:{http_port}/.well-known/acme-challenge/..%2Facme%2Fkey.pem",
+                ):
+                    with pytest.raises(urllib.error.HTTPError) as missing:
+                        urllib.request.urlopen(url, timeout=5)
+                    assert missing.value.code == 404, url
             finally:
                 server.stop()
             return

@@ -28,4 +28,4 @@ def test_http_01_needs_the_http_api(tmp_path: Path) -> None:
     line = serve(
         tmp_path, "--acme", "turn.example.com", "--acme-challenge", "http-01", "--tls-port", "-1"
     )
-    assert "--acme-challenge http-01 is answered by the HTTP API: not --http off" in line, line
+    assert "--acme-challenge http-01 needs --acme-http or the HTTP API (--http)" in line, line

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from fastapi import APIRouter, Response
+from fastapi import FastAPI
 
 from iceward.autocert.files import AcmeFiles
-from iceward.config import ServerSettings
+from iceward.autocert.http01 import router_for
+from iceward.config import ServerSettings, parse_http
+from iceward.server.http import HttpServer
 from iceward.snapshot import Snapshot
 
 if TYPE_CHECKING:
@@ -34,23 +36,6 @@ def tls_challenges(settings: ServerSettings) -> Path | None:
     return files.tls_alpn if files and settings.acme_challenge == "tls-alpn-01" else None
 
 
-def http_challenge_router(settings: ServerSettings) -> APIRouter | None:
-    """``GET /.well-known/acme-challenge/{token}`` for HTTP-01, or None when not asked for."""
-    files = acme_files(settings)
-    if files is None or settings.acme_challenge != "http-01":
-        return None
-    router = APIRouter(include_in_schema=False)
-
-    @router.get("/.well-known/acme-challenge/{token}")
-    def answer(token: str) -> Response:
-        body = files.http_answer(token)
-        if body is None:
-            return Response(status_code=404)
-        return Response(body, media_type="application/octet-stream")
-
-    return router
-
-
 class Certificates:
     """The live certificate's figures, and the ACME manager renewing it (if ``--acme``)."""
 
@@ -58,6 +43,7 @@ class Certificates:
         """``swap()`` makes every TLS listener load the certificate files again."""
         self.settings = settings
         self.path: Path | None = None
+        self._http: HttpServer | None = None
         self._seen: tuple[float, dict[str, float]] | None = None
         files = acme_files(settings)
         self.manager: CertificateManager | None = None
@@ -74,6 +60,18 @@ class Certificates:
             )
             self.manager = CertificateManager(spec, files, settings.acme_renew_before * 86400, swap)
 
+    async def open(self) -> None:
+        """Bind ``--acme-http``, serving HTTP-01 alone, if asked for (before any worker starts:
+        a busy port is an OSError naming it)."""
+        router = router_for(self.settings)
+        bind = parse_http(self.settings.acme_http) if self.settings.acme_http else None
+        if router is None or bind is None:
+            return
+        app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        app.include_router(router)
+        self._http = HttpServer(bind, f"{self.settings.acme_http} (--acme-http)")
+        await self._http.start(app)
+
     def start(self, cert: Path | None, tls_port: int) -> None:
         """``cert``: the chain the TLS listeners serve (None: no TLS)."""
         self.path = cert
@@ -89,6 +87,8 @@ class Certificates:
     async def stop(self) -> None:
         if self.manager is not None:
             await self.manager.stop()
+        if self._http is not None:
+            await self._http.stop()
 
     def annotate(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` with the certificate's expiry per name and the ACME outcomes."""

@@ -32,8 +32,9 @@ def check_before_start(plan: ServerPlan) -> None:
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
-    if settings.acme and settings.acme_challenge == "http-01" and plan.http is None:
-        raise OSError("--acme-challenge http-01 is answered by the HTTP API: not --http off")
+    http_01 = settings.acme and settings.acme_challenge == "http-01"
+    if http_01 and plan.http is None and settings.acme_http is None:
+        raise OSError("--acme-challenge http-01 needs --acme-http or the HTTP API (--http)")
     if settings.relay_ip:
         what = "--relay-ip"
     elif "/" in (settings.external_ip or ""):

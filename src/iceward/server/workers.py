@@ -246,6 +246,7 @@ class Supervisor:
             self._tls_files = tls_files(self.plan)
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
             await self.http.start(build_app(self, store, settings))
+        await self.certificates.open()
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
