@@ -414,6 +414,8 @@ class ServerSettings(BaseSettings):
             raise ValueError("--acme and --cert exclude each other: the certificate comes from one")
         if self.acme and self.tls_port == 0:
             raise ValueError("--acme needs TLS: --tls-port 0 turns it off")
+        if self.acme_http and not (self.acme and self.acme_challenge == "http-01"):
+            raise ValueError("--acme-http answers HTTP-01 only: add --acme-challenge http-01")
         if self.alternate_address is not None:
             alt_ip, alt_port = parse_alternate_address(self.alternate_address, self.port)
             specific = [ip for ip in self.listen if not ipaddress.ip_address(ip).is_unspecified]
