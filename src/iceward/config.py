@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,12 @@ def metavar_of(name: str) -> str | None:
 ANY_PORT = -1
 
 
+#: The default ``--acme-directory``: Let's Encrypt's production CA.
+LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+
+_DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "iceward"
@@ -92,6 +99,36 @@ class ServerSettings(BaseSettings):
     )
     key: Path | None = Field(
         None, description="TLS private key (PEM).", json_schema_extra=_shown("FILE")
+    )
+    acme: list[str] = Field(
+        default_factory=list,
+        description="Get and renew the TLS certificate for DOMAIN from an ACME CA (repeatable).",
+        json_schema_extra=_shown("DOMAIN"),
+    )
+    acme_directory: str = Field(
+        LETS_ENCRYPT,
+        description="The ACME CA's directory URL [Let's Encrypt].",
+        json_schema_extra=_shown("URL"),
+    )
+    acme_email: str | None = Field(
+        None,
+        description="Contact for the ACME account (expiry notices).",
+        json_schema_extra=_shown("EMAIL"),
+    )
+    acme_challenge: Literal["tls-alpn-01", "http-01"] = Field(
+        "tls-alpn-01",
+        description="tls-alpn-01 (on the TLS port) or http-01 (on --http, forwarded from port 80).",
+    )
+    acme_http: str | None = Field(
+        None,
+        description="Also answer HTTP-01 on this address alone (port 80), not only on --http.",
+        json_schema_extra=_shown("HOST:PORT"),
+    )
+    acme_renew_before: float = Field(
+        30.0,
+        gt=0,
+        description="Renew the ACME certificate this many days before it expires.",
+        json_schema_extra=_shown("DAYS"),
     )
     relay_ip: list[str] = Field(
         default_factory=list,
@@ -359,6 +396,39 @@ class ServerSettings(BaseSettings):
             parse_user(v)
         return values
 
+    @field_validator("acme")
+    @classmethod
+    def _check_domains(cls, values: list[str]) -> list[str]:
+        domains = [v.strip().lower().rstrip(".") for v in values]
+        for v in domains:
+            if not _DOMAIN.match(v) or len(v) > 253 or v.rpartition(".")[2].isdigit():
+                raise ValueError(
+                    f"ACME domain {v!r} must be a DNS name with a dot (no IP address, no wildcard)"
+                )
+        return list(dict.fromkeys(domains))
+
+    @field_validator("acme_http")
+    @classmethod
+    def _check_acme_http(cls, value: str | None) -> str | None:
+        if value is not None and parse_http(value) is None:
+            raise ValueError("acme-http must be HOST:PORT")
+        return value
+
+    @field_validator("acme_directory")
+    @classmethod
+    def _check_directory(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"ACME directory {value!r} must be an https:// URL")
+        return value
+
+    @field_validator("acme_email")
+    @classmethod
+    def _check_email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+", value):
+            raise ValueError(f"ACME email {value!r} is not an email address")
+        return value
+
     @field_validator("external_ip")
     @classmethod
     def _check_external(cls, value: str | None) -> str | None:
@@ -373,6 +443,12 @@ class ServerSettings(BaseSettings):
             raise ValueError("credential_ttl must not exceed max_credential_ttl")
         if (self.cert is None) != (self.key is None):
             raise ValueError("--cert and --key go together")
+        if self.acme and self.cert:
+            raise ValueError("--acme and --cert exclude each other: the certificate comes from one")
+        if self.acme and self.tls_port == 0:
+            raise ValueError("--acme needs TLS: --tls-port 0 turns it off")
+        if self.acme_http and not (self.acme and self.acme_challenge == "http-01"):
+            raise ValueError("--acme-http answers HTTP-01 only: add --acme-challenge http-01")
         if self.alternate_address is not None:
             alt_ip, alt_port = parse_alternate_address(self.alternate_address, self.port)
             specific = [ip for ip in self.listen if not ipaddress.ip_address(ip).is_unspecified]

@@ -72,3 +72,12 @@ def create_private_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+
+
+def replace_private_file(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by this user only, atomically: a reader sees the old content
+    or the new, never a part (a temporary file beside it, renamed over it)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    create_private_file(tmp, data)
+    os.replace(tmp, path)

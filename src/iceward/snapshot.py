@@ -22,6 +22,8 @@ class Snapshot:
     counters: dict[str, int] = field(default_factory=dict)
     ports_in_use: int = 0
     ports_total: int = 0
+    #: DNS name -> not-after (Unix time) of the TLS certificate served for it.
+    certificates: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Snapshot) -> None:
         for key, (packets, nbytes) in other.traffic.items():
@@ -35,6 +37,7 @@ class Snapshot:
             self.counters[k1] = self.counters.get(k1, 0) + n
         self.ports_in_use += other.ports_in_use
         self.ports_total += other.ports_total
+        self.certificates.update(other.certificates)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +46,7 @@ class Snapshot:
             "created": self.created,
             "counters": self.counters,
             "ports": [self.ports_in_use, self.ports_total],
+            "certificates": self.certificates,
         }
 
     @classmethod
@@ -54,4 +58,5 @@ class Snapshot:
             counters={str(k): int(v) for k, v in data["counters"].items()},
             ports_in_use=int(data["ports"][0]),
             ports_total=int(data["ports"][1]),
+            certificates={str(k): float(v) for k, v in data.get("certificates", {}).items()},
         )

@@ -102,6 +102,22 @@ class ServerCollector(Collector):
         ports.add_metric(["free"], max(0, snap.ports_total - snap.ports_in_use))
         yield ports
 
+        not_after = GaugeMetricFamily(
+            "iceward_tls_certificate_not_after_seconds",
+            "Expiry (Unix time) of the TLS certificate served for a name",
+            labels=["domain"],
+        )
+        for name, when in sorted(snap.certificates.items()):
+            not_after.add_metric([name], when)
+        yield not_after
+        renewals = CounterMetricFamily(
+            "iceward_acme_renewals", "ACME certificate orders, by outcome", labels=["outcome"]
+        )
+        for name, n in sorted(c.items()):
+            if name.startswith("acme."):
+                renewals.add_metric([name[len("acme.") :]], n)
+        yield renewals
+
 
 #: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).
 REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")

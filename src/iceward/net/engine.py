@@ -70,6 +70,8 @@ class EngineParams:
     connection_timeout: float
     idle_timeout: float
     max_connections_per_source: int
+    #: Where pending ACME TLS-ALPN-01 challenges are written (``--acme``), else None.
+    tls_challenges: Path | None = None
 
 
 class RelayEngine:
@@ -162,7 +164,7 @@ class RelayEngine:
             self._servers.append(StreamAcceptor(sock, "tcp", loop, self._new_stream, PRESSURE))
         if slot.tls:
             assert self._tls_files is not None, "TLS listeners need a certificate"
-            self._tls = server_context(*self._tls_files)
+            self._tls = server_context(*self._tls_files, params.tls_challenges)
             for sock in slot.tls:
                 acceptor = StreamAcceptor(
                     sock,

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 
 from iceward.certs import self_signed
 from iceward.datadir import create_private_file, ensure_private_dir
+from iceward.net.tlsalpn import acme_aware
 
 log = logging.getLogger("iceward.tls")
 
@@ -38,8 +39,10 @@ def ensure_self_signed(directory: Path, names: list[str]) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def server_context(cert: Path, key: Path, challenges: Path | None = None) -> ssl.SSLContext:
+    """``challenges``: the directory of pending ACME TLS-ALPN-01 challenges, if any (see
+    :mod:`iceward.net.tlsalpn`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER) if challenges is None else acme_aware(challenges)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     return ctx

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from iceward.api.app import create_app
 from iceward.api.control import ServerControl
+from iceward.autocert.http01 import router_for
 from iceward.config import ServerSettings
 from iceward.store import Store
 from iceward.testpage.routes import create_router as testpage_router
@@ -33,6 +34,9 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
     )
+    acme = router_for(settings)
+    if acme is not None:
+        app.include_router(acme)
     app.include_router(
         testpage_router(
             control,

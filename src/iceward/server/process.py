@@ -10,6 +10,7 @@ from iceward.net.engine import EngineParams, RelayEngine
 from iceward.net.listeners import ListenerSet, check_local_address, open_listeners
 from iceward.net.slot import WorkerSlot
 from iceward.net.tls import check_tls_files, ensure_self_signed
+from iceward.server.certificates import acme_files, tls_challenges
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.drain import CoreLookup, alternate_source
 from iceward.server.plan import ServerPlan, specific
@@ -27,11 +28,14 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
 
 def check_before_start(plan: ServerPlan) -> None:
     """What would fail later, and in every worker, checked once before any socket or worker:
-    the operator's ``--cert``/``--key`` load, each relay address is one of this host's; else
-    OSError naming the file or address and the problem."""
+    the operator's ``--cert``/``--key`` load, HTTP-01 has the HTTP API to answer on, each relay
+    address is one of this host's; else OSError naming the file, setting or address."""
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
+    http_01 = settings.acme and settings.acme_challenge == "http-01"
+    if http_01 and plan.http is None and settings.acme_http is None:
+        raise OSError("--acme-challenge http-01 needs --acme-http or the HTTP API (--http)")
     if settings.relay_ip:
         what = "--relay-ip"
     elif "/" in (settings.external_ip or ""):
@@ -43,10 +47,14 @@ def check_before_start(plan: ServerPlan) -> None:
 
 
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
-    """The operator's certificate and key, or a self-signed pair made once in the data dir."""
+    """The operator's certificate and key, the ACME pair (a self-signed placeholder until the
+    first is issued), or a self-signed pair made once in the data dir."""
     settings = plan.settings
     if settings.cert and settings.key:
         return settings.cert, settings.key
+    acme = acme_files(settings)
+    if acme is not None:
+        return acme.prepare(settings.acme)
     names = [plan.public_host, *specific(settings.listen)]
     return ensure_self_signed(plan.data_dir / "tls", names)
 
@@ -67,8 +75,11 @@ class RelayProcess:
             connection_timeout=settings.connection_timeout,
             idle_timeout=settings.idle_timeout,
             max_connections_per_source=settings.max_connections_per_source,
+            tls_challenges=tls_challenges(settings),
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
+        #: The certificate and key the TLS listeners serve, None without TLS.
+        self.tls_files = files
         self.engine = RelayEngine(params, slot, files)
         self.store: Store | None = None
         self._tick: asyncio.Task[None] | None = None

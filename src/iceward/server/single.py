@@ -10,6 +10,7 @@ from typing import Any
 
 from iceward.net.fdlimit import raise_open_files_limit
 from iceward.net.slot import WorkerSlot
+from iceward.server.certificates import Certificates
 from iceward.server.drain import DrainState
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan
@@ -28,6 +29,7 @@ class SingleServer:
         self.process: RelayProcess | None = None
         http = plan.http
         self.http = HttpServer(http, plan.settings.http) if http is not None else None
+        self.certificates = Certificates(plan.settings, self.reload)
         self._stopped = asyncio.Event()
         self.drain_state = DrainState(plan.settings.drain_timeout)
 
@@ -53,6 +55,9 @@ class SingleServer:
         if self.http is not None:
             assert process.store is not None
             await self.http.start(build_app(self, process.store, plan.settings))
+        await self.certificates.open()
+        files = process.tls_files
+        self.certificates.start(files[0] if files else None, self.endpoints.tls_port)
         log.info(
             "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
             self.endpoints.port,
@@ -64,6 +69,7 @@ class SingleServer:
 
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
+        await self.certificates.stop()
         if self.http is not None:
             await self.http.stop()
         if self.process is not None:
@@ -120,7 +126,8 @@ class SingleServer:
         ]
 
     async def metrics_snapshot(self) -> Snapshot:
-        return self.process.engine.local_snapshot() if self.process else Snapshot()
+        snapshot = self.process.engine.local_snapshot() if self.process else Snapshot()
+        return self.certificates.annotate(snapshot)
 
     async def allocation_report(self) -> list[dict[str, Any]]:
         return self.process.engine.local_allocations() if self.process else []

@@ -43,6 +43,7 @@ from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
 from iceward.runtime import setup_logging, use_uvloop
+from iceward.server.certificates import Certificates
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.drain import DrainState
 from iceward.server.http import HttpServer, build_app
@@ -221,6 +222,7 @@ class Supervisor:
         self.store: Store | None = None
         http = server_plan.http
         self.http = HttpServer(http, server_plan.settings.http) if http is not None else None
+        self.certificates = Certificates(server_plan.settings, self.reload)
         self._nonce_key = os.urandom(32)
         self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
         port_range = server_plan.settings.port_range
@@ -255,6 +257,7 @@ class Supervisor:
             self._tls_files = tls_files(self.plan)
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
             await self.http.start(build_app(self, store, settings))
+        await self.certificates.open()
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -266,6 +269,8 @@ class Supervisor:
         self.listening = True
         loop = asyncio.get_running_loop()
         self._tick_task = loop.create_task(self._tick_forever())
+        tls = self._tls_files
+        self.certificates.start(tls[0] if tls else None, self.endpoints.tls_port)
         try:
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
@@ -286,6 +291,7 @@ class Supervisor:
         """Stop every worker (each ends its allocations, logging their traffic), then exit."""
         self._stopping = True
         self.listening = False
+        await self.certificates.stop()
         if self.http is not None:
             await self.http.stop()
         if self._tick_task is not None:
@@ -561,7 +567,7 @@ class Supervisor:
             total.add(snap)
         lo, hi = self.plan.settings.port_range
         total.ports_total = (hi - lo + 1) * len(self.plan.relay_ips)
-        return total
+        return self.certificates.annotate(total)
 
     async def store_changed(self) -> None:
         await self._call_all("refresh")
