@@ -1,4 +1,5 @@
-"""The data store: API keys, static users, shared secrets and the credential issuance log.
+"""The data store: API keys, static users, shared secrets, the credential issuance log and the
+calls browsers report (telemetry).
 
 SQLite in the data dir by default; any SQLAlchemy URL (PostgreSQL) with ``--database``. The CLI
 and the running server share it: the server verifies API keys against it on every request and
@@ -28,6 +29,9 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Float,
+    ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -39,7 +43,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from iceward.datadir import FILE_MODE, ensure_private_dir
@@ -48,6 +52,8 @@ from iceward.stun.integrity import long_term_key
 from iceward.stun.message import StunError
 
 ISSUANCE_LOG_LIMIT = 1000
+#: Calls kept: the oldest go first (the dashboard's window is 30 days).
+CALL_LOG_LIMIT = 1_000_000
 KEY_PREFIX = "iwk_"
 
 log = logging.getLogger("iceward.store")
@@ -108,6 +114,47 @@ class ReportRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     summary: Mapped[str] = mapped_column(String(500), default="")
     body: Mapped[str] = mapped_column(Text)
+
+
+class TokenUseRow(Base):
+    """How many records a telemetry token has posted (the token itself is verified by HMAC)."""
+
+    __tablename__ = "telemetry_token_uses"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+
+class CallRow(Base):
+    """One PeerConnection's outcome as a browser reported it, judged by the analyzer's rules."""
+
+    __tablename__ = "calls"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: Unix seconds the record arrived (an integer: the dashboard buckets it by hour and day).
+    at: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str] = mapped_column(String(64))
+    call_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    relay_protocol: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    browser: Mapped[str] = mapped_column(String(32))
+    time_to_connected: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The record as received (no credentials) and the findings, for the call's page.
+    record: Mapped[str] = mapped_column(Text)
+    findings: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_calls_at", "at"),)
+
+
+class CallTagRow(Base):
+    __tablename__ = "call_tags"
+    call: Mapped[str] = mapped_column(
+        String(32), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(160), primary_key=True)
 
 
 class RevisionRow(Base):
@@ -453,17 +500,7 @@ class Store:
     def recent_issuance(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._session() as s:
             rows = s.scalars(select(IssuanceRow).order_by(IssuanceRow.id.desc()).limit(limit))
-            return [
-                {
-                    "at": _aware(r.at).isoformat(),
-                    "requestId": r.request_id,
-                    "user": r.user,
-                    "apiKey": r.api_key,
-                    "ttl": r.ttl,
-                    "iceServers": json.loads(r.ice_servers),
-                }
-                for r in rows
-            ]
+            return [_issuance(r) for r in rows]
 
     # -- test page reports ---------------------------------------------------------------------
     def add_report(self, report: dict[str, Any], summary: str = "") -> str:
@@ -502,3 +539,157 @@ class Store:
                 delete(ReportRow).where(ReportRow.id.not_in(keep.scalar_subquery()))
             ).rowcount  # type: ignore[attr-defined]
             return int(removed)
+
+    # -- telemetry -----------------------------------------------------------------------------
+    def use_token(self, request_id: str, expires_at: int, limit: int, now: float) -> bool:
+        """Count one use of a telemetry token; False once it has been used ``limit`` times."""
+        for _ in range(2):  # a first use racing another inserts twice: the loser counts again
+            try:
+                with self._session.begin() as s:
+                    counted = s.execute(
+                        update(TokenUseRow)
+                        .where(TokenUseRow.request_id == request_id, TokenUseRow.uses < limit)
+                        .values(uses=TokenUseRow.uses + 1)
+                    ).rowcount  # type: ignore[attr-defined]
+                    if counted:
+                        return True
+                    if s.get(TokenUseRow, request_id) is not None:
+                        return False
+                    s.add(TokenUseRow(request_id=request_id, uses=1, expires_at=expires_at))
+                    s.execute(delete(TokenUseRow).where(TokenUseRow.expires_at < int(now)))
+                return limit >= 1
+            except IntegrityError:
+                continue
+        return False
+
+    def add_call(self, call: dict[str, Any], tags: list[str]) -> str:
+        """Store a judged call (the columns of :class:`CallRow`); returns its id."""
+        call_id = new_report_id()
+        with self._session.begin() as s:
+            s.add(CallRow(id=call_id, **call))
+            s.add_all(CallTagRow(call=call_id, tag=t) for t in dict.fromkeys(tags))
+            if call_id.endswith("0"):  # now and then, not on every insert: keep the newest
+                self._prune_calls(s)
+        return call_id
+
+    def _prune_calls(self, s: Session) -> None:
+        count = s.scalar(select(func.count()).select_from(CallRow)) or 0
+        if count <= CALL_LOG_LIMIT:
+            return
+        cut = s.scalar(select(CallRow.at).order_by(CallRow.at.desc()).offset(CALL_LOG_LIMIT))
+        if cut is not None:
+            old = select(CallRow.id).where(CallRow.at <= cut)
+            s.execute(delete(CallTagRow).where(CallTagRow.call.in_(old)))
+            s.execute(delete(CallRow).where(CallRow.at <= cut))
+
+    def list_calls(
+        self, limit: int = 100, outcome: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest calls first, without their records."""
+        with self._session() as s:
+            q = select(CallRow).order_by(CallRow.at.desc(), CallRow.id).limit(limit)
+            if outcome is not None:
+                q = q.where(CallRow.outcome == outcome)
+            if since is not None:
+                q = q.where(CallRow.at >= since)
+            rows = list(s.scalars(q))
+            tags = self._tags(s, [r.id for r in rows])
+            return [_call_summary(r, tags.get(r.id, [])) for r in rows]
+
+    def _tags(self, s: Session, ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if ids:
+            for call, tag in s.execute(
+                select(CallTagRow.call, CallTagRow.tag).where(CallTagRow.call.in_(ids))
+            ):
+                out.setdefault(call, []).append(tag)
+        return out
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """One call with its record, findings and the issuance it was given (when still kept)."""
+        with self._session() as s:
+            row = s.get(CallRow, call_id)
+            if row is None:
+                return None
+            doc = _call_summary(row, self._tags(s, [row.id]).get(row.id, []))
+            doc["record"] = json.loads(row.record)
+            doc["findings"] = json.loads(row.findings)
+            issued = s.scalars(
+                select(IssuanceRow)
+                .where(IssuanceRow.request_id == row.request_id)
+                .order_by(IssuanceRow.id.desc())
+                .limit(1)
+            ).first()
+            doc["issuance"] = _issuance(issued) if issued is not None else None
+            return doc
+
+    def issuance(self, request_id: str) -> dict[str, Any] | None:
+        with self._session() as s:
+            row = s.scalars(
+                select(IssuanceRow)
+                .where(IssuanceRow.request_id == request_id)
+                .order_by(IssuanceRow.id.desc())
+                .limit(1)
+            ).first()
+            return _issuance(row) if row is not None else None
+
+    def call_counts(self, since: int, by: str, bucket: int | None = None) -> list[tuple[Any, ...]]:
+        """``(key, outcome, relay protocol, count)`` rows of the calls since ``since``, grouped
+        by ``by``: "time" (``at // bucket``), "region", "browser", "cause" or "tag"."""
+        keys: dict[str, Any] = {
+            "time": func.floor(CallRow.at / float(bucket or 3600)),
+            "region": CallRow.region,
+            "browser": CallRow.browser,
+            "cause": CallRow.cause,
+            "tag": CallTagRow.tag,
+        }
+        key = keys[by]
+        q = select(key, CallRow.outcome, CallRow.relay_protocol, func.count()).where(
+            CallRow.at >= since
+        )
+        if by == "tag":
+            q = q.join(CallTagRow, CallTagRow.call == CallRow.id)
+        q = q.group_by(key, CallRow.outcome, CallRow.relay_protocol)
+        with self._session() as s:
+            return [tuple(r) for r in s.execute(q)]
+
+    def connect_times(self, since: int) -> list[float]:
+        """Time to connected (ms) of the connected calls since ``since``."""
+        with self._session() as s:
+            return [
+                float(t or 0)
+                for t in s.scalars(
+                    select(CallRow.time_to_connected).where(
+                        CallRow.at >= since, CallRow.time_to_connected.is_not(None)
+                    )
+                )
+            ]
+
+
+def _issuance(r: IssuanceRow) -> dict[str, Any]:
+    return {
+        "at": _aware(r.at).isoformat(),
+        "requestId": r.request_id,
+        "user": r.user,
+        "apiKey": r.api_key,
+        "ttl": r.ttl,
+        "iceServers": json.loads(r.ice_servers),
+    }
+
+
+def _call_summary(r: CallRow, tags: list[str]) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "at": dt.datetime.fromtimestamp(r.at, dt.UTC).isoformat(),
+        "requestId": r.request_id,
+        "callId": r.call_id,
+        "outcome": r.outcome,
+        "path": r.path,
+        "relayProtocol": r.relay_protocol,
+        "cause": r.cause,
+        "region": r.region,
+        "node": r.node,
+        "browser": r.browser,
+        "timeToConnectedMs": r.time_to_connected,
+        "tags": sorted(tags),
+    }

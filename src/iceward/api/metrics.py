@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -97,6 +97,12 @@ class ServerCollector(Collector):
 
 #: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).
 REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")
+#: Why ``POST /api/v1/telemetry`` refused a record (``iceward_telemetry_refused_total``).
+TELEMETRY_REFUSALS = (
+    "rate_limited", "malformed", "credentials", "bad_token", "token_used_up",
+)  # fmt: skip
+#: Seconds buckets of ``iceward_call_time_to_connected_seconds``.
+CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,10 @@ class ApiMetrics:
     collector: ServerCollector
     api_requests: Counter
     http_refused: Counter
+    #: Calls reported by browsers, by outcome, path, relay protocol and cause (no ids).
+    calls: Counter
+    time_to_connected: Histogram
+    telemetry_refused: Counter
 
 
 def make_registry() -> ApiMetrics:
@@ -126,4 +136,30 @@ def make_registry() -> ApiMetrics:
     )
     for reason in REFUSAL_REASONS:
         http_refused.labels(reason)
-    return ApiMetrics(registry, collector, api_requests, http_refused)
+    calls = Counter(
+        "iceward_calls",
+        "Calls reported by the browser SDK, judged by the analyzer's rules",
+        ["outcome", "path", "relay_protocol", "cause"],
+        registry=registry,
+    )
+    for kind in ("connected-direct", "connected-relay", "failed"):
+        calls.labels(kind, "", "", "")  # the failure-rate rule's ratio exists from the start
+    time_to_connected = Histogram(
+        "iceward_call_time_to_connected_seconds",
+        "From the PeerConnection's creation to ICE connected, as the browser reported it",
+        ["outcome", "path", "relay_protocol"],
+        buckets=CONNECT_BUCKETS,
+        registry=registry,
+    )
+    telemetry_refused = Counter(
+        "iceward_telemetry_refused",
+        "Call records refused, nothing stored",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in TELEMETRY_REFUSALS:
+        telemetry_refused.labels(reason)
+    return ApiMetrics(
+        registry, collector, api_requests, http_refused, calls, time_to_connected,
+        telemetry_refused,
+    )  # fmt: skip
