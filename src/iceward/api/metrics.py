@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from iceward.diagnose.findings import CODES
 from iceward.snapshot import Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
@@ -95,6 +97,28 @@ class ServerCollector(Collector):
         yield ports
 
 
+class CertificateCollector(Collector):
+    """``iceward_tls_certificate_expiry_timestamp_seconds``: when the TLS certificate in use
+    stops being valid, read from its file at scrape time (a renewed file shows at once)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from cryptography import x509
+
+        gauge = GaugeMetricFamily(
+            "iceward_tls_certificate_expiry_timestamp_seconds",
+            "Unix time the TLS certificate (turns:) expires",
+        )
+        try:
+            cert = x509.load_pem_x509_certificate(self.path.read_bytes())
+        except (OSError, ValueError):
+            return  # no series: the alert on a missing series says so
+        gauge.add_metric([], cert.not_valid_after_utc.timestamp())
+        yield gauge
+
+
 #: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).
 REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")
 #: Why ``POST /api/v1/telemetry`` refused a record (``iceward_telemetry_refused_total``).
@@ -142,8 +166,13 @@ def make_registry() -> ApiMetrics:
         ["outcome", "path", "relay_protocol", "cause"],
         registry=registry,
     )
-    for kind in ("connected-direct", "connected-relay", "failed"):
-        calls.labels(kind, "", "", "")  # the failure-rate rule's ratio exists from the start
+    # Series at 0 from the start, so a rate sees the first failure of each cause (a series born
+    # at 1 has no increase to show).
+    for kind in ("connected-direct", "connected-relay"):
+        calls.labels(kind, "", "", "")
+    for spec in CODES.values():
+        if spec.severity == "error":
+            calls.labels("failed", "", "", spec.code)
     time_to_connected = Histogram(
         "iceward_call_time_to_connected_seconds",
         "From the PeerConnection's creation to ICE connected, as the browser reported it",

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from iceward.api.app import create_app
 from iceward.api.control import ServerControl
+from iceward.api.metrics import CertificateCollector
 from iceward.config import ServerSettings
 from iceward.store import Store
 from iceward.telemetry.routes import create_router as telemetry_router
@@ -42,6 +43,8 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
             client_address=app.state.client_address,
         )
     )
+    if settings.cert is not None:
+        app.state.metrics.registry.register(CertificateCollector(settings.cert))
     app.include_router(
         telemetry_router(
             store,
