@@ -39,11 +39,12 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from iceward.datadir import FILE_MODE, ensure_private_dir
@@ -146,15 +147,25 @@ class CallRow(Base):
     record: Mapped[str] = mapped_column(Text)
     findings: Mapped[str] = mapped_column(Text)
 
-    __table_args__ = (Index("ix_calls_at", "at"),)
+    #: Covering indexes: the dashboard's counts read these, never the rows.
+    __table_args__ = (
+        Index("ix_calls_tally", "at", "outcome", "region", "browser", "cause"),
+        Index("ix_calls_ttc", "at", "time_to_connected"),
+    )
 
 
 class CallTagRow(Base):
+    """A ``key=value`` tag of a call, with the call's time and outcome (counted without a join)."""
+
     __tablename__ = "call_tags"
     call: Mapped[str] = mapped_column(
         String(32), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
     )
     tag: Mapped[str] = mapped_column(String(160), primary_key=True)
+    at: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (Index("ix_call_tags_tally", "at", "tag", "outcome"),)
 
 
 class RevisionRow(Base):
@@ -541,36 +552,43 @@ class Store:
             return int(removed)
 
     # -- telemetry -----------------------------------------------------------------------------
-    def use_token(self, request_id: str, expires_at: int, limit: int, now: float) -> bool:
-        """Count one use of a telemetry token; False once it has been used ``limit`` times."""
-        for _ in range(2):  # a first use racing another inserts twice: the loser counts again
-            try:
-                with self._session.begin() as s:
-                    counted = s.execute(
-                        update(TokenUseRow)
-                        .where(TokenUseRow.request_id == request_id, TokenUseRow.uses < limit)
-                        .values(uses=TokenUseRow.uses + 1)
-                    ).rowcount  # type: ignore[attr-defined]
-                    if counted:
-                        return True
-                    if s.get(TokenUseRow, request_id) is not None:
-                        return False
-                    s.add(TokenUseRow(request_id=request_id, uses=1, expires_at=expires_at))
-                    s.execute(delete(TokenUseRow).where(TokenUseRow.expires_at < int(now)))
-                return limit >= 1
-            except IntegrityError:
-                continue
-        return False
+    def token_use_counts(self, now: float, limit: int) -> dict[str, tuple[int, int]]:
+        """Live telemetry tokens' use counts: request id -> (uses, expiry), the newest ``limit``."""
+        q = (
+            select(TokenUseRow.request_id, TokenUseRow.uses, TokenUseRow.expires_at)
+            .where(TokenUseRow.expires_at >= int(now))
+            .order_by(TokenUseRow.expires_at)
+        )
+        with self._session() as s:
+            rows = list(s.execute(q))[-limit:]
+            return {r: (int(u), int(e)) for r, u, e in rows}
 
-    def add_call(self, call: dict[str, Any], tags: list[str]) -> str:
-        """Store a judged call (the columns of :class:`CallRow`); returns its id."""
-        call_id = new_report_id()
+    def add_calls(
+        self,
+        calls: list[tuple[dict[str, Any], list[str]]],
+        token_uses: dict[str, tuple[int, int]],
+        now: float,
+    ) -> None:
+        """Store judged calls (the columns of :class:`CallRow`, with their ``id``; their tags)
+        and the use counts of their tokens (request id -> (uses, expiry)), in one transaction."""
         with self._session.begin() as s:
-            s.add(CallRow(id=call_id, **call))
-            s.add_all(CallTagRow(call=call_id, tag=t) for t in dict.fromkeys(tags))
-            if call_id.endswith("0"):  # now and then, not on every insert: keep the newest
+            s.execute(insert(CallRow), [call for call, _ in calls])
+            tags = [
+                {"call": c["id"], "tag": t, "at": c["at"], "outcome": c["outcome"]}
+                for c, names in calls
+                for t in dict.fromkeys(names)
+            ]
+            if tags:
+                s.execute(insert(CallTagRow), tags)
+            for request_id, (uses, expires_at) in token_uses.items():
+                row = s.get(TokenUseRow, request_id)
+                if row is None:
+                    s.add(TokenUseRow(request_id=request_id, uses=uses, expires_at=expires_at))
+                else:
+                    row.uses = max(row.uses, uses)
+            s.execute(delete(TokenUseRow).where(TokenUseRow.expires_at < int(now)))
+            if secrets.randbelow(50) == 0:  # now and then, not on every batch
                 self._prune_calls(s)
-        return call_id
 
     def _prune_calls(self, s: Session) -> None:
         count = s.scalar(select(func.count()).select_from(CallRow)) or 0
@@ -578,8 +596,7 @@ class Store:
             return
         cut = s.scalar(select(CallRow.at).order_by(CallRow.at.desc()).offset(CALL_LOG_LIMIT))
         if cut is not None:
-            old = select(CallRow.id).where(CallRow.at <= cut)
-            s.execute(delete(CallTagRow).where(CallTagRow.call.in_(old)))
+            s.execute(delete(CallTagRow).where(CallTagRow.at <= cut))
             s.execute(delete(CallRow).where(CallRow.at <= cut))
 
     def list_calls(
@@ -633,38 +650,32 @@ class Store:
             ).first()
             return _issuance(row) if row is not None else None
 
-    def call_counts(self, since: int, by: str, bucket: int | None = None) -> list[tuple[Any, ...]]:
-        """``(key, outcome, relay protocol, count)`` rows of the calls since ``since``, grouped
-        by ``by``: "time" (``at // bucket``), "region", "browser", "cause" or "tag"."""
-        keys: dict[str, Any] = {
-            "time": func.floor(CallRow.at / float(bucket or 3600)),
-            "region": CallRow.region,
-            "browser": CallRow.browser,
-            "cause": CallRow.cause,
-            "tag": CallTagRow.tag,
-        }
-        key = keys[by]
-        q = select(key, CallRow.outcome, CallRow.relay_protocol, func.count()).where(
-            CallRow.at >= since
-        )
-        if by == "tag":
-            q = q.join(CallTagRow, CallTagRow.call == CallRow.id)
-        q = q.group_by(key, CallRow.outcome, CallRow.relay_protocol)
+    def call_tally(self, since: int, bucket: int) -> list[tuple[Any, ...]]:
+        """``(time bucket, region, browser, cause, outcome, count)`` of the calls since
+        ``since``: one pass over a covering index feeds every count of the dashboard."""
+        key = func.floor(CallRow.at / float(bucket))
+        cols = (key, CallRow.region, CallRow.browser, CallRow.cause, CallRow.outcome)
+        q = select(*cols, func.count()).where(CallRow.at >= since).group_by(*cols)
         with self._session() as s:
             return [tuple(r) for r in s.execute(q)]
 
-    def connect_times(self, since: int) -> list[float]:
-        """Time to connected (ms) of the connected calls since ``since``."""
+    def tag_tally(self, since: int) -> list[tuple[Any, ...]]:
+        """``(tag, outcome, count)`` of the calls since ``since``."""
+        cols = (CallTagRow.tag, CallTagRow.outcome)
+        q = select(*cols, func.count()).where(CallTagRow.at >= since).group_by(*cols)
         with self._session() as s:
-            return [
-                float(t or 0)
-                for t in s.scalars(
-                    select(CallRow.time_to_connected).where(
-                        CallRow.at >= since, CallRow.time_to_connected.is_not(None)
-                    )
-                )
-            ]
+            return [tuple(r) for r in s.execute(q)]
 
+    def connect_time_histogram(self, since: int, width_ms: float) -> list[tuple[float, int]]:
+        """``(bin start in ms, count)`` of the times to connected since ``since``."""
+        key = func.floor(CallRow.time_to_connected / width_ms)
+        q = (
+            select(key, func.count())
+            .where(CallRow.at >= since, CallRow.time_to_connected.is_not(None))
+            .group_by(key)
+        )
+        with self._session() as s:
+            return [(float(b) * width_ms, int(n)) for b, n in s.execute(q)]
 
 def _issuance(r: IssuanceRow) -> dict[str, Any]:
     return {

@@ -123,7 +123,7 @@ class CertificateCollector(Collector):
 REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")
 #: Why ``POST /api/v1/telemetry`` refused a record (``iceward_telemetry_refused_total``).
 TELEMETRY_REFUSALS = (
-    "rate_limited", "malformed", "credentials", "bad_token", "token_used_up",
+    "rate_limited", "malformed", "credentials", "bad_token", "token_used_up", "store_busy",
 )  # fmt: skip
 #: Seconds buckets of ``iceward_call_time_to_connected_seconds``.
 CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0)

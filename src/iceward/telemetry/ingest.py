@@ -3,24 +3,28 @@
 In order, each refusal a 4xx with nothing stored and counted in
 ``iceward_telemetry_refused_total``: the rate per source, the JSON, any credential in it, the
 schema, the token (HMAC, expiry), then the token's use count. Then the analyzer's rules judge the
-record, with the credential expiries of the iceServers the issuance log says it was given, and
-the outcome is stored and counted (``iceward_calls_total``, the time-to-connected histogram).
+record, with the expiry of the credential it was issued (carried by the token), and the outcome
+is stored (in batches, :mod:`iceward.telemetry.writer`) and counted (``iceward_calls_total``,
+the time-to-connected histogram).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from iceward.analyze.telemetry import issued_expiries, judge
+from iceward.analyze.telemetry import judge
 from iceward.api.metrics import ApiMetrics
 from iceward.api.telemetrytoken import MAX_USES, check
 from iceward.ratelimit import RateLimiter
 from iceward.store import Store
 from iceward.telemetry.schema import RecordIn, credential_field
+from iceward.telemetry.writer import CallWriter, TokenUses
 
 #: Records per second per source address, and the burst (a page posts one per PeerConnection).
 RATE, BURST = 2.0, 20
@@ -52,10 +56,22 @@ class Ingest:
     metrics: ApiMetrics
     node: str | None
     limiter: RateLimiter
+    tokens: TokenUses
+    writer: CallWriter
 
     @classmethod
-    def create(cls, store: Store, key: bytes, metrics: ApiMetrics, node: str | None) -> Ingest:
-        return cls(store, key, metrics, node, RateLimiter(RATE, BURST))
+    def create(
+        cls,
+        store: Store,
+        key: bytes,
+        metrics: ApiMetrics,
+        node: str | None,
+        limiter: RateLimiter | None = None,
+    ) -> Ingest:
+        return cls(
+            store, key, metrics, node, limiter or RateLimiter(RATE, BURST),
+            TokenUses(store, MAX_USES, time.time()), CallWriter(store),
+        )  # fmt: skip
 
     def accept(
         self, body: bytes, source: str, user_agent: str, now: float, mono: float
@@ -89,14 +105,16 @@ class Ingest:
         token = check(self.key, record.token, now)
         if token is None:
             raise Refused(401, "bad_token", "invalid or expired telemetry token")
-        issued = self.store.issuance(token.request_id)
-        _, findings, result = judge(record.for_analyzer(), issued_expiries(issued))
-        if not self.store.use_token(token.request_id, token.expires_at, MAX_USES, now):
+        _, findings, result = judge(record.for_analyzer(), [token.credential_expires_at])
+        uses = self.tokens.take(token.request_id, token.expires_at, now)
+        if uses is None:
             detail = f"this telemetry token has posted its {MAX_USES} records"
             raise Refused(409, "token_used_up", detail)
         browser = browser_family(user_agent)
-        call_id = self.store.add_call(
+        call_id = secrets.token_hex(8)  # one read of the system's random source, not twelve
+        queued = self.writer.submit(
             {
+                "id": call_id,
                 "at": int(now),
                 "request_id": token.request_id,
                 "call_id": record.callId,
@@ -112,7 +130,11 @@ class Ingest:
                 "findings": json.dumps([f.as_dict() for f in findings]),
             },
             [f"{k}={v}" for k, v in record.tags.items()],
+            token.request_id,
+            uses,
         )
+        if not queued:
+            raise Refused(503, "store_busy", "the data store is behind; try again later")
         m = self.metrics
         labels = (result.path or "", result.relay_protocol or "")
         m.calls.labels(result.outcome, *labels, result.cause or "").inc()
