@@ -580,12 +580,25 @@ class Store:
             ]
             if tags:
                 s.execute(insert(CallTagRow), tags)
-            for request_id, (uses, expires_at) in token_uses.items():
-                row = s.get(TokenUseRow, request_id)
-                if row is None:
-                    s.add(TokenUseRow(request_id=request_id, uses=uses, expires_at=expires_at))
-                else:
-                    row.uses = max(row.uses, uses)
+            known = set(
+                s.scalars(
+                    select(TokenUseRow.request_id).where(TokenUseRow.request_id.in_(token_uses))
+                )
+            )
+            fresh = [
+                {"request_id": r, "uses": u, "expires_at": e}
+                for r, (u, e) in token_uses.items()
+                if r not in known
+            ]
+            if fresh:
+                s.execute(insert(TokenUseRow), fresh)
+            for request_id in known:
+                uses = token_uses[request_id][0]
+                s.execute(
+                    update(TokenUseRow)
+                    .where(TokenUseRow.request_id == request_id, TokenUseRow.uses < uses)
+                    .values(uses=uses)
+                )
             s.execute(delete(TokenUseRow).where(TokenUseRow.expires_at < int(now)))
             if secrets.randbelow(50) == 0:  # now and then, not on every batch
                 self._prune_calls(s)

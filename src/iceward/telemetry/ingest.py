@@ -10,10 +10,12 @@ the time-to-connected histogram).
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,7 +25,7 @@ from iceward.api.metrics import ApiMetrics
 from iceward.api.telemetrytoken import MAX_USES, check
 from iceward.ratelimit import RateLimiter
 from iceward.store import Store
-from iceward.telemetry.schema import RecordIn, credential_field
+from iceward.telemetry.schema import RecordIn, credential_field, may_carry_credentials
 from iceward.telemetry.writer import CallWriter, TokenUses
 
 #: Records per second per source address, and the burst (a page posts one per PeerConnection).
@@ -58,6 +60,13 @@ class Ingest:
     limiter: RateLimiter
     tokens: TokenUses
     writer: CallWriter
+    #: Call ids: a random prefix per process and a counter (the random source costs a system
+    #: call; the ids need to be unique, not secret: the call pages need the admin key).
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(5))
+    _counter: Iterator[int] = field(default_factory=itertools.count)
+
+    def next_id(self) -> str:
+        return f"{self._prefix}{next(self._counter):x}"
 
     @classmethod
     def create(
@@ -92,7 +101,7 @@ class Ingest:
             raw = json.loads(body)
         except (ValueError, RecursionError):
             raise Refused(422, "malformed", "the body is not JSON") from None
-        where = credential_field(raw)
+        where = credential_field(raw) if may_carry_credentials(body) else None
         if where is not None:
             raise Refused(422, "credentials", f"a call record must not carry credentials ({where})")
         try:
@@ -111,7 +120,7 @@ class Ingest:
             detail = f"this telemetry token has posted its {MAX_USES} records"
             raise Refused(409, "token_used_up", detail)
         browser = browser_family(user_agent)
-        call_id = secrets.token_hex(8)  # one read of the system's random source, not twelve
+        call_id = self.next_id()
         queued = self.writer.submit(
             {
                 "id": call_id,

@@ -125,6 +125,16 @@ class RecordIn(_Strict):
         return doc
 
 
+_SUSPECT = (b"credential", b"password", b"username", b"@", b"\\u")
+
+
+def may_carry_credentials(body: bytes) -> bool:
+    """Whether :func:`credential_field` must look: none of its words, no ``@``, no JSON escape
+    that could spell one in the raw body means there is nothing to find."""
+    lowered = body.lower()
+    return any(word in lowered for word in _SUSPECT)
+
+
 def credential_field(value: Any, depth: int = 0) -> str | None:
     """Where a credential sits in a parsed record (a key, or a URL carrying one), else None."""
     if depth > 8:
