@@ -19,8 +19,15 @@ import pytest
 
 from iceward.lab.browser import CHROMIUM_ARGS
 from tests.api.test_api import cli, http
-from tests.conftest import RunningServer, free_tcp_port, require_tool, start_server
-from tests.realclients.test_chromium import chromium_path
+from tests.conftest import (
+    CertAuthority,
+    RunningServer,
+    free_tcp_port,
+    make_test_ca,
+    require_tool,
+    start_server,
+)
+from tests.realclients.test_chromium import chromium_path, trust_ca
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.realclient
@@ -30,8 +37,16 @@ RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "iceward-rules.yml
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("calls"), "--node", "node-1")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    """The server's TLS certificate, trusted by the browser (turns: is validated)."""
+    return make_test_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, ca: CertAuthority) -> Iterator[RunningServer]:
+    running = start_server(
+        tmp_path_factory.mktemp("calls"), "--node", "node-1", cert=(ca.cert, ca.key)
+    )
     yield running
     running.stop()
 
@@ -94,8 +109,11 @@ def _alerts(url: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def page(server: RunningServer) -> Iterator[Any]:
-    home = Path(os.environ.get("TMPDIR", "/tmp"))
+def page(
+    tmp_path_factory: pytest.TempPathFactory, server: RunningServer, ca: CertAuthority
+) -> Iterator[Any]:
+    home = tmp_path_factory.mktemp("chromium-home")
+    trust_ca(home, ca.ca_cert)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True,
@@ -140,14 +158,16 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
     for server_entry in wrong["iceServers"]:
         if "credential" in server_entry:
             server_entry["credential"] = "not-the-password"
-    refused = call(wrong, "wrong", policy="relay", timeoutMs=4000)
+    refused = call(wrong, "wrong", policy="relay", timeoutMs=2500)
     assert refused["state"] != "connected", refused
-    for result in (direct, relayed, refused):
+    tls = call(issue("ap", ["tls"]), "tls", policy="relay")
+    assert tls["state"] == "connected" and tls["message"] == "hello", tls
+    for result in (direct, relayed, refused, tls):
         assert [p.get("status") for p in result["posted"]] == [201, 201], result["posted"]
 
     calls = json.loads(cli(server, "calls", "list", "--json"))
     by_call = {c["callId"]: c for c in calls}
-    assert set(by_call) == {f"{n}-{s}" for n in ("direct", "relay", "wrong") for s in "ab"}
+    assert set(by_call) == {f"{n}-{s}" for n in ("direct", "relay", "wrong", "tls") for s in "ab"}
     for side in "ab":
         assert by_call[f"direct-{side}"]["outcome"] == "connected-direct", by_call
         assert by_call[f"direct-{side}"]["path"] == "host-host"
@@ -157,6 +177,8 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
         failed = by_call[f"wrong-{side}"]
         assert (failed["outcome"], failed["cause"]) == ("failed", "turn-auth-failed"), failed
         assert by_call[f"direct-{side}"]["timeToConnectedMs"] > 0
+        over_tls = by_call[f"tls-{side}"]
+        assert (over_tls["outcome"], over_tls["relayProtocol"]) == ("connected-relay", "tls")
 
     # One call joined to the exact iceServers it was issued.
     shown = json.loads(cli(server, "calls", "show", by_call["relay-a"]["id"], "--json"))
@@ -168,11 +190,11 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
     ]
     assert "credential" not in json.dumps(shown["record"])
 
-    # The dashboard: 2 failed of 6, 2 relayed of 4 connected.
+    # The dashboard: 2 failed of 8, 4 relayed of 6 connected.
     basic = "Basic " + base64.b64encode(f"ops:{admin}".encode()).decode()
     status, html, _ = http(server, "GET", "/dashboard", headers={"Authorization": basic})
     assert status == 200
-    assert "ICE failure rate<b>33.3%</b>" in html and "relay share<b>50.0%</b>" in html
+    assert "ICE failure rate<b>25.0%</b>" in html and "relay share<b>66.7%</b>" in html
     assert "turn-auth-failed" in html
     # On a phone-sized screen, as an operator sees it (ICEWARD_SCREENSHOT=path keeps a copy).
     phone = page.context.browser.new_context(
@@ -194,3 +216,17 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
     while time.monotonic() < deadline and _alerts(prometheus).get(alert) != "firing":
         time.sleep(0.5)
     assert _alerts(prometheus).get(alert) == "firing", _alerts(prometheus)
+
+    # A page left mid-call: the SDK posts on pagehide with sendBeacon.
+    left = call(issue("eu"), "leave", keepOpen=True)
+    assert left["state"] == "connected", left
+    page.goto(server.http_url + "/healthz")
+    deadline = time.monotonic() + 10
+    beacons: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(beacons) < 2:
+        time.sleep(0.3)
+        beacons = [c for c in json.loads(cli(server, "calls", "list", "--json"))
+                   if c["callId"].startswith("leave-")]  # fmt: skip
+    assert sorted(c["outcome"] for c in beacons) == ["connected-direct"] * 2, beacons
+    record = json.loads(cli(server, "calls", "show", beacons[0]["id"], "--json"))["record"]
+    assert record["reason"] == "pagehide"
