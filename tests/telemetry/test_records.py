@@ -16,7 +16,10 @@ from typing import Any
 
 import pytest
 
-from iceward.api.telemetrytoken import MAX_USES
+from iceward.api.metrics import make_registry
+from iceward.api.telemetrytoken import MAX_USES, mint
+from iceward.store import Store
+from iceward.telemetry.ingest import Ingest, Refused
 from tests.api.test_api import cli, http
 from tests.conftest import RunningServer, start_server
 
@@ -173,3 +176,28 @@ def test_records_are_judged_stored_counted_and_hostile_ones_refused(
     )
     assert status == 200 and "Issued iceServers" in call_page and turn_url in call_page
     assert "turn-auth-failed" in call_page and "&lt;redacted&gt;" in call_page
+
+
+def test_a_source_is_rate_limited(server: RunningServer) -> None:
+    """Past the burst, records from one address are refused (429) before they are even parsed."""
+    statuses = [post(server, None, b"{}")[0] for _ in range(40)]
+    assert 429 in statuses and set(statuses) <= {422, 429}, statuses
+
+
+def test_token_use_counts_outlive_a_restart(tmp_path: Path) -> None:
+    """The counts are committed with the calls: a new process (a fresh Ingest on the same
+    store) refuses a token that already posted its records."""
+    store = Store(f"sqlite:///{tmp_path / 'calls.db'}")
+    key = b"k" * 32
+    token = mint(key, "req-1", 600, time.time())
+    body = json.dumps(auth_failed(token, "turn:127.0.0.1:3478?transport=udp")).encode()
+    first = Ingest.create(store, key, make_registry(), "n")
+    for _ in range(MAX_USES):
+        assert first.accept(body, "a", "", time.time(), time.monotonic())["outcome"] == "failed"
+    assert first.writer.flush()
+    second = Ingest.create(store, key, make_registry(), "n")
+    with pytest.raises(Refused) as refused:
+        second.accept(body, "a", "", time.time(), time.monotonic())
+    assert refused.value.status == 409
+    assert len(store.list_calls(1000)) == MAX_USES
+    store.close()
