@@ -11,7 +11,6 @@ three words the dashboard counts.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,19 +27,10 @@ from iceward.analyze.rules import analyze, is_problem
 from iceward.diagnose import Finding
 
 FORMAT = "iceward-sdk"
-_REST_EXPIRY = re.compile(r"^(\d{9,11}):")
+#: What the noise rule looks at in an error's local address (the record keeps only its family).
+_FAMILY_ADDRESS = {"ipv6": "::", "ipv4": "0.0.0.0"}
 #: Signaling states that mean a remote description was applied.
 _REMOTE_APPLIED = ("have-remote-offer", "have-remote-pranswer")
-
-
-def issued_expiries(issued: dict[str, Any] | None) -> list[int]:
-    """TURN REST expiries of an issuance log entry's iceServers (usernames ``expiry:user``)."""
-    out = []
-    for server in (issued or {}).get("iceServers", []):
-        match = _REST_EXPIRY.match(str(server.get("username", "")))
-        if match:
-            out.append(int(match.group(1)))
-    return out
 
 
 def _config(doc: dict[str, Any] | None, expiries: list[int]) -> Config:
@@ -75,7 +65,7 @@ def _candidate(side: str, c: dict[str, Any] | None, t: float | None) -> Candidat
 
 def parse_record(record: dict[str, Any], expiries: list[int] | None = None) -> PeerConnectionReport:
     """The model of one record; ``expiries`` are the TURN REST credential expiries of the
-    iceServers the issuance log says this call was given (the record itself has no username)."""
+    iceServers this call was given (the record itself has no username)."""
     start = float(record["start"])
 
     def at(offset: float | None) -> float | None:
@@ -113,7 +103,7 @@ def parse_record(record: dict[str, Any], expiries: list[int] | None = None) -> P
                 str(e.get("url", "")),
                 int(e.get("code", 0)),
                 str(e.get("text", "")),
-                e.get("address"),
+                e.get("address") or _FAMILY_ADDRESS.get(e.get("family", "")),
                 e.get("port"),
                 seq,
             )

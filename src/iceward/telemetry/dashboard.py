@@ -18,7 +18,8 @@ from typing import Any
 
 from iceward.analyze.api import Analysis
 from iceward.analyze.html import CSS, render_html
-from iceward.analyze.telemetry import FORMAT, issued_expiries, judge
+from iceward.analyze.telemetry import FORMAT, parse_record
+from iceward.diagnose import Finding
 from iceward.diagnose.findings import CODES
 from iceward.store import Store
 
@@ -244,15 +245,20 @@ def _issuance_html(issued: dict[str, Any] | None, request_id: str) -> str:
 
 
 def call_analysis(call: dict[str, Any]) -> Analysis:
-    """The stored record judged again by the same rules, as ``iceward analyze`` would."""
-    pc, findings, result = judge(call["record"], issued_expiries(call.get("issuance")))
+    """The stored record as the analyzer's model, with the findings it was judged by when it
+    arrived (what the outcome, the cause and the metrics were counted from)."""
+    pc = parse_record(call["record"])
+    pc.findings = [
+        Finding(f["code"], f["severity"], f["title"], f["evidence"], f["fix"], f.get("subject"))
+        for f in call["findings"]
+    ]
     meta = {
-        "note": f"call record from the browser SDK: {result.outcome}"
-        + (f" ({result.cause})" if result.cause else "")
+        "note": f"call record from the browser SDK: {call['outcome']}"
+        + (f" ({call['cause']})" if call["cause"] else "")
         + f"; {call['browser']}, region {call['region'] or '—'}, node {call['node'] or '—'}",
     }
     size = len(str(call["record"]))
-    return Analysis(f"call {call['id']}", FORMAT, size, False, [pc], findings, meta)
+    return Analysis(f"call {call['id']}", FORMAT, size, False, [pc], list(pc.findings), meta)
 
 
 def render_call(call: dict[str, Any]) -> str:

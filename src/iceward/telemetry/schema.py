@@ -117,12 +117,7 @@ class RecordIn(_Strict):
 
     def for_analyzer(self) -> dict[str, Any]:
         """The record as :func:`iceward.analyze.telemetry.parse_record` reads it (no token)."""
-        doc = self.model_dump(mode="json", exclude={"token"}, exclude_none=True)
-        for e in doc.get("errors", []):
-            family = e.pop("family", None)
-            if family is not None:  # what the analyzer's noise rule looks at: a colon or none
-                e["address"] = "::" if family == "ipv6" else "0.0.0.0"
-        return doc
+        return self.model_dump(mode="json", exclude={"token"}, exclude_none=True)
 
 
 _SUSPECT = (b"credential", b"password", b"username", b"@", b"\\u")
