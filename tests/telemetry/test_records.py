@@ -150,6 +150,12 @@ def test_records_are_judged_stored_counted_and_hostile_ones_refused(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert proc.returncode == 1, proc.stderr  # a failed call
+    bad = subprocess.run(
+        [sys.executable, "-m", "iceward", "calls", "list", "--outcome", "lost",
+         "--data-dir", str(server.data_dir)],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "--outcome" in bad.stderr and "Traceback" not in bad.stderr
     call = json.loads(proc.stdout)
     assert call["findings"][0]["code"] == "turn-auth-failed"
     assert call["issuance"]["requestId"] == issued["requestId"]
@@ -171,6 +177,10 @@ def test_records_are_judged_stored_counted_and_hostile_ones_refused(
     assert "10.0%" in page  # 1 failed of 10 judged
     assert "turn-auth-failed" in page and "Check the username and credential" in page
     assert "http://" not in page.replace("http://www.w3.org", "") and "<script" not in page
+    status, by_day, _ = http(server, "GET", "/dashboard?by=day", headers={"Authorization": basic})
+    assert status == 200 and "ICE failure rate by day" in by_day and "10.0%" in by_day
+    status, _, _ = http(server, "GET", "/dashboard", headers={"Authorization": "Basic !!"})
+    assert status == 401
     status, call_page, _ = http(
         server, "GET", f"/dashboard/calls/{failed_id}", headers={"Authorization": basic}
     )
