@@ -144,8 +144,9 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
         return {**doc, "requestId": headers["x-request-id"]}
 
     def call(doc: dict[str, Any], name: str, **kw: Any) -> dict[str, Any]:
+        tags = {"app": "proof", "room name": "Zürich"}
         args = {"iceServers": doc["iceServers"], "token": doc["telemetryToken"], "callId": name,
-                "tags": {"app": "proof"}, "timeoutMs": 10_000, **kw}  # fmt: skip
+                "tags": tags, "timeoutMs": 10_000, **kw}  # fmt: skip
         result: dict[str, Any] = page.evaluate("(args) => window.call(args)", args)
         return result
 
@@ -174,6 +175,7 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
         relay = by_call[f"relay-{side}"]
         assert (relay["outcome"], relay["relayProtocol"]) == ("connected-relay", "udp"), relay
         assert relay["region"] == "us" and relay["browser"] == "chrome"
+        assert relay["tags"] == ["app=proof", "room_name=Zürich"]  # the SDK made the key fit
         failed = by_call[f"wrong-{side}"]
         assert (failed["outcome"], failed["cause"]) == ("failed", "turn-auth-failed"), failed
         assert by_call[f"direct-{side}"]["timeToConnectedMs"] > 0

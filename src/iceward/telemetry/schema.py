@@ -17,7 +17,8 @@ from iceward.analyze.model import STATE_KINDS
 #: Offsets from the record's start in ms: a call may last a week, no more.
 Ms = Annotated[float, Field(ge=0, le=7 * 86_400_000, allow_inf_nan=False)]
 Url = Annotated[str, Field(min_length=1, max_length=300)]
-Short = Annotated[str, Field(max_length=64, pattern=r"^[\x20-\x7e]*$")]
+#: Tags and call ids: any text but control characters.
+Short = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 Kind = Literal["signaling", "iceGathering", "iceConnection", "connection"]
 State = Annotated[str, Field(min_length=1, max_length=24, pattern=r"^[a-z-]+$")]

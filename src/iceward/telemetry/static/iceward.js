@@ -58,9 +58,10 @@ export function watch(pc, {endpoint = '/api/v1/telemetry', token, callId, tags} 
     v: 1, token, start, end: 0, reason: 'closed', config: configOf(pc),
     states: [], candidates: [], errors: [], selected: [], samples: [],
   };
-  if (callId) rec.callId = String(callId).slice(0, 64);
-  if (tags) rec.tags = Object.fromEntries(
-    Object.entries(tags).slice(0, 8).map(([k, v]) => [String(k).slice(0, 32), String(v).slice(0, 64)]));
+  if (callId) rec.callId = String(callId).replace(/[\u0000-\u001f\u007f]/g, ' ').slice(0, 64);
+  if (tags) rec.tags = Object.fromEntries(Object.entries(tags).slice(0, 8).map(([k, v]) => [
+    String(k).replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 32) || '_',
+    String(v).replace(/[\u0000-\u001f\u007f]/g, ' ').slice(0, 64)]));
   const seen = new Set();
   let connected = false;
   let sent = null;
