@@ -690,6 +690,7 @@ class Store:
         with self._session() as s:
             return [(float(b) * width_ms, int(n)) for b, n in s.execute(q)]
 
+
 def _issuance(r: IssuanceRow) -> dict[str, Any]:
     return {
         "at": _aware(r.at).isoformat(),

@@ -191,6 +191,8 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
         {"urls": s["urls"]} for s in relay_doc["iceServers"]
     ]
     assert "credential" not in json.dumps(shown["record"])
+    pairs = shown["record"]["pairs"]
+    assert any(p["state"] == "succeeded" and p["requestsSent"] > 0 for p in pairs), pairs
 
     # The dashboard: 2 failed of 8, 4 relayed of 6 connected.
     basic = "Basic " + base64.b64encode(f"ops:{admin}".encode()).decode()

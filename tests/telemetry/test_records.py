@@ -211,3 +211,35 @@ def test_token_use_counts_outlive_a_restart(tmp_path: Path) -> None:
     assert refused.value.status == 409
     assert len(store.list_calls(1000)) == MAX_USES
     store.close()
+
+
+def test_pairs_checked_unanswered_between_two_nats_name_the_cause(tmp_path: Path) -> None:
+    """No TURN, server-reflexive candidates on both sides, every check unanswered: the record's
+    pairs let the analyzer's symmetric-NAT rule speak, after no-turn (the field ranking)."""
+    store = Store(f"sqlite:///{tmp_path / 'calls.db'}")
+    key = b"k" * 32
+    srflx = {"type": "srflx", "protocol": "udp", "url": "stun:198.51.100.1:3478"}
+    record = {
+        "v": 1, "token": mint(key, "req-2", 600, time.time()),
+        "start": time.time() * 1000 - 30_000, "end": 30_000, "reason": "failed",
+        "config": {"iceServers": [{"urls": ["stun:198.51.100.1:3478"]}]},
+        "states": [[0, "signaling", "have-local-offer"], [20, "signaling", "stable"],
+                   [30, "iceConnection", "checking"], [300, "iceGathering", "complete"],
+                   [15_000, "iceConnection", "disconnected"], [15_000, "connection", "failed"]],
+        "candidates": [{"side": "local", **srflx}, {"side": "remote", "type": "srflx",
+                                                     "protocol": "udp"}],
+        "pairs": [{"local": srflx, "remote": {"type": "srflx", "protocol": "udp"},
+                   "state": "in-progress", "requestsSent": 42, "responsesReceived": 0,
+                   "vanished": True}],
+    }  # fmt: skip
+    ingest = Ingest.create(store, key, make_registry(), "n")
+    answer = ingest.accept(json.dumps(record).encode(), "a", "", time.time(), time.monotonic())
+    assert (answer["outcome"], answer["cause"]) == ("failed", "no-turn")
+    assert ingest.writer.flush()
+    call = store.get_call(answer["id"])
+    assert call is not None
+    codes = [f["code"] for f in call["findings"]]
+    assert codes[:2] == ["no-turn", "symmetric-nat-no-turn"], codes
+    assert any("42 connectivity checks sent, 0 answered" in e for f in call["findings"]
+               for e in f["evidence"])  # fmt: skip
+    store.close()

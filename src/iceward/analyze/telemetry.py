@@ -3,7 +3,8 @@
 The record is what the SDK saw of one RTCPeerConnection, with times in milliseconds from
 ``start`` (Unix ms): the configuration's URLs (never a credential), state timelines,
 ``icecandidateerror`` events, candidates (type and protocol; an address only for relay
-candidates, which are the server's), the selected pair over time and getStats samples. The HTTP
+candidates, which are the server's), the selected pair over time, the candidate pairs' checks
+and getStats samples. The HTTP
 layer validates its shape (:mod:`iceward.telemetry.schema`); here it becomes the model every
 other input becomes, so the same rules judge it. :func:`outcome` sums a judged call up in the
 three words the dashboard counts.
@@ -18,6 +19,7 @@ from iceward.analyze.model import (
     Candidate,
     CandidateError,
     Config,
+    Pair,
     PeerConnectionReport,
     SelectedPair,
     Series,
@@ -117,6 +119,18 @@ def parse_record(record: dict[str, Any], expiries: list[int] | None = None) -> P
                 local=_candidate("local", s.get("local"), t),
                 remote=_candidate("remote", s.get("remote"), t),
                 rtt=s.get("rtt"),
+            )
+        )
+    for i, p in enumerate(record.get("pairs", [])):
+        pc.pairs.append(
+            Pair(
+                f"pair-{i + 1}",
+                state=p.get("state"),
+                requests_sent=p.get("requestsSent"),
+                responses_received=p.get("responsesReceived"),
+                local=_candidate("local", p.get("local"), None),
+                remote=_candidate("remote", p.get("remote"), None),
+                vanished=bool(p.get("vanished")),
             )
         )
     samples = record.get("samples", [])

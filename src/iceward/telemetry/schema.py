@@ -87,6 +87,18 @@ class SelectedIn(_Strict):
     rtt: float | None = Field(None, ge=0, le=60, allow_inf_nan=False)
 
 
+class PairIn(_Strict):
+    """A candidate pair as last seen in getStats(): what its connectivity checks got."""
+
+    local: EndIn | None = None
+    remote: EndIn | None = None
+    state: State | None = None  # frozen, waiting, in-progress, failed, succeeded
+    requestsSent: Count | None = None
+    responsesReceived: Count | None = None
+    #: Gone from the last getStats() (Chromium drops failed pairs).
+    vanished: bool = False
+
+
 class SampleIn(_Strict):
     """A getStats() summary: the selected transport's counters and RTT (s)."""
 
@@ -114,6 +126,7 @@ class RecordIn(_Strict):
     candidates: list[CandidateIn] = Field(default=[], max_length=100)
     errors: list[ErrorIn] = Field(default=[], max_length=50)
     selected: list[SelectedIn] = Field(default=[], max_length=20)
+    pairs: list[PairIn] = Field(default=[], max_length=20)
     samples: list[SampleIn] = Field(default=[], max_length=30)
 
     def for_analyzer(self) -> dict[str, Any]:

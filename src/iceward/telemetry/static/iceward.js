@@ -9,7 +9,7 @@
 // from. The record is posted when the connection fails or is closed (pc.close()), and with
 // sendBeacon when the page is hidden for good (pagehide), whichever comes first.
 
-const LIMITS = {states: 200, candidates: 100, errors: 50, selected: 20, samples: 30};
+const LIMITS = {states: 200, candidates: 100, errors: 50, selected: 20, samples: 30, pairs: 20};
 const MAX_BYTES = 30000; // the server refuses records above 32 KiB
 const POLL_MS = 2000;
 const KINDS = {
@@ -63,6 +63,7 @@ export function watch(pc, {endpoint = '/api/v1/telemetry', token, callId, tags} 
     String(k).replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 32) || '_',
     String(v).replace(/[\u0000-\u001f\u007f]/g, ' ').slice(0, 64)]));
   const seen = new Set();
+  const pairs = new Map(); // id -> the pair as last seen: its checks, whether it is still there
   let connected = false;
   let sent = null;
   let lastPair = null;
@@ -91,6 +92,13 @@ export function watch(pc, {endpoint = '/api/v1/telemetry', token, callId, tags} 
       if (s.type === 'local-candidate') candidate('local', s, now());
       if (s.type === 'remote-candidate') candidate('remote', s, now());
     });
+    for (const p of pairs.values()) p.vanished = true;
+    byId.forEach((s) => {
+      if (s.type !== 'candidate-pair' || (!pairs.has(s.id) && pairs.size >= LIMITS.pairs)) return;
+      pairs.set(s.id, {local: end(byId.get(s.localCandidateId)), remote: end(byId.get(s.remoteCandidateId)),
+        state: s.state, requestsSent: s.requestsSent || 0, responsesReceived: s.responsesReceived || 0,
+        vanished: false});
+    });
     const pair = transport ? byId.get(transport.selectedCandidatePairId)
       : [...byId.values()].find((s) => s.type === 'candidate-pair' && s.selected);
     if (pair && pair.id !== lastPair && pair.state === 'succeeded') {
@@ -112,7 +120,7 @@ export function watch(pc, {endpoint = '/api/v1/telemetry', token, callId, tags} 
   }
 
   function body() {
-    const copy = {...rec, end: now()};
+    const copy = {...rec, end: now(), pairs: [...pairs.values()].map((p) => JSON.parse(JSON.stringify(p)))};
     let text = JSON.stringify(copy);
     for (const k of ['samples', 'candidates', 'states']) { // bounded: trim the bulkiest first
       while (text.length > MAX_BYTES && copy[k].length > 2) {
