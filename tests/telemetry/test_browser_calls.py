@@ -28,6 +28,7 @@ from tests.conftest import (
     start_server,
 )
 from tests.realclients.test_chromium import chromium_path, trust_ca
+from tests.telemetry.test_deploy import check_references
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.realclient
@@ -234,3 +235,7 @@ def test_calls_from_chromium_are_judged_shown_and_alerted_on(
     assert sorted(c["outcome"] for c in beacons) == ["connected-direct"] * 2, beacons
     record = json.loads(cli(server, "calls", "show", beacons[0]["id"], "--json"))["record"]
     assert record["reason"] == "pagehide"
+
+
+def test_shipped_rules_and_dashboard_name_exported_metrics(server: RunningServer) -> None:
+    check_references(server)

@@ -1,5 +1,6 @@
 """The shipped Prometheus rules and Grafana dashboard: valid as they are, and built only on
-metrics a running iceward exports (a renamed metric fails here, not on an operator's screen)."""
+metrics a running iceward exports (a renamed metric fails here, not on an operator's screen).
+:func:`check_references` runs against the server of test_browser_calls.py (one server less)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,27 @@ import json
 import re
 import subprocess
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CertAuthority, RunningServer, require_tool
+from tests.conftest import RunningServer, require_tool
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "iceward-rules.yml"
 DASHBOARD = DEPLOY / "grafana" / "iceward-dashboard.json"
 METRIC = re.compile(r"\biceward[_:][A-Za-z0-9_:]+")
 SUFFIXES = ("_total", "_bucket", "_sum", "_count")
+
+
+def test_rules_pass_promtool_and_the_dashboard_parses() -> None:
+    promtool = require_tool("promtool")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 6 rules found" in check.stdout
+    doc = json.loads(DASHBOARD.read_text())
+    assert len({p["id"] for p in doc["panels"]}) == len(doc["panels"])
+    assert all(t["expr"] for p in doc["panels"] for t in p["targets"])
 
 
 def exported(server: RunningServer) -> set[str]:
@@ -32,16 +44,9 @@ def exported(server: RunningServer) -> set[str]:
     return names
 
 
-def test_rules_pass_promtool_and_name_exported_metrics(
-    make_server: Callable[..., RunningServer], test_ca: CertAuthority
-) -> None:
-    promtool = require_tool("promtool")
-    check = subprocess.run(
-        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 6 rules found" in check.stdout
-    server = make_server(cert=(test_ca.cert, test_ca.key))
+def check_references(server: RunningServer) -> None:
+    """The rules and the dashboard name only metrics ``server`` (run with --cert) exports, or
+    the rules' own recorded series."""
     names = exported(server)
     assert "iceward_tls_certificate_expiry_timestamp_seconds" in names
     rules = RULES.read_text()
@@ -50,9 +55,6 @@ def test_rules_pass_promtool_and_name_exported_metrics(
     assert rule_refs and rule_refs <= names, rule_refs - names
     for needed in ("iceward_calls_total", "iceward_relay_ports", "iceward_auth_failures_total"):
         assert needed in rule_refs
-
     doc = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"] for p in doc["panels"] for t in p["targets"]]
-    refs = {m for e in exprs for m in METRIC.findall(e)}
+    refs = {m for p in doc["panels"] for t in p["targets"] for m in METRIC.findall(t["expr"])}
     assert refs and refs <= names | recorded, refs - names - recorded
-    assert len({p["id"] for p in doc["panels"]}) == len(doc["panels"])
