@@ -543,8 +543,7 @@ def relay_blocked(call: Call, found: Sequence[Finding]) -> list[Finding]:
         f"{len(call.relay_local)} relay candidate(s) gathered"
         + (" from " + ", ".join(servers) if servers else "")
         + ": the TURN server allocated",
-        f"{len(relayed)} candidate pairs over them: {sent} connectivity checks sent, none"
-        " answered",
+        f"{len(relayed)} candidate pairs over them: {sent} connectivity checks sent, none answered",
         "nothing crossed the relay: its port range is blocked between the peers",
         outcome_text(pc),
     ]
