@@ -653,16 +653,6 @@ class Store:
             doc["issuance"] = _issuance(issued) if issued is not None else None
             return doc
 
-    def issuance(self, request_id: str) -> dict[str, Any] | None:
-        with self._session() as s:
-            row = s.scalars(
-                select(IssuanceRow)
-                .where(IssuanceRow.request_id == request_id)
-                .order_by(IssuanceRow.id.desc())
-                .limit(1)
-            ).first()
-            return _issuance(row) if row is not None else None
-
     def call_tally(self, since: int, bucket: int) -> list[tuple[Any, ...]]:
         """``(time bucket, region, browser, cause, outcome, count)`` of the calls since
         ``since``: one pass over a covering index feeds every count of the dashboard."""
