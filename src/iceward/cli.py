@@ -230,6 +230,7 @@ def _register_subcommands() -> None:
     from iceward.firewall import register as register_firewall
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
+    from iceward.telemetry.command import register as register_calls
     from iceward.testpage.command import register as register_testpage
     from iceward.top import register as register_top
 
@@ -238,6 +239,7 @@ def _register_subcommands() -> None:
     register_analyze(app)
     register_lab(app)
     register_testpage(app)
+    register_calls(app)
     register_coturn(app)
     register_firewall(app)
     register_top(app)

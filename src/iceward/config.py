@@ -144,6 +144,12 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_shown("PUBLIC[/PRIVATE]"),
     )
     realm: str = Field("iceward", description="Authentication realm.")
+    node: str | None = Field(
+        None,
+        max_length=255,
+        description="This node's name on the calls browsers report (default: the host name).",
+        json_schema_extra=_shown("NAME"),
+    )
     secret: list[str] = Field(
         default_factory=list,
         description="TURN REST shared secret (repeatable, for rotation).",

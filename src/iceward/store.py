@@ -1,4 +1,5 @@
-"""The data store: API keys, static users, shared secrets and the credential issuance log.
+"""The data store: API keys, static users, shared secrets, the credential issuance log and the
+calls browsers report (telemetry).
 
 SQLite in the data dir by default; any SQLAlchemy URL (PostgreSQL) with ``--database``. The CLI
 and the running server share it: the server verifies API keys against it on every request and
@@ -28,6 +29,9 @@ from typing import Any
 
 from sqlalchemy import (
     DateTime,
+    Float,
+    ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -35,6 +39,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    insert,
     select,
     update,
 )
@@ -48,6 +53,8 @@ from iceward.stun.integrity import long_term_key
 from iceward.stun.message import StunError
 
 ISSUANCE_LOG_LIMIT = 1000
+#: Calls kept: the oldest go first (the dashboard's window is 30 days).
+CALL_LOG_LIMIT = 1_000_000
 KEY_PREFIX = "iwk_"
 
 log = logging.getLogger("iceward.store")
@@ -108,6 +115,57 @@ class ReportRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     summary: Mapped[str] = mapped_column(String(500), default="")
     body: Mapped[str] = mapped_column(Text)
+
+
+class TokenUseRow(Base):
+    """How many records a telemetry token has posted (the token itself is verified by HMAC)."""
+
+    __tablename__ = "telemetry_token_uses"
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[int] = mapped_column(Integer)
+
+
+class CallRow(Base):
+    """One PeerConnection's outcome as a browser reported it, judged by the analyzer's rules."""
+
+    __tablename__ = "calls"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: Unix seconds the record arrived (an integer: the dashboard buckets it by hour and day).
+    at: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str] = mapped_column(String(64))
+    call_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32))
+    path: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    relay_protocol: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    cause: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    region: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    node: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    browser: Mapped[str] = mapped_column(String(32))
+    time_to_connected: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: The record as received (no credentials) and the findings, for the call's page.
+    record: Mapped[str] = mapped_column(Text)
+    findings: Mapped[str] = mapped_column(Text)
+
+    #: Covering indexes: the dashboard's counts read these, never the rows.
+    __table_args__ = (
+        Index("ix_calls_tally", "at", "outcome", "region", "browser", "cause"),
+        Index("ix_calls_ttc", "at", "time_to_connected"),
+    )
+
+
+class CallTagRow(Base):
+    """A ``key=value`` tag of a call, with the call's time and outcome (counted without a join)."""
+
+    __tablename__ = "call_tags"
+    call: Mapped[str] = mapped_column(
+        String(32), ForeignKey("calls.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(160), primary_key=True)
+    at: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32))
+
+    __table_args__ = (Index("ix_call_tags_tally", "at", "tag", "outcome"),)
 
 
 class RevisionRow(Base):
@@ -453,17 +511,7 @@ class Store:
     def recent_issuance(self, limit: int = 100) -> list[dict[str, Any]]:
         with self._session() as s:
             rows = s.scalars(select(IssuanceRow).order_by(IssuanceRow.id.desc()).limit(limit))
-            return [
-                {
-                    "at": _aware(r.at).isoformat(),
-                    "requestId": r.request_id,
-                    "user": r.user,
-                    "apiKey": r.api_key,
-                    "ttl": r.ttl,
-                    "iceServers": json.loads(r.ice_servers),
-                }
-                for r in rows
-            ]
+            return [_issuance(r) for r in rows]
 
     # -- test page reports ---------------------------------------------------------------------
     def add_report(self, report: dict[str, Any], summary: str = "") -> str:
@@ -502,3 +550,161 @@ class Store:
                 delete(ReportRow).where(ReportRow.id.not_in(keep.scalar_subquery()))
             ).rowcount  # type: ignore[attr-defined]
             return int(removed)
+
+    # -- telemetry -----------------------------------------------------------------------------
+    def token_use_counts(self, now: float, limit: int) -> dict[str, tuple[int, int]]:
+        """Live telemetry tokens' use counts: request id -> (uses, expiry), the newest ``limit``."""
+        q = (
+            select(TokenUseRow.request_id, TokenUseRow.uses, TokenUseRow.expires_at)
+            .where(TokenUseRow.expires_at >= int(now))
+            .order_by(TokenUseRow.expires_at)
+        )
+        with self._session() as s:
+            rows = list(s.execute(q))[-limit:]
+            return {r: (int(u), int(e)) for r, u, e in rows}
+
+    def add_calls(
+        self,
+        calls: list[tuple[dict[str, Any], list[str]]],
+        token_uses: dict[str, tuple[int, int]],
+        now: float,
+    ) -> None:
+        """Store judged calls (the columns of :class:`CallRow`, with their ``id``; their tags)
+        and the use counts of their tokens (request id -> (uses, expiry)), in one transaction."""
+        with self._session.begin() as s:
+            s.execute(insert(CallRow), [call for call, _ in calls])
+            tags = [
+                {"call": c["id"], "tag": t, "at": c["at"], "outcome": c["outcome"]}
+                for c, names in calls
+                for t in dict.fromkeys(names)
+            ]
+            if tags:
+                s.execute(insert(CallTagRow), tags)
+            known = set(
+                s.scalars(
+                    select(TokenUseRow.request_id).where(TokenUseRow.request_id.in_(token_uses))
+                )
+            )
+            fresh = [
+                {"request_id": r, "uses": u, "expires_at": e}
+                for r, (u, e) in token_uses.items()
+                if r not in known
+            ]
+            if fresh:
+                s.execute(insert(TokenUseRow), fresh)
+            for request_id in known:
+                uses = token_uses[request_id][0]
+                s.execute(
+                    update(TokenUseRow)
+                    .where(TokenUseRow.request_id == request_id, TokenUseRow.uses < uses)
+                    .values(uses=uses)
+                )
+            s.execute(delete(TokenUseRow).where(TokenUseRow.expires_at < int(now)))
+            if secrets.randbelow(50) == 0:  # now and then, not on every batch
+                self._prune_calls(s)
+
+    def _prune_calls(self, s: Session) -> None:
+        count = s.scalar(select(func.count()).select_from(CallRow)) or 0
+        if count <= CALL_LOG_LIMIT:
+            return
+        cut = s.scalar(select(CallRow.at).order_by(CallRow.at.desc()).offset(CALL_LOG_LIMIT))
+        if cut is not None:
+            s.execute(delete(CallTagRow).where(CallTagRow.at <= cut))
+            s.execute(delete(CallRow).where(CallRow.at <= cut))
+
+    def list_calls(
+        self, limit: int = 100, outcome: str | None = None, since: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The newest calls first, without their records."""
+        with self._session() as s:
+            q = select(CallRow).order_by(CallRow.at.desc(), CallRow.id).limit(limit)
+            if outcome is not None:
+                q = q.where(CallRow.outcome == outcome)
+            if since is not None:
+                q = q.where(CallRow.at >= since)
+            rows = list(s.scalars(q))
+            tags = self._tags(s, [r.id for r in rows])
+            return [_call_summary(r, tags.get(r.id, [])) for r in rows]
+
+    def _tags(self, s: Session, ids: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if ids:
+            for call, tag in s.execute(
+                select(CallTagRow.call, CallTagRow.tag).where(CallTagRow.call.in_(ids))
+            ):
+                out.setdefault(call, []).append(tag)
+        return out
+
+    def get_call(self, call_id: str) -> dict[str, Any] | None:
+        """One call with its record, findings and the issuance it was given (when still kept)."""
+        with self._session() as s:
+            row = s.get(CallRow, call_id)
+            if row is None:
+                return None
+            doc = _call_summary(row, self._tags(s, [row.id]).get(row.id, []))
+            doc["record"] = json.loads(row.record)
+            doc["findings"] = json.loads(row.findings)
+            issued = s.scalars(
+                select(IssuanceRow)
+                .where(IssuanceRow.request_id == row.request_id)
+                .order_by(IssuanceRow.id.desc())
+                .limit(1)
+            ).first()
+            doc["issuance"] = _issuance(issued) if issued is not None else None
+            return doc
+
+    def call_tally(self, since: int, bucket: int) -> list[tuple[Any, ...]]:
+        """``(time bucket, region, browser, cause, outcome, count)`` of the calls since
+        ``since``: one pass over a covering index feeds every count of the dashboard."""
+        key = func.floor(CallRow.at / float(bucket))
+        cols = (key, CallRow.region, CallRow.browser, CallRow.cause, CallRow.outcome)
+        q = select(*cols, func.count()).where(CallRow.at >= since).group_by(*cols)
+        with self._session() as s:
+            return [tuple(r) for r in s.execute(q)]
+
+    def tag_tally(self, since: int) -> list[tuple[Any, ...]]:
+        """``(tag, outcome, count)`` of the calls since ``since``."""
+        cols = (CallTagRow.tag, CallTagRow.outcome)
+        q = select(*cols, func.count()).where(CallTagRow.at >= since).group_by(*cols)
+        with self._session() as s:
+            return [tuple(r) for r in s.execute(q)]
+
+    def connect_time_histogram(self, since: int, width_ms: float) -> list[tuple[float, int]]:
+        """``(bin start in ms, count)`` of the times to connected since ``since``."""
+        key = func.floor(CallRow.time_to_connected / width_ms)
+        q = (
+            select(key, func.count())
+            .where(CallRow.at >= since, CallRow.time_to_connected.is_not(None))
+            .group_by(key)
+        )
+        with self._session() as s:
+            return [(float(b) * width_ms, int(n)) for b, n in s.execute(q)]
+
+
+def _issuance(r: IssuanceRow) -> dict[str, Any]:
+    return {
+        "at": _aware(r.at).isoformat(),
+        "requestId": r.request_id,
+        "user": r.user,
+        "apiKey": r.api_key,
+        "ttl": r.ttl,
+        "iceServers": json.loads(r.ice_servers),
+    }
+
+
+def _call_summary(r: CallRow, tags: list[str]) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "at": dt.datetime.fromtimestamp(r.at, dt.UTC).isoformat(),
+        "requestId": r.request_id,
+        "callId": r.call_id,
+        "outcome": r.outcome,
+        "path": r.path,
+        "relayProtocol": r.relay_protocol,
+        "cause": r.cause,
+        "region": r.region,
+        "node": r.node,
+        "browser": r.browser,
+        "timeToConnectedMs": r.time_to_connected,
+        "tags": sorted(tags),
+    }

@@ -521,6 +521,35 @@ def turn_unreachable(call: Call, found: Sequence[Finding]) -> list[Finding]:
     return out
 
 
+def relay_blocked(call: Call, found: Sequence[Finding]) -> list[Finding]:
+    """relay-ports-blocked: relay candidates were gathered (the allocation worked), checks went
+    out over them to the other side's relay candidates and not one was answered, and no pair got
+    through. Relay to relay only: checks to a host or srflx address may die anywhere on the way
+    (or at a candidate the signalling altered, which the evidence of this input rules out)."""
+    pc = call.pc
+    if not call.problem or not call.relay_local:
+        return []
+    relayed = [p for p in pc.pairs if p.local is not None and p.local.type == "relay"]
+    if not relayed or any(p.remote is None or p.remote.type != "relay" for p in relayed):
+        return []
+    sent = sum(p.requests_sent or 0 for p in relayed)
+    answered = sum(p.responses_received or 0 for p in relayed)
+    if not sent or answered or any(p.state == "succeeded" for p in pc.pairs):
+        return []
+    if _mismatched_remote(pc, call.peers):
+        return []
+    servers = sorted({c.url for c in call.relay_local if c.url})
+    evidence = [
+        f"{len(call.relay_local)} relay candidate(s) gathered"
+        + (" from " + ", ".join(servers) if servers else "")
+        + ": the TURN server allocated",
+        f"{len(relayed)} candidate pairs over them: {sent} connectivity checks sent, none answered",
+        "nothing crossed the relay: its port range is blocked between the peers",
+        outcome_text(pc),
+    ]
+    return [make_finding("relay-ports-blocked", evidence, subject=pc.id)]
+
+
 def stun_unreachable(call: Call, found: Sequence[Finding]) -> list[Finding]:
     pc, stun_urls = call.pc, call.cfg.stun_urls
     out = []
@@ -691,8 +720,8 @@ def selected_path(call: Call, found: Sequence[Finding]) -> list[Finding]:
 
 RULES: tuple[Rule, ...] = (
     no_turn, auth_failed, credential_expired, udp_only, symmetric_nat, no_tls_443,
-    turn_unreachable, stun_unreachable, private_relay, static_credentials, no_media, latency,
-    dropped, unexplained, selected_path,
+    turn_unreachable, relay_blocked, stun_unreachable, private_relay, static_credentials,
+    no_media, latency, dropped, unexplained, selected_path,
 )  # fmt: skip
 
 

@@ -34,6 +34,8 @@ from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import issue
 from iceward.api.metrics import make_registry
+from iceward.api.telemetrytoken import ensure_key as telemetry_key
+from iceward.api.telemetrytoken import mint as mint_telemetry_token
 from iceward.diagnose.iceurl import Transport
 from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
@@ -64,6 +66,10 @@ class IceServersResponse(BaseModel):
     iceServers: list[IceServer]
     ttl: int
     expiresAt: str
+    telemetryToken: str = Field(
+        description="For the browser SDK (/sdk/iceward.js): posts this call's record to"
+        " /api/v1/telemetry, joined to these iceServers. Short-lived, a few records at most."
+    )
 
 
 class TurnRestResponse(BaseModel):
@@ -136,6 +142,7 @@ def create_app(
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]
     client_address = ClientAddress(trusted_proxies or [])
+    token_key = telemetry_key(service.data_dir)
 
     def bearer(headers: Any) -> str:
         header = headers.get("authorization", "")
@@ -220,7 +227,15 @@ def create_app(
             transports=body.transports, region=body.region,
         )  # fmt: skip
         expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
-        return {"iceServers": servers, "ttl": ttl, "expiresAt": expires.isoformat()}
+        token = mint_telemetry_token(
+            token_key, response.headers["X-Request-ID"], ttl, time.time(), body.region
+        )
+        return {
+            "iceServers": servers,
+            "ttl": ttl,
+            "expiresAt": expires.isoformat(),
+            "telemetryToken": token,
+        }
 
     @app.get("/api/v1/turn", response_model=TurnRestResponse, tags=["credentials"])
     async def get_turn(
@@ -349,6 +364,8 @@ def create_app(
     # decision about the client's address.
     app.state.admin_key = admin_key
     app.state.client_address = client_address
+    app.state.metrics = api_metrics
+    app.state.telemetry_key = token_key
 
     # -- observability -------------------------------------------------------------------------
     @app.get("/metrics", tags=["observability"], include_in_schema=False)

@@ -28,6 +28,9 @@ JSON_BODY_LIMIT = 64 * KiB
 #: A test page report with its getStats sample: the report upload's cap since it was written.
 REPORT_BODY_LIMIT = 256 * KiB
 
+#: A browser SDK call record (``/api/v1/telemetry``): the SDK keeps it well under this.
+TELEMETRY_BODY_LIMIT = 32 * KiB
+
 Auth = Literal["none", "api-key", "admin-key"]
 
 
@@ -46,6 +49,7 @@ class BodyRule:
 #: Every route's body limit and the key it needs before its body is read; first match wins.
 BODY_RULES: tuple[BodyRule, ...] = (
     BodyRule("/api/v1/reports", REPORT_BODY_LIMIT),
+    BodyRule("/api/v1/telemetry", TELEMETRY_BODY_LIMIT),
     BodyRule("/api/v1/ice-servers", JSON_BODY_LIMIT, "api-key"),
     BodyRule("/admin/", JSON_BODY_LIMIT, "admin-key"),
     BodyRule("/", JSON_BODY_LIMIT),

@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from iceward.diagnose.findings import CODES
 from iceward.snapshot import Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
@@ -121,6 +122,12 @@ class ServerCollector(Collector):
 
 #: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).
 REFUSAL_REASONS = ("body_too_large", "unauthorized", "forbidden")
+#: Why ``POST /api/v1/telemetry`` refused a record (``iceward_telemetry_refused_total``).
+TELEMETRY_REFUSALS = (
+    "rate_limited", "malformed", "credentials", "bad_token", "token_used_up", "store_busy",
+)  # fmt: skip
+#: Seconds buckets of ``iceward_call_time_to_connected_seconds``.
+CONNECT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 40.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,10 @@ class ApiMetrics:
     api_requests: Counter
     http_refused: Counter
     draining: Gauge
+    #: Calls reported by browsers, by outcome, path, relay protocol and cause (no ids).
+    calls: Counter
+    time_to_connected: Histogram
+    telemetry_refused: Counter
 
 
 def make_registry() -> ApiMetrics:
@@ -154,4 +165,35 @@ def make_registry() -> ApiMetrics:
     draining = Gauge(
         "iceward_draining", "1 while the node drains (see POST /admin/v1/drain)", registry=registry
     )
-    return ApiMetrics(registry, collector, api_requests, http_refused, draining)
+    calls = Counter(
+        "iceward_calls",
+        "Calls reported by the browser SDK, judged by the analyzer's rules",
+        ["outcome", "path", "relay_protocol", "cause"],
+        registry=registry,
+    )
+    # Series at 0 from the start, so a rate sees the first failure of each cause (a series born
+    # at 1 has no increase to show).
+    for kind in ("connected-direct", "connected-relay"):
+        calls.labels(kind, "", "", "")
+    for spec in CODES.values():
+        if spec.severity == "error":
+            calls.labels("failed", "", "", spec.code)
+    time_to_connected = Histogram(
+        "iceward_call_time_to_connected_seconds",
+        "From the PeerConnection's creation to ICE connected, as the browser reported it",
+        ["outcome", "path", "relay_protocol"],
+        buckets=CONNECT_BUCKETS,
+        registry=registry,
+    )
+    telemetry_refused = Counter(
+        "iceward_telemetry_refused",
+        "Call records refused, nothing stored",
+        ["reason"],
+        registry=registry,
+    )
+    for reason in TELEMETRY_REFUSALS:
+        telemetry_refused.labels(reason)
+    return ApiMetrics(
+        registry, collector, api_requests, http_refused, draining, calls, time_to_connected,
+        telemetry_refused,
+    )  # fmt: skip

@@ -18,6 +18,7 @@ from iceward.api.control import ServerControl
 from iceward.autocert.http01 import router_for
 from iceward.config import ServerSettings
 from iceward.store import Store
+from iceward.telemetry.routes import create_router as telemetry_router
 from iceward.testpage.routes import create_router as testpage_router
 
 log = logging.getLogger("iceward.server")
@@ -43,6 +44,16 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
             store,
             admin=app.state.admin_key,
             client_address=app.state.client_address,
+        )
+    )
+    app.include_router(
+        telemetry_router(
+            store,
+            key=app.state.telemetry_key,
+            metrics=app.state.metrics,
+            admin=app.state.admin_key,
+            client_address=app.state.client_address,
+            node=settings.node or socket.gethostname(),
         )
     )
     return app

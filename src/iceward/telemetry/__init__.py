@@ -1,0 +1,1 @@
+"""Production visibility: the browser SDK, the call records it posts, the dashboard."""
