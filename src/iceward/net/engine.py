@@ -155,6 +155,9 @@ class RelayEngine:
             id_step=slot.count,
         )
         PRESSURE.install(loop, self.core.counters)
+        if self.fast is not None and params.turn.change_addresses is None:
+            # RFC 5780 answers carry more than the mapped address: those stay in the core.
+            self.fast.answer_binding(True)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
@@ -237,9 +240,13 @@ class RelayEngine:
         self._track_activity()
 
     def sync_traffic(self) -> None:
-        """Bring the allocations' counters up to date with what the native fast path counted."""
+        """Bring the allocations' counters (and the core's Binding count) up to date with what the
+        native fast path counted."""
         if self.fast is not None:
             self.fast.sync()
+            answered = self.fast.take_bindings()
+            if answered and self.core is not None:
+                self.core.counters["request.Binding"] += answered
 
     def _track_activity(self) -> None:
         if self.core is None:

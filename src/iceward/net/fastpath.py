@@ -12,6 +12,12 @@ under a token. :meth:`FastPath.sync` adds what they counted since the last call 
 clients stay on the Python path (their relay sockets are still served here: a peer datagram with
 no native entry goes to the relay's Python table).
 
+STUN Binding: with :meth:`FastPath.answer_binding` on, a Binding request that needs nothing but
+the client's address (no attributes, or only SOFTWARE and FINGERPRINT) is answered by the engine
+with the bytes the core would send; :meth:`FastPath.take_bindings` says how many, so the core's
+request counter stays exact. Anything else (RFC 5780 CHANGE-REQUEST, unknown attributes, a wrong
+FINGERPRINT) comes back to Python as before.
+
 ``ICEWARD_FASTPATH=0`` (or a missing extension) selects the pure-Python path; ``ICEWARD_FASTPATH=
 "1 nogso"`` / ``"1 nogro"`` keep the native path without UDP GSO sends / UDP GRO receives.
 """
@@ -151,6 +157,17 @@ class FastPath:
         else:
             counters.packets_to_client += packets
             counters.bytes_to_client += nbytes
+
+    def answer_binding(self, on: bool) -> None:
+        """Let the engine answer plain Binding requests on the listeners."""
+        self.engine.answer_binding(on)
+
+    def take_bindings(self) -> int:
+        """Binding requests the engine answered since the last call."""
+        if self.closed:
+            return 0
+        count: int = self.engine.take_bindings()
+        return count
 
     def stats(self) -> dict[str, int]:
         stats: dict[str, int] = self.engine.stats()
