@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import relay_bench
 from iceward.stun import constants as c
 from iceward.stun.attributes import (
     encode_channel_number,
@@ -73,6 +74,10 @@ from relay_bench import (
 )
 
 ALLOC_LIFETIME = 600
+#: Wider relay ranges than relay_bench.py's (a thousand ports each), below Linux's ephemeral
+#: range: coturn keeps a released relay port bound for a while, and thousands of allocations a
+#: second would exhaust a thousand ports.
+RELAY_PORTS = {"iceward": (10000, 19999), "coturn": (20000, 29999)}
 PEER = (HOST, 9)  # CreatePermission / ChannelBind name it; nothing is ever sent to it
 RETRANSMIT = 0.5  # seconds before a request is sent again
 
@@ -417,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # loadgen wants one; unused here
     echo.bind((HOST, 0))
+    relay_bench.ICEWARD_RELAY_PORTS = RELAY_PORTS["iceward"]
+    relay_bench.COTURN_RELAY_PORTS = RELAY_PORTS["coturn"]
     try:
         loadgen = build_loadgen(tmp)
         makers = {"iceward": make_iceward, "coturn": make_coturn}
