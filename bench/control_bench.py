@@ -15,9 +15,10 @@ What it measures, per server, side by side in one run:
       alloc+pc:  Allocate -> 401 -> signed Allocate -> CreatePermission -> ChannelBind
                  -> Refresh(0)
 
-  The difference of the two rows is what a CreatePermission and a ChannelBind cost. The client is
-  Python, so it may be the bottleneck: "client busy" near 100% with "server core" well under
-  100% says so, and then the CPU time per cycle is the figure that counts, not the rate.
+  The difference of the two rows is what a CreatePermission and a ChannelBind cost. The client
+  busy-polls, as loadgen.c does, so the servers never pay for waking it. The client is Python,
+  so it may be the bottleneck: "client busy" near 100% with "server core" well under 100% says
+  so, and then the CPU time per cycle is the figure that counts, not the rate.
 
 How: both servers are started by relay_bench.py's helpers (iceward ``serve --workers 1`` at log
 level info, coturn ``turnserver`` with one relay thread, both pinned to ``--server-cpu``; the load
@@ -247,7 +248,7 @@ def run_cycles(args: argparse.Namespace, server: Server, full: bool) -> dict[str
                 measuring = True
             elif measuring and now >= end:
                 break
-            for fd, _ in poller.poll(0.05):
+            for fd, _ in poller.poll(0):  # busy-polling: see the module's docstring
                 cy = by_fd[fd]
                 cy.receive(time.monotonic())
                 if cy.renewed:  # the old socket left the epoll set as it closed

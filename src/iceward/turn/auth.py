@@ -33,7 +33,7 @@ class NonceManager:
 
     def _mac(self, stamp: str, client: Address) -> str:
         msg = f"{stamp}|{client[0]}|{client[1]}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:24]
+        return hmac.digest(self._key, msg, "sha256").hex()[:24]
 
     def issue(self, client: Address, now: float) -> str:
         stamp = f"{int(now):010x}"
