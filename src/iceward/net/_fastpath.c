@@ -116,6 +116,9 @@ typedef struct fp_engine {
     size_t count;
     uint8_t *kinds;
     int nkinds;
+    uint32_t *uses; /* per fd: entries that read or write it (see fp_count_use) */
+    int nuses;
+    int uses_lost;  /* a count could not be kept: remove_socket scans the whole table */
     fp_count *pending;
     size_t npending, cpending;
     char *pool;
@@ -206,6 +209,43 @@ static int fp_grow(fp_engine *e) {
     return 0;
 }
 
+/* ---- entries per socket ------------------------------------------------------------------- */
+
+/* Count (delta +1) or uncount (-1) one entry's use of fd, so that removing a socket that no
+ * entry uses costs no scan of the whole table (a relay released at the end of every allocation,
+ * while thousands of other allocations' entries stay). If the array cannot grow, counts are
+ * given up for good and every removal scans, as it would without them. */
+static void fp_count_use(fp_engine *e, int fd, int delta) {
+    if (fd < 0 || e->uses_lost)
+        return;
+    if (fd >= e->nuses) {
+        if (delta < 0) {
+            e->uses_lost = 1; /* uncounting what was never counted: trust nothing */
+            return;
+        }
+        int n = e->nuses ? e->nuses : 64;
+        while (n <= fd)
+            n *= 2;
+        uint32_t *u = realloc(e->uses, (size_t)n * sizeof(*u));
+        if (u == NULL) {
+            e->uses_lost = 1;
+            return;
+        }
+        memset(u + e->nuses, 0, (size_t)(n - e->nuses) * sizeof(*u));
+        e->uses = u;
+        e->nuses = n;
+    }
+    if (delta < 0 && e->uses[fd] == 0)
+        e->uses_lost = 1;
+    else
+        e->uses[fd] += (uint32_t)delta;
+}
+
+/* 1 if some entry may read or write fd. */
+static int fp_in_use(const fp_engine *e, int fd) {
+    return e->uses_lost || (fd < e->nuses && e->uses[fd] > 0);
+}
+
 static int fp_push_pending(fp_engine *e, uint64_t token, uint64_t packets, uint64_t bytes) {
     if (packets == 0 && bytes == 0)
         return 0;
@@ -261,6 +301,7 @@ static void fp_free(fp_engine *e) {
     }
     free(e->buckets);
     free(e->kinds);
+    free(e->uses);
     free(e->pending);
     free(e->pool);
     if (e->epfd >= 0)
@@ -310,6 +351,8 @@ static void fp_remove_socket(fp_engine *e, int fd) {
         e->kinds[fd] = 0;
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
     }
+    if (!fp_in_use(e, fd))
+        return;
     for (size_t i = 0; i < e->nbuckets; i++) {
         fp_entry **pp = &e->buckets[i];
         while (*pp != NULL) {
@@ -317,6 +360,8 @@ static void fp_remove_socket(fp_engine *e, int fd) {
             if (x->key.fd == fd || x->out_fd == fd) {
                 *pp = x->next;
                 fp_push_pending(e, x->token, x->packets, x->bytes);
+                fp_count_use(e, x->key.fd, -1);
+                fp_count_use(e, x->out_fd, -1);
                 free(x);
                 e->count--;
             } else {
@@ -346,10 +391,13 @@ static int fp_install(fp_engine *e, int kind, int in_fd, const struct sockaddr *
         x->key = k;
         *pp = x;
         e->count++;
+        fp_count_use(e, in_fd, 1);
     } else {
         fp_push_pending(e, x->token, x->packets, x->bytes);
         x->packets = x->bytes = 0;
+        fp_count_use(e, x->out_fd, -1);
     }
+    fp_count_use(e, out_fd, 1);
     x->out_fd = out_fd;
     x->out_chan = out_chan;
     memset(&x->dst, 0, sizeof(x->dst));
@@ -374,6 +422,8 @@ static int fp_uninstall(fp_engine *e, int kind, int in_fd, const struct sockaddr
     *pp = x->next;
     *packets = x->packets;
     *bytes = x->bytes;
+    fp_count_use(e, x->key.fd, -1);
+    fp_count_use(e, x->out_fd, -1);
     free(x);
     e->count--;
     return 1;
