@@ -20,6 +20,10 @@ What it measures, per server, side by side in one run:
   so it may be the bottleneck: "client busy" near 100% with "server core" well under 100% says
   so, and then the CPU time per cycle is the figure that counts, not the rate.
 
+``--live N`` holds N allocations, each with a channel, open on each server for the whole run, so
+the cycles run beside them as on a busy server (what a server does per allocation that grows
+with the allocations it already holds shows there).
+
 How: both servers are started by relay_bench.py's helpers (iceward ``serve --workers 1`` at log
 level info, coturn ``turnserver`` with one relay thread, both pinned to ``--server-cpu``; the load
 on ``--client-cpu``) and stay up the whole run; the measurements alternate between them, round by
@@ -66,6 +70,7 @@ from relay_bench import (
     USER,
     BenchError,
     Server,
+    TurnClient,
     _proc_times,
     build_loadgen,
     drain,
@@ -377,6 +382,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=16, help="client sockets [16]")
     p.add_argument("--window", type=int, default=8, help="Binding requests in flight each [8]")
     p.add_argument("--rounds", type=int, default=3, help="runs per server and workload [3]")
+    p.add_argument(
+        "--live",
+        type=int,
+        default=0,
+        help="allocations, each with a channel, held open on each server the whole run, so the "
+        "cycles run beside them as on a busy server [0]",
+    )
     p.add_argument("--servers", default="iceward,coturn", help="which to run [iceward,coturn]")
     p.add_argument("--server-cpu", type=int, default=1, help="CPU of the servers [1]")
     p.add_argument("--client-cpu", type=int, default=0, help="CPU of the clients [0]")
@@ -395,6 +407,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--servers: iceward and/or coturn")
     if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
         p.error("--clients 1..1000, --window 1..4096")
+    if not 0 <= args.live <= 9000:
+        p.error("--live 0..9000")
     if not 0 < args.duration <= 600 or not 0 <= args.warmup <= 60 or not 1 <= args.rounds <= 50:
         p.error("--duration 0..600 s, --warmup 0..60 s, --rounds 1..50")
     cpus = os.sched_getaffinity(0)
@@ -421,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="control-bench-"))
     servers: list[Server] = []
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    live: list[TurnClient] = []
     echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # loadgen wants one; unused here
     echo.bind((HOST, 0))
     relay_bench.ICEWARD_RELAY_PORTS = RELAY_PORTS["iceward"]
@@ -433,6 +448,13 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(server)
             server.start()
             log(f"# {server.name}: pid {server.pid}, CPUs {server.affinity()}{server.relay_path()}")
+            for i in range(args.live):
+                client = TurnClient(server.address, 0x4000 + i % 0x3FFF)
+                live.append(client)
+                client.allocate()
+                client.bind(PEER)
+            if args.live:
+                log(f"#   {args.live} allocations with a channel each held open")
         workloads = []
         if args.suite in ("binding", "all"):
             workloads.append("binding")
@@ -471,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in servers:
             server.stop()
+        for client in live:
+            client.sock.close()
         echo.close()
 
 
