@@ -31,6 +31,10 @@
  * /proc/SERVER_PID/stat (each PID) and /proc/self/stat are sampled; DURATION_MS later they are
  * sampled again and one JSON object is printed on stdout. The process stops itself (alarm) if
  * anything hangs.
+ *
+ * A client given channel 0 sends STUN Binding requests instead (bench/control_bench.py): the
+ * transaction id carries the send time and the epoch, each success answer counts as a round trip
+ * and is replaced at once; PAYLOAD is then unused (but must still be valid).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -67,8 +71,15 @@ struct client {
     int inflight;
     uint32_t epoch;
     uint64_t last_rx;
-    unsigned char *tx; /* ChannelData template: header + payload */
+    int stun;          /* channel 0: STUN Binding requests, not ChannelData */
+    unsigned char *tx; /* ChannelData template: header + payload, or a Binding request */
 };
+
+#define STUN_REQUEST 20 /* a Binding request without attributes */
+
+/* Where the send time (8 bytes) and the epoch (4) sit in what a client sends. */
+static size_t time_at(const struct client *c) { return c->stun ? 8 : 4; }
+static size_t epoch_at(const struct client *c) { return c->stun ? 16 : 12; }
 
 static struct client clients[MAX_CLIENTS];
 static int nclients;
@@ -152,8 +163,8 @@ static void refill(struct client *c) {
     if (want <= 0)
         return;
     uint64_t t = now_ns();
-    memcpy(c->tx + 4, &t, sizeof t);
-    size_t seg = 4 + (size_t)payload;
+    memcpy(c->tx + time_at(c), &t, sizeof t);
+    size_t seg = c->stun ? STUN_REQUEST : 4 + (size_t)payload;
     for (int i = 0; i < BATCH; i++) {
         txiov[i].iov_base = c->tx;
         txiov[i].iov_len = seg;
@@ -195,12 +206,14 @@ static void on_client(struct client *c) {
             unsigned len = rxmsgs[i].msg_len;
             unsigned ch = ((unsigned)p[0] << 8) | p[1];
             unsigned dlen = ((unsigned)p[2] << 8) | p[3];
-            if (len < 4 + 12 || ch != c->channel || dlen != (unsigned)payload || len < 4 + dlen) {
+            if (c->stun ? len < STUN_REQUEST || ch != 0x0101
+                        : len < 4 + 12 || ch != c->channel || dlen != (unsigned)payload ||
+                              len < 4 + dlen) {
                 bad++;
                 continue;
             }
             uint64_t sent;
-            memcpy(&sent, p + 4, sizeof sent);
+            memcpy(&sent, p + time_at(c), sizeof sent);
             uint64_t rtt = t - sent;
             rtt_sum_ns += rtt;
             uint64_t us = rtt / 1000;
@@ -210,7 +223,7 @@ static void on_client(struct client *c) {
                 hist_over++;
             round_trips++;
             uint32_t epoch;
-            memcpy(&epoch, p + 12, sizeof epoch);
+            memcpy(&epoch, p + epoch_at(c), sizeof epoch);
             if (epoch == c->epoch && c->inflight > 0)
                 c->inflight--;
         }
@@ -438,7 +451,7 @@ int main(int argc, char **argv) {
         }
         c->fd = atoi(argv[i]);
         c->channel = (uint16_t)strtol(colon + 1, NULL, 0);
-        c->tx = calloc(1, 4 + (size_t)payload);
+        c->tx = calloc(1, 4 + (size_t)payload + STUN_REQUEST);
         if (!c->tx)
             die("calloc");
         c->tx[0] = (unsigned char)(c->channel >> 8);
@@ -447,6 +460,13 @@ int main(int argc, char **argv) {
         c->tx[3] = (unsigned char)(payload & 0xFF);
         for (int j = 16; j < 4 + payload; j++)
             c->tx[j] = (unsigned char)(j * 7 + i);
+        c->stun = c->channel == 0;
+        if (c->stun) { /* type 0x0001, length 0, magic cookie; the rest is the transaction id */
+            memset(c->tx, 0, STUN_REQUEST);
+            c->tx[1] = 0x01;
+            c->tx[4] = 0x21, c->tx[5] = 0x12, c->tx[6] = 0xA4, c->tx[7] = 0x42;
+            c->tx[19] = (unsigned char)i;
+        }
     }
 
     int ep = epoll_create1(0);
@@ -512,7 +532,7 @@ int main(int argc, char **argv) {
                     lost += (uint64_t)c->inflight;
                     c->inflight = 0;
                     c->epoch++;
-                    memcpy(c->tx + 12, &c->epoch, sizeof c->epoch);
+                    memcpy(c->tx + epoch_at(c), &c->epoch, sizeof c->epoch);
                     c->last_rx = t;
                     refill(c);
                 }

@@ -549,7 +549,21 @@ def run_once(
         client.refresh()
         client.bind(peer)
     drain(echo)
-    fds = [cl.sock.fileno() for cl in clients]
+    senders = [(cl.sock.fileno(), cl.channel) for cl in clients]
+    return run_loadgen(args, loadgen, server, senders, echo, payload)
+
+
+def run_loadgen(
+    args: argparse.Namespace,
+    loadgen: Path,
+    server: Server,
+    senders: list[tuple[int, int]],
+    echo: socket.socket,
+    payload: int,
+) -> dict[str, Any]:
+    """One measured window of ``loadgen`` over ``senders`` (fd, channel; channel 0: STUN
+    Binding requests) and the figures per round trip, from its CPU samples."""
+    fds = [fd for fd, _ in senders]
     pids = [server.pid, *server.children()]  # iceward --workers N: the supervisor, then workers
     argv = [
         str(loadgen),
@@ -561,7 +575,7 @@ def run_once(
         ",".join(map(str, server.cpus)),
         str(args.client_cpu),
         str(echo.fileno()),
-        *(f"{fd}:{cl.channel}" for fd, cl in zip(fds, clients, strict=True)),
+        *(f"{fd}:{channel}" for fd, channel in senders),
     ]
     proc = subprocess.Popen(
         argv,

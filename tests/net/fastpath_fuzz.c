@@ -10,6 +10,17 @@
  * counters.  It checks that nothing is ever forwarded for a binding removed before the last drain,
  * that every forwarded datagram reaches the right socket intact, that the counters never fall
  * short of what arrived, and (LeakSanitizer at exit) that nothing leaks.  Exit 0 means clean.
+ *
+ * STUN Binding (answered in the engine): clients also send Binding requests, valid ones (no
+ * attributes, SOFTWARE, FINGERPRINT), lying ones (truncated, length fields too long or too short,
+ * attributes running past the end, a wrong FINGERPRINT, attributes after it, unknown attributes,
+ * no magic cookie) and randomly mutated ones, alone or as GSO bursts.  Every answer must be a
+ * well-formed success for a request that deserved one, with the client's own address and a right
+ * FINGERPRINT exactly when the request had one; a valid request must never come back as a miss,
+ * a lying one never be answered.
+ *
+ * The engine's count of entries per socket (which spares remove_socket a scan of the table when
+ * no entry uses the socket) is checked against the table now and then and at the end.
  */
 #define FP_NO_PYTHON
 #include "_fastpath.c"
@@ -44,6 +55,12 @@ static uint64_t rng_state;
 static unsigned char buf[70000];
 static unsigned char gbuf[140000];
 static long failures, forwarded, misses_seen;
+
+#define MAXQ (1 << 20)
+enum { Q_VALID = 1, Q_LYING = 2, Q_UNKNOWN = 3, Q_FP = 4 };
+static uint8_t query[MAXQ]; /* per Binding request sent: what it deserves, Q_FP if it had one */
+static uint32_t nq;
+static long answered, bindings_missed;
 
 static uint64_t rnd(void) {
     rng_state ^= rng_state << 13;
@@ -113,11 +130,171 @@ static void bind_slot(fp_engine *e, int s) {
     cur[s] = id;
 }
 
+/* ---- STUN Binding ---- */
+
+static void send_gso(int fd, const struct sockaddr_in *to, const unsigned char *data, size_t total,
+                     uint16_t seg);
+
+static void stun_header(unsigned char *p, uint16_t type, int length, uint32_t q) {
+    fp_put16(p, type);
+    fp_put16(p + 2, (uint32_t)length);
+    fp_put32(p + 4, FP_STUN_COOKIE);
+    memcpy(p + 8, "BIND", 4);
+    memcpy(p + 12, &q, 4);
+    fp_put32(p + 16, (uint32_t)rnd());
+}
+
+/* A Binding request into p; returns its size and sets *kind (Q_VALID/Q_LYING/Q_UNKNOWN | Q_FP). */
+static int make_binding(unsigned char *p, uint32_t q, int *kind) {
+    int n = 20, fp = 0, lie = (int)(rnd() % 12);
+    stun_header(p, 0x0001, 0, q);
+    if (rnd() & 1) { /* SOFTWARE of any length, zero padded */
+        int len = (int)(rnd() % 40);
+        fp_put16(p + n, FP_ATTR_SOFTWARE);
+        fp_put16(p + n + 2, (uint32_t)len);
+        memset(p + n + 4, 'a', (size_t)len);
+        memset(p + n + 4 + len, 0, (size_t)((4 - len % 4) % 4));
+        n += 4 + ((len + 3) & ~3);
+    }
+    if (lie == 1) { /* an unknown attribute (comprehension-required or not) */
+        fp_put16(p + n, rnd() & 1 ? 0x7F01 : 0xC0DE);
+        fp_put16(p + n + 2, 4);
+        fp_put32(p + n + 4, 0);
+        n += 8;
+    }
+    if (rnd() & 1 || lie == 2 || lie == 3) {
+        fp = n;
+        fp_put16(p + 2, (uint32_t)(n + 8 - 20));
+        fp_put16(p + n, FP_ATTR_FINGERPRINT);
+        fp_put16(p + n + 2, 4);
+        fp_put32(p + n + 4, fp_crc32(p, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
+        n += 8;
+        if (lie == 2) /* a wrong FINGERPRINT */
+            p[n - 1 - (int)(rnd() % 4)] ^= (unsigned char)(1 + rnd() % 255);
+        if (lie == 3) { /* something after it */
+            fp_put16(p + n, FP_ATTR_SOFTWARE);
+            fp_put16(p + n + 2, 0);
+            n += 4;
+        }
+    }
+    fp_put16(p + 2, (uint32_t)(n - 20));
+    *kind = lie >= 1 && lie <= 3 ? Q_LYING : Q_VALID;
+    switch (lie) {
+    case 4: /* truncated anywhere */
+        n = (int)(rnd() % (unsigned)n);
+        *kind = Q_LYING;
+        break;
+    case 5: /* the length field says more, or less (4-aligned), than there is */
+        fp_put16(p + 2, (uint32_t)(n - 20 + (rnd() & 1 ? 4 : -4) * (int)(1 + rnd() % 3)));
+        *kind = Q_LYING;
+        break;
+    case 6: /* the last attribute claims more than remains */
+        if (n > 20) {
+            fp_put16(p + 22, 0xFFF0 + (uint32_t)(rnd() % 16));
+            *kind = Q_LYING;
+        }
+        break;
+    case 7: /* no magic cookie, or not a Binding request */
+        if (rnd() & 1)
+            p[4 + rnd() % 4] ^= 0x10;
+        else
+            fp_put16(p, rnd() & 1 ? 0x0011 : 0x0101);
+        *kind = Q_LYING;
+        break;
+    case 8: { /* a random mutation: may or may not stay valid */
+        int flips = 1 + (int)(rnd() % 3);
+        for (int i = 0; i < flips && n > 0; i++) {
+            unsigned at = (unsigned)(rnd() % (unsigned)n);
+            if (at < 8 || at >= 16) /* the marker and the request number stay readable */
+                p[at] ^= (unsigned char)(1u << (rnd() % 8));
+        }
+        *kind = Q_UNKNOWN;
+        break;
+    }
+    default:
+        break;
+    }
+    if (*kind == Q_VALID && fp)
+        *kind |= Q_FP;
+    return n;
+}
+
+static void send_binding(int s) {
+    int burst = rnd() % 4 == 0 ? 2 + (int)(rnd() % 6) : 1;
+    int l = (int)(rnd() % 2);
+    size_t total = 0;
+    int size = -1;
+    for (int i = 0; i < burst && nq < MAXQ; i++) {
+        int kind;
+        uint32_t q = nq++;
+        int n = make_binding(buf, q, &kind);
+        query[q] = (uint8_t)kind;
+        if (burst == 1) {
+            sendto(client[s], buf, (size_t)n, 0, (struct sockaddr *)&laddr[l], sizeof(laddr[0]));
+            return;
+        }
+        if (size < 0)
+            size = n;
+        if (n != size) /* a GSO burst needs one size but the last: send this one alone */
+            sendto(client[s], buf, (size_t)n, 0, (struct sockaddr *)&laddr[l], sizeof(laddr[0]));
+        else {
+            memcpy(gbuf + total, buf, (size_t)n);
+            total += (size_t)n;
+        }
+    }
+    if (total > 0 && size > 0)
+        send_gso(client[s], &laddr[l], gbuf, total, (uint16_t)size);
+}
+
+/* One STUN answer at client s: a well-formed success for a request that deserved one. */
+static void check_answer(int s, const unsigned char *p, ssize_t n) {
+    uint32_t q;
+    memcpy(&q, p + 12, 4);
+    if (n < 20 || memcmp(p + 8, "BIND", 4) != 0 || q >= nq) {
+        FAIL("client %d: answer to no request", s);
+        return;
+    }
+    answered++;
+    int kind = query[q];
+    if ((kind & 3) == Q_LYING)
+        FAIL("client %d: request %u lies and was answered", s, q);
+    int fp = (kind & 3) == Q_VALID ? (kind & Q_FP) != 0 : n == 40;
+    if (n != (fp ? 40 : 32) || fp_be16(p) != 0x0101 || fp_be16(p + 2) != n - 20 ||
+        fp_be32(p + 4) != FP_STUN_COOKIE) {
+        FAIL("client %d: malformed answer to %u (%zd bytes)", s, q, n);
+        return;
+    }
+    uint16_t port = (uint16_t)(fp_be16(p + 26) ^ (FP_STUN_COOKIE >> 16));
+    uint32_t ip = fp_be32(p + 28) ^ FP_STUN_COOKIE;
+    if (fp_be16(p + 20) != FP_ATTR_XOR_MAPPED_ADDRESS || fp_be16(p + 22) != 8 || p[25] != 1 ||
+        port != ntohs(caddr[s].sin_port) || ip != ntohl(caddr[s].sin_addr.s_addr))
+        FAIL("client %d: wrong XOR-MAPPED-ADDRESS in the answer to %u", s, q);
+    if (fp && (fp_be16(p + 32) != FP_ATTR_FINGERPRINT || fp_be16(p + 34) != 4 ||
+               fp_be32(p + 36) != (fp_crc32(p, 32) ^ FP_STUN_FINGERPRINT_XOR)))
+        FAIL("client %d: wrong FINGERPRINT in the answer to %u", s, q);
+}
+
+/* A datagram handed back to Python: a valid Binding request must not be one. */
+static void check_miss(const fp_miss *m) {
+    const unsigned char *d = (const unsigned char *)m->data;
+    uint32_t q;
+    if (m->len < 20 || memcmp(d + 8, "BIND", 4) != 0)
+        return;
+    memcpy(&q, d + 12, 4);
+    if (q < nq && (query[q] & 3) == Q_VALID && fp_be16(d) == 0x0001)
+        FAIL("valid Binding request %u handed back", q);
+    bindings_missed++;
+}
+
 /* Read everything that arrived at clients and peers and check it. */
 static void drain(void) {
     for (int s = 0; s < SLOTS; s++) {
         ssize_t n;
         while ((n = recv(client[s], buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
+            if (n >= 2 && buf[0] == 0x01 && buf[1] == 0x01) {
+                check_answer(s, buf, n);
+                continue;
+            }
             if (n < 9) {
                 FAIL("short datagram at client %d", s);
                 continue;
@@ -158,6 +335,29 @@ static void drain(void) {
             b->received[0]++;
             forwarded++;
         }
+    }
+}
+
+/* The engine's per-socket entry counts must be exactly what its table holds: a count short of
+ * it would let remove_socket skip entries that still use a closed socket. */
+static void check_uses(fp_engine *e) {
+    static uint32_t seen[65536];
+    if (e->uses_lost) {
+        FAIL("entry counts were given up");
+        return;
+    }
+    memset(seen, 0, sizeof(seen));
+    for (size_t i = 0; i < e->nbuckets; i++)
+        for (fp_entry *x = e->buckets[i]; x != NULL; x = x->next) {
+            if (x->key.fd >= 0 && x->key.fd < 65536)
+                seen[x->key.fd]++;
+            if (x->out_fd >= 0 && x->out_fd < 65536)
+                seen[x->out_fd]++;
+        }
+    for (int fd = 0; fd < 65536; fd++) {
+        uint32_t have = fd < e->nuses ? e->uses[fd] : 0;
+        if (have != seen[fd])
+            FAIL("fd %d: %u entries counted, %u in the table", fd, have, seen[fd]);
     }
 }
 
@@ -326,6 +526,8 @@ static void poll_once(fp_engine *e) {
             sum += d[j];
         if (m->len < 0 || m->len > 65535)
             FAIL("miss length %d", m->len);
+        if (m->fd == listener[0] || m->fd == listener[1])
+            check_miss(m);
         misses_seen++;
     }
 }
@@ -341,6 +543,7 @@ int main(int argc, char **argv) {
         perror("fp_new");
         return 2;
     }
+    e->binding = 1;
     for (int l = 0; l < 2; l++) {
         listener[l] = udp_socket(0x7F000001, &laddr[l]);
         fp_add_socket(e, listener[l], FP_LISTENER);
@@ -366,8 +569,10 @@ int main(int argc, char **argv) {
         }
         int s = (int)(rnd() % SLOTS);
         unsigned r = (unsigned)(rnd() % 1000);
-        if (r < 550) {
+        if (r < 480) {
             send_valid(s);
+        } else if (r < 550) {
+            send_binding(s);
         } else if (r < 750) {
             send_junk(s);
         } else if (r < 930) {
@@ -403,6 +608,8 @@ int main(int argc, char **argv) {
             bind_slot(e, s);
         } else if (r < 990) {
             fp_collect(e, (int)(rnd() & 1), visit, NULL);
+            if (rnd() % 16 == 0)
+                check_uses(e);
         } else if (cur[s] >= 0) { /* reinstall over a live entry: counts move to pending */
             int id = cur[s];
             int l = s % 2;
@@ -415,6 +622,7 @@ int main(int argc, char **argv) {
         poll_once(e);
     drain();
     fp_collect(e, 0, visit, NULL);
+    check_uses(e);
     for (int id = 0; id < nb; id++)
         for (int d = 0; d < 2; d++)
             if (B[id].received[d] > B[id].counted[d])
@@ -422,9 +630,16 @@ int main(int argc, char **argv) {
                      (unsigned long long)B[id].received[d], (unsigned long long)B[id].counted[d]);
     fprintf(stderr,
             "fastpath_fuzz: %ld iterations, %d bindings, %ld forwarded, %ld misses, %llu gso "
-            "sends, %llu gro buffers, %ld failures\n",
+            "sends, %llu gro buffers, %u Binding requests (%ld answered, %llu counted, %ld handed "
+            "back), %ld failures\n",
             iterations, nb, forwarded, misses_seen, (unsigned long long)e->stat_gso_sends,
-            (unsigned long long)e->stat_gro_buffers, failures);
+            (unsigned long long)e->stat_gro_buffers, nq, answered,
+            (unsigned long long)e->stat_bindings, bindings_missed, failures);
+    if (answered == 0 || bindings_missed == 0)
+        FAIL("the Binding requests were never both answered and handed back");
+    if ((uint64_t)answered > e->stat_bindings)
+        FAIL("%ld Binding answers arrived, %llu counted", answered,
+             (unsigned long long)e->stat_bindings);
     fp_free(e);
     for (int id = 0; id < nb; id++)
         if (B[id].peer_fd >= 0)

@@ -8,6 +8,7 @@ live entries, GSO batches.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from iceward.net.fastpath import LISTENER, RELAY, load_engine
+from iceward.net.fastpath import LISTENER, RELAY, FastPath, load_engine
+from iceward.turn.allocation import TrafficCounters
 from tests.conftest import IN_CI, RunningServer
 
 try:
@@ -309,3 +311,28 @@ def test_server_never_relays_after_deallocation_during_traffic(
     end = [line for line in server.log_text().splitlines() if "allocation end" in line]
     counted = int(end[0].split("to_peer_packets=")[1].split()[0])
     assert len(got) <= counted <= 300  # every datagram relayed was counted (UDP may drop some)
+
+
+def test_a_released_relay_takes_its_entries_and_their_counts_along(rig: Rig) -> None:
+    """Unregistering a relay uninstalls its entries first (counts taken, nothing left for the
+    engine to look for in its table); the listener's other entries stay."""
+    loop = asyncio.new_event_loop()
+    try:
+        fast = FastPath(rig.engine, loop, lambda: None)
+        lfd, rfd = rig.listener.fileno(), rig.relay.fileno()
+        fast._handlers[lfd] = fast._handlers[rfd] = lambda data, addr: None
+        counters, other = TrafficCounters(), TrafficCounters()
+        fast.install(lfd, rig.caddr, 0x4000, rfd, rig.paddr, counters)
+        fast.install(lfd, rig.caddr, 0x4001, lfd, ("127.0.0.1", 9), other)  # not via the relay
+        for _ in range(4):
+            rig.client.sendto(channel_data(0x4000, b"abc"), rig.listener.getsockname())
+        assert rig.poll() == []
+        for _ in range(4):
+            rig.peer.recvfrom(2048)
+        fast.unregister(rfd)
+        assert (counters.packets_to_peer, counters.bytes_to_peer) == (4, 12)
+        assert rig.engine.stats()["entries"] == 2  # the other channel's two entries
+        fast.uninstall(lfd, rig.caddr, 0x4000)  # the core's ChannelRemoved, later: a no-op
+        assert counters.packets_to_peer == 4
+    finally:
+        loop.close()

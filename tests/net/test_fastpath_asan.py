@@ -2,9 +2,11 @@
 
 1. ``fastpath_fuzz.c`` (the engine's C core, no Python) floods real loopback sockets with valid
    and malformed datagrams (truncated ChannelData, length fields beyond the datagram, channel
-   numbers out of range, random bytes), unbinds and rebinds during traffic and pulls sockets from
-   under live entries; it fails on any sanitizer report, any leak (LeakSanitizer at exit), any
-   datagram forwarded for a removed entry and any counter short of what arrived.
+   numbers out of range, random bytes; STUN Binding requests valid, truncated, lying and
+   mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
+   fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
+   removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
+   request that lies, and a valid Binding request handed back.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
@@ -87,6 +89,7 @@ PY_DRIVER = textwrap.dedent(
         return s
 
     eng = _fastpath.Engine()
+    eng.answer_binding(True)
     listener, relay, client, peer = udp(), udp(), udp(), udp()
     eng.add_socket(listener.fileno(), _fastpath.LISTENER)
     eng.add_socket(relay.fileno(), _fastpath.RELAY)
@@ -111,8 +114,12 @@ PY_DRIVER = textwrap.dedent(
         elif r < 0.55:
             n = rnd.randrange(0, 1500)
             body = os.urandom(n)
-            kind = rnd.randrange(4)
-            if kind == 0:
+            kind = rnd.randrange(5)
+            if kind == 4:  # a STUN Binding request header, its length field true or not
+                size = rnd.choice((n & ~3, n))
+                data = struct.pack("!HHI", 1, size, 0x2112A442) + body[:12].ljust(12, b"x")
+                data += body[12:]
+            elif kind == 0:
                 data = struct.pack("!HH", rnd.randrange(0x4000, 0x4010), n) + body
             elif kind == 1:
                 data = struct.pack("!HH", rnd.randrange(0x4000, 0x4010), n + rnd.randrange(1, 99))
@@ -138,6 +145,8 @@ PY_DRIVER = textwrap.dedent(
         elif r < 0.97:
             eng.collect(rnd.random() < 0.5)
             eng.stats()
+            eng.take_bindings()
+            eng.answer_binding(rnd.random() < 0.8)
         else:
             for bad in (("x", 1), ("1.2.3.4",), "1.2.3.4", ("::1", 70000), ("1.2.3.4", -1)):
                 try:

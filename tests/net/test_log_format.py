@@ -34,6 +34,7 @@ def test_json_log_lines_carry_allocation_and_refusal_fields_and_no_secret(
         "--tls-port", "0", "--data-dir", str(tmp_path / "data"), "--http", f"{HOST}:0",
         "--workers", "2", "--secret", SECRET, "--user", f"alice:{PASSWORD}",
         "--allow-peer", "127.0.0.0/8", "--realm", "iceward.test", "--log-format", "json",
+        "--log-level", "debug",  # allocation_start is a debug line
     ]  # fmt: skip
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from iceward.stun import constants as C
 from iceward.stun.integrity import long_term_key
-from iceward.turn.auth import CredentialStore, NonceManager
+from iceward.turn.auth import VERIFIED_NONCES, CredentialStore, NonceManager
 from iceward.turn.credentials import mint_rest_credential, parse_rest_username, rest_password
 
 
@@ -20,6 +20,20 @@ def test_nonce_round_trip_and_limits() -> None:
     assert not NonceManager(b"other", 600).check(nonce, client, 1000.0)  # other server key
     assert not nonces.check("garbage", client, 1000.0)
     assert nonces.advertises_password_algorithms(nonce)
+
+
+def test_remembered_nonces_are_bounded_and_still_checked() -> None:
+    """A nonce whose MAC checked out is remembered for its client only, never past its
+    lifetime, and the memory is emptied when full."""
+    nonces = NonceManager(b"key", lifetime=600)
+    clients = [("198.51.100.7", port) for port in range(1, VERIFIED_NONCES + 2)]
+    issued = [nonces.issue(c, 1000.0) for c in clients]
+    for nonce, client in zip(issued, clients, strict=True):
+        assert nonces.check(nonce, client, 1000.0)
+        assert nonces.check(nonce, client, 1001.0)
+        assert not nonces.check(nonce, ("198.51.100.8", client[1]), 1001.0)
+        assert not nonces.check(nonce, client, 1601.0)
+    assert 0 < len(nonces._verified) <= VERIFIED_NONCES
 
 
 def test_another_worker_with_the_same_key_accepts_the_nonce() -> None:

@@ -16,6 +16,11 @@
  * hands back (and zeroes) so the control plane keeps the exact counters.  Removing a socket purges
  * every entry that reads or writes it; their counts wait in a pending list for collect().
  *
+ * A STUN Binding request on a listener that needs nothing but an address (no attributes, or only
+ * SOFTWARE and a valid FINGERPRINT) is answered here too, when the control plane switched that on
+ * (answer_binding): XOR-MAPPED-ADDRESS and, if the request had one, FINGERPRINT, the very bytes
+ * the Python core sends; take_bindings() hands back how many, for the same request counter.
+ *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
 #define _GNU_SOURCE
@@ -58,6 +63,7 @@
 #define FP_GSO_SEGS 64
 #define FP_GSO_BYTES 65000
 #define FP_GSO_MAX_SEG 1472
+#define FP_BINDING_MAX 52 /* header 20 + XOR-MAPPED-ADDRESS (IPv6) 24 + FINGERPRINT 8 */
 
 typedef struct {
     int32_t fd;
@@ -94,7 +100,9 @@ typedef struct {
 
 typedef struct {
     int fd;
-    const fp_entry *entry;
+    const fp_entry *entry; /* NULL for a STUN answer */
+    const struct sockaddr_storage *dst;
+    socklen_t dstlen;
     char *hdr; /* 4 bytes of ChannelData header, or NULL */
     char *data;
     int len;   /* of data */
@@ -108,6 +116,9 @@ typedef struct fp_engine {
     size_t count;
     uint8_t *kinds;
     int nkinds;
+    uint32_t *uses; /* per fd: entries that read or write it (see fp_count_use) */
+    int nuses;
+    int uses_lost;  /* a count could not be kept: remove_socket scans the whole table */
     fp_count *pending;
     size_t npending, cpending;
     char *pool;
@@ -115,6 +126,8 @@ typedef struct fp_engine {
     int gro;
     int nmiss;
     int nout;
+    int binding; /* answer plain Binding requests on listeners */
+    uint64_t stat_bindings, bindings_untaken;
     uint64_t stat_hits, stat_misses, stat_send_calls, stat_gso_sends, stat_send_errors;
     uint64_t stat_recv_calls, stat_gro_buffers, stat_dropped;
     struct mmsghdr rmsg[FP_POOL];
@@ -124,6 +137,7 @@ typedef struct fp_engine {
     fp_miss miss[FP_MAXOUT];
     fp_out out[FP_MAXOUT];
     char hdrs[FP_MAXOUT][4];
+    unsigned char answers[FP_MAXOUT][FP_BINDING_MAX];
     struct mmsghdr smsg[FP_MAXOUT];
     struct iovec siov[2 * FP_MAXOUT];
     uint64_t cbuf[FP_MAXOUT][4];
@@ -195,6 +209,43 @@ static int fp_grow(fp_engine *e) {
     return 0;
 }
 
+/* ---- entries per socket ------------------------------------------------------------------- */
+
+/* Count (delta +1) or uncount (-1) one entry's use of fd, so that removing a socket that no
+ * entry uses costs no scan of the whole table (a relay released at the end of every allocation,
+ * while thousands of other allocations' entries stay). If the array cannot grow, counts are
+ * given up for good and every removal scans, as it would without them. */
+static void fp_count_use(fp_engine *e, int fd, int delta) {
+    if (fd < 0 || e->uses_lost)
+        return;
+    if (fd >= e->nuses) {
+        if (delta < 0) {
+            e->uses_lost = 1; /* uncounting what was never counted: trust nothing */
+            return;
+        }
+        int n = e->nuses ? e->nuses : 64;
+        while (n <= fd)
+            n *= 2;
+        uint32_t *u = realloc(e->uses, (size_t)n * sizeof(*u));
+        if (u == NULL) {
+            e->uses_lost = 1;
+            return;
+        }
+        memset(u + e->nuses, 0, (size_t)(n - e->nuses) * sizeof(*u));
+        e->uses = u;
+        e->nuses = n;
+    }
+    if (delta < 0 && e->uses[fd] == 0)
+        e->uses_lost = 1;
+    else
+        e->uses[fd] += (uint32_t)delta;
+}
+
+/* 1 if some entry may read or write fd. */
+static int fp_in_use(const fp_engine *e, int fd) {
+    return e->uses_lost || (fd < e->nuses && e->uses[fd] > 0);
+}
+
 static int fp_push_pending(fp_engine *e, uint64_t token, uint64_t packets, uint64_t bytes) {
     if (packets == 0 && bytes == 0)
         return 0;
@@ -250,6 +301,7 @@ static void fp_free(fp_engine *e) {
     }
     free(e->buckets);
     free(e->kinds);
+    free(e->uses);
     free(e->pending);
     free(e->pool);
     if (e->epfd >= 0)
@@ -299,6 +351,8 @@ static void fp_remove_socket(fp_engine *e, int fd) {
         e->kinds[fd] = 0;
         epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
     }
+    if (!fp_in_use(e, fd))
+        return;
     for (size_t i = 0; i < e->nbuckets; i++) {
         fp_entry **pp = &e->buckets[i];
         while (*pp != NULL) {
@@ -306,6 +360,8 @@ static void fp_remove_socket(fp_engine *e, int fd) {
             if (x->key.fd == fd || x->out_fd == fd) {
                 *pp = x->next;
                 fp_push_pending(e, x->token, x->packets, x->bytes);
+                fp_count_use(e, x->key.fd, -1);
+                fp_count_use(e, x->out_fd, -1);
                 free(x);
                 e->count--;
             } else {
@@ -335,10 +391,13 @@ static int fp_install(fp_engine *e, int kind, int in_fd, const struct sockaddr *
         x->key = k;
         *pp = x;
         e->count++;
+        fp_count_use(e, in_fd, 1);
     } else {
         fp_push_pending(e, x->token, x->packets, x->bytes);
         x->packets = x->bytes = 0;
+        fp_count_use(e, x->out_fd, -1);
     }
+    fp_count_use(e, out_fd, 1);
     x->out_fd = out_fd;
     x->out_chan = out_chan;
     memset(&x->dst, 0, sizeof(x->dst));
@@ -363,6 +422,8 @@ static int fp_uninstall(fp_engine *e, int kind, int in_fd, const struct sockaddr
     *pp = x->next;
     *packets = x->packets;
     *bytes = x->bytes;
+    fp_count_use(e, x->key.fd, -1);
+    fp_count_use(e, x->out_fd, -1);
     free(x);
     e->count--;
     return 1;
@@ -404,6 +465,8 @@ static void fp_add_out(fp_engine *e, int fd, const fp_entry *x, char *hdr, char 
     fp_out *o = &e->out[e->nout++];
     o->fd = fd;
     o->entry = x;
+    o->dst = &x->dst;
+    o->dstlen = x->dstlen;
     o->hdr = hdr;
     o->data = data;
     o->len = len;
@@ -422,8 +485,8 @@ static void fp_iov(fp_engine *e, int *iv, const fp_out *o) {
     (*iv)++;
 }
 
-static int fp_same_dst(const fp_entry *a, const fp_entry *b) {
-    return a == b || (a->dstlen == b->dstlen && memcmp(&a->dst, &b->dst, a->dstlen) == 0);
+static int fp_same_dst(const fp_out *a, const fp_out *b) {
+    return a->dst == b->dst || (a->dstlen == b->dstlen && memcmp(a->dst, b->dst, a->dstlen) == 0);
 }
 
 /* Send smsg[0..m) on fd; UDP semantics: a datagram the kernel refuses is lost. */
@@ -473,7 +536,7 @@ static void fp_flush(fp_engine *e) {
             continue;
         int fd = e->out[i].fd;
         int m = 0, iv = 0;
-        const fp_entry *last = NULL;
+        const fp_out *last = NULL;
         for (int j = i; j < nout; j++) {
             fp_out *o = &e->out[j];
             if (e->done[j] || o->fd != fd)
@@ -482,7 +545,7 @@ static void fp_flush(fp_engine *e) {
             int size = fp_out_size(o);
             if (e->gso && m > 0 && e->mlen[m - 1] == size && size > 0 && size <= FP_GSO_MAX_SEG &&
                 e->mseg[m - 1] < FP_GSO_SEGS && (e->mseg[m - 1] + 1) * size <= FP_GSO_BYTES &&
-                fp_same_dst(last, o->entry)) {
+                fp_same_dst(last, o)) {
                 int before = iv;
                 fp_iov(e, &iv, o);
                 e->smsg[m - 1].msg_hdr.msg_iovlen += (size_t)(iv - before);
@@ -491,15 +554,15 @@ static void fp_flush(fp_engine *e) {
             }
             struct msghdr *h = &e->smsg[m].msg_hdr;
             memset(h, 0, sizeof(*h));
-            h->msg_name = (void *)&o->entry->dst;
-            h->msg_namelen = o->entry->dstlen;
+            h->msg_name = (void *)o->dst;
+            h->msg_namelen = o->dstlen;
             h->msg_iov = &e->siov[iv];
             int before = iv;
             fp_iov(e, &iv, o);
             h->msg_iovlen = (size_t)(iv - before);
             e->mseg[m] = 1;
             e->mlen[m] = size;
-            last = o->entry;
+            last = o;
             m++;
         }
         for (int k = 0; k < m; k++) {
@@ -519,6 +582,142 @@ static void fp_flush(fp_engine *e) {
         fp_send_msgs(e, fd, m);
     }
     e->nout = 0;
+}
+
+/* ---- STUN Binding answered natively ------------------------------------------------------ */
+
+#define FP_STUN_COOKIE 0x2112A442u
+#define FP_STUN_FINGERPRINT_XOR 0x5354554Eu
+#define FP_ATTR_XOR_MAPPED_ADDRESS 0x0020
+#define FP_ATTR_SOFTWARE 0x8022
+#define FP_ATTR_FINGERPRINT 0x8028
+
+static uint32_t fp_crc_table[256];
+
+/* zlib's CRC-32 (reflected 0xEDB88320), the table built on first use. */
+static uint32_t fp_crc32(const unsigned char *p, size_t n) {
+    if (fp_crc_table[1] == 0) {
+        for (uint32_t i = 0; i < 256; i++) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; k++)
+                c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            fp_crc_table[i] = c;
+        }
+    }
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++)
+        c = fp_crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static uint16_t fp_be16(const unsigned char *p) { return (uint16_t)((p[0] << 8) | p[1]); }
+
+static uint32_t fp_be32(const unsigned char *p) {
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static void fp_put16(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)(v >> 8);
+    p[1] = (unsigned char)v;
+}
+
+static void fp_put32(unsigned char *p, uint32_t v) {
+    fp_put16(p, v >> 16);
+    fp_put16(p + 2, v & 0xFFFF);
+}
+
+/* The answer to p[0..len) if it is a Binding request that needs no Python: a well-formed header
+ * (type 0x0001, magic cookie, length a multiple of 4 covering exactly the datagram) and only
+ * SOFTWARE and FINGERPRINT (last, 4 bytes, its CRC right) as attributes. Writes the success
+ * response the Python core would send to out (FP_BINDING_MAX bytes) and returns its length;
+ * returns 0 for anything else (CHANGE-REQUEST, RESPONSE-PORT, unknown attributes, a wrong
+ * FINGERPRINT, a malformed message), which the Python path handles as before. */
+static int fp_binding_answer(const unsigned char *p, int len, const struct sockaddr *src,
+                             unsigned char *out) {
+    if (len < 20 || p[0] != 0x00 || p[1] != 0x01 || fp_be32(p + 4) != FP_STUN_COOKIE)
+        return 0;
+    int length = fp_be16(p + 2);
+    if ((length & 3) != 0 || 20 + length != len)
+        return 0;
+    int fingerprint = -1;
+    for (int pos = 20; pos < len;) {
+        if (len - pos < 4 || fingerprint >= 0)
+            return 0; /* truncated, or something after FINGERPRINT */
+        int type = fp_be16(p + pos), alen = fp_be16(p + pos + 2);
+        int next = pos + 4 + ((alen + 3) & ~3);
+        if (next > len)
+            return 0;
+        if (type == FP_ATTR_FINGERPRINT) {
+            if (alen != 4)
+                return 0;
+            fingerprint = pos;
+        } else if (type != FP_ATTR_SOFTWARE) {
+            return 0;
+        }
+        pos = next;
+    }
+    if (fingerprint >= 0 &&
+        (fp_crc32(p, (size_t)fingerprint) ^ FP_STUN_FINGERPRINT_XOR) != fp_be32(p + fingerprint + 4))
+        return 0;
+    int n = 20;
+    fp_put16(out + n, FP_ATTR_XOR_MAPPED_ADDRESS);
+    out[n + 4] = 0;
+    if (src->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)src;
+        const unsigned char *a = (const unsigned char *)&s4->sin_addr;
+        fp_put16(out + n + 2, 8);
+        out[n + 5] = 1;
+        fp_put16(out + n + 6, ntohs(s4->sin_port) ^ (FP_STUN_COOKIE >> 16));
+        for (int i = 0; i < 4; i++)
+            out[n + 8 + i] = a[i] ^ p[4 + i]; /* the cookie */
+        n += 12;
+    } else if (src->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)src;
+        const unsigned char *a = (const unsigned char *)&s6->sin6_addr;
+        fp_put16(out + n + 2, 20);
+        out[n + 5] = 2;
+        fp_put16(out + n + 6, ntohs(s6->sin6_port) ^ (FP_STUN_COOKIE >> 16));
+        for (int i = 0; i < 16; i++)
+            out[n + 8 + i] = a[i] ^ p[4 + i]; /* the cookie, then the transaction id */
+        n += 24;
+    } else {
+        return 0;
+    }
+    int total = n + (fingerprint >= 0 ? 8 : 0);
+    fp_put16(out, 0x0101);
+    fp_put16(out + 2, (uint32_t)(total - 20));
+    memcpy(out + 4, p + 4, 16); /* cookie and transaction id */
+    if (fingerprint >= 0) {
+        fp_put16(out + n, FP_ATTR_FINGERPRINT);
+        fp_put16(out + n + 2, 4);
+        fp_put32(out + n + 4, fp_crc32(out, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
+    }
+    return total;
+}
+
+/* 1 if p[0..len), received on listener fd from src, was a Binding request answered here. */
+static int fp_serve_binding(fp_engine *e, int fd, const struct sockaddr *src,
+                            const unsigned char *p, int len) {
+    if (len < 20 || p[0] != 0x00 || p[1] != 0x01)
+        return 0;
+    if (e->nout == FP_MAXOUT)
+        fp_flush(e);
+    unsigned char *answer = e->answers[e->nout];
+    int n = fp_binding_answer(p, len, src, answer);
+    if (n == 0)
+        return 0;
+    fp_out *o = &e->out[e->nout++];
+    o->fd = fd;
+    o->entry = NULL;
+    o->dst = (const struct sockaddr_storage *)src;
+    o->dstlen = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                           : sizeof(struct sockaddr_in);
+    o->hdr = NULL;
+    o->data = (char *)answer;
+    o->len = n;
+    e->stat_bindings++;
+    e->bindings_untaken++;
+    return 1;
 }
 
 static char *fp_slot_data(fp_engine *e, int slot) { return e->pool + (size_t)slot * FP_STRIDE + 4; }
@@ -571,6 +770,8 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
                     }
                 }
             }
+            if (e->binding && fp_serve_binding(e, fd, src, p, len))
+                goto next; /* a plain STUN Binding request, answered here */
         } else if (peer_entry != NULL && len <= 65535) {
             fp_entry *x = peer_entry;
             if (e->nout == FP_MAXOUT)
@@ -944,12 +1145,35 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
     return list;
 }
 
+/* answer_binding(on): answer plain STUN Binding requests on listeners here (see the top). */
+static PyObject *Engine_answer_binding(Engine *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on) || check_open(self))
+        return NULL;
+    lock_engine(self);
+    self->e->binding = on;
+    pthread_mutex_unlock(&self->e->lock);
+    Py_RETURN_NONE;
+}
+
+/* take_bindings() -> how many Binding requests were answered here since the last call. */
+static PyObject *Engine_take_bindings(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    lock_engine(self);
+    uint64_t n = self->e->bindings_untaken;
+    self->e->bindings_untaken = 0;
+    pthread_mutex_unlock(&self->e->lock);
+    return PyLong_FromUnsignedLongLong((unsigned long long)n);
+}
+
 static PyObject *Engine_stats(Engine *self, PyObject *noargs) {
     if (check_open(self))
         return NULL;
     fp_engine *e = self->e;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "misses",
+        "{sKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
+        (unsigned long long)e->stat_bindings, "misses",
         (unsigned long long)e->stat_misses, "recv_calls", (unsigned long long)e->stat_recv_calls,
         "gro_buffers", (unsigned long long)e->stat_gro_buffers, "send_calls",
         (unsigned long long)e->stat_send_calls, "gso_sends", (unsigned long long)e->stat_gso_sends,
@@ -977,6 +1201,10 @@ static PyMethodDef Engine_methods[] = {
      "collect(pending_only=False) -> [(token, packets, bytes)] since the last collect"},
     {"poll", (PyCFunction)Engine_poll, METH_VARARGS,
      "poll(timeout_ms=0) -> [(fd, data, (host, port))] not served by the tables"},
+    {"answer_binding", (PyCFunction)Engine_answer_binding, METH_VARARGS,
+     "answer_binding(on): answer plain STUN Binding requests on listeners natively"},
+    {"take_bindings", (PyCFunction)Engine_take_bindings, METH_NOARGS,
+     "take_bindings() -> Binding requests answered natively since the last call"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "Counters of the engine itself."},
     {NULL, NULL, 0, NULL},
 };

@@ -12,6 +12,12 @@ under a token. :meth:`FastPath.sync` adds what they counted since the last call 
 clients stay on the Python path (their relay sockets are still served here: a peer datagram with
 no native entry goes to the relay's Python table).
 
+STUN Binding: with :meth:`FastPath.answer_binding` on, a Binding request that needs nothing but
+the client's address (no attributes, or only SOFTWARE and FINGERPRINT) is answered by the engine
+with the bytes the core would send; :meth:`FastPath.take_bindings` says how many, so the core's
+request counter stays exact. Anything else (RFC 5780 CHANGE-REQUEST, unknown attributes, a wrong
+FINGERPRINT) comes back to Python as before.
+
 ``ICEWARD_FASTPATH=0`` (or a missing extension) selects the pure-Python path; ``ICEWARD_FASTPATH=
 "1 nogso"`` / ``"1 nogro"`` keep the native path without UDP GSO sends / UDP GRO receives.
 """
@@ -70,6 +76,8 @@ class FastPath:
         self._tokens: dict[int, tuple[TrafficCounters, bool]] = {}
         #: (listener fd, client, channel) -> (to-peer token, relay fd, peer, to-client token).
         self._installed: dict[tuple[int, Address, int], tuple[int, int, Address, int]] = {}
+        #: relay fd -> the keys of ``_installed`` through it.
+        self._by_relay: dict[int, set[tuple[int, Address, int]]] = {}
         self._next_token = 1
         self.closed = False
         loop.add_reader(engine.fileno(), self._on_ready)
@@ -80,7 +88,11 @@ class FastPath:
         self._handlers[fd] = handler
 
     def unregister(self, fd: int) -> None:
-        """Before the socket closes: the engine forgets it and every entry that uses it."""
+        """Before the socket closes: the engine forgets it and every entry that uses it. A
+        relay's own entries are uninstalled first (their counts taken as they go), so the engine
+        has none left to look for in its whole table."""
+        for key in list(self._by_relay.pop(fd, ())):
+            self.uninstall(*key)
         if self._handlers.pop(fd, None) is not None and not self.closed:
             self.engine.remove_socket(fd)
 
@@ -112,14 +124,21 @@ class FastPath:
         self._tokens[to_peer] = (counters, True)
         self._tokens[to_client] = (counters, False)
         self._installed[key] = (to_peer, relay_fd, peer, to_client)
+        self._by_relay.setdefault(relay_fd, set()).add(key)
         self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
         self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
 
     def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
-        found = self._installed.pop((listener_fd, client, number), None)
+        key = (listener_fd, client, number)
+        found = self._installed.pop(key, None)
         if found is None or self.closed:
             return
         to_peer, relay_fd, peer, to_client = found
+        keys = self._by_relay.get(relay_fd)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_relay[relay_fd]
         engine = self.engine
         for token, counts in (
             (to_peer, engine.uninstall_client(listener_fd, client, number)),
@@ -151,6 +170,17 @@ class FastPath:
         else:
             counters.packets_to_client += packets
             counters.bytes_to_client += nbytes
+
+    def answer_binding(self, on: bool) -> None:
+        """Let the engine answer plain Binding requests on the listeners."""
+        self.engine.answer_binding(on)
+
+    def take_bindings(self) -> int:
+        """Binding requests the engine answered since the last call."""
+        if self.closed:
+            return 0
+        count: int = self.engine.take_bindings()
+        return count
 
     def stats(self) -> dict[str, int]:
         stats: dict[str, int] = self.engine.stats()

@@ -8,6 +8,7 @@ else.
 
 from __future__ import annotations
 
+import hmac
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -201,18 +202,17 @@ def encode_message(
     fingerprint: bool = False,
 ) -> bytes:
     """Build a STUN message; integrity attributes and FINGERPRINT are appended last, in order."""
-    from iceward.stun.integrity import hmac_sha1, hmac_sha256
-
     if len(transaction_id) != 12:
         raise StunError("transaction id must be 12 bytes")
     body = encode_attributes(list(attributes))
     msg_type = message_type(method, cls)
     if integrity_key is not None:
         head = _HEADER.pack(msg_type, len(body) + 24, MAGIC_COOKIE, transaction_id)
-        body += _ATTR_HEADER.pack(MESSAGE_INTEGRITY, 20) + hmac_sha1(integrity_key, head + body)
+        mac = hmac.digest(integrity_key, head + body, "sha1")
+        body += _ATTR_HEADER.pack(MESSAGE_INTEGRITY, 20) + mac
     if integrity_sha256_key is not None:
         head = _HEADER.pack(msg_type, len(body) + 36, MAGIC_COOKIE, transaction_id)
-        mac = hmac_sha256(integrity_sha256_key, head + body)
+        mac = hmac.digest(integrity_sha256_key, head + body, "sha256")
         body += _ATTR_HEADER.pack(MESSAGE_INTEGRITY_SHA256, 32) + mac
     if fingerprint:
         head = _HEADER.pack(msg_type, len(body) + 8, MAGIC_COOKIE, transaction_id)

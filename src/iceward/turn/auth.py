@@ -21,6 +21,8 @@ Address = tuple[str, int]
 #: RFC 8489 9.2: nonce cookie, then the security feature set (here: password algorithms only).
 NONCE_COOKIE = "obMatJos2"
 FEATURES_PASSWORD_ALGORITHMS = "gAAA"  # base64 of 0x800000: bit 0 set
+#: How many verified (nonce, client) pairs :class:`NonceManager` remembers.
+VERIFIED_NONCES = 4096
 
 
 class NonceManager:
@@ -30,10 +32,13 @@ class NonceManager:
         self._key = key
         self.lifetime = lifetime
         self.prefix = NONCE_COOKIE + FEATURES_PASSWORD_ALGORITHMS
+        #: (nonce, client) pairs whose MAC checked out: an allocation's every request carries
+        #: the same nonce, so its MAC is computed once. Bounded: emptied when full.
+        self._verified: set[tuple[str, Address]] = set()
 
     def _mac(self, stamp: str, client: Address) -> str:
         msg = f"{stamp}|{client[0]}|{client[1]}".encode()
-        return hmac.new(self._key, msg, hashlib.sha256).hexdigest()[:24]
+        return hmac.digest(self._key, msg, "sha256").hex()[:24]
 
     def issue(self, client: Address, now: float) -> str:
         stamp = f"{int(now):010x}"
@@ -51,7 +56,15 @@ class NonceManager:
             return False
         if not (issued - 5 <= now <= issued + self.lifetime):
             return False
-        return hmac.compare_digest(nonce[p + 10 :], self._mac(stamp, client))
+        key = (nonce, client)
+        if key in self._verified:
+            return True
+        if not hmac.compare_digest(nonce[p + 10 :], self._mac(stamp, client)):
+            return False
+        if len(self._verified) >= VERIFIED_NONCES:
+            self._verified.clear()
+        self._verified.add(key)
+        return True
 
     def advertises_password_algorithms(self, nonce: str) -> bool:
         return nonce.startswith(NONCE_COOKIE) and nonce[9:13] == FEATURES_PASSWORD_ALGORITHMS

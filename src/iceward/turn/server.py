@@ -48,6 +48,8 @@ from iceward.turn.quota import LocalQuota, QuotaLedger
 _CHANNEL_HEADER = struct.Struct("!HH")
 _ALLOCATE_REQUEST = struct.pack("!H", C.ALLOCATE)  # the class bits of a request are 0
 _TURN_METHODS = frozenset({C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND})
+#: method -> its request counter, built once rather than formatted per request.
+_REQUEST_COUNTER = {method: f"request.{name}" for method, name in C.METHOD_NAMES.items()}
 _OWN_RELAY = PolicyDecision(False, "the allocation's own relayed address")
 _OFFERED_ALGORITHMS = A.encode_password_algorithm(C.ALGORITHM_MD5) + A.encode_password_algorithm(
     C.ALGORITHM_SHA256
@@ -196,7 +198,7 @@ class TurnServer:
             self.counters["drop.malformed"] += 1
             return []
         if msg.cls == C.REQUEST:
-            self.counters[f"request.{C.METHOD_NAMES.get(msg.method, 'unknown')}"] += 1
+            self.counters[_REQUEST_COUNTER.get(msg.method, "request.unknown")] += 1
             return self._request(msg, five_tuple, now, now if wall is None else wall)
         if msg.cls == C.INDICATION and msg.method == C.SEND:
             return self._send_indication(msg, five_tuple, now)
