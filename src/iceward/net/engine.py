@@ -10,6 +10,7 @@ API are not its business: :mod:`iceward.server` composes it with them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,10 +18,11 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iceward.net import sniff
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
@@ -30,6 +32,7 @@ from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
+from iceward.net.tlsroute import TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
 from iceward.snapshot import Snapshot
@@ -70,6 +73,8 @@ class EngineParams:
     connection_timeout: float
     idle_timeout: float
     max_connections_per_source: int
+    #: Load balancers whose connections start with a PROXY header (``--proxy-protocol-from``).
+    proxy_from: list[str] = field(default_factory=list)
 
 
 class RelayEngine:
@@ -114,6 +119,10 @@ class RelayEngine:
         self._error_log = LogThrottle(budget=1)
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
+        self._proxy_log = LogThrottle()
+        #: Serves HTTP on the TLS port (a fresh protocol per connection), once the owner has an
+        #: HTTP app; None: HTTP asked for there is refused.
+        self.http_protocol: Callable[[], asyncio.Protocol] | None = None
         self.listening = False
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
@@ -158,11 +167,23 @@ class RelayEngine:
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
+        proxy_from = [ipaddress.ip_network(n, strict=False) for n in params.proxy_from]
         for sock in slot.tcp:
-            self._servers.append(StreamAcceptor(sock, "tcp", loop, self._new_stream, PRESSURE))
+            acceptor = StreamAcceptor(
+                sock,
+                "tcp",
+                loop,
+                self._new_stream,
+                PRESSURE,
+                handshake_timeout=params.connection_timeout,
+                proxy_from=proxy_from,
+                refused=self._stream_refused,
+            )
+            self._servers.append(acceptor)
         if slot.tls:
             assert self._tls_files is not None, "TLS listeners need a certificate"
             self._tls = server_context(*self._tls_files)
+            self._tls.set_alpn_protocols(sniff.SERVER_ALPN)
             for sock in slot.tls:
                 acceptor = StreamAcceptor(
                     sock,
@@ -172,6 +193,9 @@ class RelayEngine:
                     PRESSURE,
                     tls=self._tls,
                     handshake_timeout=params.connection_timeout,
+                    route=lambda conn: TlsRouter(conn, self._to_http),
+                    proxy_from=proxy_from,
+                    refused=self._stream_refused,
                 )
                 self._servers.append(acceptor)
         ports = [a[1] for a in self._udp] + [s.getsockname()[1] for s in slot.tcp + slot.tls]
@@ -373,6 +397,11 @@ class RelayEngine:
 
     def _on_stream_open(self, conn: StreamConnection) -> None:
         assert conn.five_tuple is not None
+        if conn.five_tuple in self._streams:  # two PROXY headers naming one client address
+            conn.refused = "proxy_duplicate"
+            conn.five_tuple = None
+            conn.abort("a second connection from the same client address and port")
+            return
         self._streams[conn.five_tuple] = conn
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
@@ -381,7 +410,18 @@ class RelayEngine:
             return
         self._feed(self._from_client, data, conn.five_tuple)
 
-    def _on_close(self, conn: StreamConnection) -> None:
+    def _to_http(self, conn: StreamConnection) -> asyncio.Protocol | None:
+        """A connection on the TLS port turned out to be HTTP: it leaves the TURN side (and
+        its source's count: the HTTP server bounds its own) for a fresh HTTP protocol."""
+        if self.http_protocol is None:
+            return None
+        self._release(conn)
+        if conn.five_tuple is not None:
+            self._streams.pop(conn.five_tuple, None)
+        return self.http_protocol()
+
+    def _release(self, conn: StreamConnection) -> None:
+        """No longer counted against its source IP."""
         if not conn.counted:
             return
         conn.counted = False
@@ -391,8 +431,36 @@ class RelayEngine:
             self._per_source[ip] = left
         else:
             self._per_source.pop(ip, None)
+
+    def _stream_refused(self, peer: Address, reason: str) -> None:
+        """A connection refused before it was one (its PROXY header): counted by reason, logged
+        once a minute per source."""
+        if self.core is not None:
+            self.core.counters[f"drop.{reason}"] += 1
+        if reason.startswith("proxy_"):
+            self._proxy_refused(peer, reason)
+
+    def _proxy_refused(self, peer: Address, reason: str) -> None:
+        write, held = self._proxy_log.admit(peer[0], time.monotonic())
+        if write:
+            more = f" ({held} more from {peer[0]} not logged)" if held else ""
+            log.warning(
+                "PROXY protocol refused from %s:%s: %s%s",
+                peer[0],
+                peer[1],
+                reason.removeprefix("proxy_"),
+                more,
+                extra={"event": "proxy_refused", "client": peer, "reason": reason},
+            )
+
+    def _on_close(self, conn: StreamConnection) -> None:
+        if not conn.counted:
+            return
+        self._release(conn)
+        if conn.refused is not None:
+            self._stream_refused(conn.peer, conn.refused)
         if conn.five_tuple is None or self.core is None:
-            if self.core is not None:  # the TLS handshake failed or timed out
+            if self.core is not None and conn.refused is None:  # TLS handshake failed or timed out
                 self.core.counters["drop.tls_handshake"] += 1
             return
         self._streams.pop(conn.five_tuple, None)

@@ -66,6 +66,7 @@ class RelayProcess:
             connection_timeout=settings.connection_timeout,
             idle_timeout=settings.idle_timeout,
             max_connections_per_source=settings.max_connections_per_source,
+            proxy_from=list(settings.proxy_protocol_from),
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
         self.engine = RelayEngine(params, slot, files)

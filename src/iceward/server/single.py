@@ -51,6 +51,7 @@ class SingleServer:
         if self.http is not None:
             assert process.store is not None
             await self.http.start(build_app(self, process.store, plan.settings))
+            process.engine.http_protocol = self.http.protocol  # HTTPS on the TLS port
         log.info(
             "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
             self.endpoints.port,

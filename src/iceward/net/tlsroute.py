@@ -1,0 +1,75 @@
+"""A TLS connection on the shared port handed to TURN or to HTTP once it is known which.
+
+The router is the TLS transport's first protocol. ALPN decides at the end of the handshake;
+without it the first decrypted bytes do (see :mod:`iceward.net.sniff`). Then the transport is
+given to the chosen protocol (``set_protocol``, ``connection_made``, the bytes read so far) and
+the router steps aside. Until then the TURN side already holds the connection, so the owner's
+sweep closes one that says nothing within the connection timeout, as for any stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from iceward.net import sniff
+from iceward.net.stream import StreamConnection
+
+log = logging.getLogger("iceward.net")
+
+#: Given the TURN connection being left, the HTTP protocol to serve it with (None: no HTTP here).
+HttpHandoff = Callable[[StreamConnection], asyncio.Protocol | None]
+
+
+class TlsRouter(asyncio.Protocol):
+    def __init__(self, turn: StreamConnection, to_http: HttpHandoff) -> None:
+        self.turn = turn
+        self._to_http = to_http
+        self._transport: Any = None
+        self._buf = b""
+        self._routed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self.turn.connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        route = sniff.route_alpn(alpn)
+        if route is not None:
+            self._route(route)
+
+    def data_received(self, data: bytes) -> None:
+        if self._routed:  # bytes that came in the same read as the deciding ones
+            self._transport.get_protocol().data_received(data)
+            return
+        self._buf += data
+        route = sniff.route_bytes(self._buf)
+        if route is not None:
+            self._route(route)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.turn.connection_lost(exc)
+
+    def _route(self, route: sniff.Route) -> None:
+        self._routed = True
+        transport, data, self._buf = self._transport, self._buf, b""
+        if route == "turn":
+            transport.set_protocol(self.turn)
+            if data:
+                self.turn.data_received(data)
+            return
+        http = self._to_http(self.turn)
+        if http is None:
+            self.turn.refused = "no_http"
+            transport.set_protocol(self.turn)
+            self.turn.abort("HTTP asked for where no HTTP API is served")
+            return
+        transport.set_protocol(http)
+        http.connection_made(transport)
+        if data:
+            http.data_received(data)
