@@ -1,0 +1,154 @@
+"""One TLS port for everything: HTTPS, TURN over TLS and TURN over plain TCP on the same socket.
+
+Chromium loads the test page over ``https://localhost:P/test`` and, from that very page, relays
+a data channel through ``turns:localhost:P?transport=tcp`` (no ALPN: the first decrypted bytes
+route it to TURN), then through ``turn:127.0.0.1:P?transport=tcp`` (plain TCP, chosen by the first
+byte). coturn's ``turnutils_uclient`` relays over TLS and over plain TCP through P at once. One
+server for the module.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iceward.turn.credentials import mint_rest_credential
+from tests.conftest import HOST, CertAuthority, RunningServer, start_server
+from tests.realclients.test_chromium import (  # noqa: F401  (fixtures)
+    CONNECT_TIMEOUT_MS,
+    MESSAGES,
+    PAGE,
+    SECRET,
+    browser,
+    browser_ca,
+    describe,
+)
+from tests.realclients.test_uclient import (
+    CREDENTIALS,
+    EXPECTED_USER,
+    TRAFFIC,
+    assert_relayed,
+    run_uclients,
+)
+from tests.realclients.test_uclient import uclient as uclient
+
+pytestmark = pytest.mark.realclient
+
+RELAY_SCRIPT = re.search(r"<script>(.*)</script>", PAGE.read_text(), re.S).group(1)  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory,
+    browser_ca: CertAuthority,  # noqa: F811
+) -> Iterator[RunningServer]:
+    running = start_server(
+        tmp_path_factory.mktemp("one-port"), cert=(browser_ca.cert, browser_ca.key), workers=1
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def relay(page: Any, url: str) -> dict[str, Any]:
+    rest = mint_rest_credential(SECRET, "one-port", 600, time.time())
+    ice_servers = [{"urls": [url], "username": rest.username, "credential": rest.password}]
+    report: dict[str, Any] = page.evaluate(
+        "opts => runRelayTest(opts)",
+        {"iceServers": ice_servers, "count": MESSAGES, "timeoutMs": CONNECT_TIMEOUT_MS},
+    )
+    return report
+
+
+def test_https_page_and_turns_and_turn_tcp_on_one_port(
+    browser: Any,  # noqa: F811
+    server: RunningServer,
+) -> None:
+    port = server.tls_port
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        response = page.goto(f"https://localhost:{port}/test")
+        assert response is not None and response.ok, response
+        assert response.url.startswith("https://"), response.url
+        assert page.locator("body").inner_text(), "empty test page"
+        page.add_script_tag(content=RELAY_SCRIPT)
+        page.wait_for_function("window.relayPageReady === true")
+        for url, protocol in (
+            (f"turns:localhost:{port}?transport=tcp", "tls"),
+            (f"turn:{HOST}:{port}?transport=tcp", "tcp"),
+        ):
+            report = relay(page, url)
+            why = f"{url}: {describe(report, server)}"
+            assert report["ok"], why
+            assert report["received"]["pc1"] == [f"pc2->pc1 #{i}" for i in range(MESSAGES)], why
+            for name in ("pc1", "pc2"):
+                assert report["selected"][name]["local"]["relayProtocol"] == protocol, why
+    finally:
+        context.close()
+    # The TURN connections were routed by their bytes; the page's by its ALPN (http/1.1).
+    assert "HTTP asked for where no HTTP API is served" not in server.log_text()
+
+
+def test_uclient_over_tls_and_plain_tcp_on_the_tls_port(
+    uclient: str,
+    server: RunningServer,
+) -> None:
+    runs = run_uclients(
+        uclient,
+        server.tls_port,
+        {
+            "static": (*TRAFFIC, "-t", "-S", *CREDENTIALS["static"]),
+            "rest": (*TRAFFIC, "-t", *CREDENTIALS["rest"]),
+        },
+    )
+    for name, run in runs.items():
+        assert_relayed(run, server, EXPECTED_USER[name])
+    log = server.log_text()
+    static = re.findall(r"allocation start client=(\w+):\S+ user='alice'", log)
+    rest = re.findall(r"allocation start client=(\w+):\S+ user='\d+:someone'", log)
+    assert static and set(static) == {"tls"}, static
+    assert rest and set(rest) == {"tcp"}, rest
+
+
+@pytest.mark.parametrize("alpn", [["http/1.1"], ["h2", "http/1.1"], None])
+def test_https_api_by_alpn_or_request_line(
+    server: RunningServer,
+    browser_ca: CertAuthority,
+    alpn: list[str] | None,  # noqa: F811
+) -> None:
+    ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    with (
+        socket.create_connection((HOST, server.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == ("http/1.1" if alpn else None)
+        tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
+def test_stun_alpn_goes_to_turn(server: RunningServer, browser_ca: CertAuthority) -> None:  # noqa: F811
+    from tests.net.test_limits import binding_request
+
+    ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
+    ctx.set_alpn_protocols(["stun.turn"])
+    _, request = binding_request()
+    with (
+        socket.create_connection((HOST, server.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        assert tls.selected_alpn_protocol() == "stun.turn"
+        tls.sendall(request)
+        assert tls.recv(2048)[:2] == b"\x01\x01"  # a Binding success response
