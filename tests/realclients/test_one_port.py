@@ -121,8 +121,8 @@ def test_uclient_over_tls_and_plain_tcp_on_the_tls_port(
 @pytest.mark.parametrize("alpn", [["http/1.1"], ["h2", "http/1.1"], None])
 def test_https_api_by_alpn_or_request_line(
     server: RunningServer,
-    browser_ca: CertAuthority,
-    alpn: list[str] | None,  # noqa: F811
+    browser_ca: CertAuthority,  # noqa: F811
+    alpn: list[str] | None,
 ) -> None:
     ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
     if alpn:
