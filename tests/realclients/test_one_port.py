@@ -94,7 +94,10 @@ def test_https_page_and_turns_and_turn_tcp_on_one_port(
     finally:
         context.close()
     # The TURN connections were routed by their bytes; the page's by its ALPN (http/1.1).
-    assert "HTTP asked for where no HTTP API is served" not in server.log_text()
+    log = server.log_text()
+    assert "HTTP asked for where no HTTP API is served" not in log
+    shared = "(TURN over TLS, TURN over TCP and HTTPS), not 443"
+    assert f"# turns: on port {port} {shared}" in log
 
 
 def test_uclient_over_tls_and_plain_tcp_on_the_tls_port(
