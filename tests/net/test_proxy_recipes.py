@@ -255,3 +255,30 @@ def test_proxy_header_from_an_unlisted_source_and_none_from_a_listed_one_refused
     log = server.log_text()
     assert f"PROXY protocol refused from {STRANGER}" in log
     assert "198.51.100.7" not in log  # the address a refused header claimed is nobody
+
+
+def v2_header(client: tuple[str, int]) -> bytes:
+    ip = socket.inet_aton(client[0])
+    addresses = ip + socket.inet_aton(PROXY_HOST) + client[1].to_bytes(2, "big") + b"\x01\xbb"
+    return b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c" + addresses
+
+
+@pytest.mark.parametrize(("claimed", "status"), [("198.51.100.7", 403), ("127.0.0.8", 200)])
+def test_https_on_the_tls_port_sees_the_client_a_proxy_header_names(
+    server: RunningServer, admin_key: str, ca: CertAuthority, claimed: str, status: int
+) -> None:
+    """The admin API is for loopback (and --admin-allow) only: the address that decides is the
+    client's from the header, not the proxy's (loopback here, which would always pass)."""
+    ctx = ssl.create_default_context(cafile=str(ca.ca_cert))
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection((PROXY_HOST, server.tls_port), timeout=5) as raw:
+        raw.sendall(v2_header((claimed, 40000)))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"GET /admin/v1/allocations HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {admin_key}\r\n\r\n".encode()
+            )
+            answer = b""
+            while chunk := tls.recv(4096):
+                answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]

@@ -70,6 +70,29 @@ class TlsRouter(asyncio.Protocol):
             self.turn.abort("HTTP asked for where no HTTP API is served")
             return
         transport.set_protocol(http)
+        peer = transport.get_extra_info("peername")
+        if self.turn.peer[0] and (not peer or tuple(peer[:2]) != self.turn.peer):
+            transport = ClientTransport(transport, self.turn.peer)  # from a PROXY header
         http.connection_made(transport)
         if data:
             http.data_received(data)
+
+
+class ClientTransport:
+    """A transport that names ``client`` as its peer (the one a PROXY header gave) and hides its
+    socket, so an HTTP server that asks either sees the client, not the load balancer; all else
+    is the transport's own."""
+
+    def __init__(self, transport: Any, client: tuple[str, int]) -> None:
+        self._transport = transport
+        self._client = client
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._client
+        if name == "socket":
+            return default
+        return self._transport.get_extra_info(name, default)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
