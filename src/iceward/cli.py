@@ -164,7 +164,7 @@ def _print_ready(server: Server) -> None:
         )
     from iceward.net.listeners import may_bind_port
 
-    https = server.plan.workers == 1 and server.http_address is not None
+    https = server.http_address is not None
     typer.echo(tls_port_note(server.endpoints.tls_port, https, may_bind_port(443)), err=True)
     sys.stdout.flush()
     if server.plan.settings.ready_file is not None:

@@ -9,6 +9,7 @@ exception. Hypothesis checks that contract on arbitrary bytes and on every cut o
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import struct
 
 import pytest
@@ -152,3 +153,40 @@ def test_routes_by_alpn_then_first_decrypted_bytes() -> None:
     assert sniff.route_bytes(b"GE") is None  # could still be either
     assert sniff.route_bytes(b"AB ") == "turn"  # two letters are no method
     assert sniff.route_bytes(b"ABCDEFGHIJKL") == "turn"
+
+
+def client_hello(alpn: list[str] | None) -> bytes:
+    """A real ClientHello, as Python's TLS client writes it (no socket: memory BIOs)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize(
+    ("alpn", "http"),
+    [(["h2", "http/1.1"], True), (["http/1.1"], True), (["stun.turn"], False), (None, False)],
+)
+def test_hello_alpn_reads_a_real_client_hello(alpn: list[str] | None, http: bool) -> None:
+    hello = client_hello(alpn)
+    assert sniff.hello_alpn(hello) == (alpn or [])
+    assert sniff.hello_wants_http(sniff.hello_alpn(hello) or []) is http
+    for cut in (0, 4, 5, len(hello) - 1):
+        assert sniff.hello_alpn(hello[:cut]) is None
+    assert sniff.hello_alpn(b"\x00\x01\x00\x00\x21\x12\xa4\x42") == []  # not TLS
+
+
+BROWSER_HELLO = client_hello(["h2", "http/1.1"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.integers(0, 400))
+def test_hello_alpn_never_crashes_on_damaged_hellos(noise: bytes, at: int) -> None:
+    hello = bytearray(BROWSER_HELLO)
+    hello[at % len(hello) : at % len(hello) + len(noise)] = noise
+    answer = sniff.hello_alpn(bytes(hello))
+    assert answer is None or isinstance(answer, list)

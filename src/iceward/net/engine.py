@@ -123,6 +123,9 @@ class RelayEngine:
         #: Serves HTTP on the TLS port (a fresh protocol per connection), once the owner has an
         #: HTTP app; None: HTTP asked for there is refused.
         self.http_protocol: Callable[[], asyncio.Protocol] | None = None
+        #: Takes a TLS-port connection whose ClientHello asks for HTTP, before its TLS starts
+        #: (a worker's, to the supervisor that serves HTTP); False: it could not.
+        self.https_elsewhere: Callable[[socket.socket, Address], bool] | None = None
         self.listening = False
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
@@ -196,6 +199,7 @@ class RelayEngine:
                     route=lambda conn: TlsRouter(conn, self._to_http),
                     proxy_from=proxy_from,
                     refused=self._stream_refused,
+                    https_elsewhere=self._pass_https if self.https_elsewhere else None,
                 )
                 self._servers.append(acceptor)
         ports = [a[1] for a in self._udp] + [s.getsockname()[1] for s in slot.tcp + slot.tls]
@@ -419,6 +423,15 @@ class RelayEngine:
         if conn.five_tuple is not None:
             self._streams.pop(conn.five_tuple, None)
         return self.http_protocol()
+
+    def _pass_https(
+        self, sock: socket.socket, client: Address, conn: StreamConnection | None
+    ) -> None:
+        if conn is not None:
+            self._release(conn)
+        assert self.https_elsewhere is not None
+        if not self.https_elsewhere(sock, client) and self.core is not None:
+            self.core.counters["drop.no_http"] += 1
 
     def _release(self, conn: StreamConnection) -> None:
         """No longer counted against its source IP."""

@@ -13,13 +13,19 @@ import asyncio
 import socket
 from collections.abc import Callable
 
-from iceward.net import proxyproto
+from iceward.net import proxyproto, sniff
 from iceward.turn.allocation import Address
+
+#: A TLS record's header and largest body: where a ClientHello's ALPN is looked for.
+_HELLO_MAX = 5 + 16384
+#: Seconds between two looks at a ClientHello that has not all arrived.
+_PEEK_AGAIN = 0.02
 
 
 class Prelude:
     """Reads, on ``sock``, a PROXY header when ``expect_proxy`` and then, when ``peek_first``,
-    peeks the first byte of the connection proper; calls ``done(self)`` or ``failed(self,
+    peeks the first byte of the connection proper (and, with ``read_hello``, a TLS ClientHello's
+    ALPN names); calls ``done(self)`` or ``failed(self,
     reason)`` once: ``proxy_<why>`` (:class:`proxyproto.ProxyError`'s reasons, ``timeout``,
     ``closed``) while the header is awaited, then ``timeout`` or ``closed``."""
 
@@ -31,6 +37,7 @@ class Prelude:
         *,
         expect_proxy: bool,
         peek_first: bool,
+        read_hello: bool = False,
         timeout: float,
         done: Callable[[Prelude], None],
         failed: Callable[[Prelude, str], None],
@@ -41,6 +48,10 @@ class Prelude:
         self.client = peer
         #: The first byte after any header (when asked for).
         self.first: int | None = None
+        #: A TLS ClientHello's ALPN names, when ``read_hello`` and the first byte is TLS.
+        self.alpn: list[str] | None = None
+        self._read_hello = read_hello
+        self._retry: asyncio.TimerHandle | None = None
         self._loop = loop
         self._header = bytearray()
         self._expect_proxy = expect_proxy
@@ -64,6 +75,12 @@ class Prelude:
                     self._finish("closed")
                     return
                 self.first = data[0]
+                if self._read_hello and self.first == sniff.TLS_HANDSHAKE:
+                    ahead = self.sock.recv(_HELLO_MAX, socket.MSG_PEEK)
+                    self.alpn = sniff.hello_alpn(ahead)
+                    if self.alpn is None:  # the rest of the record is on its way
+                        self._wait_for_more()
+                        return
         except (BlockingIOError, InterruptedError):
             return
         except proxyproto.ProxyError as exc:
@@ -94,11 +111,23 @@ class Prelude:
             self.client = header.source
         return True
 
+    def _wait_for_more(self) -> None:
+        """Peeked bytes keep the socket readable: look again a little later, not at once."""
+        self._loop.remove_reader(self.sock.fileno())
+        self._retry = self._loop.call_later(_PEEK_AGAIN, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._finished:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+
     def _finish(self, reason: str | None) -> None:
         if self._finished:
             return
         self._finished = True
         self._timer.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
         self._loop.remove_reader(self.sock.fileno())
         if reason is None:
             self._done(self)
@@ -110,4 +139,6 @@ class Prelude:
         if not self._finished:
             self._finished = True
             self._timer.cancel()
+            if self._retry is not None:
+                self._retry.cancel()
             self._loop.remove_reader(self.sock.fileno())

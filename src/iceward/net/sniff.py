@@ -49,3 +49,50 @@ def route_bytes(prefix: bytes) -> Route | None:
         if not 0x41 <= byte <= 0x5A:
             return "turn"
     return "turn" if len(prefix) > _METHOD_MAX else None
+
+
+def hello_alpn(data: bytes) -> list[str] | None:
+    """The ALPN names a TLS ClientHello at the start of ``data`` offers ([] for none), or None
+    while the first record is incomplete. Only the first record is read: a ClientHello that
+    spans records, or bytes that do not parse, answer [] (the TLS layer will judge them)."""
+    if len(data) < 5:
+        return None
+    if data[0] != TLS_HANDSHAKE:
+        return []
+    end = 5 + ((data[3] << 8) | data[4])
+    if len(data) < end:
+        return None
+    try:
+        return _alpn_of(memoryview(data)[5:end])
+    except IndexError:
+        return []
+
+
+def _alpn_of(hello: memoryview) -> list[str]:
+    if hello[0] != 1 or ((hello[1] << 16) | (hello[2] << 8) | hello[3]) > len(hello) - 4:
+        return []  # not a ClientHello, or one longer than its record
+    pos = 4 + 2 + 32  # type and length; version; random
+    pos += 1 + hello[pos]  # session id
+    pos += 2 + ((hello[pos] << 8) | hello[pos + 1])  # cipher suites
+    pos += 1 + hello[pos]  # compression methods
+    end = pos + 2 + ((hello[pos] << 8) | hello[pos + 1])
+    if end > len(hello):
+        return []
+    pos += 2
+    while pos + 4 <= end:
+        kind, size = (hello[pos] << 8) | hello[pos + 1], (hello[pos + 2] << 8) | hello[pos + 3]
+        pos += 4
+        if kind == 16:  # application_layer_protocol_negotiation
+            names, at, stop = [], pos + 2, min(pos + size, end)
+            while at < stop:
+                n = hello[at]
+                names.append(bytes(hello[at + 1 : at + 1 + n]).decode("ascii", "replace"))
+                at += 1 + n
+            return names
+        pos += size
+    return []
+
+
+def hello_wants_http(names: list[str]) -> bool:
+    """A ClientHello whose ALPN offers HTTP and no STUN (what browsers send for https:)."""
+    return any(n in HTTP_ALPN for n in names) and not any(n in TURN_ALPN for n in names)

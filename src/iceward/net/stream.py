@@ -35,6 +35,9 @@ from iceward.turn.allocation import Address, FiveTuple
 log = logging.getLogger("iceward.net")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``(socket, client, counted connection or None)``: serve HTTPS on a connection whose TLS has
+#: not started (its ClientHello asks for HTTP) somewhere else; the socket is the callee's.
+HttpsElsewhere = Callable[[socket.socket, Address, "StreamConnection | None"], None]
 
 #: Relayed data to a client whose socket buffer already holds this much is dropped.
 MAX_WRITE_BACKLOG = 1 << 20
@@ -174,9 +177,11 @@ class StreamAcceptor:
     ``handshake_timeout``; one that fails ends in the protocol's connection_lost all the same.
 
     With ``tls``, the port is shared: the first byte chooses TLS or plain TCP, and inside TLS
-    ``route`` wraps the connection to choose TURN or HTTP. From a source in ``proxy_from`` a
-    PROXY header is read first and the client it names is the connection's peer (its source
-    cap included); a prelude that fails is reported to ``refused(peer, reason)``.
+    ``route`` wraps the connection to choose TURN or HTTP, or ``https_elsewhere`` takes a
+    connection whose ClientHello asks for HTTP before its TLS starts. From a source in
+    ``proxy_from`` a PROXY header is read first and the client it names is the connection's
+    peer (its source cap included); a prelude that fails is reported to ``refused(peer,
+    reason)``.
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class StreamAcceptor:
         route: Callable[[StreamConnection], asyncio.Protocol] | None = None,
         proxy_from: Sequence[IPNetwork] = (),
         refused: Callable[[Address, str], None] | None = None,
+        https_elsewhere: HttpsElsewhere | None = None,
     ) -> None:
         self.sock = sock
         self.kind = kind
@@ -203,6 +209,7 @@ class StreamAcceptor:
         self._route = route
         self._proxy_from = tuple(proxy_from)
         self._refused = refused
+        self._https_elsewhere = https_elsewhere if tls is not None else None
         self._preludes: set[Prelude] = set()
         self._fd = sock.fileno()
         self._reading = False
@@ -269,6 +276,7 @@ class StreamAcceptor:
             peer,
             expect_proxy=trusted,
             peek_first=self._tls is not None,
+            read_hello=self._https_elsewhere is not None,
             timeout=self._handshake_timeout,
             done=lambda p: self._prelude_done(p, protocol),
             failed=lambda p, why: self._prelude_failed(p, protocol, why),
@@ -277,6 +285,10 @@ class StreamAcceptor:
 
     def _prelude_done(self, prelude: Prelude, protocol: StreamConnection | None) -> None:
         self._preludes.discard(prelude)
+        alpn = prelude.alpn
+        if self._https_elsewhere is not None and alpn and sniff.hello_wants_http(alpn):
+            self._https_elsewhere(prelude.sock, prelude.client, protocol)
+            return
         if protocol is None:
             protocol = self._make(self.kind, prelude.client)
             if protocol is None:

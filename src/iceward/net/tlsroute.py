@@ -69,13 +69,21 @@ class TlsRouter(asyncio.Protocol):
             transport.set_protocol(self.turn)
             self.turn.abort("HTTP asked for where no HTTP API is served")
             return
-        transport.set_protocol(http)
-        peer = transport.get_extra_info("peername")
-        if self.turn.peer[0] and (not peer or tuple(peer[:2]) != self.turn.peer):
-            transport = ClientTransport(transport, self.turn.peer)  # from a PROXY header
-        http.connection_made(transport)
-        if data:
-            http.data_received(data)
+        hand_to_http(transport, http, self.turn.peer, data)
+
+
+def hand_to_http(
+    transport: Any, http: asyncio.Protocol, client: tuple[str, int], data: bytes = b""
+) -> None:
+    """Give ``transport`` to ``http``; it sees ``client`` as the peer when that is not the
+    socket's own (a PROXY header named it), and first the bytes already read."""
+    transport.set_protocol(http)
+    peer = transport.get_extra_info("peername")
+    if client[0] and (not peer or tuple(peer[:2]) != client):
+        transport = ClientTransport(transport, client)
+    http.connection_made(transport)
+    if data:
+        http.data_received(data)
 
 
 class ClientTransport:

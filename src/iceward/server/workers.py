@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,8 +40,10 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
+from iceward.net.httpshandoff import HttpsIntake, HttpsSender
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
+from iceward.net.tls import server_context
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.http import HttpServer, build_app
@@ -116,6 +119,8 @@ async def serve_worker(control_fd: int) -> int:
     slot = _slot(spec)
     setup_logging(settings.log_level, slot.index, settings.log_format)
     process = RelayProcess(plan(settings, workers=slot.count), slot)
+    if spec.get("https_name"):
+        process.engine.https_elsewhere = HttpsSender(spec["https_name"]).send
     try:
         await process.start()
     except (OSError, ValueError) as exc:
@@ -213,6 +218,9 @@ class Supervisor:
         self.http = HttpServer(http, server_plan.settings.http) if http is not None else None
         self._nonce_key = os.urandom(32)
         self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
+        #: Where workers hand HTTPS connections of the TLS port (an abstract Unix socket).
+        self._https_name = f"\0iceward-{os.getpid()}-{os.urandom(4).hex()}-https"
+        self._https: HttpsIntake | None = None
         port_range = server_plan.settings.port_range
         self._slices = [relay_slice(port_range, workers, i) for i in range(workers)]
         self._listeners: ListenerSet | None = None
@@ -244,6 +252,16 @@ class Supervisor:
             self._tls_files = tls_files(self.plan)
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
             await self.http.start(build_app(self, store, settings))
+            if self._tls_files is not None:
+                tls = server_context(*self._tls_files)
+                tls.set_alpn_protocols(["http/1.1"])
+                self._https = HttpsIntake(
+                    self._https_name,
+                    asyncio.get_running_loop(),
+                    tls,
+                    self.http.protocol,
+                    settings.connection_timeout,
+                )
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -275,6 +293,8 @@ class Supervisor:
         """Stop every worker (each ends its allocations, logging their traffic), then exit."""
         self._stopping = True
         self.listening = False
+        if self._https is not None:
+            await self._https.close()
         if self.http is not None:
             await self.http.stop()
         if self._tick_task is not None:
@@ -295,8 +315,14 @@ class Supervisor:
         await self._stopped.wait()
 
     def reload(self) -> None:
-        """SIGHUP: every worker loads the TLS certificate files again."""
+        """SIGHUP: every worker loads the TLS certificate files again, and so does the HTTPS
+        this process serves on the TLS port."""
         self._forward(signal.SIGHUP)
+        if self._https is not None and self._tls_files is not None:
+            try:
+                self._https.tls.load_cert_chain(*self._tls_files)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("HTTPS on the TLS port keeps the old certificate: %s", exc)
 
     async def _terminate_all(self, grace: float = 15.0) -> None:
         live = [w for w in self._workers if w is not None and w.process.returncode is None]
@@ -372,6 +398,7 @@ class Supervisor:
             "fds": fds,
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
             "handoff_name": self._handoff_name,
+            "https_name": self._https_name if self._https is not None else None,
         }
         writer.write(_line(spec))
         await writer.drain()
