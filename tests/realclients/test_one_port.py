@@ -3,12 +3,13 @@
 Chromium loads the test page over ``https://localhost:P/test`` and, from that very page, relays
 a data channel through ``turns:localhost:P?transport=tcp`` (no ALPN: the first decrypted bytes
 route it to TURN), then through ``turn:127.0.0.1:P?transport=tcp`` (plain TCP, chosen by the first
-byte). coturn's ``turnutils_uclient`` relays over TLS and over plain TCP through P at once. One
-server for the module.
+byte). coturn's ``turnutils_uclient`` relays over TLS and over plain TCP through P at once, and
+so do two aioice agents. One server for the module.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import ssl
@@ -16,10 +17,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import aioice
 import pytest
 
 from iceward.turn.credentials import mint_rest_credential
 from tests.conftest import HOST, TEST_WORKERS, CertAuthority, RunningServer, start_server
+from tests.realclients.test_aioice import bounded, exchange, transfer
 from tests.realclients.test_chromium import (  # noqa: F401  (fixtures)
     CONNECT_TIMEOUT_MS,
     MESSAGES,
@@ -163,3 +166,41 @@ def test_stun_alpn_goes_to_turn(server: RunningServer, browser_ca: CertAuthority
         assert tls.selected_alpn_protocol() == "stun.turn"
         tls.sendall(request)
         assert tls.recv(2048)[:2] == b"\x01\x01"  # a Binding success response
+
+
+@pytest.mark.parametrize("over_tls", [True, False], ids=["tls", "tcp"])
+def test_aioice_relays_over_tls_and_tcp_on_the_tls_port(
+    server: RunningServer,
+    browser_ca: CertAuthority,  # noqa: F811
+    over_tls: bool,
+) -> None:
+    turn_ssl: Any = (
+        ssl.create_default_context(cafile=str(browser_ca.ca_cert)) if over_tls else False
+    )
+
+    def agent(controlling: bool) -> aioice.Connection:
+        return aioice.Connection(
+            ice_controlling=controlling,
+            components=1,
+            turn_server=(HOST, server.tls_port),
+            turn_username="alice",
+            turn_password="wonderland",
+            turn_ssl=turn_ssl,
+            turn_transport="tcp",
+            use_ipv6=False,
+            transport_policy=aioice.TransportPolicy.RELAY,
+        )
+
+    async def session() -> None:
+        a, b = agent(True), agent(False)
+        try:
+            await bounded(asyncio.gather(a.gather_candidates(), b.gather_candidates()), "gather")
+            assert [c.type for c in a.local_candidates + b.local_candidates] == ["relay"] * 2
+            await exchange(a, b)
+            await bounded(asyncio.gather(a.connect(), b.connect()), "ICE connect")
+            await transfer(a, b, b"a>b ")
+            await transfer(b, a, b"b>a ")
+        finally:
+            await bounded(asyncio.gather(a.close(), b.close()), "close")
+
+    asyncio.run(session())
