@@ -42,6 +42,7 @@ README = Path(__file__).parents[2] / "README.md"
 PROXY_HOST = "127.0.0.1"
 CLIENT_NGINX, CLIENT_HAPROXY, STRANGER = "127.0.0.5", "127.0.0.6", "127.0.0.2"
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+CONNECTION_TIMEOUT = 2
 
 
 def recipe(name: str) -> str:
@@ -74,6 +75,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, ca: CertAuthority) -> Itera
         tmp_path_factory.mktemp("proxied"),
         "--proxy-protocol-from",
         f"{PROXY_HOST}/32",
+        "--connection-timeout",
+        str(CONNECTION_TIMEOUT),
+        "--max-connections-per-source",
+        "2",
         cert=(ca.cert, ca.key),
         workers=1,
     )
@@ -255,6 +260,7 @@ def test_proxy_header_from_an_unlisted_source_and_none_from_a_listed_one_refused
     log = server.log_text()
     assert f"PROXY protocol refused from {STRANGER}" in log
     assert "198.51.100.7" not in log  # the address a refused header claimed is nobody
+    assert log.count(f"PROXY protocol refused from {STRANGER}:") == 1  # once a minute
 
 
 def v2_header(client: tuple[str, int]) -> bytes:
@@ -282,3 +288,67 @@ def test_https_on_the_tls_port_sees_the_client_a_proxy_header_names(
             while chunk := tls.recv(4096):
                 answer += chunk
     assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
+
+
+def dropped(server: RunningServer, reason: str) -> float:
+    return metric(http(server, "GET", "/metrics")[1], "iceward_dropped_total", reason=reason)
+
+
+def test_slow_cut_and_lying_headers_are_refused_within_the_connection_timeout(
+    server: RunningServer,
+) -> None:
+    _, request = binding_request()
+    cases = {
+        "proxy_timeout": b"PROXY TCP4 198.51.100.30 192.0.2.1 4",  # and then nothing
+        "proxy_too_long": b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\xff\xff",  # claims 64 KiB
+        "proxy_malformed": b"PROXY TCP4 banana 192.0.2.1 1 2\r\n" + request,
+        "proxy_missing": request,
+    }
+    before = {reason: dropped(server, reason) for reason in [*cases, "proxy_closed"]}
+    for reason, data in cases.items():
+        start = time.monotonic()
+        with socket.create_connection(
+            (PROXY_HOST, server.port), timeout=CONNECTION_TIMEOUT + 3
+        ) as sock:
+            sock.sendall(data)
+            assert closed_without_answer(sock), reason
+        assert time.monotonic() - start < CONNECTION_TIMEOUT + 1.5, reason
+    with socket.create_connection((PROXY_HOST, server.tls_port), timeout=5) as sock:
+        sock.sendall(v2_header(("198.51.100.31", 1))[:20])  # cut short: the sender goes away
+    deadline = time.monotonic() + 5
+    while (
+        dropped(server, "proxy_closed") < before["proxy_closed"] + 1 and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    for reason in [*cases, "proxy_closed"]:
+        assert dropped(server, reason) >= before[reason] + 1, reason
+    assert "198.51.100.3" not in server.log_text()
+
+
+def test_the_per_source_cap_counts_the_client_a_header_names(server: RunningServer) -> None:
+    """--max-connections-per-source 2: the proxy's own address is never the one counted."""
+
+    def through_proxy(client: str) -> tuple[socket.socket, bool]:
+        sock = socket.create_connection((PROXY_HOST, server.port), timeout=5)
+        _, request = binding_request()
+        sock.sendall(v2_header((client, 5000 + len(opened))) + request)
+        answered = not closed_without_answer(sock)
+        return sock, answered
+
+    opened: list[socket.socket] = []
+    before = dropped(server, "connection_cap")
+    try:
+        for _ in range(2):
+            sock, answered = through_proxy("198.51.100.40")
+            opened.append(sock)
+            assert answered
+        sock, answered = through_proxy("198.51.100.40")  # a third from that client: refused
+        opened.append(sock)
+        assert not answered
+        sock, answered = through_proxy("198.51.100.41")  # another client behind the same proxy
+        opened.append(sock)
+        assert answered
+    finally:
+        for sock in opened:
+            sock.close()
+    assert dropped(server, "connection_cap") == before + 1
