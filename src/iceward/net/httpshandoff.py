@@ -71,6 +71,8 @@ class HttpsIntake:
         self._http = http
         self._timeout = handshake_timeout
         self._pending: set[asyncio.Task[None]] = set()
+        #: Connections closed because MAX_PENDING handshakes were running (for the metrics).
+        self.refused = 0
         self._over = Throttled(log, logging.WARNING, f"HTTPS handshakes over {MAX_PENDING}")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -101,6 +103,7 @@ class HttpsIntake:
                 conn.close()
                 continue
             if len(self._pending) >= MAX_PENDING:
+                self.refused += 1
                 self._over.event(f"closed one from {client[0]}")
                 conn.close()
                 continue

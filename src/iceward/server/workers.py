@@ -569,6 +569,8 @@ class Supervisor:
             if worker is not None:
                 worker.last_snapshot = snap
             total.add(snap)
+        if self._https is not None and self._https.refused:
+            total.counters["drop.https_backlog"] = self._https.refused
         lo, hi = self.plan.settings.port_range
         total.ports_total = (hi - lo + 1) * len(self.plan.relay_ips)
         return total
