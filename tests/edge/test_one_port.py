@@ -4,12 +4,14 @@ Chromium loads the test page over ``https://localhost:P/test`` and, from that ve
 a data channel through ``turns:localhost:P?transport=tcp`` (no ALPN: the first decrypted bytes
 route it to TURN), then through ``turn:127.0.0.1:P?transport=tcp`` (plain TCP, chosen by the first
 byte). coturn's ``turnutils_uclient`` relays over TLS and over plain TCP through P at once, and
-so do two aioice agents. One server for the module.
+so do two aioice agents. One server of one process, then one of two workers (where the
+supervisor serves the HTTPS that workers hand over), each shared by the module's tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import re
 import socket
 import ssl
@@ -21,7 +23,7 @@ import aioice
 import pytest
 
 from iceward.turn.credentials import mint_rest_credential
-from tests.conftest import HOST, TEST_WORKERS, CertAuthority, RunningServer, start_server
+from tests.conftest import HOST, CertAuthority, RunningServer, start_server
 from tests.realclients.test_aioice import bounded, exchange, transfer
 from tests.realclients.test_chromium import (  # noqa: F401  (fixtures)
     CONNECT_TIMEOUT_MS,
@@ -46,13 +48,21 @@ pytestmark = pytest.mark.realclient
 RELAY_SCRIPT = re.search(r"<script>(.*)</script>", PAGE.read_text(), re.S).group(1)  # type: ignore[union-attr]
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 @pytest.fixture(scope="module")
 def server(
     tmp_path_factory: pytest.TempPathFactory,
     browser_ca: CertAuthority,  # noqa: F811
+    workers: int,
 ) -> Iterator[RunningServer]:
     running = start_server(
-        tmp_path_factory.mktemp("one-port"), cert=(browser_ca.cert, browser_ca.key)
+        tmp_path_factory.mktemp("one-port"),
+        cert=(browser_ca.cert, browser_ca.key),
+        workers=workers,
     )
     try:
         yield running
@@ -128,6 +138,7 @@ def test_uclient_over_tls_and_plain_tcp_on_the_tls_port(
 def test_https_api_by_alpn_or_request_line(
     server: RunningServer,
     browser_ca: CertAuthority,  # noqa: F811
+    workers: int,
     alpn: list[str] | None,
 ) -> None:
     ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
@@ -145,7 +156,7 @@ def test_https_api_by_alpn_or_request_line(
                 answer += chunk
         except (ConnectionError, ssl.SSLError):
             pass
-    if alpn is None and TEST_WORKERS > 1:
+    if alpn is None and workers > 1:
         # Workers hand HTTPS to the supervisor by the ClientHello's ALPN, before TLS; without
         # one, a worker that finds HTTP inside TLS has no HTTP server to give it to.
         assert answer == b"", answer[:200]
@@ -203,4 +214,6 @@ def test_aioice_relays_over_tls_and_tcp_on_the_tls_port(
         finally:
             await bounded(asyncio.gather(a.close(), b.close()), "close")
 
-    asyncio.run(session())
+    # In a thread of its own: the module's Chromium (Playwright's sync API) holds this one's loop.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, session()).result()

@@ -34,8 +34,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.net.test_limits import binding_request
-
-from .turnclient import BlockingTurnClient
+from tests.net.turnclient import BlockingTurnClient
 
 README = Path(__file__).parents[2] / "README.md"
 #: Where the proxies run (the server trusts it) and where clients come from (it does not).
