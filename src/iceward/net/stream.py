@@ -6,7 +6,10 @@ the connection. A client that stops reading gets relayed data dropped, not buffe
 
 :class:`StreamAcceptor` accepts the connections itself, so its owner sees each one before any
 transport or TLS exists: a source over its cap is closed there and then, and a TLS handshake
-that stalls counts against its source until it times out. When accept() finds no descriptor
+that stalls counts against its source until it times out. Before a transport, a connection may
+pass a prelude on the raw socket (:mod:`iceward.net.prelude`): the PROXY header of a trusted
+load balancer (whose client is then the one counted), and on the TLS port the first byte, which
+chooses TLS or plain TCP on the one socket. When accept() finds no descriptor
 left it sheds the waiting connections (accepted and closed at once, as libuv does) instead of
 leaving them hanging or logging each failure; asyncio's own accept loop logs every one.
 
