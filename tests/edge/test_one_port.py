@@ -23,7 +23,9 @@ import aioice
 import pytest
 
 from iceward.turn.credentials import mint_rest_credential
+from tests.api.test_api import cli
 from tests.conftest import HOST, CertAuthority, RunningServer, start_server
+from tests.edge.test_proxy_recipes import v2_header
 from tests.realclients.test_aioice import bounded, exchange, transfer
 from tests.realclients.test_chromium import (  # noqa: F401  (fixtures)
     CONNECT_TIMEOUT_MS,
@@ -45,6 +47,9 @@ from tests.realclients.test_uclient import uclient as uclient
 
 pytestmark = pytest.mark.realclient
 
+#: A load balancer's address, as far as the server knows (--proxy-protocol-from).
+PROXY = "127.0.0.3"
+
 RELAY_SCRIPT = re.search(r"<script>(.*)</script>", PAGE.read_text(), re.S).group(1)  # type: ignore[union-attr]
 
 
@@ -61,6 +66,8 @@ def server(
 ) -> Iterator[RunningServer]:
     running = start_server(
         tmp_path_factory.mktemp("one-port"),
+        "--proxy-protocol-from",
+        f"{PROXY}/32",
         cert=(browser_ca.cert, browser_ca.key),
         workers=workers,
     )
@@ -217,3 +224,31 @@ def test_aioice_relays_over_tls_and_tcp_on_the_tls_port(
     # In a thread of its own: the module's Chromium (Playwright's sync API) holds this one's loop.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, session()).result()
+
+
+@pytest.mark.parametrize(("claimed", "status"), [("198.51.100.7", 403), ("127.0.0.8", 200)])
+def test_https_behind_a_proxy_header_sees_its_client(
+    server: RunningServer,
+    browser_ca: CertAuthority,  # noqa: F811
+    claimed: str,
+    status: int,
+) -> None:
+    """With workers too, where the socket goes to the supervisor with the header's client: the
+    admin API (loopback only) refuses a client the header says is remote, though the
+    connection itself comes from loopback."""
+    admin = cli(server, "keys", "add", f"ops-{claimed}", "--admin")
+    ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    answer = b""
+    with socket.create_connection(
+        (HOST, server.tls_port), timeout=5, source_address=(PROXY, 0)
+    ) as raw:
+        raw.sendall(v2_header((claimed, 40000)))
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(
+                b"GET /admin/v1/allocations HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                + f"Authorization: Bearer {admin}\r\n\r\n".encode()
+            )
+            while chunk := tls.recv(4096):
+                answer += chunk
+    assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
