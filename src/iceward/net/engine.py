@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
-from iceward.net.tlsroute import TlsRouter
+from iceward.net.tlsroute import HttpGate, TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
 from iceward.snapshot import Snapshot
@@ -414,15 +415,20 @@ class RelayEngine:
             return
         self._feed(self._from_client, data, conn.five_tuple)
 
-    def _to_http(self, conn: StreamConnection) -> asyncio.Protocol | None:
-        """A connection on the TLS port turned out to be HTTP: it leaves the TURN side (and
-        its source's count: the HTTP server bounds its own) for a fresh HTTP protocol."""
+    def _to_http(self, conn: StreamConnection) -> HttpGate | None:
+        """A connection on the TLS port turned out to be HTTP: it leaves the TURN side for a
+        fresh HTTP protocol, still counted against its source until it closes."""
         if self.http_protocol is None:
             return None
-        self._release(conn)
         if conn.five_tuple is not None:
             self._streams.pop(conn.five_tuple, None)
-        return self.http_protocol()
+        timeout = self.params.connection_timeout
+        return HttpGate(self.http_protocol(), conn.peer, timeout, partial(self._http_closed, conn))
+
+    def _http_closed(self, conn: StreamConnection, reason: str | None) -> None:
+        self._release(conn)
+        if reason is not None and self.core is not None:
+            self.core.counters[f"drop.{reason}"] += 1
 
     def _pass_https(
         self, sock: socket.socket, client: Address, conn: StreamConnection | None

@@ -16,10 +16,12 @@ import json
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
+from functools import partial
 
 from iceward.net.fdlimit import Throttled
-from iceward.net.tlsroute import hand_to_http
+from iceward.net.tlsroute import HttpGate
 from iceward.turn.allocation import Address
 
 log = logging.getLogger("iceward.net")
@@ -64,15 +66,20 @@ class HttpsIntake:
         loop: asyncio.AbstractEventLoop,
         tls: ssl.SSLContext,
         http: Callable[[], asyncio.Protocol],
-        handshake_timeout: float,
+        timeout: float,
+        max_per_source: int,
     ) -> None:
+        """``timeout`` bounds the handshake and then the wait for the first request;
+        ``max_per_source`` the connections open at once from one client IP."""
         self._loop = loop
         self.tls = tls
         self._http = http
-        self._timeout = handshake_timeout
+        self._timeout = timeout
+        self._max_per_source = max_per_source
+        self._per_source: dict[str, int] = {}
         self._pending: set[asyncio.Task[None]] = set()
-        #: Connections closed because MAX_PENDING handshakes were running (for the metrics).
-        self.refused = 0
+        #: Connections closed by a limit, by reason (``drop`` reasons for the metrics).
+        self.counters: Counter[str] = Counter()
         self._over = Throttled(log, logging.WARNING, f"HTTPS handshakes over {MAX_PENDING}")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
@@ -103,27 +110,40 @@ class HttpsIntake:
                 conn.close()
                 continue
             if len(self._pending) >= MAX_PENDING:
-                self.refused += 1
+                self.counters["https_backlog"] += 1
                 self._over.event(f"closed one from {client[0]}")
                 conn.close()
                 continue
+            if self._per_source.get(client[0], 0) >= self._max_per_source:
+                self.counters["connection_cap"] += 1
+                conn.close()
+                continue
+            self._per_source[client[0]] = self._per_source.get(client[0], 0) + 1
             conn.setblocking(False)
             task = self._loop.create_task(self._serve(conn, client))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
     async def _serve(self, conn: socket.socket, client: Address) -> None:
-        http = self._http()
+        gate = HttpGate(self._http(), client, self._timeout, partial(self._closed, client[0]))
         try:
             await self._loop.connect_accepted_socket(
-                lambda: _Handover(http, client),
-                conn,
-                ssl=self.tls,
-                ssl_handshake_timeout=self._timeout,
+                lambda: gate, conn, ssl=self.tls, ssl_handshake_timeout=self._timeout
             )
         except Exception as exc:  # the handshake failed or timed out
             log.debug("HTTPS from %s:%s not set up: %r", *client, exc)
             conn.close()
+            self.counters["tls_handshake"] += 1
+            self._closed(client[0], None)
+
+    def _closed(self, ip: str, reason: str | None) -> None:
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
+        if reason is not None:
+            self.counters[reason] += 1
 
     async def close(self) -> None:
         try:
@@ -135,14 +155,3 @@ class HttpsIntake:
             task.cancel()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
-
-
-class _Handover(asyncio.Protocol):
-    """The TLS transport's first protocol: gives it to HTTP as soon as it exists."""
-
-    def __init__(self, http: asyncio.Protocol, client: Address) -> None:
-        self._http = http
-        self._client = client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        hand_to_http(transport, self._http, self._client)

@@ -4,7 +4,9 @@ The router is the TLS transport's first protocol. ALPN decides at the end of the
 without it the first decrypted bytes do (see :mod:`iceward.net.sniff`). Then the transport is
 given to the chosen protocol (``set_protocol``, ``connection_made``, the bytes read so far) and
 the router steps aside. Until then the TURN side already holds the connection, so the owner's
-sweep closes one that says nothing within the connection timeout, as for any stream.
+sweep closes one that says nothing within the connection timeout, as for any stream. HTTP gets
+the connection through an :class:`HttpGate`, which keeps those bounds for it: the first request
+within the connection timeout, and the connection counted against its source until it closes.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from iceward.net.stream import StreamConnection
 
 log = logging.getLogger("iceward.net")
 
-#: Given the TURN connection being left, the HTTP protocol to serve it with (None: no HTTP here).
-HttpHandoff = Callable[[StreamConnection], asyncio.Protocol | None]
+#: Given the TURN connection being left, the HTTP side to serve it with (None: no HTTP here).
+HttpHandoff = Callable[[StreamConnection], "HttpGate | None"]
 
 
 class TlsRouter(asyncio.Protocol):
@@ -69,21 +71,79 @@ class TlsRouter(asyncio.Protocol):
             transport.set_protocol(self.turn)
             self.turn.abort("HTTP asked for where no HTTP API is served")
             return
-        hand_to_http(transport, http, self.turn.peer, data)
+        hand_to_http(transport, http, data)
 
 
-def hand_to_http(
-    transport: Any, http: asyncio.Protocol, client: tuple[str, int], data: bytes = b""
-) -> None:
-    """Give ``transport`` to ``http``; it sees ``client`` as the peer when that is not the
-    socket's own (a PROXY header named it), and first the bytes already read."""
-    transport.set_protocol(http)
-    peer = transport.get_extra_info("peername")
-    if client[0] and (not peer or tuple(peer[:2]) != client):
-        transport = ClientTransport(transport, client)
-    http.connection_made(transport)
+def hand_to_http(transport: Any, gate: HttpGate, data: bytes = b"") -> None:
+    """Give ``transport`` to HTTP through ``gate``, with the bytes already read."""
+    transport.set_protocol(gate)
+    gate.connection_made(transport)
     if data:
-        http.data_received(data)
+        gate.data_received(data)
+
+
+class HttpGate(asyncio.Protocol):
+    """Between a TLS transport and the HTTP server's protocol for one connection.
+
+    The HTTP server sees ``client`` as the peer (when a PROXY header named one); a connection
+    that sends nothing within ``timeout`` is closed (the HTTP server would wait for its first
+    request for ever); ``closed(reason)`` is called once at the end (``connection_timeout`` or
+    None), so the owner counts the connection against its source for as long as it is open.
+    """
+
+    def __init__(
+        self,
+        http: asyncio.Protocol,
+        client: tuple[str, int],
+        timeout: float,
+        closed: Callable[[str | None], None],
+    ) -> None:
+        self._http = http
+        self._client = client
+        self._timeout = timeout
+        self._closed = closed
+        self._transport: Any = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._reason: str | None = None
+        self._ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
+        peer = transport.get_extra_info("peername")
+        shown: Any = transport
+        if self._client[0] and (not peer or tuple(peer[:2]) != self._client):
+            shown = ClientTransport(transport, self._client)
+        self._http.connection_made(shown)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._http.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._http.eof_received()
+
+    def pause_writing(self) -> None:
+        self._http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._http.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._http.connection_lost(exc)
+        if not self._ended:
+            self._ended = True
+            self._closed(self._reason)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._reason = "connection_timeout"
+        self._transport.abort()
 
 
 class ClientTransport:

@@ -261,6 +261,7 @@ class Supervisor:
                     tls,
                     self.http.protocol,
                     settings.connection_timeout,
+                    settings.max_connections_per_source,
                 )
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
@@ -569,8 +570,9 @@ class Supervisor:
             if worker is not None:
                 worker.last_snapshot = snap
             total.add(snap)
-        if self._https is not None and self._https.refused:
-            total.counters["drop.https_backlog"] = self._https.refused
+        if self._https is not None:  # HTTPS the workers handed over, refused or timed out here
+            for reason, n in self._https.counters.items():
+                total.counters[f"drop.{reason}"] = total.counters.get(f"drop.{reason}", 0) + n
         lo, hi = self.plan.settings.port_range
         total.ports_total = (hi - lo + 1) * len(self.plan.relay_ips)
         return total
