@@ -351,3 +351,19 @@ def test_the_per_source_cap_counts_the_client_a_header_names(server: RunningServ
         for sock in opened:
             sock.close()
     assert dropped(server, "connection_cap") == before + 1
+
+
+def test_two_open_connections_claiming_one_client_address_and_port(server: RunningServer) -> None:
+    """The second would share the first's five-tuple (its allocation, its nonce): refused."""
+    _, request = binding_request()
+    before = dropped(server, "proxy_duplicate")
+    header = v2_header(("198.51.100.50", 6000))
+    with socket.create_connection((PROXY_HOST, server.port), timeout=5) as first:
+        first.sendall(header + request)
+        assert not closed_without_answer(first)
+        with socket.create_connection((PROXY_HOST, server.port), timeout=5) as second:
+            second.sendall(header + request)
+            assert closed_without_answer(second)
+        first.sendall(request)  # the first one is untouched
+        assert not closed_without_answer(first)
+    assert dropped(server, "proxy_duplicate") == before + 1
