@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import re
 import socket
 import ssl
@@ -44,6 +45,7 @@ from tests.realclients.test_uclient import (
     run_uclients,
 )
 from tests.realclients.test_uclient import uclient as uclient
+from tests.testpage.test_reports_api import VALID
 
 pytestmark = pytest.mark.realclient
 
@@ -145,7 +147,6 @@ def test_uclient_over_tls_and_plain_tcp_on_the_tls_port(
 def test_https_api_by_alpn_or_request_line(
     server: RunningServer,
     browser_ca: CertAuthority,  # noqa: F811
-    workers: int,
     alpn: list[str] | None,
 ) -> None:
     ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
@@ -163,12 +164,9 @@ def test_https_api_by_alpn_or_request_line(
                 answer += chunk
         except (ConnectionError, ssl.SSLError):
             pass
-    if alpn is None and workers > 1:
-        # Workers hand HTTPS to the supervisor by the ClientHello's ALPN, before TLS; without
-        # one, a worker that finds HTTP inside TLS has no HTTP server to give it to.
-        assert answer == b"", answer[:200]
-    else:
-        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    # With workers, a hello asking for HTTP goes to the supervisor before TLS; one without ALPN
+    # is decrypted by the worker and piped to the supervisor.
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
 def test_stun_alpn_goes_to_turn(server: RunningServer, browser_ca: CertAuthority) -> None:  # noqa: F811
@@ -226,19 +224,22 @@ def test_aioice_relays_over_tls_and_tcp_on_the_tls_port(
         pool.submit(asyncio.run, session()).result()
 
 
+@pytest.mark.parametrize("alpn", [["h2", "http/1.1"], None], ids=["alpn", "no-alpn"])
 @pytest.mark.parametrize(("claimed", "status"), [("198.51.100.7", 403), ("127.0.0.8", 200)])
 def test_https_behind_a_proxy_header_sees_its_client(
     server: RunningServer,
     browser_ca: CertAuthority,  # noqa: F811
     claimed: str,
     status: int,
+    alpn: list[str] | None,
 ) -> None:
-    """With workers too, where the socket goes to the supervisor with the header's client: the
-    admin API (loopback only) refuses a client the header says is remote, though the
-    connection itself comes from loopback."""
-    admin = cli(server, "keys", "add", f"ops-{claimed}", "--admin")
+    """With workers too, where the socket goes to the supervisor with the header's client (or,
+    without ALPN, the worker pipes what it decrypted): the admin API (loopback only) refuses a
+    client the header says is remote, though the connection itself comes from loopback."""
+    admin = cli(server, "keys", "add", f"ops-{claimed}-{bool(alpn)}", "--admin")
     ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     answer = b""
     with socket.create_connection(
         (HOST, server.tls_port), timeout=5, source_address=(PROXY, 0)
@@ -252,3 +253,32 @@ def test_https_behind_a_proxy_header_sees_its_client(
             while chunk := tls.recv(4096):
                 answer += chunk
     assert answer.startswith(f"HTTP/1.1 {status}".encode()), answer[:300]
+
+
+@pytest.mark.parametrize("alpn", [["http/1.1"], None], ids=["alpn", "no-alpn"])
+def test_links_the_api_answers_over_the_tls_port_are_https(
+    server: RunningServer,
+    browser_ca: CertAuthority,  # noqa: F811
+    alpn: list[str] | None,
+) -> None:
+    """The HTTP server knows it is behind TLS (with workers: in the supervisor, also for what a
+    worker decrypted and piped), so a report's shareable link is https."""
+    ctx = ssl.create_default_context(cafile=str(browser_ca.ca_cert))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    body = json.dumps(VALID).encode()
+    with (
+        socket.create_connection((HOST, server.tls_port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(
+            b"POST /api/v1/reports HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+            + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        answer = b""
+        while chunk := tls.recv(4096):
+            answer += chunk
+    head, _, doc = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 201"), answer[:300]
+    assert json.loads(doc)["url"].startswith("https://localhost"), doc

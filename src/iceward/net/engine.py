@@ -27,6 +27,7 @@ from iceward.net import sniff
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
+from iceward.net.httpshandoff import HttpsPipe
 from iceward.net.localaddrs import expand_local
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
@@ -125,8 +126,9 @@ class RelayEngine:
         #: HTTP app; None: HTTP asked for there is refused.
         self.http_protocol: Callable[[], asyncio.Protocol] | None = None
         #: Takes a TLS-port connection whose ClientHello asks for HTTP, before its TLS starts
-        #: (a worker's, to the supervisor that serves HTTP); False: it could not.
-        self.https_elsewhere: Callable[[socket.socket, Address], bool] | None = None
+        #: (a worker's, to the supervisor that serves HTTP), or with True the end of a pipe
+        #: carrying HTTP decrypted here; False: it could not.
+        self.https_elsewhere: Callable[[socket.socket, Address, bool], bool] | None = None
         self.listening = False
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
@@ -418,12 +420,17 @@ class RelayEngine:
     def _to_http(self, conn: StreamConnection) -> HttpGate | None:
         """A connection on the TLS port turned out to be HTTP: it leaves the TURN side for a
         fresh HTTP protocol, still counted against its source until it closes."""
-        if self.http_protocol is None:
+        http: asyncio.Protocol
+        if self.http_protocol is not None:
+            http = self.http_protocol()
+        elif self.https_elsewhere is not None and self.loop is not None:
+            http = HttpsPipe(self.loop, self.https_elsewhere, conn.peer)  # to the supervisor
+        else:
             return None
         if conn.five_tuple is not None:
             self._streams.pop(conn.five_tuple, None)
         timeout = self.params.connection_timeout
-        return HttpGate(self.http_protocol(), conn.peer, timeout, partial(self._http_closed, conn))
+        return HttpGate(http, conn.peer, timeout, partial(self._http_closed, conn))
 
     def _http_closed(self, conn: StreamConnection, reason: str | None) -> None:
         self._release(conn)
@@ -436,7 +443,7 @@ class RelayEngine:
         if conn is not None:
             self._release(conn)
         assert self.https_elsewhere is not None
-        if not self.https_elsewhere(sock, client) and self.core is not None:
+        if not self.https_elsewhere(sock, client, False) and self.core is not None:
             self.core.counters["drop.no_http"] += 1
 
     def _release(self, conn: StreamConnection) -> None:

@@ -4,8 +4,10 @@ A worker that reads, in a new connection's ClientHello, an ALPN asking for HTTP 
 browser sends for ``https:``) gives the socket itself to the supervisor before any TLS byte is
 consumed (SCM_RIGHTS over a Unix datagram socket, with the client's address, which may come
 from a PROXY header). The supervisor makes the TLS handshake with the same certificate and hands
-the connection to its HTTP server. Both halves are here: :class:`HttpsSender` in each worker,
-:class:`HttpsIntake` in the supervisor.
+the connection to its HTTP server. A TLS connection without ALPN that turns out to be HTTP is
+decrypted by the worker and piped to the supervisor (:class:`HttpsPipe`). Both halves are here:
+:class:`HttpsSender` and :class:`HttpsPipe` in each worker, :class:`HttpsIntake` in the
+supervisor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ssl
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from iceward.net.fdlimit import Throttled
 from iceward.net.tlsroute import HttpGate
@@ -40,9 +43,10 @@ class HttpsSender:
         self.sock.setblocking(False)
         self._failed = Throttled(log, logging.WARNING, "HTTPS connections not handed over")
 
-    def send(self, conn: socket.socket, client: Address) -> bool:
-        """The socket goes to the supervisor and is closed here, either way."""
-        message = json.dumps([client[0], client[1]]).encode()
+    def send(self, conn: socket.socket, client: Address, plain: bool = False) -> bool:
+        """The socket goes to the supervisor and is closed here, either way. ``plain``: it
+        carries HTTP already decrypted here (see :class:`HttpsPipe`), not a TLS connection."""
+        message = json.dumps([client[0], client[1], plain]).encode()
         rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [conn.fileno()]))
         try:
             self.sock.sendmsg([message], [rights], 0, self._name)
@@ -104,7 +108,7 @@ class HttpsIntake:
                 continue
             conn = socket.socket(fileno=fds[0])
             try:
-                host, port = json.loads(message)
+                host, port, plain = json.loads(message)
                 client = (str(host), int(port))
             except (ValueError, TypeError):
                 conn.close()
@@ -120,12 +124,17 @@ class HttpsIntake:
                 continue
             self._per_source[client[0]] = self._per_source.get(client[0], 0) + 1
             conn.setblocking(False)
-            task = self._loop.create_task(self._serve(conn, client))
+            task = self._loop.create_task(self._serve(conn, client, bool(plain)))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
 
-    async def _serve(self, conn: socket.socket, client: Address) -> None:
-        gate = HttpGate(self._http(), client, self._timeout, partial(self._closed, client[0]))
+    async def _serve(self, conn: socket.socket, client: Address, plain: bool) -> None:
+        closed = partial(self._closed, client[0])
+        if plain:  # decrypted by the worker: no TLS here, but the scheme is https all the same
+            gate = HttpGate(self._http(), client, self._timeout, closed, tls=self.tls)
+            await self._loop.connect_accepted_socket(lambda: gate, conn)
+            return
+        gate = HttpGate(self._http(), client, self._timeout, closed)
         try:
             await self._loop.connect_accepted_socket(
                 lambda: gate, conn, ssl=self.tls, ssl_handshake_timeout=self._timeout
@@ -155,3 +164,108 @@ class HttpsIntake:
             task.cancel()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+#: Bytes held for the supervisor while the pipe to it is being set up; beyond, the connection
+#: is closed (a request's first bytes fit many times over).
+PIPE_BUFFER = 64 * 1024
+
+
+class HttpsPipe(asyncio.Protocol):
+    """In a worker, HTTP found inside a TLS connection without ALPN (so not handed over before
+    TLS): the decrypted bytes are piped both ways to the supervisor over a socket pair whose
+    other end it receives (``send(sock, client, plain=True)``). Writing back pauses while the
+    client's TLS transport is full."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        send: Callable[[socket.socket, Address, bool], bool],
+        client: Address,
+    ) -> None:
+        self._loop = loop
+        self._send = send
+        self._client = client
+        #: The client's TLS transport.
+        self.front: Any = None
+        self._back: asyncio.Transport | None = None
+        self._held = bytearray()
+        self._eof = False
+        self._task: asyncio.Task[Any] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.front = transport
+        ours, theirs = socket.socketpair()
+        if not self._send(theirs, self._client, True):
+            ours.close()
+            self.front.abort()
+            return
+        ours.setblocking(False)
+        self._task = self._loop.create_task(
+            self._loop.connect_accepted_socket(lambda: _PipeBack(self), ours)
+        )
+
+    def attached(self, back: asyncio.Transport) -> None:
+        self._back = back
+        if self._held:
+            back.write(bytes(self._held))
+            self._held.clear()
+        if self._eof:
+            back.write_eof()
+
+    def data_received(self, data: bytes) -> None:
+        if self._back is not None:
+            self._back.write(data)
+            return
+        self._held += data
+        if len(self._held) > PIPE_BUFFER:
+            self.front.abort()
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        if self._back is not None:
+            self._back.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self._back is not None:
+            self._back.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._back is not None:
+            self._back.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._back is not None:
+            self._back.close()
+        elif self._task is not None:
+            self._task.add_done_callback(_close_transport)
+
+
+def _close_transport(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        transport, _ = task.result()
+        transport.close()
+
+
+class _PipeBack(asyncio.Protocol):
+    """The worker's end of the pipe: what the supervisor answers goes to the client."""
+
+    def __init__(self, pipe: HttpsPipe) -> None:
+        self._pipe = pipe
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._pipe.attached(transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        front = self._pipe.front
+        if front is not None and not front.is_closing():
+            front.write(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        front = self._pipe.front
+        if front is not None:
+            front.close()

@@ -97,9 +97,13 @@ class HttpGate(asyncio.Protocol):
         client: tuple[str, int],
         timeout: float,
         closed: Callable[[str | None], None],
+        tls: Any = None,
     ) -> None:
+        """``tls``: the SSL context to report when the transport itself has none (bytes that
+        were decrypted elsewhere), so the HTTP server knows its scheme is https."""
         self._http = http
         self._client = client
+        self._tls = tls
         self._timeout = timeout
         self._closed = closed
         self._transport: Any = None
@@ -112,8 +116,10 @@ class HttpGate(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(self._timeout, self._expire)
         peer = transport.get_extra_info("peername")
         shown: Any = transport
-        if self._client[0] and (not peer or tuple(peer[:2]) != self._client):
-            shown = ClientTransport(transport, self._client)
+        if self._tls is not None or (
+            self._client[0] and (not peer or tuple(peer[:2]) != self._client)
+        ):
+            shown = ClientTransport(transport, self._client, self._tls)
         self._http.connection_made(shown)
 
     def data_received(self, data: bytes) -> None:
@@ -151,15 +157,18 @@ class ClientTransport:
     socket, so an HTTP server that asks either sees the client, not the load balancer; all else
     is the transport's own."""
 
-    def __init__(self, transport: Any, client: tuple[str, int]) -> None:
+    def __init__(self, transport: Any, client: tuple[str, int], tls: Any = None) -> None:
         self._transport = transport
         self._client = client
+        self._tls = tls
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self._client
         if name == "socket":
             return default
+        if name == "sslcontext" and self._tls is not None:
+            return self._tls
         return self._transport.get_extra_info(name, default)
 
     def __getattr__(self, name: str) -> Any:
