@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml setup.py src/iceward/net/_fastpath.c
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# turns: on 443 when this user may bind it (root, CAP_NET_BIND_SERVICE); serve says when not.
 run: $(STAMP)
-	$(BIN)/iceward serve $(ARGS)
+	$(BIN)/iceward serve $$($(BIN)/python -c 'from iceward.net.listeners import may_bind_port; \
+		print("--tls-port 443" if may_bind_port(443) else "")') $(ARGS)
 
 # The relay suite again on the pure-Python path (ICEWARD_FASTPATH=0); the first run uses the
 # native fast path when it is built. A run limited by PYTEST_ARGS skips the extra passes.

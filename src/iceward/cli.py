@@ -162,9 +162,35 @@ def _print_ready(server: Server) -> None:
             "`iceward keys add NAME`, then POST /api/v1/ice-servers)",
             err=True,
         )
+    from iceward.net.listeners import may_bind_port
+
+    https = server.http_address is not None
+    typer.echo(tls_port_note(server.endpoints.tls_port, https, may_bind_port(443)), err=True)
     sys.stdout.flush()
     if server.plan.settings.ready_file is not None:
         _write_ready_file(server, server.plan.settings.ready_file)
+
+
+def tls_port_note(port: int, https: bool, may_bind_443: bool) -> str:
+    """What the TLS port offers (``https``: the HTTP API too), and why ``turns:`` is not on 443
+    when it is not."""
+    if not port:
+        return "# no turns: (TLS is off): networks that pass only TLS on 443 cannot relay"
+    shared = "TURN over TLS, TURN over TCP" + (" and HTTPS" if https else "")
+    if port == 443:
+        return f"# turns: on 443 ({shared} on that one port)"
+    if may_bind_443:
+        why = "this process may bind 443: add --tls-port 443"
+    else:
+        why = (
+            "binding 443 needs root or CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities="
+            "CAP_NET_BIND_SERVICE; or: sudo setcap cap_net_bind_service=+ep "
+            f"{os.path.realpath(sys.executable)})"
+        )
+    return (
+        f"# turns: on port {port} ({shared}), not 443: networks that pass only 443 (corporate "
+        f"firewalls) cannot reach it; {why}"
+    )
 
 
 def _write_ready_file(server: Server, path: Path) -> None:

@@ -263,6 +263,11 @@ class ServerSettings(BaseSettings):
         description="Proxy whose X-Forwarded-For is believed; else the peer counts.",
         json_schema_extra=_shown("CIDR"),
     )
+    proxy_protocol_from: list[str] = Field(
+        default_factory=list,
+        description="Load balancer whose TCP/TLS connections start with a PROXY header.",
+        json_schema_extra=_shown("CIDR"),
+    )
     connection_timeout: float = Field(
         10.0,
         gt=0,
@@ -388,7 +393,7 @@ class ServerSettings(BaseSettings):
             parse_alternate_server(v)
         return values
 
-    @field_validator("admin_allow", "trusted_proxy")
+    @field_validator("admin_allow", "trusted_proxy", "proxy_protocol_from")
     @classmethod
     def _check_admin_nets(cls, values: list[str]) -> list[str]:
         for v in values:

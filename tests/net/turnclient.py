@@ -31,16 +31,23 @@ class BlockingTurnClient:
         *,
         transport: str = "udp",
         timeout: float = 2.0,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a stream socket already connected (through a proxy, over TLS) to use."""
         self.server = server
         self.username = username
         self.password = password
         self.transport = transport
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         v6 = ":" in server[0]
-        self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
+        if sock is not None:
+            self.sock = sock
+        else:
+            self.sock = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, kind)
         self.sock.settimeout(timeout)
-        if transport == "udp":
+        if sock is not None:
+            pass
+        elif transport == "udp":
             self.sock.bind(("::1" if v6 else "127.0.0.1", 0))
         else:
             self.sock.connect(server)

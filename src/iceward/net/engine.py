@@ -10,6 +10,7 @@ API are not its business: :mod:`iceward.server` composes it with them.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -17,19 +18,23 @@ import ssl
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from iceward.net import sniff
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
+from iceward.net.httpshandoff import HttpsPipe
 from iceward.net.localaddrs import expand_local
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tls import server_context
+from iceward.net.tlsroute import HttpGate, TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
 from iceward.snapshot import Snapshot
@@ -72,6 +77,8 @@ class EngineParams:
     max_connections_per_source: int
     #: Where pending ACME TLS-ALPN-01 challenges are written (``--acme``), else None.
     tls_challenges: Path | None = None
+    #: Load balancers whose connections start with a PROXY header (``--proxy-protocol-from``).
+    proxy_from: list[str] = field(default_factory=list)
 
 
 class RelayEngine:
@@ -116,6 +123,14 @@ class RelayEngine:
         self._error_log = LogThrottle(budget=1)
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
+        self._proxy_log = LogThrottle()
+        #: Serves HTTP on the TLS port (a fresh protocol per connection), once the owner has an
+        #: HTTP app; None: HTTP asked for there is refused.
+        self.http_protocol: Callable[[], asyncio.Protocol] | None = None
+        #: Takes a TLS-port connection whose ClientHello asks for HTTP, before its TLS starts
+        #: (a worker's, to the supervisor that serves HTTP), or with True the end of a pipe
+        #: carrying HTTP decrypted here; False: it could not.
+        self.https_elsewhere: Callable[[socket.socket, Address, bool], bool] | None = None
         self.listening = False
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
@@ -163,11 +178,23 @@ class RelayEngine:
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
+        proxy_from = [ipaddress.ip_network(n, strict=False) for n in params.proxy_from]
         for sock in slot.tcp:
-            self._servers.append(StreamAcceptor(sock, "tcp", loop, self._new_stream, PRESSURE))
+            acceptor = StreamAcceptor(
+                sock,
+                "tcp",
+                loop,
+                self._new_stream,
+                PRESSURE,
+                handshake_timeout=params.connection_timeout,
+                proxy_from=proxy_from,
+                refused=self._stream_refused,
+            )
+            self._servers.append(acceptor)
         if slot.tls:
             assert self._tls_files is not None, "TLS listeners need a certificate"
             self._tls = server_context(*self._tls_files, params.tls_challenges)
+            self._tls.set_alpn_protocols(sniff.SERVER_ALPN)
             for sock in slot.tls:
                 acceptor = StreamAcceptor(
                     sock,
@@ -177,6 +204,10 @@ class RelayEngine:
                     PRESSURE,
                     tls=self._tls,
                     handshake_timeout=params.connection_timeout,
+                    route=lambda conn: TlsRouter(conn, self._to_http),
+                    proxy_from=proxy_from,
+                    refused=self._stream_refused,
+                    https_elsewhere=self._pass_https if self.https_elsewhere else None,
                 )
                 self._servers.append(acceptor)
         ports = [a[1] for a in self._udp] + [s.getsockname()[1] for s in slot.tcp + slot.tls]
@@ -388,6 +419,11 @@ class RelayEngine:
 
     def _on_stream_open(self, conn: StreamConnection) -> None:
         assert conn.five_tuple is not None
+        if conn.five_tuple in self._streams:  # two PROXY headers naming one client address
+            conn.refused = "proxy_duplicate"
+            conn.five_tuple = None
+            conn.abort("a second connection from the same client address and port")
+            return
         self._streams[conn.five_tuple] = conn
 
     def _on_stream_message(self, conn: StreamConnection, data: bytes) -> None:
@@ -396,7 +432,37 @@ class RelayEngine:
             return
         self._feed(self._from_client, data, conn.five_tuple)
 
-    def _on_close(self, conn: StreamConnection) -> None:
+    def _to_http(self, conn: StreamConnection) -> HttpGate | None:
+        """A connection on the TLS port turned out to be HTTP: it leaves the TURN side for a
+        fresh HTTP protocol, still counted against its source until it closes."""
+        http: asyncio.Protocol
+        if self.http_protocol is not None:
+            http = self.http_protocol()
+        elif self.https_elsewhere is not None and self.loop is not None:
+            http = HttpsPipe(self.loop, self.https_elsewhere, conn.peer)  # to the supervisor
+        else:
+            return None
+        if conn.five_tuple is not None:
+            self._streams.pop(conn.five_tuple, None)
+        timeout = self.params.connection_timeout
+        return HttpGate(http, conn.peer, timeout, partial(self._http_closed, conn))
+
+    def _http_closed(self, conn: StreamConnection, reason: str | None) -> None:
+        self._release(conn)
+        if reason is not None and self.core is not None:
+            self.core.counters[f"drop.{reason}"] += 1
+
+    def _pass_https(
+        self, sock: socket.socket, client: Address, conn: StreamConnection | None
+    ) -> None:
+        if conn is not None:
+            self._release(conn)
+        assert self.https_elsewhere is not None
+        if not self.https_elsewhere(sock, client, False) and self.core is not None:
+            self.core.counters["drop.no_http"] += 1
+
+    def _release(self, conn: StreamConnection) -> None:
+        """No longer counted against its source IP."""
         if not conn.counted:
             return
         conn.counted = False
@@ -406,8 +472,36 @@ class RelayEngine:
             self._per_source[ip] = left
         else:
             self._per_source.pop(ip, None)
+
+    def _stream_refused(self, peer: Address, reason: str) -> None:
+        """A connection refused before it was one (its PROXY header): counted by reason, logged
+        once a minute per source."""
+        if self.core is not None:
+            self.core.counters[f"drop.{reason}"] += 1
+        if reason.startswith("proxy_"):
+            self._proxy_refused(peer, reason)
+
+    def _proxy_refused(self, peer: Address, reason: str) -> None:
+        write, held = self._proxy_log.admit(peer[0], time.monotonic())
+        if write:
+            more = f" ({held} more from {peer[0]} not logged)" if held else ""
+            log.warning(
+                "PROXY protocol refused from %s:%s: %s%s",
+                peer[0],
+                peer[1],
+                reason.removeprefix("proxy_"),
+                more,
+                extra={"event": "proxy_refused", "client": peer, "reason": reason},
+            )
+
+    def _on_close(self, conn: StreamConnection) -> None:
+        if not conn.counted:
+            return
+        self._release(conn)
+        if conn.refused is not None:
+            self._stream_refused(conn.peer, conn.refused)
         if conn.five_tuple is None or self.core is None:
-            if self.core is not None:  # the TLS handshake failed or timed out
+            if self.core is not None and conn.refused is None:  # TLS handshake failed or timed out
                 self.core.counters["drop.tls_handshake"] += 1
             return
         self._streams.pop(conn.five_tuple, None)

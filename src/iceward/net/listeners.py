@@ -11,6 +11,7 @@ worker's index in the groups, where they were.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,29 @@ def _bind_error(exc: OSError, proto: str, host: str, port: int, ephemeral: bool)
     else:
         text = f"cannot listen on {proto} {where}: {exc.strerror or exc}"
     return BindError(exc.errno or 0, text, ephemeral=ephemeral and exc.errno == errno.EADDRINUSE)
+
+
+#: Bit of CAP_NET_BIND_SERVICE in /proc/self/status's CapEff.
+_CAP_NET_BIND_SERVICE = 10
+
+
+def may_bind_port(port: int) -> bool:
+    """Whether this process is allowed to bind ``port`` (below 1024 takes root, the capability
+    CAP_NET_BIND_SERVICE, or a lowered ``net.ipv4.ip_unprivileged_port_start``); not whether the
+    port is free."""
+    if port >= 1024 or os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            if port >= int(f.read()):
+                return True
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_NET_BIND_SERVICE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -6,7 +6,10 @@ the connection. A client that stops reading gets relayed data dropped, not buffe
 
 :class:`StreamAcceptor` accepts the connections itself, so its owner sees each one before any
 transport or TLS exists: a source over its cap is closed there and then, and a TLS handshake
-that stalls counts against its source until it times out. When accept() finds no descriptor
+that stalls counts against its source until it times out. Before a transport, a connection may
+pass a prelude on the raw socket (:mod:`iceward.net.prelude`): the PROXY header of a trusted
+load balancer (whose client is then the one counted), and on the TLS port the first byte, which
+chooses TLS or plain TCP on the one socket. When accept() finds no descriptor
 left it sheds the waiting connections (accepted and closed at once, as libuv does) instead of
 leaving them hanging or logging each failure; asyncio's own accept loop logs every one.
 
@@ -18,18 +21,26 @@ partial frame is not activity, so a connection that trickles half a message stay
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from iceward.net import proxyproto, sniff
 from iceward.net.fdlimit import FD_ERRNOS, FdPressure, Throttled
+from iceward.net.prelude import Prelude
 from iceward.net.udp import ClientEntry
 from iceward.turn.allocation import Address, FiveTuple
 
 log = logging.getLogger("iceward.net")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: ``(socket, client, counted connection or None)``: serve HTTPS on a connection whose TLS has
+#: not started (its ClientHello asks for HTTP) somewhere else; the socket is the callee's.
+HttpsElsewhere = Callable[[socket.socket, Address, "StreamConnection | None"], None]
 
 #: Relayed data to a client whose socket buffer already holds this much is dropped.
 MAX_WRITE_BACKLOG = 1 << 20
@@ -73,10 +84,15 @@ class StreamConnection(asyncio.Protocol):
         self.last_active = self.opened
         #: Counted against its source address by the owner, until connection_lost.
         self.counted = False
+        #: Why it was refused (a ``drop`` reason for the owner to count), if it was.
+        self.refused: str | None = None
+        #: The first bytes were checked for a PROXY header (never welcome here: a trusted
+        #: sender's was taken off before, see :mod:`iceward.net.prelude`).
+        self._checked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # TLS transports are not subclasses
-        peer = transport.get_extra_info("peername")
+        peer = self.peer if self.peer[0] else transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         self.five_tuple = FiveTuple(self.kind, (peer[0], peer[1]), (local[0], local[1]))
         self._on_open(self)
@@ -102,6 +118,16 @@ class StreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
+        if not self._checked:
+            match = proxyproto.signature_match(bytes(buf[:12]))
+            if match is None:
+                return
+            if match:
+                self.refused = "proxy_untrusted"
+                self.abort("a PROXY header from a source not in --proxy-protocol-from")
+                buf.clear()
+                return
+            self._checked = True
         pos = 0
         size = len(buf)
         channels = self.channels
@@ -152,6 +178,13 @@ class StreamAcceptor:
     ``make(kind, peer)`` gives the protocol of a new connection, or None to refuse it (the
     socket is closed before any transport exists). A TLS handshake must end within
     ``handshake_timeout``; one that fails ends in the protocol's connection_lost all the same.
+
+    With ``tls``, the port is shared: the first byte chooses TLS or plain TCP, and inside TLS
+    ``route`` wraps the connection to choose TURN or HTTP, or ``https_elsewhere`` takes a
+    connection whose ClientHello asks for HTTP before its TLS starts. From a source in
+    ``proxy_from`` a PROXY header is read first and the client it names is the connection's
+    peer (its source cap included); a prelude that fails is reported to ``refused(peer,
+    reason)``.
     """
 
     def __init__(
@@ -163,6 +196,11 @@ class StreamAcceptor:
         pressure: FdPressure,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = 10.0,
+        *,
+        route: Callable[[StreamConnection], asyncio.Protocol] | None = None,
+        proxy_from: Sequence[IPNetwork] = (),
+        refused: Callable[[Address, str], None] | None = None,
+        https_elsewhere: HttpsElsewhere | None = None,
     ) -> None:
         self.sock = sock
         self.kind = kind
@@ -171,6 +209,11 @@ class StreamAcceptor:
         self._pressure = pressure
         self._tls = tls
         self._handshake_timeout = handshake_timeout
+        self._route = route
+        self._proxy_from = tuple(proxy_from)
+        self._refused = refused
+        self._https_elsewhere = https_elsewhere if tls is not None else None
+        self._preludes: set[Prelude] = set()
         self._fd = sock.fileno()
         self._reading = False
         self._closed = False
@@ -219,28 +262,88 @@ class StreamAcceptor:
         self._pause(ACCEPT_RETRY)
 
     def _accepted(self, sock: socket.socket, peer: Address) -> None:
-        protocol = self._make(self.kind, peer)
-        if protocol is None:
-            sock.close()
-            return
+        trusted = bool(self._proxy_from) and _within(peer[0], self._proxy_from)
+        protocol = None
+        if not trusted:  # counted at once; a trusted sender's client once its header is read
+            protocol = self._make(self.kind, peer)
+            if protocol is None:
+                sock.close()
+                return
         sock.setblocking(False)
-        task = self._loop.create_task(self._connect(protocol, sock, peer))
+        if protocol is not None and self._tls is None:
+            self._start(protocol, sock, None)
+            return
+        prelude = Prelude(
+            self._loop,
+            sock,
+            peer,
+            expect_proxy=trusted,
+            peek_first=self._tls is not None,
+            read_hello=self._https_elsewhere is not None,
+            timeout=self._handshake_timeout,
+            done=lambda p: self._prelude_done(p, protocol),
+            failed=lambda p, why: self._prelude_failed(p, protocol, why),
+        )
+        self._preludes.add(prelude)
+
+    def _prelude_done(self, prelude: Prelude, protocol: StreamConnection | None) -> None:
+        self._preludes.discard(prelude)
+        alpn = prelude.alpn
+        if self._https_elsewhere is not None and alpn and sniff.hello_wants_http(alpn):
+            self._https_elsewhere(prelude.sock, prelude.client, protocol)
+            return
+        if protocol is None:
+            protocol = self._make(self.kind, prelude.client)
+            if protocol is None:
+                prelude.sock.close()
+                return
+        protocol.peer = prelude.client
+        tls = None
+        if self._tls is not None:
+            if prelude.first == sniff.TLS_HANDSHAKE:
+                tls = self._tls
+            else:
+                protocol.kind = "tcp"
+        self._start(protocol, prelude.sock, tls)
+
+    def _prelude_failed(
+        self, prelude: Prelude, protocol: StreamConnection | None, reason: str
+    ) -> None:
+        self._preludes.discard(prelude)
+        try:
+            prelude.sock.close()
+        except OSError:
+            pass
+        if not reason.startswith("proxy_"):
+            reason = "tls_handshake" if self._tls is not None else "connection_timeout"
+        if protocol is not None:
+            protocol.refused = reason
+            protocol.connection_lost(None)
+        elif self._refused is not None:
+            self._refused(prelude.peer, reason)
+
+    def _start(
+        self, protocol: StreamConnection, sock: socket.socket, tls: ssl.SSLContext | None
+    ) -> None:
+        task = self._loop.create_task(self._connect(protocol, sock, tls))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
     async def _connect(
-        self, protocol: StreamConnection, sock: socket.socket, peer: Address
+        self, protocol: StreamConnection, sock: socket.socket, tls: ssl.SSLContext | None
     ) -> None:
-        tls = self._tls
+        first: asyncio.Protocol = protocol
+        if tls is not None and self._route is not None:
+            first = self._route(protocol)
         try:
             await self._loop.connect_accepted_socket(
-                lambda: protocol,
+                lambda: first,
                 sock,
                 ssl=tls,
                 ssl_handshake_timeout=self._handshake_timeout if tls is not None else None,
             )
         except Exception as exc:  # the TLS handshake failed or timed out, the peer went away
-            log.debug("%s connection from %s:%s not set up: %r", self.kind, *peer, exc)
+            log.debug("%s connection from %s:%s not set up: %r", protocol.kind, *protocol.peer, exc)
             try:
                 sock.close()
             except OSError:
@@ -249,6 +352,10 @@ class StreamAcceptor:
 
     def close(self) -> None:
         self._closed = True
+        for prelude in self._preludes:
+            prelude.cancel()
+            prelude.sock.close()
+        self._preludes.clear()
         if self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False
@@ -262,3 +369,11 @@ class StreamAcceptor:
             task.cancel()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+
+
+def _within(ip: str, networks: Sequence[IPNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.partition("%")[0])
+    except ValueError:
+        return False
+    return any(address.version == net.version and address in net for net in networks)

@@ -104,6 +104,17 @@ class HttpServer:
         self.address = bound.getsockname()[:2]
         log.info("HTTP API on http://%s:%d", host, self.address[1])
 
+    def protocol(self) -> asyncio.Protocol:
+        """A fresh HTTP/1.1 protocol of this server for one connection accepted elsewhere (HTTPS
+        on the TLS port): the same app, limits and shutdown as the connections it accepts."""
+        server = self._server
+        assert server is not None and server.started, "the HTTP server is not started"
+        config = server.config
+        protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+            config=config, server_state=server.server_state, app_state=server.lifespan.state
+        )
+        return protocol
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True

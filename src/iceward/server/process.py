@@ -76,6 +76,7 @@ class RelayProcess:
             idle_timeout=settings.idle_timeout,
             max_connections_per_source=settings.max_connections_per_source,
             tls_challenges=tls_challenges(settings),
+            proxy_from=list(settings.proxy_protocol_from),
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
         #: The certificate and key the TLS listeners serve, None without TLS.

@@ -55,6 +55,7 @@ class SingleServer:
         if self.http is not None:
             assert process.store is not None
             await self.http.start(build_app(self, process.store, plan.settings))
+            process.engine.http_protocol = self.http.protocol  # HTTPS on the TLS port
         await self.certificates.open()
         files = process.tls_files
         self.certificates.start(files[0] if files else None, self.endpoints.tls_port)

@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -40,8 +41,10 @@ from typing import Any
 from iceward.config import ServerSettings
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
+from iceward.net.httpshandoff import HttpsIntake, HttpsSender
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
+from iceward.net.tls import server_context
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.server.certificates import Certificates
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
@@ -122,6 +125,8 @@ async def serve_worker(control_fd: int) -> int:
     slot = _slot(spec)
     setup_logging(settings.log_level, slot.index, settings.log_format)
     process = RelayProcess(plan(settings, workers=slot.count), slot)
+    if spec.get("https_name"):
+        process.engine.https_elsewhere = HttpsSender(spec["https_name"]).send
     try:
         await process.start()
     except (OSError, ValueError) as exc:
@@ -225,6 +230,9 @@ class Supervisor:
         self.certificates = Certificates(server_plan.settings, self.reload)
         self._nonce_key = os.urandom(32)
         self._handoff_name = f"iceward-{os.getpid()}-{os.urandom(4).hex()}-w"
+        #: Where workers hand HTTPS connections of the TLS port (an abstract Unix socket).
+        self._https_name = f"\0iceward-{os.getpid()}-{os.urandom(4).hex()}-https"
+        self._https: HttpsIntake | None = None
         port_range = server_plan.settings.port_range
         self._slices = [relay_slice(port_range, workers, i) for i in range(workers)]
         self._listeners: ListenerSet | None = None
@@ -257,6 +265,17 @@ class Supervisor:
             self._tls_files = tls_files(self.plan)
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
             await self.http.start(build_app(self, store, settings))
+            if self._tls_files is not None:
+                tls = server_context(*self._tls_files)
+                tls.set_alpn_protocols(["http/1.1"])
+                self._https = HttpsIntake(
+                    self._https_name,
+                    asyncio.get_running_loop(),
+                    tls,
+                    self.http.protocol,
+                    settings.connection_timeout,
+                    settings.max_connections_per_source,
+                )
         await self.certificates.open()
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
@@ -291,6 +310,8 @@ class Supervisor:
         """Stop every worker (each ends its allocations, logging their traffic), then exit."""
         self._stopping = True
         self.listening = False
+        if self._https is not None:
+            await self._https.close()
         await self.certificates.stop()
         if self.http is not None:
             await self.http.stop()
@@ -312,8 +333,14 @@ class Supervisor:
         await self._stopped.wait()
 
     def reload(self) -> None:
-        """SIGHUP: every worker loads the TLS certificate files again."""
+        """SIGHUP: every worker loads the TLS certificate files again, and so does the HTTPS
+        this process serves on the TLS port."""
         self._forward(signal.SIGHUP)
+        if self._https is not None and self._tls_files is not None:
+            try:
+                self._https.tls.load_cert_chain(*self._tls_files)
+            except (OSError, ssl.SSLError) as exc:
+                log.error("HTTPS on the TLS port keeps the old certificate: %s", exc)
 
     async def _terminate_all(self, grace: float = 15.0) -> None:
         live = [w for w in self._workers if w is not None and w.process.returncode is None]
@@ -390,6 +417,7 @@ class Supervisor:
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
             "handoff_name": self._handoff_name,
             "draining": self.drain_state.draining,
+            "https_name": self._https_name if self._https is not None else None,
         }
         writer.write(_line(spec))
         await writer.drain()
@@ -565,6 +593,9 @@ class Supervisor:
             if worker is not None:
                 worker.last_snapshot = snap
             total.add(snap)
+        if self._https is not None:  # HTTPS the workers handed over, refused or timed out here
+            for reason, n in self._https.counters.items():
+                total.counters[f"drop.{reason}"] = total.counters.get(f"drop.{reason}", 0) + n
         lo, hi = self.plan.settings.port_range
         total.ports_total = (hi - lo + 1) * len(self.plan.relay_ips)
         return self.certificates.annotate(total)
