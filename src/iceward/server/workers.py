@@ -288,8 +288,8 @@ class Supervisor:
         self.listening = True
         loop = asyncio.get_running_loop()
         self._tick_task = loop.create_task(self._tick_forever())
-        tls = self._tls_files
-        self.certificates.start(tls[0] if tls else None, self.endpoints.tls_port)
+        files = self._tls_files
+        self.certificates.start(files[0] if files else None, self.endpoints.tls_port)
         try:
             loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
         except (NotImplementedError, RuntimeError):
