@@ -227,6 +227,7 @@ def _register_subcommands() -> None:
     from iceward.coturn.command import register as register_coturn
     from iceward.doctor.command import register as register_doctor
     from iceward.firewall import register as register_firewall
+    from iceward.fleet.command import register as register_fleet
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
     from iceward.testpage.command import register as register_testpage
@@ -240,6 +241,7 @@ def _register_subcommands() -> None:
     register_coturn(app)
     register_firewall(app)
     register_top(app)
+    register_fleet(app)
 
 
 _register_subcommands()

@@ -249,6 +249,43 @@ class ServerSettings(BaseSettings):
         description="RFC 5780: a second address for NAT behaviour discovery (CHANGE-REQUEST).",
         json_schema_extra=_shown("IP[:PORT]"),
     )
+    cluster: str | None = Field(
+        None,
+        description="Join a fleet: the Redis URL nodes share (redis://HOST:PORT/DB).",
+        json_schema_extra=_shown("URL"),
+    )
+    node_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's name in the fleet, unique [the host name].",
+        json_schema_extra=_shown("NAME"),
+    )
+    region: str = Field(
+        "default",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's region in the fleet.",
+        json_schema_extra=_shown("REGION"),
+    )
+    region_map: Path | None = Field(
+        None,
+        description="Regions of client addresses: lines 'CIDR REGION' (IPv4 and IPv6).",
+        json_schema_extra=_shown("FILE"),
+    )
+    geoip: Path | None = Field(
+        None,
+        description="Regions of client addresses from a MaxMind database (.mmdb).",
+        json_schema_extra=_shown("FILE"),
+    )
+    region_fallback: list[str] = Field(
+        default_factory=list,
+        description="Regions to try when one has no healthy node: eu=us-east,us-west "
+        "(repeatable).",
+        json_schema_extra=_shown("REGION=REGION,..."),
+    )
     ready_file: Path | None = Field(
         None,
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
@@ -326,6 +363,19 @@ class ServerSettings(BaseSettings):
             parse_user(v)
         return values
 
+    @field_validator("cluster")
+    @classmethod
+    def _check_cluster(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cluster {value!r} must be a Redis URL: redis://HOST:PORT/DB")
+        return value
+
+    @field_validator("region_fallback")
+    @classmethod
+    def _check_fallback(cls, values: list[str]) -> list[str]:
+        parse_region_fallback(values)
+        return values
+
     @field_validator("external_ip")
     @classmethod
     def _check_external(cls, value: str | None) -> str | None:
@@ -393,6 +443,20 @@ def parse_external_ip(value: str | None) -> tuple[str, str]:
         if part:
             ipaddress.ip_address(part)
     return public, private
+
+
+def parse_region_fallback(values: list[str]) -> dict[str, list[str]]:
+    """``["eu=us-east,us-west"]`` -> ``{"eu": ["us-east", "us-west"]}``: the regions tried, in
+    order, when a region has no healthy node."""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        for part in value.split(";"):
+            region, sep, rest = part.strip().partition("=")
+            others = [r.strip() for r in rest.split(",") if r.strip()]
+            if not sep or not region.strip() or not others:
+                raise ValueError(f"region fallback {part!r} must look like eu=us-east,us-west")
+            out[region.strip()] = others
+    return out
 
 
 _CONFIG_FILE: dict[str, Path | None] = {}

@@ -35,7 +35,9 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -98,6 +100,13 @@ class IssuanceRow(Base):
     api_key: Mapped[str] = mapped_column(String(100))
     ttl: Mapped[int] = mapped_column(Integer)
     ice_servers: Mapped[str] = mapped_column(Text)
+    #: The fleet's nodes behind the URLs (JSON ``[{id, region}]``), None outside a fleet.
+    nodes: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+#: Columns added since a table was first made: ``create_all`` makes missing tables only, so a
+#: store made by an older iceward gains these at open (nullable, no data to move).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("issuance", "nodes"),)
 
 
 class ReportRow(Base):
@@ -272,12 +281,23 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
+            self._add_columns()
             with self._session.begin() as s:
                 if s.get(RevisionRow, 1) is None:
                     s.add(RevisionRow(id=1, value=0))
         except STORE_FAILURES as exc:  # one line naming the store, not SQLAlchemy's SQL dump
             self.engine.dispose()
             raise StoreUnavailable(f"{self.health.subject}: {describe_failure(exc)}") from None
+
+    def _add_columns(self) -> None:
+        """:data:`ADDED_COLUMNS` missing from a store made by an older iceward."""
+        inspector = inspect(self.engine)
+        for table, column in ADDED_COLUMNS:
+            present = {c["name"] for c in inspector.get_columns(table)}
+            if column not in present:
+                kind = Base.metadata.tables[table].c[column].type.compile(self.engine.dialect)
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
     def _watch_file(self, path: Path) -> None:
         """Connections hold the file they opened: when it is deleted or replaced, a pooled
@@ -434,7 +454,14 @@ class Store:
 
     # -- issuance log --------------------------------------------------------------------------
     def log_issuance(
-        self, request_id: str, user: str, api_key: str, ttl: int, ice_servers: list[dict[str, Any]]
+        self,
+        request_id: str,
+        user: str,
+        api_key: str,
+        ttl: int,
+        ice_servers: list[dict[str, Any]],
+        *,
+        nodes: list[dict[str, str]] | None = None,
     ) -> None:
         with self._session.begin() as s:
             s.add(
@@ -444,6 +471,7 @@ class Store:
                     api_key=api_key,
                     ttl=ttl,
                     ice_servers=json.dumps(ice_servers),
+                    nodes=json.dumps(nodes) if nodes is not None else None,
                 )
             )
             s.flush()
@@ -461,6 +489,7 @@ class Store:
                     "apiKey": r.api_key,
                     "ttl": r.ttl,
                     "iceServers": json.loads(r.ice_servers),
+                    **({"nodes": json.loads(r.nodes)} if r.nodes else {}),
                 }
                 for r in rows
             ]

@@ -16,13 +16,19 @@ from fastapi import FastAPI
 from iceward.api.app import create_app
 from iceward.api.control import ServerControl
 from iceward.config import ServerSettings
+from iceward.fleet.issuer import FleetIssuer
 from iceward.store import Store
 from iceward.testpage.routes import create_router as testpage_router
 
 log = logging.getLogger("iceward.server")
 
 
-def build_app(control: ServerControl, store: Store, settings: ServerSettings) -> FastAPI:
+def build_app(
+    control: ServerControl,
+    store: Store,
+    settings: ServerSettings,
+    fleet: FleetIssuer | None = None,
+) -> FastAPI:
     app = create_app(
         control,
         store,
@@ -32,6 +38,7 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
         burst=settings.api_burst,
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
+        fleet=fleet,
     )
     app.include_router(
         testpage_router(

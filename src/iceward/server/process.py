@@ -10,6 +10,7 @@ from iceward.net.engine import EngineParams, RelayEngine
 from iceward.net.listeners import ListenerSet, check_local_address, open_listeners
 from iceward.net.slot import WorkerSlot
 from iceward.net.tls import check_tls_files, ensure_self_signed
+from iceward.server.cluster import check_region_files
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.plan import ServerPlan, specific
 from iceward.store import Store
@@ -26,8 +27,9 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
 
 def check_before_start(plan: ServerPlan) -> None:
     """What would fail later, and in every worker, checked once before any socket or worker:
-    the operator's ``--cert``/``--key`` load, each relay address is one of this host's; else
-    OSError naming the file or address and the problem."""
+    the operator's ``--cert``/``--key`` load, each relay address is one of this host's, the
+    region map and GeoIP database read; else OSError naming the file or address and the
+    problem."""
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
@@ -39,6 +41,7 @@ def check_before_start(plan: ServerPlan) -> None:
         what = "--listen"  # relays bind to the listening address
     for ip in plan.relay_ips:
         check_local_address(ip, what)
+    check_region_files(plan)
 
 
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:

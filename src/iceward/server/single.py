@@ -8,8 +8,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from iceward.fleet.issuer import FleetIssuer
 from iceward.net.fdlimit import raise_open_files_limit
 from iceward.net.slot import WorkerSlot
+from iceward.server.cluster import join_fleet
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan
 from iceward.server.process import RelayProcess, listeners_for
@@ -28,6 +30,9 @@ class SingleServer:
         http = plan.http
         self.http = HttpServer(http, plan.settings.http) if http is not None else None
         self._stopped = asyncio.Event()
+        #: Its place in the fleet (``--cluster``), else None; ``fleet.member`` is the
+        #: :class:`~iceward.fleet.member.FleetMember` (``set_draining()``, ``alternate()``).
+        self.fleet: FleetIssuer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -48,9 +53,10 @@ class SingleServer:
         self.endpoints.tls_port = listeners.tls_port or 0
         process = self.process = RelayProcess(plan, slot)
         await process.start()
+        self.fleet = await join_fleet(plan, self.public_uris, self.metrics_snapshot)
         if self.http is not None:
             assert process.store is not None
-            await self.http.start(build_app(self, process.store, plan.settings))
+            await self.http.start(build_app(self, process.store, plan.settings, self.fleet))
         log.info(
             "listening udp/tcp=%s tls=%s on %s; relays on %s ports %d-%d",
             self.endpoints.port,
@@ -62,6 +68,8 @@ class SingleServer:
 
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
+        if self.fleet is not None:
+            await self.fleet.member.leave()
         if self.http is not None:
             await self.http.stop()
         if self.process is not None:

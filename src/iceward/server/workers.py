@@ -37,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from iceward.config import ServerSettings
+from iceward.fleet.issuer import FleetIssuer
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
 from iceward.runtime import setup_logging, use_uvloop
+from iceward.server.cluster import join_fleet
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan, plan
@@ -227,6 +229,8 @@ class Supervisor:
         self._ids = 0
         self.listening = False
         self._stopped = asyncio.Event()
+        #: Its place in the fleet (``--cluster``), else None (see SingleServer.fleet).
+        self.fleet: FleetIssuer | None = None
         #: Counts of workers that died: their traffic and events stay in the totals.
         self._departed = Snapshot()
 
@@ -243,7 +247,10 @@ class Supervisor:
         if self._listeners.tls_port:
             self._tls_files = tls_files(self.plan)
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
-            await self.http.start(build_app(self, store, settings))
+            self.fleet = await join_fleet(self.plan, self.public_uris, self.metrics_snapshot)
+            await self.http.start(build_app(self, store, settings, self.fleet))
+        else:
+            self.fleet = await join_fleet(self.plan, self.public_uris, self.metrics_snapshot)
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -275,6 +282,8 @@ class Supervisor:
         """Stop every worker (each ends its allocations, logging their traffic), then exit."""
         self._stopping = True
         self.listening = False
+        if self.fleet is not None:
+            await self.fleet.member.leave()
         if self.http is not None:
             await self.http.stop()
         if self._tick_task is not None:

@@ -1,0 +1,57 @@
+"""A server's place in a fleet (``--cluster``): its :class:`FleetMember` and the issuer the
+API asks, built from the plan; None without ``--cluster`` (nothing changes then)."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+from iceward import __version__
+from iceward.config import parse_external_ip, parse_region_fallback
+from iceward.fleet.issuer import FleetIssuer
+from iceward.fleet.member import FleetMember, NodeIdTaken
+from iceward.fleet.regions import RegionFileError, RegionResolver
+from iceward.server.plan import ServerPlan, specific
+from iceward.snapshot import Snapshot
+
+
+def node_id_of(plan: ServerPlan) -> str:
+    """``--node-id``, else the host's name."""
+    return plan.settings.node_id or socket.gethostname().split(".")[0]
+
+
+def check_region_files(plan: ServerPlan) -> RegionResolver:
+    """The region map and GeoIP database, read; OSError naming the file (and line) otherwise."""
+    try:
+        return RegionResolver.from_files(plan.settings.region_map, plan.settings.geoip)
+    except RegionFileError as exc:
+        raise OSError(str(exc)) from None
+
+
+async def join_fleet(
+    plan: ServerPlan,
+    public_uris: Callable[[], list[str]],
+    snapshot: Callable[[], Awaitable[Snapshot]],
+) -> FleetIssuer | None:
+    """Join the fleet the settings name (claiming the node id), or None without one; OSError
+    when the node id is taken or a region file cannot be read."""
+    settings = plan.settings
+    if settings.cluster is None:
+        return None
+    resolver = check_region_files(plan)
+    public, _ = parse_external_ip(settings.external_ip)
+    own_ips = [public] if public else (specific(settings.listen) or [plan.public_host])
+    member = FleetMember(
+        url=settings.cluster,
+        node_id=node_id_of(plan),
+        region=settings.region,
+        version=__version__,
+        public_uris=public_uris,
+        own_ips=own_ips,
+        snapshot=snapshot,
+    )
+    try:
+        await member.join()
+    except NodeIdTaken as exc:
+        raise OSError(str(exc)) from None
+    return FleetIssuer(member, resolver, parse_region_fallback(settings.region_fallback))

@@ -1,0 +1,130 @@
+"""The fleet end to end: three real nodes, a real Redis and a real PostgreSQL (one fleet for
+the module; the tests that stop Redis or kill a node come last)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from urllib.parse import urlsplit
+
+from iceward.turn.credentials import mint_rest_credential
+from tests.fleet.conftest import SECRET, Fleet, http, launch, wait_for
+from tests.net.turnclient import BlockingTurnClient
+
+
+def hosts(answer: dict[str, object]) -> set[str]:
+    """The hosts of every URL an ice-servers answer hands out."""
+    out = set()
+    for server in answer["iceServers"]:  # type: ignore[attr-defined]
+        for url in server["urls"]:
+            out.add(urlsplit("x://" + url.split(":", 1)[1].split("?")[0]).hostname)
+    return out
+
+
+def ids(answer: dict[str, object]) -> list[str]:
+    return [n["id"] for n in answer["nodes"]]  # type: ignore[attr-defined]
+
+
+def allocate(ip: str, port: int, secret: str = SECRET, user: str = "u1") -> BlockingTurnClient:
+    cred = mint_rest_credential(secret, user, 600, time.time())
+    client = BlockingTurnClient((ip, port), cred.username, cred.password)
+    client.allocate()
+    return client
+
+
+def test_every_node_sees_the_fleet_with_region_state_and_load(fleet: Fleet) -> None:
+    doc = fleet.fleet_view("n2")
+    assert doc["redis"] == "connected" and doc["nodeId"] == "n2"
+    nodes = {n["id"]: n for n in doc["nodes"]}
+    assert {k: (n["region"], n["state"]) for k, n in nodes.items()} == {
+        "n1": ("eu", "serving"), "n2": ("eu", "serving"), "n3": ("us", "serving"),
+    }  # fmt: skip
+    n1 = nodes["n1"]
+    assert n1["fresh"] and n1["age"] < 6 and n1["version"]
+    assert set(n1["load"]) == {"allocations", "toPeerBps", "toClientBps", "freePorts", "cpu"}
+    assert n1["load"]["freePorts"] == 1000
+    assert any("127.0.0.2" in u for u in n1["urls"]["udp"]) and n1["urls"]["tls"]
+    status, ready = http(fleet.nodes["n1"].url + "/readyz")
+    assert status == 200 and ready["fleet"]["redis"] == "connected"
+
+    base = [sys.executable, "-m", "iceward", "fleet", "--admin-url", fleet.nodes["n3"].url]
+    env = {**os.environ, "ICEWARD_ADMIN_KEY": fleet.admin_key, "COLUMNS": "160"}
+    out = subprocess.run([*base, "--json"], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert {n["id"] for n in json.loads(out.stdout)["nodes"]} == {"n1", "n2", "n3"}
+    table = subprocess.run(base, capture_output=True, text=True, env=env, timeout=30)
+    assert table.returncode == 0, table.stderr
+    for word in ("n1", "n2", "n3", "eu", "us", "serving"):
+        assert word in table.stdout
+    refused = subprocess.run(
+        [*base[:-1], "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_region_by_request_by_client_address_and_by_the_issuing_node(fleet: Fleet) -> None:
+    status, answer = fleet.issue("n3", region="eu")
+    assert status == 200, answer
+    assert ids(answer)[0] in ("n1", "n2") and len(answer["nodes"]) == 1
+    assert hosts(answer) <= {"127.0.0.2", "127.0.0.3"}
+    assert answer["nodes"][0]["region"] == "eu"
+    # clientIp through the region map (IPv4 and IPv6), then through the .mmdb (DE, then EU)
+    assert ids(fleet.issue("n1", clientIp="203.0.113.9")[1]) == ["n3"]
+    assert ids(fleet.issue("n1", clientIp="2001:db8:1::7")[1]) == ["n3"]
+    assert ids(fleet.issue("n3", clientIp="2001:db8:e::7")[1])[0] in ("n1", "n2")
+    assert ids(fleet.issue("n3", clientIp="192.0.2.44")[1])[0] in ("n1", "n2")
+    # nothing to go by: the issuing node's region
+    assert ids(fleet.issue("n3")[1]) == ["n3"]
+    assert ids(fleet.issue("n3", clientIp="100.64.0.1")[1]) == ["n3"]
+    # count: the region's nodes first, then its fallback's
+    status, three = fleet.issue("n1", region="eu", count=3, transports=["udp"])
+    assert status == 200 and sorted(ids(three)[:2]) == ["n1", "n2"] and ids(three)[2] == "n3"
+    urls = [u for s in three["iceServers"] for u in s["urls"] if u.startswith("turn:")]
+    assert [u.split(":")[1] for u in urls] == [
+        {"n1": "127.0.0.2", "n2": "127.0.0.3", "n3": "127.0.0.4"}[i] for i in ids(three)
+    ]
+    # a region without nodes: its fallback; an unknown one: any node
+    assert ids(fleet.issue("n1", region="ap")[1]) == ["n3"]
+    assert len(ids(fleet.issue("n1", region="mars")[1])) == 1
+    status, bad = fleet.issue("n1", clientIp="not-an-address")
+    assert status == 422 and "clientIp" in json.dumps(bad)
+    assert fleet.issue("n1", count=9)[0] == 422
+    # the issuance log (shared, in PostgreSQL) records the nodes
+    status, log = http(fleet.nodes["n2"].url + "/admin/v1/issuance?limit=20", key=fleet.admin_key)
+    assert status == 200
+    assert any(entry.get("nodes") == three["nodes"] for entry in log)
+
+
+def test_the_least_loaded_node_of_a_region_is_chosen(fleet: Fleet) -> None:
+    clients = [allocate("127.0.0.2", fleet.nodes["n1"].port, user=f"load{i}") for i in range(3)]
+    try:
+        wait_for(
+            lambda: {n["id"]: n for n in fleet.fleet_view("n3")["nodes"]}["n1"]["load"][
+                "allocations"
+            ]
+            >= 3,
+            6,
+            "n1's heartbeat shows its allocations",
+        )
+        chosen = {ids(fleet.issue("n3", region="eu")[1])[0] for _ in range(10)}
+        assert chosen == {"n2"}
+        status, two = fleet.issue("n3", region="eu", count=2)
+        assert status == 200 and ids(two) == ["n2", "n1"]
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_second_node_with_the_same_id_refuses_to_start(fleet: Fleet) -> None:
+    cmd = fleet.command("n1")
+    cmd[cmd.index("--listen") + 1] = "127.0.0.5"
+    workdir = fleet.root / "n1-again"
+    proc = launch(workdir, cmd)
+    assert proc.wait(30) == 2
+    text = (workdir / "server.log").read_text()
+    errors = [line for line in text.splitlines() if "error" in line]
+    assert len(errors) == 1 and "'n1'" in errors[0] and "Traceback" not in text
+    assert {n["id"] for n in fleet.fleet_view("n1")["nodes"]} == {"n1", "n2", "n3"}
