@@ -249,6 +249,13 @@ class ServerSettings(BaseSettings):
         description="RFC 5780: a second address for NAT behaviour discovery (CHANGE-REQUEST).",
         json_schema_extra=_shown("IP[:PORT]"),
     )
+    api_key_grace: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds API keys are checked against the last good reading while the "
+        "database is down; then 503.",
+        json_schema_extra=_shown("SECONDS"),
+    )
     cluster: str | None = Field(
         None,
         description="Join a fleet: the Redis URL nodes share (redis://HOST:PORT/DB).",

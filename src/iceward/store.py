@@ -22,6 +22,7 @@ import os
 import secrets
 import string
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,12 +256,49 @@ class StoreHealth:
             log.info("data store %s available again (it failed with: %s)", self.subject, was)
 
 
+#: API keys remembered for :class:`KeySnapshot` (the most recently checked ones).
+KEY_SNAPSHOT_SIZE = 10_000
+
+
+class KeySnapshot:
+    """The answers of the last good API key checks, for a database that is down: for
+    ``grace`` seconds after the last check that reached it, a key checked before is answered
+    as it was then (a key never seen is refused); after that the store's failure stands (503).
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._answers: dict[str, tuple[str, bool] | None] = {}
+        self._good_at: float | None = None
+        self._lock = threading.Lock()
+
+    def remember(self, digest: str, answer: tuple[str, bool] | None) -> None:
+        with self._lock:
+            self._answers.pop(digest, None)
+            self._answers[digest] = answer
+            while len(self._answers) > KEY_SNAPSHOT_SIZE:
+                del self._answers[next(iter(self._answers))]
+            self._good_at = time.monotonic()
+
+    def recall(self, digest: str) -> tuple[str, bool] | None:
+        """The answer last seen; KeyError when the snapshot is too old (or there is none)."""
+        with self._lock:
+            if self._good_at is None or time.monotonic() - self._good_at > self.grace:
+                raise KeyError(digest)
+            return self._answers.get(digest)
+
+
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, key_grace: float = 0.0) -> None:
+        """``key_grace``: seconds API keys are answered from :class:`KeySnapshot` while the
+        database is down (0: not at all)."""
         kwargs: dict[str, Any] = {}
         self.path = sqlite_path(url)
+        self.keys = KeySnapshot(key_grace)
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:  # a server that restarted: pooled connections are tested before use
+            kwargs["pool_pre_ping"] = True
         if self.path is not None and not self.path.exists():
             try:  # created private: SQLite gives its -journal/-wal/-shm files the same mode
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
@@ -380,17 +418,26 @@ class Store:
     def check_api_key(self, key: str, *, admin: bool = False) -> str | None:
         """The name of the live key ``key`` is (admin keys only when ``admin``), else None."""
         digest = hash_api_key(key)
-        with self._session() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-        if (
-            row is None
-            or row.revoked_at is not None
-            or not hmac.compare_digest(row.key_hash, digest)
-        ):
+        try:
+            with self._session() as s:
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+        except STORE_FAILURES as exc:
+            try:
+                found = self.keys.recall(digest)
+            except KeyError:
+                raise exc from None
+            self.health.failed(exc)
+        else:
+            live = (
+                row is not None
+                and row.revoked_at is None
+                and hmac.compare_digest(row.key_hash, digest)
+            )
+            found = (row.name, bool(row.admin)) if row is not None and live else None
+            self.keys.remember(digest, found)
+        if found is None or (admin and not found[1]):
             return None
-        if admin and not row.admin:
-            return None
-        return row.name
+        return found[0]
 
     # -- static users --------------------------------------------------------------------------
     def add_user(self, name: str, password: str, realm: str) -> None:

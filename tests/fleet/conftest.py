@@ -22,6 +22,8 @@ from tests.conftest import stop_process, stun_binding
 from tests.fleet.services import PostgresServer, RedisServer
 
 SECRET = "fleet-test-shared-secret"
+#: Seconds the nodes answer API keys from their last good reading while PostgreSQL is down.
+KEY_GRACE = 4.0
 #: Node id -> (listen address, region).
 NODES = {"n1": ("127.0.0.2", "eu"), "n2": ("127.0.0.3", "eu"), "n3": ("127.0.0.4", "us")}
 
@@ -57,7 +59,7 @@ def node_command(
         "--http", "127.0.0.1:0", "--workers", "1", "--log-level", "debug",
         "--realm", "iceward.test", "--secret", SECRET, "--allow-peer", "127.0.0.0/8",
         "--cluster", redis_url, "--node-id", node_id, "--region", region,
-        "--database", database,
+        "--database", database, "--api-key-grace", str(KEY_GRACE),
         *extra,
     ]  # fmt: skip
 
@@ -169,17 +171,32 @@ def write_region_map(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    from tests.fleet.mmdb import write_mmdb
-
     root = tmp_path_factory.mktemp("fleet")
     redis = RedisServer(root / "redis")
+    postgres = PostgresServer()
+    fleet = Fleet(redis, postgres, {}, "", "", root)
+    try:
+        yield start_fleet(fleet)
+    finally:
+        for node in fleet.nodes.values():  # all at once: each takes a moment to stop
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        for node in fleet.nodes.values():
+            stop_process(node.proc)
+        redis.stop()
+        postgres.remove()
+
+
+def start_fleet(fleet: Fleet) -> Fleet:
+    from tests.fleet.mmdb import write_mmdb
+
+    root, redis, postgres = fleet.root, fleet.redis, fleet.postgres
     redis.start()
-    postgres = PostgresServer(root / "pg")
     postgres.init()
     postgres.start()
     store = Store(postgres.url)
-    api_key = store.add_api_key("app")
-    admin_key = store.add_api_key("ops", admin=True)
+    fleet.api_key = store.add_api_key("app")
+    fleet.admin_key = store.add_api_key("ops", admin=True)
     store.close()
     region_map = write_region_map(root / "regions.txt")
     geoip = write_mmdb(
@@ -188,18 +205,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     )
     extra = ["--region-map", str(region_map), "--geoip", str(geoip)]
     extra += ["--region-fallback", "eu=us", "--region-fallback", "ap=us"]
-    fleet = Fleet(redis, postgres, {}, api_key, admin_key, root)
-    try:
-        for node_id in NODES:
-            fleet.start(node_id, *extra)
-        for node in fleet.nodes.values():
-            wait_ready(node)
-        wait_for(
-            lambda: len(fleet.fleet_view("n1")["nodes"]) == 3, 10, "the three nodes see each other"
-        )
-        yield fleet
-    finally:
-        for node in fleet.nodes.values():
-            stop_process(node.proc)
-        redis.stop()
-        postgres.stop()
+    for node_id in NODES:
+        fleet.start(node_id, *extra)
+    for node in fleet.nodes.values():
+        wait_ready(node)
+    wait_for(
+        lambda: all(len(fleet.fleet_view(n)["nodes"]) == 3 for n in NODES),
+        10,
+        "the three nodes see each other",
+    )
+    return fleet

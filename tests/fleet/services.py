@@ -12,6 +12,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +75,13 @@ class RedisServer:
         return out.stdout
 
 
+def _run(cmd: list[str], timeout: float) -> None:
+    """Run a PostgreSQL tool; its own words when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
+
+
 def _pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     if found:
@@ -85,9 +93,10 @@ class PostgresServer:
     """A PostgreSQL cluster of its own: initdb in a temporary directory, a unix socket there
     and a free TCP port on 127.0.0.1, trust authentication on loopback."""
 
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.data = directory / "pgdata"
+    def __init__(self) -> None:
+        # Its own directory, not pytest's: pytest keeps its temporary tree private to root.
+        self.dir = Path(tempfile.mkdtemp(prefix="iceward-pg-"))
+        self.data = self.dir / "pgdata"
         self.port = free_port()
         self.as_user: list[str] = []
         if os.geteuid() == 0:
@@ -105,16 +114,11 @@ class PostgresServer:
             os.chown(path, info.pw_uid, info.pw_gid)
 
     def init(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.dir.chmod(0o755)
-        for parent in self.dir.parents:  # postgres must reach its directory through them
-            if parent == Path("/") or not str(parent).startswith(("/tmp", "/var/tmp")):
-                break
-            parent.chmod(parent.stat().st_mode | 0o711)
+        self.dir.chmod(0o700)
         self._own(self.dir)
         cmd = [*self.as_user, _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres"]
         cmd += ["-A", "trust", "--no-sync", "-E", "UTF8"]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        _run(cmd, 120)
 
     def start(self) -> None:
         log = self.dir / "postgres.log"
@@ -124,9 +128,14 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off"
         cmd = [*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(log)]
         cmd += ["-o", options, "-w", "start"]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        _run(cmd, 60)
         _wait_port(self.port, None, "postgres", log)
 
     def stop(self) -> None:
-        cmd = [*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w"]
-        subprocess.run([*cmd, "stop"], capture_output=True, timeout=60)
+        _run([*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"], 60)
+
+    def remove(self) -> None:
+        """Stop it if it runs, and delete its directory."""
+        if (self.data / "postmaster.pid").exists():
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)

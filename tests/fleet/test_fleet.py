@@ -10,9 +10,10 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from iceward.store import Store
 from iceward.turn.credentials import mint_rest_credential
-from tests.fleet.conftest import SECRET, Fleet, http, launch, wait_for
-from tests.net.turnclient import BlockingTurnClient
+from tests.fleet.conftest import KEY_GRACE, SECRET, Fleet, http, launch, wait_for
+from tests.net.turnclient import BlockingTurnClient, TurnError
 
 
 def hosts(answer: dict[str, object]) -> set[str]:
@@ -128,3 +129,119 @@ def test_a_second_node_with_the_same_id_refuses_to_start(fleet: Fleet) -> None:
     errors = [line for line in text.splitlines() if "error" in line]
     assert len(errors) == 1 and "'n1'" in errors[0] and "Traceback" not in text
     assert {n["id"] for n in fleet.fleet_view("n1")["nodes"]} == {"n1", "n2", "n3"}
+
+
+def test_a_secret_added_on_one_node_validates_on_another_and_revoked_keys_fail_everywhere(
+    fleet: Fleet,
+) -> None:
+    value = "a-rotated-shared-secret-0123456789"
+    status, _ = http(
+        fleet.nodes["n1"].url + "/admin/v1/secrets",
+        "POST",
+        {"name": "rotated", "value": value},
+        fleet.admin_key,
+    )
+    assert status == 201
+    added = time.monotonic()
+
+    def allocates_on_n3() -> bool:
+        try:
+            allocate("127.0.0.4", fleet.nodes["n3"].port, secret=value).close()
+        except (TurnError, OSError):
+            return False
+        return True
+
+    wait_for(allocates_on_n3, 2.0, "a secret added on n1 validates on n3", step=0.05)
+    assert time.monotonic() - added < 2.0
+    store = Store(fleet.postgres.url)
+    try:
+        key = store.add_api_key("short-lived")
+        for node in fleet.nodes:
+            assert http(fleet.nodes[node].url + "/api/v1/ice-servers", "POST",
+                        {"user": "x"}, key)[0] == 200  # fmt: skip
+        store.revoke_api_key("short-lived")
+    finally:
+        store.close()
+    for node in fleet.nodes:
+        url = fleet.nodes[node].url + "/api/v1/ice-servers"
+        status, doc = http(url, "POST", {"user": "x"}, key)
+        assert status == 401 and "revoked" in doc["detail"]
+
+
+def test_postgresql_down_relaying_and_known_keys_go_on_then_503(fleet: Fleet) -> None:
+    assert fleet.issue("n2")[0] == 200  # n2 has checked the app's key: its last good reading
+    fleet.postgres.stop()
+    stopped = time.monotonic()
+    try:
+        status, answer = fleet.issue("n2", region="us")
+        assert status == 200 and ids(answer) == ["n3"]
+        cred = answer["iceServers"][-1]
+        client = BlockingTurnClient(
+            ("127.0.0.4", fleet.nodes["n3"].port), cred["username"], cred["credential"]
+        )
+        client.allocate()  # a credential minted while the database is down relays
+        client.close()
+        unknown = http(fleet.nodes["n2"].url + "/api/v1/ice-servers", "POST", {"user": "x"},
+                       "iwk_never-issued")  # fmt: skip
+        assert unknown[0] == 401
+        time.sleep(max(0.0, KEY_GRACE + 0.5 - (time.monotonic() - stopped)))
+        status, doc = fleet.issue("n2")
+        assert status == 503 and "data store is unavailable" in doc["detail"]
+        allocate("127.0.0.2", fleet.nodes["n1"].port).close()  # relaying never needed it
+    finally:
+        fleet.postgres.start()
+    wait_for(lambda: fleet.issue("n2")[0] == 200, 10, "n2 issues again")
+    for node in fleet.nodes.values():
+        assert "Traceback" not in node.log_text()
+
+
+def test_redis_down_nodes_relay_issue_locally_without_spinning_and_reform(fleet: Fleet) -> None:
+    n1 = fleet.nodes["n1"]
+    fleet.redis.stop()
+    try:
+        ready = wait_for(
+            lambda: (doc := http(n1.url + "/readyz")[1])["fleet"]["redis"] == "unreachable"
+            and doc,
+            4,
+            "n1 says Redis is unreachable",
+        )
+        assert http(n1.url + "/readyz")[0] == 200 and "this node only" in ready["fleet"]["reason"]
+        assert ids(fleet.issue("n1", region="us")[1]) == ["n1"]
+        allocate("127.0.0.4", fleet.nodes["n3"].port).close()
+        before = cpu_seconds(n1.proc.pid)
+        time.sleep(3)
+        assert cpu_seconds(n1.proc.pid) - before < 0.5  # no busy loop while Redis is away
+        assert n1.log_text().count("fleet: Redis at") == 1
+    finally:
+        fleet.redis.start()
+    wait_for(
+        lambda: all(len(fleet.fleet_view(n)["nodes"]) == 3 for n in ("n1", "n3")),
+        6,
+        "the fleet reforms",
+    )
+    assert fleet.fleet_view("n1")["redis"] == "connected"
+    assert ids(fleet.issue("n1", region="us")[1]) == ["n3"]
+
+
+def test_a_killed_node_is_not_issued_once_its_heartbeat_expires(fleet: Fleet) -> None:
+    assert sorted(ids(fleet.issue("n3", region="eu", count=2)[1])) == ["n1", "n2"]
+    fleet.kill("n2")
+    killed = time.monotonic()
+    wait_for(
+        lambda: "n2" not in ids(fleet.issue("n3", region="eu", count=2)[1]),
+        7,
+        "n2 left out of the answers",
+        step=0.2,
+    )
+    excluded = time.monotonic() - killed
+    assert excluded <= 6.5, excluded
+    for _ in range(10):
+        for issuer in ("n1", "n3"):
+            assert "n2" not in ids(fleet.issue(issuer, region="eu", count=2)[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from iceward.api.control import ServerControl
 from iceward.diagnose.iceurl import Transport, read_url
 from iceward.fleet.issuer import Placement
-from iceward.store import Store
+from iceward.store import STORE_FAILURES, Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
 
 log = logging.getLogger("iceward.api")
@@ -67,7 +67,10 @@ async def issue(
         "issued request_id=%s by=%r user=%r ttl=%d region=%r nodes=%s iceServers=%s",
         request_id, issuer, user, ttl, region, [n["id"] for n in nodes or []], logged,
     )  # fmt: skip
-    await run_in_threadpool(
-        store.log_issuance, request_id, user, issuer, ttl, logged, nodes=nodes
-    )
+    try:  # the answer stands when the database is down: the log line above records it
+        await run_in_threadpool(
+            store.log_issuance, request_id, user, issuer, ttl, logged, nodes=nodes
+        )
+    except STORE_FAILURES as exc:
+        store.health.failed(exc)
     return servers, cred

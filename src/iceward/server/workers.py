@@ -563,7 +563,8 @@ class Supervisor:
     async def secret_for_minting(self) -> str | None:
         """Read the store now: a worker may have seen a secret added or retired before this
         process's own tick, and a credential must verify wherever its client lands."""
-        await self._refresh()
+        assert self.store is not None
+        await refresh_logged(self.store, self._refresh)  # a store that is down: the last ones
         return self.minting_secret()
 
     def workers_up(self) -> tuple[int, int]:
