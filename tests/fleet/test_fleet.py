@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from urllib.parse import urlsplit
 
+from typer.testing import CliRunner
+
+from iceward.cli import app
 from iceward.store import Store
 from iceward.turn.credentials import mint_rest_credential
 from tests.fleet.conftest import KEY_GRACE, SECRET, Fleet, http, launch, wait_for
@@ -51,19 +52,20 @@ def test_every_node_sees_the_fleet_with_region_state_and_load(fleet: Fleet) -> N
     status, ready = http(fleet.nodes["n1"].url + "/readyz")
     assert status == 200 and ready["fleet"]["redis"] == "connected"
 
-    base = [sys.executable, "-m", "iceward", "fleet", "--admin-url", fleet.nodes["n3"].url]
-    env = {**os.environ, "ICEWARD_ADMIN_KEY": fleet.admin_key, "COLUMNS": "160"}
-    out = subprocess.run([*base, "--json"], capture_output=True, text=True, env=env, timeout=30)
-    assert out.returncode == 0, out.stderr
+    # iceward fleet, in this process (the command line's parsing and exits are the real ones)
+    runner = CliRunner()
+    env = {"ICEWARD_ADMIN_KEY": fleet.admin_key, "COLUMNS": "160"}
+    base = ["fleet", "--admin-url", fleet.nodes["n3"].url]
+    out = runner.invoke(app, [*base, "--json"], env=env)
+    assert out.exit_code == 0, out.output
     assert {n["id"] for n in json.loads(out.stdout)["nodes"]} == {"n1", "n2", "n3"}
-    table = subprocess.run(base, capture_output=True, text=True, env=env, timeout=30)
-    assert table.returncode == 0, table.stderr
-    for word in ("n1", "n2", "n3", "eu", "us", "serving"):
+    table = runner.invoke(app, base, env=env)
+    assert table.exit_code == 0, table.output
+    for word in ("n1", "n2", "n3", "eu", "us", "serving", "s ago"):
         assert word in table.stdout
-    refused = subprocess.run(
-        [*base[:-1], "http://127.0.0.1:9"], capture_output=True, text=True, env=env, timeout=30
-    )
-    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    refused = runner.invoke(app, [*base[:-1], "http://127.0.0.1:9"], env=env)
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "cannot reach http://127.0.0.1:9" in refused.stderr
 
 
 def test_region_by_request_by_client_address_and_by_the_issuing_node(fleet: Fleet) -> None:

@@ -44,6 +44,9 @@ log = logging.getLogger("iceward.fleet")
 PREFIX = "iceward:"
 NODE_KEY = PREFIX + "node:"
 INDEX_KEY = PREFIX + "nodes"
+#: Published after users, secrets or API keys change through a node's admin API: every other
+#: node reads the store again at once, not at its next once-a-second revision check.
+STORE_CHANNEL = PREFIX + "store"
 #: Seconds a Redis call may take before the node treats Redis as down.
 REDIS_TIMEOUT = 1.0
 #: Pauses between tries while Redis is down: growing, never above one beat.
@@ -175,8 +178,11 @@ class FleetMember:
         public_uris: Callable[[], list[str]],
         own_ips: list[str],
         snapshot: Callable[[], Awaitable[Snapshot]],
+        store_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``store_changed`` runs when another node says the store changed."""
         self.url = url
+        self._store_changed = store_changed
         self.node_id = node_id
         self.region = region
         self.version = version
@@ -196,6 +202,7 @@ class FleetMember:
         self._conflict: str | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def join(self) -> None:
@@ -211,14 +218,18 @@ class FleetMember:
                 await self._redis.aclose()
                 raise NodeIdTaken(self._taken_message(holder))
             self._up()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        if self._store_changed is not None:
+            self._listener = loop.create_task(self._listen())
 
     async def leave(self) -> None:
         """Stop beating and remove this node's heartbeat (so issuers stop at once)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             leave = self._redis.register_script(_LEAVE_SCRIPT)
             keys = [NODE_KEY + self.node_id, INDEX_KEY]
@@ -233,6 +244,38 @@ class FleetMember:
             self.state = "draining"
             log.info("fleet: node %s is draining", self.node_id)
             self._wake.set()
+
+    async def announce_store_change(self) -> None:
+        """Tell the other nodes the store changed (one PUBLISH; lost while Redis is down, when
+        their revision check still finds it within a second)."""
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(
+                self._redis.publish(STORE_CHANNEL, self.instance), REDIS_TIMEOUT
+            )
+
+    async def _listen(self) -> None:
+        """Store changes the other nodes announce; resubscribes with a growing pause after
+        Redis went away."""
+        assert self._store_changed is not None
+        tries = 0
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(STORE_CHANNEL)
+                tries = 0
+                while True:
+                    message = await pubsub.get_message(timeout=BEAT)
+                    if message is not None and message.get("data") != self.instance.encode():
+                        await self._store_changed()
+            except (RedisError, OSError, TimeoutError):
+                await asyncio.sleep(BACKOFF[min(tries, len(BACKOFF) - 1)])
+                tries += 1
+            except Exception as exc:  # a store hiccup must not end the listening
+                log.error("fleet: store change not applied: %s", exc)
+                await asyncio.sleep(BEAT)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     # -- what issuers, the drain and the admin API read (memory only) -------------------------
     @property

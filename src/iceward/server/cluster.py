@@ -32,9 +32,11 @@ async def join_fleet(
     plan: ServerPlan,
     public_uris: Callable[[], list[str]],
     snapshot: Callable[[], Awaitable[Snapshot]],
+    store_changed: Callable[[], Awaitable[None]],
 ) -> FleetIssuer | None:
     """Join the fleet the settings name (claiming the node id), or None without one; OSError
-    when the node id is taken or a region file cannot be read."""
+    when the node id is taken or a region file cannot be read. ``store_changed`` reads the
+    store again when another node announces a change."""
     settings = plan.settings
     if settings.cluster is None:
         return None
@@ -49,6 +51,7 @@ async def join_fleet(
         public_uris=public_uris,
         own_ips=own_ips,
         snapshot=snapshot,
+        store_changed=store_changed,
     )
     try:
         await member.join()

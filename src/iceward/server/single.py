@@ -53,7 +53,9 @@ class SingleServer:
         self.endpoints.tls_port = listeners.tls_port or 0
         process = self.process = RelayProcess(plan, slot)
         await process.start()
-        self.fleet = await join_fleet(plan, self.public_uris, self.metrics_snapshot)
+        self.fleet = await join_fleet(
+            plan, self.public_uris, self.metrics_snapshot, self._apply_store_change
+        )
         if self.http is not None:
             assert process.store is not None
             await self.http.start(build_app(self, process.store, plan.settings, self.fleet))
@@ -135,5 +137,10 @@ class SingleServer:
         return self.process is not None and self.process.engine.delete_local(allocation_id)
 
     async def store_changed(self) -> None:
+        await self._apply_store_change()
+        if self.fleet is not None:
+            await self.fleet.member.announce_store_change()
+
+    async def _apply_store_change(self) -> None:
         if self.process is not None:
             await self.process.refresh()

@@ -246,11 +246,11 @@ class Supervisor:
         self.endpoints.tls_port = self._listeners.tls_port
         if self._listeners.tls_port:
             self._tls_files = tls_files(self.plan)
+        self.fleet = await join_fleet(
+            self.plan, self.public_uris, self.metrics_snapshot, self._apply_store_change
+        )
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
-            self.fleet = await join_fleet(self.plan, self.public_uris, self.metrics_snapshot)
             await self.http.start(build_app(self, store, settings, self.fleet))
-        else:
-            self.fleet = await join_fleet(self.plan, self.public_uris, self.metrics_snapshot)
         self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
@@ -556,6 +556,11 @@ class Supervisor:
         return total
 
     async def store_changed(self) -> None:
+        await self._apply_store_change()
+        if self.fleet is not None:
+            await self.fleet.member.announce_store_change()
+
+    async def _apply_store_change(self) -> None:
         await self._call_all("refresh")
         if self.store is not None:
             await self.sync.refresh(self.store)
