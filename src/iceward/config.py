@@ -547,7 +547,7 @@ def describe_invalid(exc: ValidationError, config_file: Path | None = None) -> s
 
 
 #: ``ICEWARD_*`` variables that are not settings: read by other parts of iceward and its tests.
-OTHER_VARIABLES = ("FASTPATH", "LAB_", "TEST_", "SCREENSHOTS", "FUZZ_")
+OTHER_VARIABLES = ("FASTPATH", "LAB_", "TEST_", "SCREENSHOTS", "FUZZ_", "ADMIN_KEY")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
