@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 
 from iceward.store import Store
-from tests.conftest import stop_process, stun_binding
+from tests.conftest import TEST_WORKERS, stop_process, stun_binding
 from tests.fleet.services import PostgresServer, RedisServer
 
 SECRET = "fleet-test-shared-secret"
 #: Seconds the nodes answer API keys from their last good reading while PostgreSQL is down.
 KEY_GRACE = 4.0
+#: --user-quota of every node: counted over the fleet.
+USER_QUOTA = 2
 #: Node id -> (listen address, region).
 NODES = {"n1": ("127.0.0.2", "eu"), "n2": ("127.0.0.3", "eu"), "n3": ("127.0.0.4", "us")}
 
@@ -56,10 +58,11 @@ def node_command(
         "--listen", ip, "--port", "0", "--tls-port", "-1",
         "--relay-ports", "20000-20999",
         "--data-dir", str(workdir / "data"), "--ready-file", str(workdir / "ready.json"),
-        "--http", "127.0.0.1:0", "--workers", "1", "--log-level", "debug",
+        "--http", "127.0.0.1:0", "--workers", str(TEST_WORKERS), "--log-level", "debug",
         "--realm", "iceward.test", "--secret", SECRET, "--allow-peer", "127.0.0.0/8",
         "--cluster", redis_url, "--node-id", node_id, "--region", region,
         "--database", database, "--api-key-grace", str(KEY_GRACE),
+        "--user-quota", str(USER_QUOTA),
         *extra,
     ]  # fmt: skip
 
@@ -71,7 +74,7 @@ def launch(workdir: Path, cmd: list[str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_ready(node: Node, timeout: float = 30) -> Node:
+def wait_ready(node: Node, timeout: float = 60) -> Node:
     ready = node.workdir / "ready.json"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

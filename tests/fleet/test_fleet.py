@@ -13,7 +13,15 @@ from typer.testing import CliRunner
 from iceward.cli import app
 from iceward.store import Store
 from iceward.turn.credentials import mint_rest_credential
-from tests.fleet.conftest import KEY_GRACE, SECRET, Fleet, http, launch, wait_for
+from tests.fleet.conftest import (
+    KEY_GRACE,
+    SECRET,
+    USER_QUOTA,
+    Fleet,
+    http,
+    launch,
+    wait_for,
+)
 from tests.net.turnclient import BlockingTurnClient, TurnError
 
 
@@ -35,6 +43,19 @@ def allocate(ip: str, port: int, secret: str = SECRET, user: str = "u1") -> Bloc
     client = BlockingTurnClient((ip, port), cred.username, cred.password)
     client.allocate()
     return client
+
+
+def release(client: BlockingTurnClient) -> None:
+    """End the allocation (a lifetime 0 Refresh), then close the socket."""
+    try:
+        client.refresh(0)
+    finally:
+        client.close()
+
+
+def allocates(ip: str, port: int, secret: str = SECRET, user: str = "u1") -> None:
+    """An allocation made and ended: the node relays for this credential."""
+    release(allocate(ip, port, secret, user))
 
 
 def test_every_node_sees_the_fleet_with_region_state_and_load(fleet: Fleet) -> None:
@@ -118,7 +139,29 @@ def test_the_least_loaded_node_of_a_region_is_chosen(fleet: Fleet) -> None:
         assert status == 200 and ids(two) == ["n2", "n1"]
     finally:
         for client in clients:
-            client.close()
+            release(client)
+
+
+def test_the_user_quota_counts_allocations_on_every_node(fleet: Fleet) -> None:
+    n1, n2 = fleet.nodes["n1"], fleet.nodes["n2"]
+    held = [allocate("127.0.0.2", n1.port, user="quota-user") for _ in range(USER_QUOTA)]
+    try:
+
+        def refused_on_n2() -> bool:
+            try:
+                allocates("127.0.0.3", n2.port, user="quota-user")
+            except TurnError as exc:
+                return exc.code == 486  # Allocation Quota Reached
+            return False
+
+        wait_for(refused_on_n2, 6, "n2 counts the user's allocations on n1", step=0.3)
+        allocates("127.0.0.3", n2.port, user="another-user")
+    finally:
+        for client in held:
+            release(client)
+    wait_for(
+        lambda: not refused_on_n2(), 6, "n2 sees the allocations on n1 ended", step=0.3
+    )
 
 
 def test_a_second_node_with_the_same_id_refuses_to_start(fleet: Fleet) -> None:
@@ -148,7 +191,7 @@ def test_a_secret_added_on_one_node_validates_on_another_and_revoked_keys_fail_e
 
     def allocates_on_n3() -> bool:
         try:
-            allocate("127.0.0.4", fleet.nodes["n3"].port, secret=value).close()
+            allocates("127.0.0.4", fleet.nodes["n3"].port, secret=value)
         except (TurnError, OSError):
             return False
         return True
@@ -182,14 +225,14 @@ def test_postgresql_down_relaying_and_known_keys_go_on_then_503(fleet: Fleet) ->
             ("127.0.0.4", fleet.nodes["n3"].port), cred["username"], cred["credential"]
         )
         client.allocate()  # a credential minted while the database is down relays
-        client.close()
+        release(client)
         unknown = http(fleet.nodes["n2"].url + "/api/v1/ice-servers", "POST", {"user": "x"},
                        "iwk_never-issued")  # fmt: skip
         assert unknown[0] == 401
         time.sleep(max(0.0, KEY_GRACE + 0.5 - (time.monotonic() - stopped)))
         status, doc = fleet.issue("n2")
         assert status == 503 and "data store is unavailable" in doc["detail"]
-        allocate("127.0.0.2", fleet.nodes["n1"].port).close()  # relaying never needed it
+        allocates("127.0.0.2", fleet.nodes["n1"].port)  # relaying never needed it
     finally:
         fleet.postgres.start()
     wait_for(lambda: fleet.issue("n2")[0] == 200, 10, "n2 issues again")
@@ -209,7 +252,7 @@ def test_redis_down_nodes_relay_issue_locally_without_spinning_and_reform(fleet:
         )
         assert http(n1.url + "/readyz")[0] == 200 and "this node only" in ready["fleet"]["reason"]
         assert ids(fleet.issue("n1", region="us")[1]) == ["n1"]
-        allocate("127.0.0.4", fleet.nodes["n3"].port).close()
+        allocates("127.0.0.4", fleet.nodes["n3"].port)
         before = cpu_seconds(n1.proc.pid)
         time.sleep(3)
         assert cpu_seconds(n1.proc.pid) - before < 0.5  # no busy loop while Redis is away

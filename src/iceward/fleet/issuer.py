@@ -56,7 +56,7 @@ class FleetIssuer:
         nodes = []
         for node in self.member.nodes():
             doc = node.to_json()
-            del doc["instance"]
+            del doc["instance"], doc["quota"]
             doc["age"] = round(node.age(now), 2)
             doc["fresh"] = node.fresh(now)
             doc["self"] = node.id == self.member.node_id

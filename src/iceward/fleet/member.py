@@ -18,7 +18,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -86,6 +86,18 @@ if cur then
 end
 return 1
 """
+
+
+class QuotaShare(Protocol):
+    """Per-user allocation counts kept for ``--user-quota`` (by bucket of user names)."""
+
+    def local_buckets(self) -> dict[int, int]:
+        """What this node holds."""
+        ...
+
+    def set_remote(self, counts: dict[int, int]) -> None:
+        """What the other nodes hold, as their heartbeats say."""
+        ...
 
 
 class NodeIdTaken(Exception):
@@ -179,9 +191,13 @@ class FleetMember:
         own_ips: list[str],
         snapshot: Callable[[], Awaitable[Snapshot]],
         store_changed: Callable[[], Awaitable[None]] | None = None,
+        quota: QuotaShare | None = None,
     ) -> None:
-        """``store_changed`` runs when another node says the store changed."""
+        """``store_changed`` runs when another node says the store changed; ``quota``, when
+        given, is published with each beat and given the other nodes' counts back."""
         self.url = url
+        self._quota = quota
+        self._quota_local: dict[int, int] = {}
         self._store_changed = store_changed
         self.node_id = node_id
         self.region = region
@@ -298,6 +314,7 @@ class FleetMember:
             listeners=listeners,
             tls_name=tls_name,
             load=self._load,
+            quota=self._quota_local,
         )
 
     def nodes(self) -> list[NodeInfo]:
@@ -373,6 +390,8 @@ class FleetMember:
             log.debug("fleet: no load reading: %s", exc)
             return
         self._load = self._meter.measure(snap, time.monotonic())
+        if self._quota is not None:
+            self._quota_local = self._quota.local_buckets()
 
     async def _publish(self) -> NodeInfo | None:
         """One beat; the node that holds this id when it is not this process, else None."""
@@ -389,7 +408,20 @@ class FleetMember:
         nodes = (NodeInfo.decode(d) for d in docs)
         self._others = {n.id: n for n in nodes if n is not None}
         self._conflict = None
+        self._share_quota()
         return None
+
+    def _share_quota(self) -> None:
+        """The other nodes' per-user counts (fresh heartbeats only) to the local ledger."""
+        if self._quota is None:
+            return
+        remote: dict[int, int] = {}
+        now = time.time()
+        for node in self._others.values() if self.failure is None else ():
+            if node.id != self.node_id and node.fresh(now):
+                for bucket, n in node.quota.items():
+                    remote[bucket] = remote.get(bucket, 0) + n
+        self._quota.set_remote(remote)
 
     def _taken_message(self, holder: NodeInfo) -> str:
         return (
@@ -424,3 +456,4 @@ class FleetMember:
             )
         self.failure = reason
         self._others = {}
+        self._share_quota()  # the others unknown: this node's own counts alone

@@ -74,6 +74,8 @@ class NodeInfo:
     #: The TLS name of its turns: URLs, for ALTERNATE-DOMAIN; None when they name an IP.
     tls_name: str | None = None
     load: Load = field(default_factory=Load)
+    #: Allocations held per user bucket (``--user-quota``; see iceward.net.sharedquota).
+    quota: dict[int, int] = field(default_factory=dict)
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.at)
@@ -103,6 +105,7 @@ class NodeInfo:
                 "freePorts": self.load.free_ports,
                 "cpu": self.load.cpu,
             },
+            "quota": {str(b): n for b, n in self.quota.items()},
         }
 
     def encode(self) -> str:
@@ -136,6 +139,7 @@ class NodeInfo:
                     free_ports=int(load.get("freePorts", 0)),
                     cpu=float(load.get("cpu", 0.0)),
                 ),
+                quota={int(b): int(n) for b, n in (doc.get("quota") or {}).items()},
             )
         except (ValueError, TypeError, KeyError, AttributeError):
             return None

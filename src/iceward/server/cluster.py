@@ -11,6 +11,7 @@ from iceward.config import parse_external_ip, parse_region_fallback
 from iceward.fleet.issuer import FleetIssuer
 from iceward.fleet.member import FleetMember, NodeIdTaken
 from iceward.fleet.regions import RegionFileError, RegionResolver
+from iceward.net.sharedquota import FleetRow
 from iceward.server.plan import ServerPlan, specific
 from iceward.snapshot import Snapshot
 
@@ -33,10 +34,14 @@ async def join_fleet(
     public_uris: Callable[[], list[str]],
     snapshot: Callable[[], Awaitable[Snapshot]],
     store_changed: Callable[[], Awaitable[None]],
+    quota_fd: int | None = None,
+    workers: int = 1,
 ) -> FleetIssuer | None:
     """Join the fleet the settings name (claiming the node id), or None without one; OSError
     when the node id is taken or a region file cannot be read. ``store_changed`` reads the
-    store again when another node announces a change."""
+    store again when another node announces a change. ``quota_fd`` is the quota memory of
+    ``workers`` relaying processes (see iceward.net.sharedquota): with ``--user-quota`` it is
+    shared with the fleet."""
     settings = plan.settings
     if settings.cluster is None:
         return None
@@ -52,9 +57,15 @@ async def join_fleet(
         own_ips=own_ips,
         snapshot=snapshot,
         store_changed=store_changed,
+        quota=FleetRow(quota_fd, workers) if quota_fd is not None else None,
     )
     try:
         await member.join()
     except NodeIdTaken as exc:
         raise OSError(str(exc)) from None
     return FleetIssuer(member, resolver, parse_region_fallback(settings.region_fallback))
+
+
+def shares_quota(plan: ServerPlan) -> bool:
+    """``--user-quota`` in a fleet: counted on every node."""
+    return plan.settings.cluster is not None and plan.settings.max_allocations_per_user > 0

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from iceward.fleet.issuer import FleetIssuer
+from iceward.net import sharedquota
 from iceward.net.fdlimit import raise_open_files_limit
 from iceward.net.slot import WorkerSlot
-from iceward.server.cluster import join_fleet
+from iceward.server.cluster import join_fleet, shares_quota
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan
 from iceward.server.process import RelayProcess, listeners_for
@@ -33,12 +34,15 @@ class SingleServer:
         #: Its place in the fleet (``--cluster``), else None; ``fleet.member`` is the
         #: :class:`~iceward.fleet.member.FleetMember` (``set_draining()``, ``alternate()``).
         self.fleet: FleetIssuer | None = None
+        self._quota_fd: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         raise_open_files_limit()
         plan = self.plan
         listeners = listeners_for(plan, 1)
+        if shares_quota(plan):  # the other nodes' counts arrive in shared memory
+            self._quota_fd = sharedquota.create_memory(1)
         slot = WorkerSlot(
             index=0,
             count=1,
@@ -48,13 +52,14 @@ class SingleServer:
             udp=listeners.udp[0],
             tcp=listeners.tcp[0],
             tls=listeners.tls[0],
+            quota_fd=self._quota_fd,
         )
         self.endpoints.port = listeners.port
         self.endpoints.tls_port = listeners.tls_port or 0
         process = self.process = RelayProcess(plan, slot)
         await process.start()
         self.fleet = await join_fleet(
-            plan, self.public_uris, self.metrics_snapshot, self._apply_store_change
+            plan, self.public_uris, self.metrics_snapshot, self._apply_store_change, self._quota_fd
         )
         if self.http is not None:
             assert process.store is not None
@@ -76,6 +81,9 @@ class SingleServer:
             await self.http.stop()
         if self.process is not None:
             await self.process.stop()
+        if self._quota_fd is not None:
+            os.close(self._quota_fd)
+            self._quota_fd = None
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

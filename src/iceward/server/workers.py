@@ -43,7 +43,7 @@ from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
 from iceward.net.listeners import ListenerSet
 from iceward.net.slot import WorkerSlot, relay_slice
 from iceward.runtime import setup_logging, use_uvloop
-from iceward.server.cluster import join_fleet
+from iceward.server.cluster import join_fleet, shares_quota
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan, plan
@@ -246,12 +246,17 @@ class Supervisor:
         self.endpoints.tls_port = self._listeners.tls_port
         if self._listeners.tls_port:
             self._tls_files = tls_files(self.plan)
+        self._quota_fd = sharedquota.create_memory(self.count)
         self.fleet = await join_fleet(
-            self.plan, self.public_uris, self.metrics_snapshot, self._apply_store_change
+            self.plan,
+            self.public_uris,
+            self.metrics_snapshot,
+            self._apply_store_change,
+            self._quota_fd if shares_quota(self.plan) else None,
+            self.count,
         )
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
             await self.http.start(build_app(self, store, settings, self.fleet))
-        self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
         except BaseException:
