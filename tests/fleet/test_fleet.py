@@ -8,6 +8,7 @@ import os
 import time
 from urllib.parse import urlsplit
 
+from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
 
 from iceward.cli import app
@@ -23,6 +24,7 @@ from tests.fleet.conftest import (
     wait_for,
 )
 from tests.net.turnclient import BlockingTurnClient, TurnError
+from tests.realclients.test_chromium import CHROMIUM_ARGS, PAGE, chromium_path
 
 
 def hosts(answer: dict[str, object]) -> set[str]:
@@ -140,6 +142,31 @@ def test_the_least_loaded_node_of_a_region_is_chosen(fleet: Fleet) -> None:
     finally:
         for client in clients:
             release(client)
+
+
+def test_chromium_relays_a_data_channel_through_the_node_it_was_issued(fleet: Fleet) -> None:
+    status, answer = fleet.issue("n3", region="eu", transports=["udp"], user="browser")
+    assert status == 200
+    issued = {"n1": "127.0.0.2", "n2": "127.0.0.3"}[ids(answer)[0]]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = browser.new_page()
+            page.set_content(PAGE.read_text())
+            page.wait_for_function("window.relayPageReady === true")
+            report = page.evaluate(
+                "opts => runRelayTest(opts)",
+                {"iceServers": answer["iceServers"], "count": 10, "timeoutMs": 10_000},
+            )
+        finally:
+            browser.close()
+    assert report["ok"], report
+    assert report["received"]["pc1"] == [f"pc2->pc1 #{i}" for i in range(10)], report
+    for name in ("pc1", "pc2"):
+        local = report["selected"][name]["local"]
+        assert local["candidateType"] == "relay" and local["address"] == issued, report
 
 
 def test_the_user_quota_counts_allocations_on_every_node(fleet: Fleet) -> None:
