@@ -15,7 +15,7 @@ from iceward.fleet.alternates import Alternate
 from iceward.fleet.choose import choose
 from iceward.fleet.member import FleetMember
 from iceward.fleet.node import Listener, Load, NodeInfo
-from iceward.fleet.regions import RegionFileError, RegionMap, RegionResolver, parse_ip
+from iceward.fleet.regions import GeoIp, RegionFileError, RegionMap, RegionResolver, parse_ip
 from iceward.snapshot import Snapshot
 from tests.fleet.mmdb import write_mmdb
 
@@ -143,6 +143,15 @@ def test_region_map_longest_prefix_and_address_forms(tmp_path: Path) -> None:
     assert resolver.region_of("garbage", lambda r: True) is None
 
 
+def test_a_missing_or_foreign_geoip_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RegionFileError, match=f"GeoIP database {tmp_path}/absent.mmdb: no such"):
+        GeoIp(tmp_path / "absent.mmdb")
+    foreign = tmp_path / "regions.txt"
+    foreign.write_text("10.0.0.0/8 eu\n")
+    with pytest.raises(RegionFileError, match="not a MaxMind database"):
+        GeoIp(foreign)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -167,7 +176,6 @@ def test_serve_refuses_a_bad_region_file_in_one_line(tmp_path: Path) -> None:
     for flag, path, words in (
         ("--region-map", bad_map, "line 2"),
         ("--geoip", not_mmdb, "not a MaxMind database"),
-        ("--geoip", tmp_path / "absent.mmdb", "no such file"),
     ):
         proc = subprocess.run(
             [sys.executable, "-m", "iceward", "serve", "--listen", "127.0.0.1", "--port", "0",

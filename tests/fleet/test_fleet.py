@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.request
 from urllib.parse import urlsplit
 
 from playwright.sync_api import sync_playwright
@@ -74,6 +75,9 @@ def test_every_node_sees_the_fleet_with_region_state_and_load(fleet: Fleet) -> N
     assert any("127.0.0.2" in u for u in n1["urls"]["udp"]) and n1["urls"]["tls"]
     status, ready = http(fleet.nodes["n1"].url + "/readyz")
     assert status == 200 and ready["fleet"]["redis"] == "connected"
+    metrics = scrape(fleet.nodes["n1"].url)
+    assert 'iceward_fleet_nodes{region="eu",state="serving"} 2.0' in metrics
+    assert "iceward_fleet_redis_up 1.0" in metrics
 
     # iceward fleet, in this process (the command line's parsing and exits are the real ones)
     runner = CliRunner()
@@ -284,6 +288,10 @@ def test_redis_down_nodes_relay_issue_locally_without_spinning_and_reform(fleet:
         time.sleep(3)
         assert cpu_seconds(n1.proc.pid) - before < 0.5  # no busy loop while Redis is away
         assert n1.log_text().count("fleet: Redis at") == 1
+        metrics = scrape(n1.url)
+        assert "iceward_fleet_redis_up 0.0" in metrics
+        assert 'iceward_fleet_placements_total{where="local"} 1.0' in metrics
+        assert 'iceward_fleet_heartbeats_total{result="failed"}' in metrics
     finally:
         fleet.redis.start()
     wait_for(
@@ -317,3 +325,8 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+        return str(response.read().decode())

@@ -33,7 +33,7 @@ from iceward.api.client import ClientAddress
 from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import issue
-from iceward.api.metrics import make_registry
+from iceward.api.metrics import FleetCollector, make_registry
 from iceward.diagnose.iceurl import Transport
 from iceward.fleet.choose import MAX_COUNT
 from iceward.fleet.issuer import FleetIssuer
@@ -163,6 +163,8 @@ def create_app(
 
     api_metrics = make_registry()
     registry, collector = api_metrics.registry, api_metrics.collector
+    if fleet is not None:
+        registry.register(FleetCollector(fleet.figures))
     api_requests = api_metrics.api_requests
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]

@@ -16,6 +16,15 @@ from iceward.fleet.regions import RegionResolver
 
 
 @dataclass(frozen=True, slots=True)
+class FleetFigures:
+    #: Fresh nodes by (region, state).
+    nodes: dict[tuple[str, str], int]
+    redis_up: bool
+    heartbeats: dict[str, int]
+    placements: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Placement:
     #: The region asked for (or found for the client's address).
     region: str
@@ -35,6 +44,9 @@ class FleetIssuer:
         self.member = member
         self.resolver = resolver
         self.fallback = fallback
+        #: Answers by where their first node is: in the region asked, elsewhere (a fallback),
+        #: or this node alone while Redis is down.
+        self.placements = {"region": 0, "elsewhere": 0, "local": 0}
 
     def known(self, region: str) -> bool:
         return region in self.fallback or region in self.member.regions()
@@ -48,7 +60,13 @@ class FleetIssuer:
         if region is None:
             region, source = self.member.region, "node"
         nodes = choose(self.member.nodes(), region, count, self.fallback, time.time())
-        return Placement(region, source, nodes or [self.member.me()])
+        if not nodes:
+            nodes = [self.member.me()]
+        where = "region" if nodes[0].region == region else "elsewhere"
+        if not self.member.connected:
+            where = "local"
+        self.placements[where] = self.placements.get(where, 0) + 1
+        return Placement(region, source, nodes)
 
     def fleet(self) -> dict[str, Any]:
         """``GET /admin/v1/fleet``: every node as last read, with its heartbeat's age."""
@@ -65,3 +83,18 @@ class FleetIssuer:
 
     def status(self) -> dict[str, Any]:
         return self.member.status()
+
+    def figures(self) -> FleetFigures:
+        """What ``/metrics`` shows of the fleet."""
+        now = time.time()
+        nodes: dict[tuple[str, str], int] = {}
+        for node in self.member.nodes():
+            if node.fresh(now):
+                key = (node.region, node.state)
+                nodes[key] = nodes.get(key, 0) + 1
+        return FleetFigures(
+            nodes=nodes,
+            redis_up=self.member.connected,
+            heartbeats=dict(self.member.beats),
+            placements=dict(self.placements),
+        )

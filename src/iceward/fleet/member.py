@@ -219,6 +219,8 @@ class FleetMember:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        #: Heartbeats that reached Redis, and that did not (``/metrics``).
+        self.beats = {"ok": 0, "failed": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def join(self) -> None:
@@ -437,6 +439,7 @@ class FleetMember:
         self._conflict = message
 
     def _up(self) -> None:
+        self.beats["ok"] += 1
         if self.failure is not None:
             log.warning(
                 "fleet: Redis at %s answers again: node %s is back in the fleet",
@@ -447,6 +450,7 @@ class FleetMember:
 
     def _down(self, exc: BaseException) -> None:
         reason = str(exc) or type(exc).__name__
+        self.beats["failed"] += 1
         if self.failure is None:
             log.error(
                 "fleet: Redis at %s unreachable (%s): relaying goes on; issuing from this node "
