@@ -23,6 +23,7 @@ from tests.fleet.conftest import (
     http,
     launch,
     wait_for,
+    wait_ready,
 )
 from tests.net.turnclient import BlockingTurnClient, TurnError
 from tests.realclients.test_chromium import CHROMIUM_ARGS, PAGE, chromium_path
@@ -318,6 +319,18 @@ def test_a_killed_node_is_not_issued_once_its_heartbeat_expires(fleet: Fleet) ->
     for _ in range(10):
         for issuer in ("n1", "n3"):
             assert "n2" not in ids(fleet.issue(issuer, region="eu", count=2)[1])
+
+
+def test_a_node_restarted_right_after_sigkill_takes_its_id_back(fleet: Fleet) -> None:
+    fleet.kill("n3")
+    restarted = wait_ready(fleet.start("n3", *fleet.nodes["n3"].flags))
+    assert restarted.proc.poll() is None
+    wait_for(
+        lambda: "n3" in {n["id"] for n in fleet.fleet_view("n1")["nodes"]}
+        and ids(fleet.issue("n1", region="us")[1]) == ["n3"],
+        6,
+        "the restarted n3 is issued again",
+    )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -51,6 +51,8 @@ STORE_CHANNEL = PREFIX + "store"
 REDIS_TIMEOUT = 1.0
 #: Pauses between tries while Redis is down: growing, never above one beat.
 BACKOFF = (0.25, 0.5, 1.0, BEAT)
+#: Seconds between two looks at a held node id while claiming it.
+CLAIM_POLL = 0.5
 #: The window relayed bit/s are measured over.
 RATE_WINDOW = 10.0
 
@@ -225,10 +227,12 @@ class FleetMember:
     # -- lifecycle -----------------------------------------------------------------------------
     async def join(self) -> None:
         """Claim the node id and read the fleet; :class:`NodeIdTaken` when a live node has it.
+        A holder whose heartbeat does not move is a node that died (a restart after SIGKILL):
+        its key is waited out (at most :data:`FRESH_FOR` seconds) and the id taken over.
         Redis down: the node starts alone (said once) and joins when Redis answers."""
         await self._update_load()
         try:
-            holder = await self._publish()
+            holder = await self._claim()
         except (RedisError, OSError) as exc:
             self._down(exc)
         else:
@@ -394,6 +398,19 @@ class FleetMember:
         self._load = self._meter.measure(snap, time.monotonic())
         if self._quota is not None:
             self._quota_local = self._quota.local_buckets()
+
+    async def _claim(self) -> NodeInfo | None:
+        """The first beat; the live node holding this id, if one does."""
+        holder = await self._publish()
+        if holder is None:
+            return None
+        first = holder.at
+        deadline = time.monotonic() + FRESH_FOR + BEAT
+        log.info("fleet: node id %s is held; waiting whether its holder still beats", self.node_id)
+        while holder is not None and holder.at == first and time.monotonic() < deadline:
+            await asyncio.sleep(CLAIM_POLL)
+            holder = await self._publish()
+        return holder
 
     async def _publish(self) -> NodeInfo | None:
         """One beat; the node that holds this id when it is not this process, else None."""
