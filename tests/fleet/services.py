@@ -75,9 +75,10 @@ class RedisServer:
         return out.stdout
 
 
-def _run(cmd: list[str], timeout: float) -> None:
-    """Run a PostgreSQL tool; its own words when it fails."""
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+def _run(cmd: list[str], timeout: float, cwd: Path | None = None) -> None:
+    """Run a PostgreSQL tool (in ``cwd``: the postgres user may not enter the current
+    directory); its own words when it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed: {done.stdout}{done.stderr}")
 
@@ -118,7 +119,7 @@ class PostgresServer:
         self._own(self.dir)
         cmd = [*self.as_user, _pg_bin("initdb"), "-D", str(self.data), "-U", "postgres"]
         cmd += ["-A", "trust", "--no-sync", "-E", "UTF8"]
-        _run(cmd, 120)
+        _run(cmd, 120, self.dir)
 
     def start(self) -> None:
         log = self.dir / "postgres.log"
@@ -128,11 +129,12 @@ class PostgresServer:
         options = f"-p {self.port} -k {self.dir} -h 127.0.0.1 -c fsync=off"
         cmd = [*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(log)]
         cmd += ["-o", options, "-w", "start"]
-        _run(cmd, 60)
+        _run(cmd, 60, self.dir)
         _wait_port(self.port, None, "postgres", log)
 
     def stop(self) -> None:
-        _run([*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"], 60)
+        cmd = [*self.as_user, _pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "stop"]
+        _run(cmd, 60, self.dir)
 
     def remove(self) -> None:
         """Stop it if it runs, and delete its directory."""
