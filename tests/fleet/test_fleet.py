@@ -307,18 +307,19 @@ def test_redis_down_nodes_relay_issue_locally_without_spinning_and_reform(fleet:
 def test_a_killed_node_is_not_issued_once_its_heartbeat_expires(fleet: Fleet) -> None:
     assert sorted(ids(fleet.issue("n3", region="eu", count=2)[1])) == ["n1", "n2"]
     fleet.kill("n2")
-    killed = time.monotonic()
-    wait_for(
-        lambda: "n2" not in ids(fleet.issue("n3", region="eu", count=2)[1]),
-        7,
-        "n2 left out of the answers",
-        step=0.2,
-    )
+    killed = time.monotonic()  # its last heartbeat was before this
+
+    def excluded_everywhere() -> bool:
+        return all(
+            "n2" not in ids(fleet.issue(issuer, region="eu", count=2)[1]) for issuer in ("n1", "n3")
+        )
+
+    wait_for(excluded_everywhere, 7, "n2 left out of every issuer's answers", step=0.1)
     excluded = time.monotonic() - killed
-    assert excluded <= 6.5, excluded
+    assert excluded <= 6.5, excluded  # 6 s, and the time the answers take on a busy machine
+    time.sleep(max(0.0, killed + 6.0 - time.monotonic()))
     for _ in range(10):
-        for issuer in ("n1", "n3"):
-            assert "n2" not in ids(fleet.issue(issuer, region="eu", count=2)[1])
+        assert excluded_everywhere()
 
 
 def test_a_node_restarted_right_after_sigkill_takes_its_id_back(fleet: Fleet) -> None:
