@@ -80,10 +80,13 @@ def redis_ops_per_allocation(fleet: Fleet, allocations: int) -> dict[str, int]:
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert monitor.stdout is not None
+    if monitor.stdout.readline().strip() != "OK":  # MONITOR is on from here
+        raise RuntimeError("redis-cli monitor did not start")
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(monitor.stdout.readline, "")))  # type: ignore[union-attr]
     reader.start()
-    time.sleep(0.5)
+    started = time.monotonic()
     node = fleet.nodes["n1"]
     for i in range(allocations):
         cred = mint_rest_credential(SECRET, f"bench{i}", 600, time.time())
@@ -92,7 +95,7 @@ def redis_ops_per_allocation(fleet: Fleet, allocations: int) -> dict[str, int]:
         client.refresh(600)
         client.refresh(0)
         client.close()
-    time.sleep(0.5)
+    time.sleep(max(0.5, started + 2.5 - time.monotonic()))  # a beat of every node seen
     monitor.terminate()
     monitor.wait(5)
     reader.join(5)
