@@ -200,6 +200,9 @@ class FleetMember:
         self.url = url
         self._quota = quota
         self._quota_local: dict[int, int] = {}
+        self._addressed: (
+            tuple[list[str], dict[str, list[str]], tuple[Listener, ...], str | None] | None
+        ) = None
         self._store_changed = store_changed
         self.node_id = node_id
         self.region = region
@@ -304,10 +307,18 @@ class FleetMember:
     def connected(self) -> bool:
         return self.failure is None
 
+    def _addresses(self) -> tuple[dict[str, list[str]], tuple[Listener, ...], str | None]:
+        """URLs by transport, listeners and TLS name, read again when the URLs change."""
+        uris = self._public_uris()
+        if self._addressed is None or self._addressed[0] != uris:
+            listeners, tls_name = listeners_of(uris, self._own_ips)
+            self._addressed = (uris, urls_by_transport(uris), listeners, tls_name)
+        _, urls, listeners, tls_name = self._addressed
+        return urls, listeners, tls_name
+
     def me(self) -> NodeInfo:
         """This node as it stands now."""
-        uris = self._public_uris()
-        listeners, tls_name = listeners_of(uris, self._own_ips)
+        urls, listeners, tls_name = self._addresses()
         return NodeInfo(
             id=self.node_id,
             region=self.region,
@@ -316,7 +327,7 @@ class FleetMember:
             state=self.state,
             at=time.time(),
             started=self.started,
-            urls=urls_by_transport(uris),
+            urls=urls,
             listeners=listeners,
             tls_name=tls_name,
             load=self._load,
