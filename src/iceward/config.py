@@ -373,8 +373,22 @@ class ServerSettings(BaseSettings):
     @field_validator("cluster")
     @classmethod
     def _check_cluster(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"cluster {value!r} must be a Redis URL: redis://HOST:PORT/DB")
+        """A Redis URL redis-py reads as written (its errors, and these, never repeat the URL:
+        it may hold a password)."""
+        if value is None:
+            return value
+        usage = "must be a Redis URL: redis://HOST:PORT/DB (rediss:// for TLS, or unix://PATH)"
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(usage)
+        try:
+            from redis.connection import parse_url
+
+            parse_url(value)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"{exc}; it {usage}") from None
+        path = value.partition("://")[2].partition("?")[0].partition("/")[2]
+        if not value.startswith("unix://") and path and not path.isdigit():
+            raise ValueError(f"the database {path!r} is not a number; it {usage}")
         return value
 
     @field_validator("region_fallback")

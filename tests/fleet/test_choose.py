@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from iceward.config import SettingsError, load_settings
 from iceward.fleet.alternates import Alternate
 from iceward.fleet.choose import choose
 from iceward.fleet.member import FleetMember
@@ -187,3 +188,19 @@ def test_serve_refuses_a_bad_region_file_in_one_line(tmp_path: Path) -> None:
         errors = [line for line in proc.stderr.splitlines() if "error" in line]
         assert len(errors) == 1 and str(path) in errors[0] and words in errors[0], proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("redis://:hunter2-secret@127.0.0.1:abc/0", "Port could not be cast"),
+        ("redis://:hunter2-secret@127.0.0.1:6379/zero", "database 'zero' is not a number"),
+        ("http://:hunter2-secret@127.0.0.1/", "must be a Redis URL"),
+    ],
+)
+def test_a_cluster_url_redis_cannot_read_is_named_without_its_password(
+    tmp_path: Path, url: str, words: str
+) -> None:
+    with pytest.raises(SettingsError, match=words) as caught:
+        load_settings(cluster=url, data_dir=tmp_path)
+    assert str(caught.value).startswith("cluster: ") and "hunter2" not in str(caught.value)
