@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import socket
@@ -185,11 +184,15 @@ e.g. ICEWARD_SECRET='["VALUE"]'"""), line
     assert "top-secret-value" not in line
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("psycopg") is not None, reason="the PostgreSQL driver is installed"
-)
 def test_postgresql_without_its_driver_says_what_to_install(tmp_path: Path) -> None:
-    line = serve(tmp_path, "--database", "postgresql://iceward@127.0.0.1/iceward")
+    # The test environment has psycopg (the fleet tests use it): hide it as if not installed.
+    hidden = tmp_path / "no-psycopg" / "psycopg"
+    hidden.mkdir(parents=True)
+    (hidden / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'psycopg'\", name='psycopg')\n"
+    )
+    env = {"PYTHONPATH": str(hidden.parent)}
+    line = serve(tmp_path, "--database", "postgresql://iceward@127.0.0.1/iceward", env=env)
     assert "pip install 'iceward[postgresql]'" in line, line
 
 

@@ -254,6 +254,7 @@ def _register_subcommands() -> None:
     from iceward.doctor.command import register as register_doctor
     from iceward.draincli import register as register_drain
     from iceward.firewall import register as register_firewall
+    from iceward.fleet.command import register as register_fleet
     from iceward.lab.command import register as register_lab
     from iceward.storecli import register as register_store
     from iceward.telemetry.command import register as register_calls
@@ -270,6 +271,7 @@ def _register_subcommands() -> None:
     register_firewall(app)
     register_top(app)
     register_drain(app)
+    register_fleet(app)
 
 
 _register_subcommands()

@@ -144,12 +144,6 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_shown("PUBLIC[/PRIVATE]"),
     )
     realm: str = Field("iceward", description="Authentication realm.")
-    node: str | None = Field(
-        None,
-        max_length=255,
-        description="This node's name on the calls browsers report (default: the host name).",
-        json_schema_extra=_shown("NAME"),
-    )
     secret: list[str] = Field(
         default_factory=list,
         description="TURN REST shared secret (repeatable, for rotation).",
@@ -315,6 +309,51 @@ class ServerSettings(BaseSettings):
         description="A draining node exits when its last allocation ends, or after this (s).",
         json_schema_extra=_shown("SECONDS"),
     )
+    api_key_grace: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds API keys are checked against the last good reading while the "
+        "database is down; then 503.",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    cluster: str | None = Field(
+        None,
+        description="Join a fleet: the Redis URL nodes share (redis://HOST:PORT/DB).",
+        json_schema_extra=_shown("URL"),
+    )
+    node_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's name in the fleet (unique) and on the calls browsers report "
+        "[the host name].",
+        json_schema_extra=_shown("NAME"),
+    )
+    region: str = Field(
+        "default",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="This node's region in the fleet.",
+        json_schema_extra=_shown("REGION"),
+    )
+    region_map: Path | None = Field(
+        None,
+        description="Regions of client addresses: lines 'CIDR REGION' (IPv4 and IPv6).",
+        json_schema_extra=_shown("FILE"),
+    )
+    geoip: Path | None = Field(
+        None,
+        description="Regions of client addresses from a MaxMind database (.mmdb).",
+        json_schema_extra=_shown("FILE"),
+    )
+    region_fallback: list[str] = Field(
+        default_factory=list,
+        description="Regions to try when one has no healthy node: eu=us-east,us-west "
+        "(repeatable).",
+        json_schema_extra=_shown("REGION=REGION,..."),
+    )
     ready_file: Path | None = Field(
         None,
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
@@ -439,6 +478,32 @@ class ServerSettings(BaseSettings):
         if value is not None and not re.fullmatch(r"[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+", value):
             raise ValueError(f"ACME email {value!r} is not an email address")
         return value
+    @field_validator("cluster")
+    @classmethod
+    def _check_cluster(cls, value: str | None) -> str | None:
+        """A Redis URL redis-py reads as written (its errors, and these, never repeat the URL:
+        it may hold a password)."""
+        if value is None:
+            return value
+        usage = "must be a Redis URL: redis://HOST:PORT/DB (rediss:// for TLS, or unix://PATH)"
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(usage)
+        try:
+            from redis.connection import parse_url
+
+            parse_url(value)  # type: ignore[no-untyped-call]
+        except ValueError as exc:
+            raise ValueError(f"{exc}; it {usage}") from None
+        path = value.partition("://")[2].partition("?")[0].partition("/")[2]
+        if not value.startswith("unix://") and path and not path.isdigit():
+            raise ValueError(f"the database {path!r} is not a number; it {usage}")
+        return value
+
+    @field_validator("region_fallback")
+    @classmethod
+    def _check_fallback(cls, values: list[str]) -> list[str]:
+        parse_region_fallback(values)
+        return values
 
     @field_validator("external_ip")
     @classmethod
@@ -513,6 +578,20 @@ def parse_external_ip(value: str | None) -> tuple[str, str]:
         if part:
             ipaddress.ip_address(part)
     return public, private
+
+
+def parse_region_fallback(values: list[str]) -> dict[str, list[str]]:
+    """``["eu=us-east,us-west"]`` -> ``{"eu": ["us-east", "us-west"]}``: the regions tried, in
+    order, when a region has no healthy node."""
+    out: dict[str, list[str]] = {}
+    for value in values:
+        for part in value.split(";"):
+            region, sep, rest = part.strip().partition("=")
+            others = [r.strip() for r in rest.split(",") if r.strip()]
+            if not sep or not region.strip() or not others:
+                raise ValueError(f"region fallback {part!r} must look like eu=us-east,us-west")
+            out[region.strip()] = others
+    return out
 
 
 _CONFIG_FILE: dict[str, Path | None] = {}
@@ -619,7 +698,7 @@ def describe_invalid(exc: ValidationError, config_file: Path | None = None) -> s
 
 
 #: ``ICEWARD_*`` variables that are not settings: read by other parts of iceward and its tests.
-OTHER_VARIABLES = ("FASTPATH", "LAB_", "TEST_", "SCREENSHOTS", "FUZZ_")
+OTHER_VARIABLES = ("FASTPATH", "LAB_", "TEST_", "SCREENSHOTS", "FUZZ_", "ADMIN_KEY")
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -23,6 +23,7 @@ import os
 import secrets
 import string
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -105,6 +108,13 @@ class IssuanceRow(Base):
     api_key: Mapped[str] = mapped_column(String(100))
     ttl: Mapped[int] = mapped_column(Integer)
     ice_servers: Mapped[str] = mapped_column(Text)
+    #: The fleet's nodes behind the URLs (JSON ``[{id, region}]``), None outside a fleet.
+    nodes: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+#: Columns added since a table was first made: ``create_all`` makes missing tables only, so a
+#: store made by an older iceward gains these at open (nullable, no data to move).
+ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("issuance", "nodes"),)
 
 
 class ReportRow(Base):
@@ -304,12 +314,49 @@ class StoreHealth:
             log.info("data store %s available again (it failed with: %s)", self.subject, was)
 
 
+#: API keys remembered for :class:`KeySnapshot` (the most recently checked ones).
+KEY_SNAPSHOT_SIZE = 10_000
+
+
+class KeySnapshot:
+    """The answers of the last good API key checks, for a database that is down: for
+    ``grace`` seconds after the last check that reached it, a key checked before is answered
+    as it was then (a key never seen is refused); after that the store's failure stands (503).
+    """
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self._answers: dict[str, tuple[str, bool] | None] = {}
+        self._good_at: float | None = None
+        self._lock = threading.Lock()
+
+    def remember(self, digest: str, answer: tuple[str, bool] | None) -> None:
+        with self._lock:
+            self._answers.pop(digest, None)
+            self._answers[digest] = answer
+            while len(self._answers) > KEY_SNAPSHOT_SIZE:
+                del self._answers[next(iter(self._answers))]
+            self._good_at = time.monotonic()
+
+    def recall(self, digest: str) -> tuple[str, bool] | None:
+        """The answer last seen; KeyError when the snapshot is too old (or there is none)."""
+        with self._lock:
+            if self._good_at is None or time.monotonic() - self._good_at > self.grace:
+                raise KeyError(digest)
+            return self._answers.get(digest)
+
+
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, key_grace: float = 0.0) -> None:
+        """``key_grace``: seconds API keys are answered from :class:`KeySnapshot` while the
+        database is down (0: not at all)."""
         kwargs: dict[str, Any] = {}
         self.path = sqlite_path(url)
+        self.keys = KeySnapshot(key_grace)
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:  # a server that restarted: pooled connections are tested before use
+            kwargs["pool_pre_ping"] = True
         if self.path is not None and not self.path.exists():
             try:  # created private: SQLite gives its -journal/-wal/-shm files the same mode
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
@@ -330,12 +377,23 @@ class Store:
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
             Base.metadata.create_all(self.engine)
+            self._add_columns()
             with self._session.begin() as s:
                 if s.get(RevisionRow, 1) is None:
                     s.add(RevisionRow(id=1, value=0))
         except STORE_FAILURES as exc:  # one line naming the store, not SQLAlchemy's SQL dump
             self.engine.dispose()
             raise StoreUnavailable(f"{self.health.subject}: {describe_failure(exc)}") from None
+
+    def _add_columns(self) -> None:
+        """:data:`ADDED_COLUMNS` missing from a store made by an older iceward."""
+        inspector = inspect(self.engine)
+        for table, column in ADDED_COLUMNS:
+            present = {c["name"] for c in inspector.get_columns(table)}
+            if column not in present:
+                kind = Base.metadata.tables[table].c[column].type.compile(self.engine.dialect)
+                with self.engine.begin() as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
     def _watch_file(self, path: Path) -> None:
         """Connections hold the file they opened: when it is deleted or replaced, a pooled
@@ -418,17 +476,26 @@ class Store:
     def check_api_key(self, key: str, *, admin: bool = False) -> str | None:
         """The name of the live key ``key`` is (admin keys only when ``admin``), else None."""
         digest = hash_api_key(key)
-        with self._session() as s:
-            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-        if (
-            row is None
-            or row.revoked_at is not None
-            or not hmac.compare_digest(row.key_hash, digest)
-        ):
+        try:
+            with self._session() as s:
+                row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+        except STORE_FAILURES as exc:
+            try:
+                found = self.keys.recall(digest)
+            except KeyError:
+                raise exc from None
+            self.health.failed(exc)
+        else:
+            live = (
+                row is not None
+                and row.revoked_at is None
+                and hmac.compare_digest(row.key_hash, digest)
+            )
+            found = (row.name, bool(row.admin)) if row is not None and live else None
+            self.keys.remember(digest, found)
+        if found is None or (admin and not found[1]):
             return None
-        if admin and not row.admin:
-            return None
-        return row.name
+        return found[0]
 
     # -- static users --------------------------------------------------------------------------
     def add_user(self, name: str, password: str, realm: str) -> None:
@@ -492,7 +559,14 @@ class Store:
 
     # -- issuance log --------------------------------------------------------------------------
     def log_issuance(
-        self, request_id: str, user: str, api_key: str, ttl: int, ice_servers: list[dict[str, Any]]
+        self,
+        request_id: str,
+        user: str,
+        api_key: str,
+        ttl: int,
+        ice_servers: list[dict[str, Any]],
+        *,
+        nodes: list[dict[str, str]] | None = None,
     ) -> None:
         with self._session.begin() as s:
             s.add(
@@ -502,6 +576,7 @@ class Store:
                     api_key=api_key,
                     ttl=ttl,
                     ice_servers=json.dumps(ice_servers),
+                    nodes=json.dumps(nodes) if nodes is not None else None,
                 )
             )
             s.flush()
@@ -689,6 +764,7 @@ def _issuance(r: IssuanceRow) -> dict[str, Any]:
         "apiKey": r.api_key,
         "ttl": r.ttl,
         "iceServers": json.loads(r.ice_servers),
+        **({"nodes": json.loads(r.nodes)} if r.nodes else {}),
     }
 
 

@@ -46,7 +46,7 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, ca: CertAuthority) -> Iterator[RunningServer]:
     running = start_server(
-        tmp_path_factory.mktemp("calls"), "--node", "node-1", cert=(ca.cert, ca.key)
+        tmp_path_factory.mktemp("calls"), "--node-id", "node-1", cert=(ca.cert, ca.key)
     )
     yield running
     running.stop()

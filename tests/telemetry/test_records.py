@@ -26,7 +26,7 @@ from tests.conftest import RunningServer, start_server
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tmp_path_factory.mktemp("telemetry"), "--node", "node-a")
+    running = start_server(tmp_path_factory.mktemp("telemetry"), "--node-id", "node-a")
     yield running
     running.stop()
 

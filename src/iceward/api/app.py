@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from iceward import __version__
@@ -33,10 +33,12 @@ from iceward.api.client import ClientAddress
 from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import issue
-from iceward.api.metrics import make_registry
+from iceward.api.metrics import FleetCollector, make_registry
 from iceward.api.telemetrytoken import ensure_key as telemetry_key
 from iceward.api.telemetrytoken import mint as mint_telemetry_token
 from iceward.diagnose.iceurl import Transport
+from iceward.fleet.choose import MAX_COUNT
+from iceward.fleet.issuer import FleetIssuer
 from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
 
@@ -53,7 +55,33 @@ class IceServersRequest(BaseModel):
     transports: list[Transport] | None = Field(
         None, description="Only URLs for these transports (stun: is always kept)."
     )
-    region: str | None = Field(None, max_length=64, description="Recorded; routing hint.")
+    region: str | None = Field(
+        None, max_length=64, description="The region whose nodes to hand out (in a fleet)."
+    )
+    clientIp: str | None = Field(
+        None,
+        max_length=64,
+        description="The end user's address as the backend saw it: its region, when no region "
+        "is given (--region-map, --geoip).",
+    )
+    count: int = Field(
+        1,
+        ge=1,
+        le=MAX_COUNT,
+        description="Nodes whose URLs to hand out, best first (in a fleet).",
+    )
+
+    @field_validator("clientIp")
+    @classmethod
+    def _check_ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value.strip())
+        return value
+
+
+class NodeRef(BaseModel):
+    id: str
+    region: str
 
 
 class IceServer(BaseModel):
@@ -70,6 +98,8 @@ class IceServersResponse(BaseModel):
         description="For the browser SDK (/sdk/iceward.js): posts this call's record to"
         " /api/v1/telemetry, joined to these iceServers. Short-lived, a few records at most."
     )
+    #: The fleet's nodes behind the URLs, in their order (only in a fleet).
+    nodes: list[NodeRef] | None = None
 
 
 class TurnRestResponse(BaseModel):
@@ -99,6 +129,7 @@ def create_app(
     burst: int = 20,
     default_ttl: int = 86400,
     trusted_proxies: list[str] | None = None,
+    fleet: FleetIssuer | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="iceward",
@@ -138,6 +169,8 @@ def create_app(
 
     api_metrics = make_registry()
     registry, collector = api_metrics.registry, api_metrics.collector
+    if fleet is not None:
+        registry.register(FleetCollector(fleet.figures))
     api_requests = api_metrics.api_requests
     limiter = RateLimiter(rate, burst)
     admin_nets = [ipaddress.ip_network(n, strict=False) for n in (admin_networks or [])]
@@ -222,20 +255,26 @@ def create_app(
     ) -> dict[str, Any]:
         """Fresh TURN REST credentials and the iceServers array to hand to the browser."""
         ttl = body.ttl or default_ttl
+        placement = None
+        if fleet is not None:
+            placement = fleet.place(region=body.region, client_ip=body.clientIp, count=body.count)
         servers, cred = await issue(
             service, store, response, user=body.user, issuer=key, ttl=ttl,
-            transports=body.transports, region=body.region,
+            transports=body.transports, region=body.region, placement=placement,
         )  # fmt: skip
         expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
         token = mint_telemetry_token(
             token_key, response.headers["X-Request-ID"], ttl, time.time(), body.region
         )
-        return {
+        answer: dict[str, Any] = {
             "iceServers": servers,
             "ttl": ttl,
             "expiresAt": expires.isoformat(),
             "telemetryToken": token,
         }
+        if placement is not None:
+            answer["nodes"] = [{"id": n.id, "region": n.region} for n in placement.nodes]
+        return answer
 
     @app.get("/api/v1/turn", response_model=TurnRestResponse, tags=["credentials"])
     async def get_turn(
@@ -280,6 +319,13 @@ def create_app(
     async def list_workers(_: Admin) -> list[dict[str, Any]]:
         """The relaying processes: index, pid, up, restarts, relay port slice."""
         return service.worker_status()
+
+    @app.get("/admin/v1/fleet", tags=["admin"])
+    async def show_fleet(_: Admin) -> dict[str, Any]:
+        """Every node of the fleet as last read: region, state, load, heartbeat age."""
+        if fleet is None:
+            raise HTTPException(404, "this server is not in a fleet (serve --cluster)")
+        return fleet.fleet()
 
     @app.get("/admin/v1/users", tags=["admin"])
     async def list_users(_: Admin) -> list[dict[str, Any]]:
@@ -407,6 +453,8 @@ def create_app(
             "workers": {"up": up, "total": total},
             "store": store_error is None,
         }
+        if fleet is not None:  # a Redis outage is said, not a reason to take the node out
+            doc["fleet"] = fleet.status()
         if reasons:
             doc["reason"] = "; ".join(reasons)
         return JSONResponse(doc, status_code=503 if reasons else 200)

@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from iceward.api.control import ServerControl
 from iceward.diagnose.iceurl import Transport, read_url
-from iceward.store import Store
+from iceward.fleet.issuer import Placement
+from iceward.store import STORE_FAILURES, Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
 
 log = logging.getLogger("iceward.api")
@@ -42,12 +43,18 @@ async def issue(
     transports: list[Transport] | None = None,
     region: str | None = None,
     request_id: str | None = None,
+    placement: Placement | None = None,
 ) -> tuple[list[dict[str, Any]], RestCredential]:
-    """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer."""
+    """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer. In
+    a fleet, ``placement`` names the nodes whose URLs are handed out, best first."""
     secret = await service.secret_for_minting()
     if secret is None:
         raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
-    uris = service.public_uris()
+    if placement is not None:
+        uris = [u for node in placement.nodes for u in node.all_urls()]
+        region = placement.region
+    else:
+        uris = service.public_uris()
     if transports:
         uris = [u for u in uris if u.startswith("stun") or _transport(u) in transports]
     cred = mint_rest_credential(secret, user, ttl, time.time())
@@ -55,9 +62,15 @@ async def issue(
     request_id = request_id or uuid.uuid4().hex
     response.headers["X-Request-ID"] = request_id
     logged = redact(servers)
+    nodes = [{"id": n.id, "region": n.region} for n in placement.nodes] if placement else None
     log.info(
-        "issued request_id=%s by=%r user=%r ttl=%d region=%r iceServers=%s",
-        request_id, issuer, user, ttl, region, logged,
+        "issued request_id=%s by=%r user=%r ttl=%d region=%r nodes=%s iceServers=%s",
+        request_id, issuer, user, ttl, region, [n["id"] for n in nodes or []], logged,
     )  # fmt: skip
-    await run_in_threadpool(store.log_issuance, request_id, user, issuer, ttl, logged)
+    try:  # the answer stands when the database is down: the log line above records it
+        await run_in_threadpool(
+            store.log_issuance, request_id, user, issuer, ttl, logged, nodes=nodes
+        )
+    except STORE_FAILURES as exc:
+        store.health.failed(exc)
     return servers, cred

@@ -8,7 +8,7 @@ as labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from iceward.diagnose.findings import CODES
+from iceward.fleet.issuer import FleetFigures
 from iceward.snapshot import Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
@@ -118,6 +119,36 @@ class ServerCollector(Collector):
             if name.startswith("acme."):
                 renewals.add_metric([name[len("acme.") :]], n)
         yield renewals
+
+
+class FleetCollector(Collector):
+    """The fleet as this node sees it (``serve --cluster``)."""
+
+    def __init__(self, figures: Callable[[], FleetFigures]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        f = self.figures()
+        nodes = GaugeMetricFamily(
+            "iceward_fleet_nodes", "Nodes with a fresh heartbeat", labels=["region", "state"]
+        )
+        for (region, state), n in sorted(f.nodes.items()):
+            nodes.add_metric([region, state], n)
+        redis = GaugeMetricFamily("iceward_fleet_redis_up", "Redis answered the last heartbeat")
+        redis.add_metric([], int(f.redis_up))
+        beats = CounterMetricFamily(
+            "iceward_fleet_heartbeats", "Heartbeats sent to Redis", labels=["result"]
+        )
+        for result, n in sorted(f.heartbeats.items()):
+            beats.add_metric([result], n)
+        placed = CounterMetricFamily(
+            "iceward_fleet_placements",
+            "Credential answers by where their first node is",
+            labels=["where"],
+        )
+        for where, n in sorted(f.placements.items()):
+            placed.add_metric([where], n)
+        yield from (nodes, redis, beats, placed)
 
 
 #: Why the HTTP API refused a request before reading its body (``iceward_http_refused_total``).

@@ -1,5 +1,10 @@
 """Quota counts shared by the workers of one server, in memory they all map.
 
+After the workers' rows comes one more: what the other nodes of a fleet hold, per bucket,
+written by the process in the fleet (:class:`FleetRow`, from their heartbeats), so
+``--user-quota`` counts a user's allocations on every node without a Redis call on the
+Allocate path. Without a fleet it stays zero.
+
 The supervisor creates the memory (a memfd every worker inherits). Each worker writes only its
 own row: a total and one counter per bucket of account names, so no locks are needed; a check
 reads every row. Two accounts whose names fall in the same bucket are counted together, which
@@ -10,6 +15,7 @@ microsecond may both pass the check: the quota may be exceeded by at most N-1 at
 
 from __future__ import annotations
 
+import array
 import hashlib
 import mmap
 import os
@@ -19,16 +25,21 @@ _ROW = BUCKETS + 1  # slot 0: the worker's total
 _ITEM = 4  # uint32
 
 
+def _size(workers: int) -> int:
+    """The workers' rows and the fleet's."""
+    return (workers + 1) * _ROW * _ITEM
+
+
 def create_memory(workers: int) -> int:
-    """A file descriptor of zeroed shared memory sized for ``workers`` rows."""
+    """A file descriptor of zeroed shared memory sized for ``workers`` rows and the fleet's."""
     fd = os.memfd_create("iceward-quota", 0)
-    os.ftruncate(fd, workers * _ROW * _ITEM)
+    os.ftruncate(fd, _size(workers))
     return fd
 
 
 def clear_row(fd: int, workers: int, index: int) -> None:
     """Forget what worker ``index`` held (it died; its allocations are gone)."""
-    with mmap.mmap(fd, workers * _ROW * _ITEM) as mem:
+    with mmap.mmap(fd, _size(workers)) as mem:
         start = index * _ROW * _ITEM
         mem[start : start + _ROW * _ITEM] = bytes(_ROW * _ITEM)
 
@@ -42,15 +53,17 @@ class SharedQuota:
     """The :class:`iceward.turn.quota.QuotaLedger` of worker ``index`` of ``workers``."""
 
     def __init__(self, fd: int, workers: int, index: int) -> None:
-        self._mem = mmap.mmap(fd, workers * _ROW * _ITEM)
+        self._mem = mmap.mmap(fd, _size(workers))
         self._cells = memoryview(self._mem).cast("I")
         self._rows = [i * _ROW for i in range(workers)]
         self._own = index * _ROW
+        self._fleet = workers * _ROW
 
     def count(self, account: str) -> int:
+        """On every worker, and on the other nodes of a fleet (as of their last heartbeat)."""
         bucket = _bucket(account)
         cells = self._cells
-        return sum(cells[row + bucket] for row in self._rows)
+        return sum(cells[row + bucket] for row in self._rows) + cells[self._fleet + bucket]
 
     def total(self) -> int:
         cells = self._cells
@@ -69,4 +82,37 @@ class SharedQuota:
 
     def close(self) -> None:
         self._cells.release()
+        self._mem.close()
+
+
+class FleetRow:
+    """The fleet's side of the memory: what this node's workers hold per bucket (for its
+    heartbeat), and what the other nodes hold (from theirs), which every worker's
+    :meth:`SharedQuota.count` adds."""
+
+    def __init__(self, fd: int, workers: int) -> None:
+        self._mem = mmap.mmap(fd, _size(workers))
+        self._workers = workers
+
+    def local_buckets(self) -> dict[int, int]:
+        """Allocations this node's workers hold, by bucket; buckets with none left out."""
+        totals: dict[int, int] = {}
+        for worker in range(self._workers):
+            start = worker * _ROW * _ITEM
+            row = array.array("I", self._mem[start + _ITEM : start + _ROW * _ITEM])
+            for bucket, n in enumerate(row, 1):
+                if n:
+                    totals[bucket] = totals.get(bucket, 0) + n
+        return totals
+
+    def set_remote(self, counts: dict[int, int]) -> None:
+        """What the other nodes hold now, by bucket (replacing what they held before)."""
+        start = self._workers * _ROW * _ITEM
+        row = array.array("I", bytes(_ROW * _ITEM))
+        for bucket, n in counts.items():
+            if 0 < bucket <= BUCKETS:
+                row[bucket] = min(n, 0xFFFFFFFF)
+        self._mem[start : start + _ROW * _ITEM] = row.tobytes()
+
+    def close(self) -> None:
         self._mem.close()

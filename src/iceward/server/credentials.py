@@ -30,7 +30,7 @@ def open_store(plan: ServerPlan) -> Store:
     """The data store the settings name; OSError naming it when it cannot be opened."""
     url = database_url(plan.data_dir, plan.settings.database)
     try:
-        return Store(url)
+        return Store(url, key_grace=plan.settings.api_key_grace)
     except StoreUnavailable as exc:  # its message names the store already
         raise OSError(f"cannot open the data store: {exc}") from None
     except STORE_FAILURES as exc:

@@ -9,8 +9,10 @@ node exits 0 once its last allocation has ended or after ``--drain-timeout``.
 An :class:`AlternateSource` says where to send a client, by IP family (``socket.AF_INET`` or
 ``AF_INET6``, the family of the client's address, which ALTERNATE-SERVER must share) and
 transport (``udp``, ``tcp``, ``tls``). :class:`StaticAlternates` is the one from the settings
-(``--alternate-server``, ``--tls-alternate-server``); a fleet supplies the healthy node of the
-same region through the same interface (:func:`alternate_source` is where it plugs in).
+(``--alternate-server``, ``--tls-alternate-server``). In a fleet the node's
+:class:`~iceward.fleet.member.FleetMember` answers instead (the least-loaded healthy node of the
+same region); worker processes get its answers as a :class:`TableAlternates`, sent again when
+they change.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ __all__ = [
     "CoreLookup",
     "DrainState",
     "StaticAlternates",
+    "TableAlternates",
     "alternate_source",
+    "alternates_table",
 ]
 
 
@@ -65,8 +69,41 @@ class StaticAlternates:
 
 
 def alternate_source(settings: ServerSettings) -> AlternateSource:
-    """The source a draining node asks: the static list of the settings."""
+    """The source a draining node asks outside a fleet: the static list of the settings."""
     return StaticAlternates(settings.alternate_server, settings.tls_alternate_server)
+
+
+#: What a table of alternates covers: every family a client may come over, every transport.
+_FAMILIES = (int(socket.AF_INET), int(socket.AF_INET6))
+_TRANSPORTS = ("udp", "tcp", "tls")
+
+#: One row of a table: family, transport, IP, port, TLS name (or None).
+AlternateRow = tuple[int, str, str, int, str | None]
+
+
+def alternates_table(source: AlternateSource) -> list[AlternateRow]:
+    """What ``source`` answers now for every family and transport: for worker processes,
+    which cannot ask the fleet (it lives in the supervisor) and are sent this instead."""
+    rows: list[AlternateRow] = []
+    for family in _FAMILIES:
+        for transport in _TRANSPORTS:
+            found = source.alternate(family, transport)
+            if found is not None:
+                rows.append((family, transport, *found.address, found.domain))
+    return rows
+
+
+class TableAlternates:
+    """The fleet's alternates as the supervisor last read them (:func:`alternates_table`)."""
+
+    def __init__(self, rows: list[AlternateRow] | list[list[Any]]) -> None:
+        self._by: dict[tuple[int, str], Alternate] = {
+            (int(family), str(transport)): Alternate((str(ip), int(port)), domain)
+            for family, transport, ip, port, domain in rows
+        }
+
+    def alternate(self, family: int, transport: str) -> Alternate | None:
+        return self._by.get((family, transport))
 
 
 class CoreLookup:

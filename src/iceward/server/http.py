@@ -17,6 +17,8 @@ from iceward.api.app import create_app
 from iceward.api.control import ServerControl
 from iceward.autocert.http01 import router_for
 from iceward.config import ServerSettings
+from iceward.fleet.issuer import FleetIssuer
+from iceward.server.plan import node_id_of
 from iceward.store import Store
 from iceward.telemetry.routes import create_router as telemetry_router
 from iceward.testpage.routes import create_router as testpage_router
@@ -24,7 +26,12 @@ from iceward.testpage.routes import create_router as testpage_router
 log = logging.getLogger("iceward.server")
 
 
-def build_app(control: ServerControl, store: Store, settings: ServerSettings) -> FastAPI:
+def build_app(
+    control: ServerControl,
+    store: Store,
+    settings: ServerSettings,
+    fleet: FleetIssuer | None = None,
+) -> FastAPI:
     app = create_app(
         control,
         store,
@@ -34,6 +41,7 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
         burst=settings.api_burst,
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
+        fleet=fleet,
     )
     acme = router_for(settings)
     if acme is not None:
@@ -53,7 +61,7 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
             metrics=app.state.metrics,
             admin=app.state.admin_key,
             client_address=app.state.client_address,
-            node=settings.node or socket.gethostname(),
+            node=node_id_of(settings),
         )
     )
     return app

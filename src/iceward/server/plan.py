@@ -106,6 +106,11 @@ class ServerPlan:
         return Endpoints(self.public_host)
 
 
+def node_id_of(settings: ServerSettings) -> str:
+    """This node's name: ``--node-id``, else the host's (in the fleet, on call records)."""
+    return settings.node_id or socket.gethostname().split(".")[0]
+
+
 def tls_port_of(settings: ServerSettings) -> int | None:
     """The TLS port to bind (0: the kernel picks), or None: no TLS. ``--tls-port 0`` turns TLS
     off unless a ``--cert`` is given (then any port); ``--tls-port -1`` asks for any port."""

@@ -11,8 +11,9 @@ from iceward.net.listeners import ListenerSet, check_local_address, open_listene
 from iceward.net.slot import WorkerSlot
 from iceward.net.tls import check_tls_files, ensure_self_signed
 from iceward.server.certificates import acme_files, tls_challenges
+from iceward.server.cluster import check_region_files
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
-from iceward.server.drain import CoreLookup, alternate_source
+from iceward.server.drain import AlternateSource, CoreLookup, alternate_source
 from iceward.server.plan import ServerPlan, specific
 from iceward.store import Store
 from iceward.turn.policy import PeerPolicy
@@ -29,7 +30,8 @@ def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
 def check_before_start(plan: ServerPlan) -> None:
     """What would fail later, and in every worker, checked once before any socket or worker:
     the operator's ``--cert``/``--key`` load, HTTP-01 has the HTTP API to answer on, each relay
-    address is one of this host's; else OSError naming the file, setting or address."""
+    address is one of this host's, the region map and GeoIP database read; else OSError naming
+    the file, setting or address and the problem."""
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
@@ -44,6 +46,7 @@ def check_before_start(plan: ServerPlan) -> None:
         what = "--listen"  # relays bind to the listening address
     for ip in plan.relay_ips:
         check_local_address(ip, what)
+    check_region_files(plan)
 
 
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
@@ -96,11 +99,13 @@ class RelayProcess:
         if self.store is not None:
             await self.sync.refresh(self.store)
 
-    def drain(self) -> None:
-        """From now on a new Allocate is sent to an alternate (or refused); see server.drain."""
+    def drain(self, source: AlternateSource | None = None) -> None:
+        """From now on a new Allocate is sent to an alternate (or refused); see server.drain.
+        ``source``: the fleet's alternates (replacing what was asked before), else the
+        settings' static list."""
         core = self.engine.core
-        if core is not None and core.drain is None:
-            core.drain = CoreLookup(alternate_source(self.plan.settings))
+        if core is not None and (source is not None or core.drain is None):
+            core.drain = CoreLookup(source or alternate_source(self.plan.settings))
 
     async def _tick_forever(self) -> None:
         assert self.store is not None

@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from iceward.fleet.issuer import FleetIssuer
+from iceward.net import sharedquota
 from iceward.net.fdlimit import raise_open_files_limit
 from iceward.net.slot import WorkerSlot
 from iceward.server.certificates import Certificates
+from iceward.server.cluster import join_fleet, shares_quota
 from iceward.server.drain import DrainState
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan
@@ -32,12 +35,18 @@ class SingleServer:
         self.certificates = Certificates(plan.settings, self.reload)
         self._stopped = asyncio.Event()
         self.drain_state = DrainState(plan.settings.drain_timeout)
+        #: Its place in the fleet (``--cluster``), else None; ``fleet.member`` is the
+        #: :class:`~iceward.fleet.member.FleetMember` (``set_draining()``, ``alternate()``).
+        self.fleet: FleetIssuer | None = None
+        self._quota_fd: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
         raise_open_files_limit()
         plan = self.plan
         listeners = listeners_for(plan, 1)
+        if shares_quota(plan):  # the other nodes' counts arrive in shared memory
+            self._quota_fd = sharedquota.create_memory(1)
         slot = WorkerSlot(
             index=0,
             count=1,
@@ -47,14 +56,18 @@ class SingleServer:
             udp=listeners.udp[0],
             tcp=listeners.tcp[0],
             tls=listeners.tls[0],
+            quota_fd=self._quota_fd,
         )
         self.endpoints.port = listeners.port
         self.endpoints.tls_port = listeners.tls_port or 0
         process = self.process = RelayProcess(plan, slot)
         await process.start()
+        self.fleet = await join_fleet(
+            plan, self.public_uris, self.metrics_snapshot, self._apply_store_change, self._quota_fd
+        )
         if self.http is not None:
             assert process.store is not None
-            await self.http.start(build_app(self, process.store, plan.settings))
+            await self.http.start(build_app(self, process.store, plan.settings, self.fleet))
             process.engine.http_protocol = self.http.protocol  # HTTPS on the TLS port
         await self.certificates.open()
         files = process.tls_files
@@ -71,10 +84,15 @@ class SingleServer:
     async def stop(self) -> None:
         """Stop accepting, end every allocation (logging its traffic), close every socket."""
         await self.certificates.stop()
+        if self.fleet is not None:
+            await self.fleet.member.leave()
         if self.http is not None:
             await self.http.stop()
         if self.process is not None:
             await self.process.stop()
+        if self._quota_fd is not None:
+            os.close(self._quota_fd)
+            self._quota_fd = None
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -137,14 +155,22 @@ class SingleServer:
         return self.process is not None and self.process.engine.delete_local(allocation_id)
 
     async def store_changed(self) -> None:
+        await self._apply_store_change()
+        if self.fleet is not None:
+            await self.fleet.member.announce_store_change()
+
+    async def _apply_store_change(self) -> None:
         if self.process is not None:
             await self.process.refresh()
 
     async def drain(self) -> None:
         if self.drain_state.begin():
             log.info("draining: new allocations go to an alternate server")
+        member = self.fleet.member if self.fleet is not None else None
+        if member is not None:
+            member.set_draining()  # no issuer chooses this node from its next read on
         if self.process is not None:
-            self.process.drain()
+            self.process.drain(member)
 
     def drain_status(self) -> dict[str, Any]:
         return self.drain_state.status()

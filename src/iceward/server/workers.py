@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from iceward.config import ServerSettings
+from iceward.fleet.issuer import FleetIssuer
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
 from iceward.net.httpshandoff import HttpsIntake, HttpsSender
@@ -47,8 +48,9 @@ from iceward.net.slot import WorkerSlot, relay_slice
 from iceward.net.tls import server_context
 from iceward.runtime import setup_logging, use_uvloop
 from iceward.server.certificates import Certificates
+from iceward.server.cluster import join_fleet, shares_quota
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
-from iceward.server.drain import DrainState
+from iceward.server.drain import AlternateRow, DrainState, TableAlternates, alternates_table
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan, plan
 from iceward.server.process import RelayProcess, listeners_for, tls_files
@@ -98,6 +100,11 @@ def _slot(spec: dict[str, Any]) -> WorkerSlot:
     )
 
 
+def _table(rows: list[list[Any]] | None) -> TableAlternates | None:
+    """The fleet's alternates the supervisor sent (None outside a fleet: the static list)."""
+    return TableAlternates(rows) if rows is not None else None
+
+
 async def _answer(process: RelayProcess, request: dict[str, Any]) -> Any:
     op = request.get("op")
     engine = process.engine
@@ -111,7 +118,7 @@ async def _answer(process: RelayProcess, request: dict[str, Any]) -> Any:
         await process.refresh()
         return True
     if op == "drain":
-        process.drain()
+        process.drain(_table(request.get("arg")))
         return True
     raise ValueError(f"unknown request {op!r}")
 
@@ -137,7 +144,7 @@ async def serve_worker(control_fd: int) -> int:
             pass  # the supervisor gave up already (another worker failed first)
         return 2
     if spec.get("draining"):
-        process.drain()
+        process.drain(_table(spec.get("alternates")))
     stopped = asyncio.Event()
     stopping: list[asyncio.Task[None]] = []
 
@@ -247,9 +254,13 @@ class Supervisor:
         self._ids = 0
         self.listening = False
         self._stopped = asyncio.Event()
+        #: Its place in the fleet (``--cluster``), else None (see SingleServer.fleet).
+        self.fleet: FleetIssuer | None = None
         #: Counts of workers that died: their traffic and events stay in the totals.
         self._departed = Snapshot()
         self.drain_state = DrainState(server_plan.settings.drain_timeout)
+        #: While draining in a fleet: the alternates last sent to the workers.
+        self._alternates: list[AlternateRow] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -263,8 +274,17 @@ class Supervisor:
         self.endpoints.tls_port = self._listeners.tls_port
         if self._listeners.tls_port:
             self._tls_files = tls_files(self.plan)
+        self._quota_fd = sharedquota.create_memory(self.count)
+        self.fleet = await join_fleet(
+            self.plan,
+            self.public_uris,
+            self.metrics_snapshot,
+            self._apply_store_change,
+            self._quota_fd if shares_quota(self.plan) else None,
+            self.count,
+        )
         if self.http is not None:  # first: a busy HTTP port fails before any worker starts
-            await self.http.start(build_app(self, store, settings))
+            await self.http.start(build_app(self, store, settings, self.fleet))
             if self._tls_files is not None:
                 tls = server_context(*self._tls_files)
                 tls.set_alpn_protocols(["http/1.1"])
@@ -277,7 +297,6 @@ class Supervisor:
                     settings.max_connections_per_source,
                 )
         await self.certificates.open()
-        self._quota_fd = sharedquota.create_memory(self.count)
         try:
             started = await asyncio.gather(*(self._spawn(i) for i in range(self.count)))
         except BaseException:
@@ -313,6 +332,8 @@ class Supervisor:
         if self._https is not None:
             await self._https.close()
         await self.certificates.stop()
+        if self.fleet is not None:
+            await self.fleet.member.leave()
         if self.http is not None:
             await self.http.stop()
         if self._tick_task is not None:
@@ -366,6 +387,7 @@ class Supervisor:
             await refresh_logged(self.store, self._refresh)
             PRESSURE.flush()
             await self.metrics_snapshot()
+            await self._resend_alternates()
 
     async def _refresh(self) -> None:
         """Workers first: a credential minted with a new secret must verify in all of them."""
@@ -417,6 +439,7 @@ class Supervisor:
             "tls_files": [str(p) for p in self._tls_files] if self._tls_files else None,
             "handoff_name": self._handoff_name,
             "draining": self.drain_state.draining,
+            "alternates": self._alternates,
             "https_name": self._https_name if self._https is not None else None,
         }
         writer.write(_line(spec))
@@ -601,6 +624,11 @@ class Supervisor:
         return self.certificates.annotate(total)
 
     async def store_changed(self) -> None:
+        await self._apply_store_change()
+        if self.fleet is not None:
+            await self.fleet.member.announce_store_change()
+
+    async def _apply_store_change(self) -> None:
         await self._call_all("refresh")
         if self.store is not None:
             await self.sync.refresh(self.store)
@@ -609,7 +637,19 @@ class Supervisor:
         """Every worker drains (one restarted later is told so in its spec)."""
         if self.drain_state.begin():
             log.info("draining: new allocations go to an alternate server")
-        await self._call_all("drain")
+        if self.fleet is not None:
+            self.fleet.member.set_draining()  # no issuer chooses this node from its next read on
+            self._alternates = alternates_table(self.fleet.member)
+        await self._call_all("drain", self._alternates)
+
+    async def _resend_alternates(self) -> None:
+        """While draining in a fleet: the workers learn of a node that joined or left."""
+        if self.fleet is None or not self.drain_state.draining:
+            return
+        table = alternates_table(self.fleet.member)
+        if table != self._alternates:
+            self._alternates = table
+            await self._call_all("drain", table)
 
     def drain_status(self) -> dict[str, Any]:
         return self.drain_state.status()
@@ -626,7 +666,8 @@ class Supervisor:
     async def secret_for_minting(self) -> str | None:
         """Read the store now: a worker may have seen a secret added or retired before this
         process's own tick, and a credential must verify wherever its client lands."""
-        await self._refresh()
+        assert self.store is not None
+        await refresh_logged(self.store, self._refresh)  # a store that is down: the last ones
         return self.minting_secret()
 
     def workers_up(self) -> tuple[int, int]:
