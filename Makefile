@@ -21,7 +21,9 @@ run: $(STAMP)
 		print("--tls-port 443" if may_bind_port(443) else "")') $(ARGS)
 
 # The relay suite again on the pure-Python path (ICEWARD_FASTPATH=0); the first run uses the
-# native fast path when it is built. A run limited by PYTEST_ARGS skips the extra passes.
+# native fast path when it is built. A run limited by PYTEST_ARGS skips the extra passes. The
+# two extra passes run side by side (each prints its output when it ends): their servers bind
+# port 0 and share nothing.
 RELAY_TESTS := tests/net tests/realclients \
 	tests/api/test_api.py::test_metrics_move_while_traffic_flows \
 	tests/api/test_api.py::test_admin_allocations_are_live_and_can_be_deleted
@@ -32,8 +34,7 @@ test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 ifeq ($(strip $(PYTEST_ARGS)),)
-	$(MAKE) --no-print-directory test-python-path
-	$(MAKE) --no-print-directory test-workers
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-python-path test-workers
 endif
 
 test-python-path: $(STAMP)
