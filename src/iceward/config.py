@@ -11,6 +11,7 @@ import ipaddress
 import os
 import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from iceward.datadir import create_private_file, ensure_private_dir
 from iceward.turn.policy import PeerPolicy
+from iceward.units import parse_duration
 
 
 def _flag(name: str) -> dict[str, Any]:
@@ -254,6 +256,28 @@ class ServerSettings(BaseSettings):
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
         json_schema_extra=_shown("FILE"),
     )
+    node: str = Field(
+        default_factory=socket.gethostname,
+        min_length=1,
+        max_length=64,
+        description="This node's name in usage records [the host name].",
+        json_schema_extra=_shown("NAME"),
+    )
+    region: str = Field(
+        "", max_length=64, description="This node's region in usage records and reports."
+    )
+    usage_interval: float = Field(
+        60.0,
+        ge=0.2,
+        le=3600,
+        description="Seconds between interim usage records (and byte quota checks).",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    usage_retention: str = Field(
+        "90d",
+        description="Usage records older than this are deleted (like 90d, 12h).",
+        json_schema_extra=_shown("DURATION"),
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -269,6 +293,13 @@ class ServerSettings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @field_validator("usage_retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        if parse_duration(value) < 3600:
+            raise ValueError(f"{value!r}: keep usage records an hour at least")
+        return value
 
     @field_validator("relay_ports")
     @classmethod

@@ -34,9 +34,11 @@ from iceward.api.control import ServerControl
 from iceward.api.guard import AUTH_SCOPE_KEY, Auth, BodyTooLarge, RequestGuard
 from iceward.api.issue import issue
 from iceward.api.metrics import make_registry
+from iceward.api.usage import usage_router
 from iceward.diagnose.iceurl import Transport
 from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
+from iceward.usage.store import UsageStore
 
 log = logging.getLogger("iceward.api")
 
@@ -52,6 +54,13 @@ class IceServersRequest(BaseModel):
         None, description="Only URLs for these transports (stun: is always kept)."
     )
     region: str | None = Field(None, max_length=64, description="Recorded; routing hint.")
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Your customer or project id: usage records and byte quotas go by it.",
+    )
 
 
 class IceServer(BaseModel):
@@ -130,6 +139,7 @@ def create_app(
             {"detail": exc.detail, "limit": exc.limit}, status_code=413, headers=exc.headers
         )
 
+    usage = UsageStore(store)
     api_metrics = make_registry()
     registry, collector = api_metrics.registry, api_metrics.collector
     api_requests = api_metrics.api_requests
@@ -217,7 +227,7 @@ def create_app(
         ttl = body.ttl or default_ttl
         servers, cred = await issue(
             service, store, response, user=body.user, issuer=key, ttl=ttl,
-            transports=body.transports, region=body.region,
+            transports=body.transports, region=body.region, label=body.label, usage=usage,
         )  # fmt: skip
         expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
         return {"iceServers": servers, "ttl": ttl, "expiresAt": expires.isoformat()}
@@ -327,6 +337,8 @@ def create_app(
     ) -> list[dict[str, Any]]:
         """The most recent credential responses, credentials redacted."""
         return await run_in_threadpool(store.recent_issuance, limit)
+
+    app.include_router(usage_router(usage, admin_key))
 
     # What other routers mounted beside these (the test page) need: one admin check, one
     # decision about the client's address.

@@ -17,9 +17,9 @@ from iceward.api.control import ServerControl
 from iceward.diagnose.iceurl import Transport, read_url
 from iceward.store import Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
+from iceward.usage.store import UsageStore
 
 log = logging.getLogger("iceward.api")
-
 
 
 def _transport(url: str) -> str | None:
@@ -42,8 +42,11 @@ async def issue(
     transports: list[Transport] | None = None,
     region: str | None = None,
     request_id: str | None = None,
+    label: str | None = None,
+    usage: UsageStore | None = None,
 ) -> tuple[list[dict[str, Any]], RestCredential]:
-    """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer."""
+    """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer; a
+    ``label`` is remembered with the username, and usage records of its allocations carry it."""
     secret = await service.secret_for_minting()
     if secret is None:
         raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
@@ -56,8 +59,10 @@ async def issue(
     response.headers["X-Request-ID"] = request_id
     logged = redact(servers)
     log.info(
-        "issued request_id=%s by=%r user=%r ttl=%d region=%r iceServers=%s",
-        request_id, issuer, user, ttl, region, logged,
+        "issued request_id=%s by=%r user=%r label=%r ttl=%d region=%r iceServers=%s",
+        request_id, issuer, user, label, ttl, region, logged,
     )  # fmt: skip
+    if label is not None and usage is not None:
+        await run_in_threadpool(usage.remember_label, cred.username, label)
     await run_in_threadpool(store.log_issuance, request_id, user, issuer, ttl, logged)
     return servers, cred

@@ -85,9 +85,18 @@ class ServerCollector(Collector):
         quota = CounterMetricFamily(
             "iceward_quota_refusals", "Requests refused by a quota", labels=["quota"]
         )
-        quota.add_metric(["user"], c.get("error.486", 0))
+        quota.add_metric(["user"], c.get("error.486", 0) - c.get("quota.bytes", 0))
+        quota.add_metric(["bytes"], c.get("quota.bytes", 0))
         quota.add_metric(["capacity"], c.get("error.508", 0))
-        yield from (requests, errors, auth, refused, drops, binding, quota)
+        usage = CounterMetricFamily(
+            "iceward_usage_events",
+            "Usage accounting: records written or dropped, store failures, quota actions",
+            labels=["event"],
+        )
+        for name, n in sorted(c.items()):
+            if name.startswith("usage."):
+                usage.add_metric([name[len("usage.") :]], n)
+        yield from (requests, errors, auth, refused, drops, binding, quota, usage)
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])
         ports.add_metric(["in_use"], snap.ports_in_use)

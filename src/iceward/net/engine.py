@@ -115,6 +115,8 @@ class RelayEngine:
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
         self.listening = False
+        #: Told of each allocation that ended, its counters synced (usage records).
+        self.on_removed: Callable[[Allocation, str], None] | None = None
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
         self._clock: Callable[[], float] = time.monotonic
@@ -328,11 +330,11 @@ class RelayEngine:
             )
         return out
 
-    def delete_local(self, allocation_id: int) -> bool:
+    def delete_local(self, allocation_id: int, reason: str = "deleted by admin") -> bool:
         alloc = self.core.allocation_by_id(allocation_id) if self.core is not None else None
         if self.core is None or alloc is None:
             return False
-        self._apply(self.core.delete(alloc.five_tuple, "deleted by admin"))
+        self._apply(self.core.delete(alloc.five_tuple, reason))
         return True
 
     # -- input ---------------------------------------------------------------------------------
@@ -602,6 +604,8 @@ class RelayEngine:
         self._add_traffic(totals, alloc)
         self._ended = {k: list(v) for k, v in totals.items()}
         self._activity.pop(alloc.id, None)
+        if self.on_removed is not None:
+            self.on_removed(alloc, reason)
         ft = alloc.five_tuple
         if ft.transport == "udp":
             listener = self._udp.get(ft.server)
