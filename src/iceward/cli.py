@@ -231,6 +231,7 @@ def _register_subcommands() -> None:
     from iceward.storecli import register as register_store
     from iceward.testpage.command import register as register_testpage
     from iceward.top import register as register_top
+    from iceward.usagecli import register as register_usage
 
     register_store(app)
     register_doctor(app)
@@ -240,6 +241,7 @@ def _register_subcommands() -> None:
     register_coturn(app)
     register_firewall(app)
     register_top(app)
+    register_usage(app)
 
 
 _register_subcommands()

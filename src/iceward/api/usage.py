@@ -13,9 +13,9 @@ from starlette.concurrency import run_in_threadpool
 
 from iceward.store import StoreError
 from iceward.units import parse_size
-from iceward.usage.quotas import period_start
+from iceward.usage.quotas import quota_doc, quotas_with_use
 from iceward.usage.report import summarize, window
-from iceward.usage.store import Quota, UsageStore
+from iceward.usage.store import UsageStore
 
 By = Literal["user", "label", "region", "node", "transport", "day"]
 
@@ -28,29 +28,6 @@ class QuotaIn(BaseModel):
     action: Literal["block", "notify"]
     webhook: str | None = Field(None, max_length=2000, pattern=r"^https?://")
     webhookSecret: str | None = Field(None, min_length=16, max_length=128)
-
-
-def quota_doc(quota: Quota, used: int | None = None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "id": quota.id,
-        quota.kind: quota.subject,
-        "bytes": quota.limit_bytes,
-        "period": quota.period,
-        "action": quota.action,
-        "webhook": quota.webhook,
-    }
-    if used is not None:
-        doc["usedBytes"] = used
-    return doc
-
-
-def quotas_with_use(usage: UsageStore, now: float) -> list[dict[str, Any]]:
-    """Every quota with the bytes its subject relayed in its current period."""
-    out = []
-    for quota in usage.quotas():
-        start, _ = period_start(quota.period, now)
-        out.append(quota_doc(quota, usage.consumed(quota.kind, quota.subject, start)))
-    return out
 
 
 def usage_router(usage: UsageStore, admin: Callable[[Request], Awaitable[str]]) -> APIRouter:

@@ -13,7 +13,7 @@ import hmac
 import json
 from typing import Any
 
-from iceward.usage.store import Quota
+from iceward.usage.store import Quota, UsageStore
 
 #: Percentages of a quota at which a notify quota posts its webhook.
 NOTICE_LEVELS = (80, 100)
@@ -63,3 +63,26 @@ def verify(secret: str, body: bytes, header: str, now: float, tolerance: float =
     if abs(now - timestamp) > tolerance:
         return False
     return hmac.compare_digest(sign(secret, body, timestamp), header.strip())
+
+
+def quota_doc(quota: Quota, used: int | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": quota.id,
+        quota.kind: quota.subject,
+        "bytes": quota.limit_bytes,
+        "period": quota.period,
+        "action": quota.action,
+        "webhook": quota.webhook,
+    }
+    if used is not None:
+        doc["usedBytes"] = used
+    return doc
+
+
+def quotas_with_use(usage: UsageStore, now: float) -> list[dict[str, Any]]:
+    """Every quota with the bytes its subject relayed in its current period."""
+    out = []
+    for quota in usage.quotas():
+        start, _ = period_start(quota.period, now)
+        out.append(quota_doc(quota, usage.consumed(quota.kind, quota.subject, start)))
+    return out
