@@ -1,8 +1,8 @@
 """Admin routes over usage: the report, and byte quotas (list with what each has used, set,
 remove). Per-user and per-label figures are served here, never as metric labels."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI resolves the routes' dependency annotations
+# at runtime, and they name a local alias.
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
