@@ -256,6 +256,18 @@ class ServerSettings(BaseSettings):
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
         json_schema_extra=_shown("FILE"),
     )
+    max_bps: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s an allocation may relay, each direction (coturn's); 0 = no limit.",
+        json_schema_extra=_shown("BYTES"),
+    )
+    bps_capacity: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s the node relays in all, each direction (coturn's); 0 = no limit.",
+        json_schema_extra=_shown("BYTES"),
+    )
     node: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

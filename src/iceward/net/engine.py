@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iceward.net.bandwidth import AllocationLimit, NodeCapacity
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
@@ -70,6 +71,9 @@ class EngineParams:
     connection_timeout: float
     idle_timeout: float
     max_connections_per_source: int
+    #: Bytes/s per allocation and for the whole server, each direction; 0: no limit.
+    max_bps: int = 0
+    bps_capacity: int = 0
 
 
 class RelayEngine:
@@ -115,6 +119,7 @@ class RelayEngine:
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
         self.listening = False
+        self._capacity: NodeCapacity | None = None
         #: Told of each allocation that ended, its counters synced (usage records).
         self.on_removed: Callable[[Allocation, str], None] | None = None
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
@@ -157,6 +162,8 @@ class RelayEngine:
             id_step=slot.count,
         )
         PRESSURE.install(loop, self.core.counters)
+        if params.bps_capacity:  # each worker relays its share of the node's capacity
+            self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
@@ -323,6 +330,7 @@ class RelayEngine:
                     "idleSeconds": round(now - last_active, 1),
                     "expiresInSeconds": round(alloc.expires - now, 1),
                     "traffic": c.as_dict(),
+                    "maxBps": self.params.max_bps or None,
                     # Data went out to peers and nothing ever came back: the classic sign of a
                     # firewalled relay port range.
                     "peersSilent": c.packets_to_peer > 0 and c.packets_to_client == 0,
@@ -574,6 +582,10 @@ class RelayEngine:
 
     def _created(self, alloc: Allocation) -> None:
         transport = alloc.five_tuple.transport
+        rate = self.params.max_bps or (self._capacity.rate if self._capacity else 0)
+        if rate and self.core is not None and self.loop is not None:
+            limit = AllocationLimit(rate, self._capacity, self.core.counters, self.loop.time)
+            limit.start(alloc.counters)
         self.created_by_transport[transport] = self.created_by_transport.get(transport, 0) + 1
         relayed = ",".join(
             f"{r.relayed_address[0]}:{r.relayed_address[1]}" for r in alloc.relays.values()

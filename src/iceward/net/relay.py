@@ -146,6 +146,10 @@ class RelaySocket(LinkedSocket):
             self._on_miss(self, data, peer)
             return
         n = len(data)
+        counters = entry.counters
+        counters.budget_to_client -= n  # infinite without a bandwidth limit
+        if counters.budget_to_client < 0 and not counters.limiter.refill(counters, False, n):  # type: ignore[union-attr]
+            return
         _PAYLOAD[:n] = data
         _count(entry, 1, n)
         _to_client(entry, n)
@@ -167,6 +171,7 @@ class RelaySocket(LinkedSocket):
         # Counted in locals over a run of datagrams to one entry (a link's whole batch), and
         # added to its counters when the run ends: before a miss, another entry, or the return.
         run: PeerEntry | None = None
+        counters: Any = None
         packets = nbytes = 0
         try:
             for _ in range(BATCH):
@@ -189,8 +194,14 @@ class RelaySocket(LinkedSocket):
                     if run is not None:
                         count(run, packets, nbytes)
                     run, packets, nbytes = entry, 0, 0
+                    counters = entry.counters if entry is not None else None
                 if entry is None:
                     on_miss(self, bytes(payload[:n]), key)
+                    continue
+                counters.budget_to_client -= n  # infinite without a bandwidth limit
+                if counters.budget_to_client < 0 and not counters.limiter.refill(
+                    counters, False, n
+                ):
                     continue
                 packets += 1
                 nbytes += n

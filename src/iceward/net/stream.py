@@ -115,12 +115,16 @@ class StreamConnection(asyncio.Protocol):
                 entry = channels.get((first << 8) | buf[pos + 1])
                 if entry is not None:
                     counters = entry.counters
-                    counters.packets_to_peer += 1
-                    counters.bytes_to_peer += length
-                    try:
-                        entry.send(bytes(buf[pos + 4 : pos + 4 + length]), entry.peer)
-                    except OSError:
-                        pass
+                    counters.budget_to_peer -= length  # infinite without a bandwidth limit
+                    if counters.budget_to_peer >= 0 or counters.limiter.refill(  # type: ignore[union-attr]
+                        counters, True, length
+                    ):
+                        counters.packets_to_peer += 1
+                        counters.bytes_to_peer += length
+                        try:
+                            entry.send(bytes(buf[pos + 4 : pos + 4 + length]), entry.peer)
+                        except OSError:
+                            pass
                 else:
                     self._on_message(self, bytes(buf[pos : pos + 4 + length]))
             elif first < 0x40:

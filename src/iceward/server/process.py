@@ -76,6 +76,8 @@ class RelayProcess:
             connection_timeout=settings.connection_timeout,
             idle_timeout=settings.idle_timeout,
             max_connections_per_source=settings.max_connections_per_source,
+            max_bps=settings.max_bps,
+            bps_capacity=settings.bps_capacity,
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
         self.engine = RelayEngine(params, slot, files)

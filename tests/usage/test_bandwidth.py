@@ -1,0 +1,86 @@
+"""``--max-bps`` holds a ``turnutils_uclient`` flood to the limit on both relay paths (the native
+engine, and the Python one with ICEWARD_FASTPATH=0); the excess is dropped, counted per
+allocation in the admin API and in /metrics."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.api.test_api import cli, http
+from tests.conftest import HOST, require_tool, start_server
+
+LIMIT = 100_000  # bytes/s, each direction
+#: uclient: client-to-client, one pair of sessions, 1000-byte messages every millisecond (about
+#: 1 MB/s offered, ten times the limit) for about 3 s.
+FLOOD = ("-y", "-c", "-m", "1", "-n", "3000", "-l", "1000", "-z", "1")
+
+
+Sample = tuple[float, int, int]  # (time, bytes to peer, datagrams dropped to peer)
+
+
+def flooding(series: list[Sample]) -> list[Sample]:
+    """The samples taken while the flood ran: each shows more drops than the one before (the
+    bucket is empty), so the bytes relayed between the first and the last are the limit's."""
+    return [s for prev, s in itertools.pairwise(series) if s[2] > prev[2]]
+
+
+def flooded(series: list[Sample]) -> float:
+    """Seconds between the first and the last sample taken while the flood ran."""
+    found = flooding(series)
+    return found[-1][0] - found[0][0] if len(found) >= 2 else 0.0
+
+
+@pytest.mark.parametrize("fastpath", ["1", "0"], ids=["native", "python"])
+def test_max_bps_holds_a_flood_to_the_limit(
+    fastpath: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uclient = require_tool("turnutils_uclient")
+    monkeypatch.setenv("ICEWARD_FASTPATH", fastpath)
+    server = start_server(tmp_path, "--max-bps", str(LIMIT), "--relay-ports", "20500-20599")
+    try:
+        admin = cli(server, "keys", "add", "ops", "--admin")
+        flood = subprocess.Popen(
+            [uclient, *FLOOD, "-W", server.secret, "-u", "flood", "-p", str(server.port), HOST],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        samples: dict[int, list[Sample]] = {}
+        try:
+            deadline = time.monotonic() + 30
+            while flood.poll() is None and time.monotonic() < deadline:
+                _, live, _ = http(server, "GET", "/admin/v1/allocations", key=admin)
+                now = time.monotonic()
+                for alloc in live:
+                    traffic = alloc["traffic"]
+                    assert alloc["maxBps"] == LIMIT
+                    samples.setdefault(alloc["id"], []).append(
+                        (now, traffic["bytes_to_peer"], traffic["dropped_to_peer"])
+                    )
+                if any(flooded(series) >= 2.5 for series in samples.values()):
+                    break
+                time.sleep(0.2)
+        finally:
+            flood.kill()
+            flood.wait()
+        rates = []
+        for series in samples.values():
+            if flooded(series) >= 1.0:
+                first, last = flooding(series)[0], flooding(series)[-1]
+                rates.append((last[1] - first[1]) / (last[0] - first[0]))
+        assert rates, samples
+        for rate in rates:
+            assert LIMIT * 0.9 <= rate <= LIMIT * 1.1, (rate, rates)
+        _, metrics, _ = http(server, "GET", "/metrics")
+        dropped = [
+            float(line.rsplit(" ", 1)[1])
+            for line in metrics.splitlines()
+            if line.startswith('iceward_dropped_total{reason="bandwidth"}')
+        ]
+        assert dropped and dropped[0] > 1000
+    finally:
+        server.stop()
