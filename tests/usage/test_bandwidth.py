@@ -75,6 +75,8 @@ def test_max_bps_holds_a_flood_to_the_limit(
         assert rates, samples
         for rate in rates:
             assert LIMIT * 0.9 <= rate <= LIMIT * 1.1, (rate, rates)
+        path = "relay path: native" if fastpath == "1" else "relay path: python"
+        assert path in server.log_text()
         _, metrics, _ = http(server, "GET", "/metrics")
         dropped = [
             float(line.rsplit(" ", 1)[1])

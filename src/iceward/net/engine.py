@@ -164,6 +164,8 @@ class RelayEngine:
         PRESSURE.install(loop, self.core.counters)
         if params.bps_capacity:  # each worker relays its share of the node's capacity
             self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
+            if self.fast is not None:
+                self.fast.set_capacity(self._capacity.rate)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener

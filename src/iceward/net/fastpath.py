@@ -70,6 +70,9 @@ class FastPath:
         self._tokens: dict[int, tuple[TrafficCounters, bool]] = {}
         #: (listener fd, client, channel) -> (to-peer token, relay fd, peer, to-client token).
         self._installed: dict[tuple[int, Address, int], tuple[int, int, Address, int]] = {}
+        #: id(allocation counters) -> the id of its to-peer bucket (to-client: the next one).
+        self._buckets: dict[int, int] = {}
+        self._next_bucket = 1
         self._next_token = 1
         self.closed = False
         loop.add_reader(engine.fileno(), self._on_ready)
@@ -114,6 +117,19 @@ class FastPath:
         self._installed[key] = (to_peer, relay_fd, peer, to_client)
         self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
         self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
+        limiter = counters.limiter
+        rate = getattr(limiter, "rate", 0)
+        if rate:  # the allocation's two buckets, shared by its channels' entries
+            bucket = self._buckets.get(id(counters))
+            if bucket is None:
+                bucket = self._buckets[id(counters)] = self._next_bucket
+                self._next_bucket += 2
+            self.engine.limit(LISTENER, listener_fd, client, number, bucket, rate, False)
+            self.engine.limit(RELAY, relay_fd, peer, 0, bucket + 1, rate, True)
+
+    def set_capacity(self, rate: float) -> None:
+        """The node's (this process's share of its) bytes/s, each direction."""
+        self.engine.set_capacity(rate)
 
     def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
         found = self._installed.pop((listener_fd, client, number), None)
@@ -121,6 +137,7 @@ class FastPath:
             return
         to_peer, relay_fd, peer, to_client = found
         engine = self.engine
+        self._take_drops()
         for token, counts in (
             (to_peer, engine.uninstall_client(listener_fd, client, number)),
             (to_client, engine.uninstall_peer(relay_fd, peer)),
@@ -130,8 +147,10 @@ class FastPath:
         # Entries purged with a closed socket left their counts pending: take them now.
         for token, packets, nbytes in engine.collect(True):
             self._add(token, packets, nbytes)
-        self._tokens.pop(to_peer, None)
+        counters = self._tokens.pop(to_peer, (None, True))[0]
         self._tokens.pop(to_client, None)
+        if counters is not None and not any(c is counters for c, _ in self._tokens.values()):
+            self._buckets.pop(id(counters), None)
 
     def sync(self) -> None:
         """Move what the native entries counted into the allocations' counters."""
@@ -139,6 +158,23 @@ class FastPath:
             return
         for token, packets, nbytes in self.engine.collect():
             self._add(token, packets, nbytes)
+        self._take_drops()
+
+    def _take_drops(self) -> None:
+        """What the native buckets dropped, into the allocations' and the process's counts."""
+        for token, dropped in self.engine.collect_limited():
+            found = self._tokens.get(token)
+            if found is None:
+                continue
+            counters, to_peer = found
+            if to_peer:
+                counters.dropped_to_peer += dropped
+            else:
+                counters.dropped_to_client += dropped
+            limiter = counters.limiter
+            drops = getattr(limiter, "drops", None)
+            if drops is not None:
+                drops["drop.bandwidth"] += dropped
 
     def _add(self, token: int, packets: int, nbytes: int) -> None:
         found = self._tokens.get(token)
