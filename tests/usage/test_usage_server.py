@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 
 from iceward.usage.quotas import SIGNATURE_HEADER, verify
 from tests.api.test_api import cli, eventually, http
-from tests.conftest import HOST, RunningServer, start_server
+from tests.conftest import HOST, RunningServer, require_tool, start_server
 from tests.net.turnclient import BlockingTurnClient, TurnError
 
 INTERVAL = 0.5
@@ -149,6 +150,50 @@ def test_report_matches_the_admin_counters_and_interim_records_appear(
     csv_text = cli(server, "usage", "--since", "1h", "--by", "label", "--csv")
     assert csv_text.splitlines()[0].startswith("label,bytesToPeer,bytesToClient,gbToPeer")
     assert any(line.startswith(f"acme,{acme['bytesToPeer']},") for line in csv_text.splitlines())
+
+
+TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
+UCLIENT_LENGTH = 400
+
+
+def test_uclient_calls_with_two_labels_match_the_clients_own_counters(
+    server: RunningServer, keys: tuple[str, str]
+) -> None:
+    """coturn's uclient, client to client (-y), once per label at the same time: what it says it
+    sent and received is what the report says each label relayed, within 1%."""
+    uclient = require_tool("turnutils_uclient")
+    app, admin = keys
+    runs = {}
+    for label in ("umbrella", "cyberdyne"):
+        username, password = mint(server, app, f"uc-{label}", label)
+        runs[label] = subprocess.Popen(
+            [uclient, "-y", "-c", "-m", "1", "-n", "100", "-l", str(UCLIENT_LENGTH), "-z", "5",
+             "-u", username, "-w", password, "-p", str(server.port), HOST],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    totals = {}
+    for label, proc in runs.items():
+        out, _ = proc.communicate(timeout=60)
+        found = TOTALS.findall(out)
+        assert proc.returncode == 0 and found, out[-2000:]
+        totals[label] = (int(found[-1][0]), int(found[-1][1]))
+
+    def matches() -> bool:
+        doc = report(server, admin, "label")
+        for label, (sent, received) in totals.items():
+            g = group(doc, "label", label)
+            if g is None or g["allocations"] < 2:
+                return False
+            if abs(g["bytesToPeer"] - sent * UCLIENT_LENGTH) > 0.01 * sent * UCLIENT_LENGTH:
+                return False
+            if abs(g["bytesToClient"] - received * UCLIENT_LENGTH) > 0.01 * sent * UCLIENT_LENGTH:
+                return False
+        return True
+
+    assert eventually(matches, 4 * INTERVAL + 5), (
+        totals,
+        [g for g in report(server, admin, "label")["groups"] if g["label"] in totals],
+    )
 
 
 def test_block_quota_refuses_new_allocations_and_ends_the_running_one(
