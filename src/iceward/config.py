@@ -268,6 +268,13 @@ class ServerSettings(BaseSettings):
         description="Bytes/s the node relays in all, each direction (coturn's); 0 = no limit.",
         json_schema_extra=_shown("BYTES"),
     )
+    quota_throttle_bps: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s each way that allocations of a user or label over a block quota "
+        "are held to, instead of ending; 0 = they end.",
+        json_schema_extra=_shown("BYTES"),
+    )
     node: str = Field(
         default_factory=socket.gethostname,
         min_length=1,

@@ -1,6 +1,7 @@
 """``--max-bps`` holds a ``turnutils_uclient`` flood to the limit on both relay paths (the native
 engine, and the Python one with ICEWARD_FASTPATH=0); the excess is dropped, counted per
-allocation in the admin API and in /metrics."""
+allocation in the admin API and in /metrics. ``--quota-throttle-bps`` holds an allocation over a
+block quota to its rate on both paths."""
 
 from __future__ import annotations
 
@@ -8,13 +9,16 @@ import itertools
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.api.test_api import cli, http
-from tests.conftest import HOST, require_tool, start_server
+from tests.api.test_api import cli, eventually, http
+from tests.conftest import HOST, RunningServer, require_tool, start_server
+from tests.usage.test_usage_server import Call
 
 LIMIT = 100_000  # bytes/s, each direction
+THROTTLE = 20_000  # bytes/s, each direction, for allocations over a block quota
 #: uclient: client-to-client, one pair of sessions, 1000-byte messages every millisecond (about
 #: 1 MB/s offered, ten times the limit) for about 3 s.
 FLOOD = ("-y", "-c", "-m", "1", "-n", "3000", "-l", "1000", "-z", "1")
@@ -41,7 +45,10 @@ def test_max_bps_holds_a_flood_to_the_limit(
 ) -> None:
     uclient = require_tool("turnutils_uclient")
     monkeypatch.setenv("ICEWARD_FASTPATH", fastpath)
-    server = start_server(tmp_path, "--max-bps", str(LIMIT), "--relay-ports", "20500-20599")
+    server = start_server(
+        tmp_path, "--max-bps", str(LIMIT), "--relay-ports", "20500-20599",
+        "--quota-throttle-bps", str(THROTTLE), "--usage-interval", "0.5",
+    )  # fmt: skip
     try:
         admin = cli(server, "keys", "add", "ops", "--admin")
         flood = subprocess.Popen(
@@ -61,7 +68,7 @@ def test_max_bps_holds_a_flood_to_the_limit(
                     samples.setdefault(alloc["id"], []).append(
                         (now, traffic["bytes_to_peer"], traffic["dropped_to_peer"])
                     )
-                if any(flooded(series) >= 2.5 for series in samples.values()):
+                if any(flooded(series) >= 1.5 for series in samples.values()):
                     break
                 time.sleep(0.2)
         finally:
@@ -84,5 +91,26 @@ def test_max_bps_holds_a_flood_to_the_limit(
             if line.startswith('iceward_dropped_total{reason="bandwidth"}')
         ]
         assert dropped and dropped[0] > 1000
+        throttled_over_a_block_quota(server, admin)
     finally:
         server.stop()
+
+
+def throttled_over_a_block_quota(server: RunningServer, admin: str) -> None:
+    """With --quota-throttle-bps, an allocation over a block quota is held to that rate, not
+    ended: a burst far above it loses datagrams."""
+    cli(server, "quotas", "set", "--user", "alice", "--bytes", "2kB", "--period", "day")
+    call = Call(server, "alice", "wonderland")
+    try:
+        call.exchange(5, 1000, 0)
+
+        def mine() -> dict[str, Any]:
+            _, live, _ = http(server, "GET", "/admin/v1/allocations", key=admin)
+            return next(a for a in live if a["user"] == "alice")
+
+        assert eventually(lambda: mine()["maxBps"] == THROTTLE, 5)
+        for _ in range(50):
+            call.client.send_channel_data(0x4000, b"x" * 1000)
+        assert eventually(lambda: mine()["traffic"]["dropped_to_peer"] > 0, 3), mine()
+    finally:
+        call.close()

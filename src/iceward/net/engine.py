@@ -332,13 +332,24 @@ class RelayEngine:
                     "idleSeconds": round(now - last_active, 1),
                     "expiresInSeconds": round(alloc.expires - now, 1),
                     "traffic": c.as_dict(),
-                    "maxBps": self.params.max_bps or None,
+                    "maxBps": getattr(c.limiter, "rate", None),
                     # Data went out to peers and nothing ever came back: the classic sign of a
                     # firewalled relay port range.
                     "peersSilent": c.packets_to_peer > 0 and c.packets_to_client == 0,
                 }
             )
         return out
+
+    def limit(self, alloc: Allocation, rate: float) -> None:
+        """Hold ``alloc`` to ``rate`` bytes/s each direction (within the node's capacity), on
+        both relay paths, from now on."""
+        if self.core is None or self.loop is None:
+            return
+        AllocationLimit(rate, self._capacity, self.core.counters, self.loop.time).start(
+            alloc.counters
+        )
+        if self.fast is not None:
+            self.fast.limit(alloc.counters)
 
     def delete_local(self, allocation_id: int, reason: str = "deleted by admin") -> bool:
         alloc = self.core.allocation_by_id(allocation_id) if self.core is not None else None
@@ -585,9 +596,8 @@ class RelayEngine:
     def _created(self, alloc: Allocation) -> None:
         transport = alloc.five_tuple.transport
         rate = self.params.max_bps or (self._capacity.rate if self._capacity else 0)
-        if rate and self.core is not None and self.loop is not None:
-            limit = AllocationLimit(rate, self._capacity, self.core.counters, self.loop.time)
-            limit.start(alloc.counters)
+        if rate:
+            self.limit(alloc, rate)
         self.created_by_transport[transport] = self.created_by_transport.get(transport, 0) + 1
         relayed = ",".join(
             f"{r.relayed_address[0]}:{r.relayed_address[1]}" for r in alloc.relays.values()

@@ -117,15 +117,30 @@ class FastPath:
         self._installed[key] = (to_peer, relay_fd, peer, to_client)
         self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
         self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
-        limiter = counters.limiter
-        rate = getattr(limiter, "rate", 0)
-        if rate:  # the allocation's two buckets, shared by its channels' entries
-            bucket = self._buckets.get(id(counters))
-            if bucket is None:
-                bucket = self._buckets[id(counters)] = self._next_bucket
-                self._next_bucket += 2
-            self.engine.limit(LISTENER, listener_fd, client, number, bucket, rate, False)
-            self.engine.limit(RELAY, relay_fd, peer, 0, bucket + 1, rate, True)
+        self._limit(key, counters)
+
+    def _limit(self, key: tuple[int, Address, int], counters: TrafficCounters) -> None:
+        """Give an installed channel's two entries the allocation's buckets (shared by all its
+        channels), if it has a bandwidth limit."""
+        rate = getattr(counters.limiter, "rate", 0)
+        if not rate:
+            return
+        bucket = self._buckets.get(id(counters))
+        if bucket is None:
+            bucket = self._buckets[id(counters)] = self._next_bucket
+            self._next_bucket += 2
+        listener_fd, client, number = key
+        _, relay_fd, peer, _ = self._installed[key]
+        self.engine.limit(LISTENER, listener_fd, client, number, bucket, rate, False)
+        self.engine.limit(RELAY, relay_fd, peer, 0, bucket + 1, rate, True)
+
+    def limit(self, counters: TrafficCounters) -> None:
+        """The allocation of ``counters`` got a bandwidth limit: its installed channels too."""
+        if self.closed:
+            return
+        for key, (to_peer, _, _, _) in list(self._installed.items()):
+            if self._tokens.get(to_peer, (None, True))[0] is counters:
+                self._limit(key, counters)
 
     def set_capacity(self, rate: float) -> None:
         """The node's (this process's share of its) bytes/s, each direction."""

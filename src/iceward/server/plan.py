@@ -171,6 +171,7 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
             region=settings.region,
             interval=settings.usage_interval,
             retention=parse_duration(settings.usage_retention),
+            throttle=settings.quota_throttle_bps,
         ),
         own_networks=own,
     )

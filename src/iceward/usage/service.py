@@ -45,6 +45,8 @@ class UsageParams:
     region: str
     interval: float
     retention: float
+    #: Bytes/s for running allocations of a blocked user or label; 0: they end.
+    throttle: int = 0
 
 
 class UsageService:
@@ -199,11 +201,21 @@ class UsageService:
         core = self.engine.core
         if core is None or not (self._blocked_users or self._blocked_usernames):
             return
+        throttle = self.params.throttle
         for alloc in core.allocations:
-            if self.admit(alloc.account, alloc.username) is not None:
+            if self.admit(alloc.account, alloc.username) is None:
+                continue
+            if not throttle:
                 log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
                 self.engine.delete_local(alloc.id, "byte quota exceeded")
                 self._count("usage.quota_ended")
+            elif getattr(alloc.counters.limiter, "rate", None) != throttle:
+                log.info(
+                    "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
+                    alloc.id, alloc.account, throttle,
+                )  # fmt: skip
+                self.engine.limit(alloc, throttle)
+                self._count("usage.quota_throttled")
 
     async def _notify(self, quota: Quota, used: int, key: str, now: float) -> None:
         if not quota.webhook or not quota.webhook_secret:
