@@ -94,22 +94,37 @@ def usage(
 
 
 def cost(
-    calls: Annotated[int, Opt("--calls", min=0, help="Concurrent calls at peak.")],
-    kbps: Annotated[float, Opt("--kbps", min=0, help="Bitrate per direction per call.")],
+    calls: Annotated[int | None, Opt("--calls", min=0, help="Concurrent calls at peak.")] = None,
+    kbps: Annotated[
+        float | None, Opt("--kbps", min=0, help="Bitrate per direction per call.")
+    ] = None,
     relay_share: Annotated[
-        float, Opt("--relay-share", min=0, max=1, help="Share of calls relayed (0..1).")
-    ],
+        float | None, Opt("--relay-share", min=0, max=1, help="Share of calls relayed (0..1).")
+    ] = None,
     price_per_gb: Annotated[
         float | None, Opt("--price-per-gb", min=0, help="Money per relayed GB.")
     ] = None,
     busy: Annotated[
         float, Opt("--busy", min=0, max=1, help="Share of the month at that peak (1: a ceiling).")
     ] = 1.0,
+    from_usage: Annotated[
+        str | None,
+        Opt("--from-usage", help="Instead: the figures measured since then (30d, a date)."),
+    ] = None,
     json_out: JsonOpt = False,
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    database: DatabaseOpt = None,
 ) -> None:
-    """Relay cost before deployment: Mbps through the relay at peak, GB per month, money."""
+    """Relay cost: before deployment from --calls, --kbps and --relay-share (Mbps through the
+    relay at peak, GB per month, money), or measured from the usage records (--from-usage)."""
     from iceward.usage.cost import estimate
 
+    if from_usage is not None:
+        _measured_cost(from_usage, price_per_gb, json_out, config, data_dir, database)
+        return
+    if calls is None or kbps is None or relay_share is None:
+        raise fail("give --calls, --kbps and --relay-share (or --from-usage)", "cost")
     est = estimate(calls, kbps, relay_share, price_per_gb, busy)
     doc = {
         "relayedCalls": est.relayed_calls,
@@ -128,6 +143,41 @@ def cost(
     typer.echo(f"per month: {est.gb_per_month:.1f} GB ({busy:.0%} of the month at that peak)")
     if est.cost_per_month is not None:
         typer.echo(f"cost:      {est.cost_per_month:.2f} per month at {price_per_gb:g} per GB")
+
+
+def _measured_cost(
+    since: str,
+    price_per_gb: float | None,
+    json_out: bool,
+    config: Path | None,
+    data_dir: Path | None,
+    database: str | None,
+) -> None:
+    from iceward.usage.cost import measured
+    from iceward.usage.report import window
+
+    try:
+        start, end = window(since, None, time.time())
+    except ValueError as exc:
+        raise fail(f"--from-usage: {exc}", "cost") from None
+    rows = store_call(_usage_store(config, data_dir, database).rows, start, end)
+    m = measured(rows, start, end, price_per_gb)  # type: ignore[arg-type]
+    doc = {
+        "days": round(m.seconds / 86400, 3),
+        "gb": round(m.gb, 6),
+        "mbpsAverage": round(m.mbps_average, 6),
+        "mbpsPeak": round(m.mbps_peak, 6),
+        "gbPerMonth": round(m.gb_per_month, 3),
+        "costPerMonth": round(m.cost_per_month, 2) if m.cost_per_month is not None else None,
+    }
+    if json_out:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    typer.echo(f"measured over {doc['days']:g} days: {m.gb:.3f} GB relayed")
+    typer.echo(f"average:   {m.mbps_average:.3f} Mbps; peak {m.mbps_peak:.3f} Mbps (per interval)")
+    typer.echo(f"per month: {m.gb_per_month:.1f} GB at that average")
+    if m.cost_per_month is not None:
+        typer.echo(f"cost:      {m.cost_per_month:.2f} per month at {price_per_gb:g} per GB")
 
 
 def _subject(label: str | None, user: str | None) -> tuple[str, str]:

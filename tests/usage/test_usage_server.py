@@ -304,3 +304,14 @@ def test_cost_model_arithmetic() -> None:
     assert doc["mbpsPeak"] == 20.0  # 200 relayed calls x 50 kbps x 2 directions
     assert doc["gbPerMonth"] == pytest.approx(20e6 / 8 * 30.4375 * 86400 / 1e9, abs=0.1)
     assert doc["costPerMonth"] == pytest.approx(doc["gbPerMonth"] * 0.05, abs=0.01)
+
+
+def test_cost_from_measured_usage(server: RunningServer, keys: tuple[str, str]) -> None:
+    _, admin = keys
+    total = report(server, admin, "label")["total"]
+    doc = json.loads(cli(server, "cost", "--from-usage", "1h", "--price-per-gb", "1", "--json"))
+    relayed = total["bytesToPeer"] + total["bytesToClient"]
+    assert relayed > 0
+    assert doc["gb"] == pytest.approx(relayed / 1e9, rel=1e-3, abs=1e-6)
+    assert doc["mbpsPeak"] > 0
+    assert doc["costPerMonth"] == pytest.approx(doc["gbPerMonth"], abs=0.01)
