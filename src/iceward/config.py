@@ -59,6 +59,21 @@ def metavar_of(name: str) -> str | None:
 ANY_PORT = -1
 
 
+def parse_region_prices(values: list[str]) -> dict[str, float]:
+    """``["eu=0.05", "us=0.09"]`` -> {region: price per GB}; ValueError naming a bad one."""
+    prices = {}
+    for value in values:
+        region, sep, price = value.partition("=")
+        try:
+            number = float(price)
+        except ValueError:
+            number = -1.0
+        if not sep or not region.strip() or not 0 <= number < 1e6:
+            raise ValueError(f"{value!r} is not REGION=PRICE (a price per GB, like eu=0.05)")
+        prices[region.strip()] = number
+    return prices
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "iceward"
@@ -275,6 +290,12 @@ class ServerSettings(BaseSettings):
         "are held to, instead of ending; 0 = they end.",
         json_schema_extra=_shown("BYTES"),
     )
+    region_price: list[str] = Field(
+        default_factory=list,
+        description="REGION=PRICE: money per relayed GB in usage reports of that region "
+        "(repeatable; --price-per-gb prices the others).",
+        json_schema_extra=_shown("REGION=PRICE"),
+    )
     node: str = Field(
         default_factory=socket.gethostname,
         min_length=1,
@@ -312,6 +333,16 @@ class ServerSettings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @field_validator("region_price")
+    @classmethod
+    def _check_prices(cls, values: list[str]) -> list[str]:
+        parse_region_prices(values)
+        return values
+
+    @property
+    def region_prices(self) -> dict[str, float]:
+        return parse_region_prices(self.region_price)
 
     @field_validator("usage_retention")
     @classmethod

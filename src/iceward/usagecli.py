@@ -27,14 +27,21 @@ REPORT_COLUMNS = (
 )  # fmt: skip
 
 
-def _usage_store(config: Path | None, data_dir: Path | None, database: str | None) -> UsageStore:
+def _open(
+    config: Path | None, data_dir: Path | None, database: str | None
+) -> tuple[UsageStore, dict[str, float]]:
+    """The usage tables of the store the settings name, and the settings' region prices."""
     from iceward.usage.store import UsageStore
 
-    store, _ = open_store(config, data_dir, database)
+    store, settings = open_store(config, data_dir, database)
     try:
-        return UsageStore(store)
+        return UsageStore(store), settings.region_prices
     except Exception as exc:
         raise fail(f"cannot open the data store: {exc}") from None
+
+
+def _usage_store(config: Path | None, data_dir: Path | None, database: str | None) -> UsageStore:
+    return _open(config, data_dir, database)[0]
 
 
 def _shares(shares: dict[str, float]) -> str:
@@ -65,14 +72,14 @@ def usage(
         start, end = window(since, until, time.time())
     except ValueError as exc:
         raise fail(f"--since/--until: {exc}", "usage") from None
-    store = _usage_store(config, data_dir, database)
+    store, prices = _open(config, data_dir, database)
     try:
         rows = store_call(store.rows, start, end)
     except STORE_FAILURES as exc:
         raise fail(f"data store: {exc}", "usage") from None
     except StoreError as exc:  # pragma: no cover - store_call turns it into an exit
         raise fail(str(exc), "usage") from None
-    report = summarize(rows, by, start, end, price_per_gb)  # type: ignore[arg-type]
+    report = summarize(rows, by, start, end, price_per_gb, prices)  # type: ignore[arg-type]
     groups: list[dict[str, Any]] = [*report["groups"], {**report["total"], by: "total"}]
     if json_out:
         typer.echo(json.dumps(report, indent=2))
@@ -89,7 +96,7 @@ def usage(
     shown = [
         {**g, by: g[by] or "-", "transportShare": _shares(g["transportShare"])} for g in groups
     ]
-    columns = REPORT_COLUMNS if price_per_gb is not None else REPORT_COLUMNS[:-1]
+    columns = REPORT_COLUMNS if price_per_gb is not None or prices else REPORT_COLUMNS[:-1]
     print_rows(shown, False, (by, *columns))
 
 

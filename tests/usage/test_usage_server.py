@@ -32,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running = start_server(
         tmp_path_factory.mktemp("usage"),
         "--usage-interval", str(INTERVAL), "--relay-ports", "20400-20499",
-        "--node", "node-a", "--region", "eu",
+        "--node", "node-a", "--region", "eu", "--region-price", "eu=3",
     )  # fmt: skip
     yield running
     running.stop()
@@ -138,7 +138,7 @@ def test_report_matches_the_admin_counters_and_interim_records_appear(
     assert acme is not None
     assert acme["allocations"] == 1 and acme["peakConcurrent"] == 1
     assert acme["transportShare"] == {"udp": 1.0}
-    assert acme["cost"] == round((50 * 250) / 1e9 * 2, 4)
+    assert acme["cost"] == round((50 * 250) / 1e9 * 3, 4)  # the region's price wins
     assert acme["allocationMinutes"] > 3 * INTERVAL / 60
     by_node = report(server, admin, "node")
     assert group(by_node, "node", "node-a") is not None

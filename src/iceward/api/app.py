@@ -102,6 +102,7 @@ def create_app(
     burst: int = 20,
     default_ttl: int = 86400,
     trusted_proxies: list[str] | None = None,
+    region_prices: dict[str, float] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="iceward",
@@ -338,7 +339,7 @@ def create_app(
         """The most recent credential responses, credentials redacted."""
         return await run_in_threadpool(store.recent_issuance, limit)
 
-    app.include_router(usage_router(usage, admin_key))
+    app.include_router(usage_router(usage, admin_key, region_prices))
 
     # What other routers mounted beside these (the test page) need: one admin check, one
     # decision about the client's address.

@@ -30,7 +30,12 @@ class QuotaIn(BaseModel):
     webhookSecret: str | None = Field(None, min_length=16, max_length=128)
 
 
-def usage_router(usage: UsageStore, admin: Callable[[Request], Awaitable[str]]) -> APIRouter:
+def usage_router(
+    usage: UsageStore,
+    admin: Callable[[Request], Awaitable[str]],
+    region_prices: dict[str, float] | None = None,
+) -> APIRouter:
+    """``region_prices``: money per GB of a region's bytes in reports (``--region-price``)."""
     router = APIRouter(tags=["usage"])
     Admin = Annotated[str, Depends(admin)]
 
@@ -52,7 +57,7 @@ def usage_router(usage: UsageStore, admin: Callable[[Request], Awaitable[str]]) 
             rows = await run_in_threadpool(usage.rows, start, end)
         except StoreError as exc:
             raise HTTPException(422, str(exc)) from None
-        return summarize(rows, by, start, end, price_per_gb)  # type: ignore[arg-type]
+        return summarize(rows, by, start, end, price_per_gb, region_prices)  # type: ignore[arg-type]
 
     @router.get("/admin/v1/quotas")
     async def list_quotas(_: Admin) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ def build_app(control: ServerControl, store: Store, settings: ServerSettings) ->
         burst=settings.api_burst,
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
+        region_prices=settings.region_prices,
     )
     app.include_router(
         testpage_router(

@@ -47,6 +47,8 @@ class _Group:
     packets_to_peer: int = 0
     packets_to_client: int = 0
     seconds: float = 0.0
+    #: Money at the prices given; None when some bytes have no price.
+    cost: float | None = 0.0
     by_transport: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     #: allocation -> (first period start, last period end) within the group.
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -63,12 +65,24 @@ def peak_concurrent(spans: list[tuple[float, float]]) -> int:
 
 
 def summarize(
-    rows: list[Row], by: str, since: float, until: float, price_per_gb: float | None = None
+    rows: list[Row],
+    by: str,
+    since: float,
+    until: float,
+    price_per_gb: float | None = None,
+    region_prices: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The report over ``rows`` (records overlapping [since, until), Unix times)."""
+    """The report over ``rows`` (records overlapping [since, until), Unix times). Bytes are
+    priced at their region's price, else ``price_per_gb``."""
     groups: dict[str, _Group] = defaultdict(_Group)
+    prices = region_prices or {}
     for row in rows:
         g = groups[_key(row, by)]
+        price = prices.get(row.region, price_per_gb)
+        if price is None or g.cost is None:
+            g.cost = None
+        else:
+            g.cost += (row.bytes_to_peer + row.bytes_to_client) / GB * price
         g.bytes_to_peer += row.bytes_to_peer
         g.bytes_to_client += row.bytes_to_client
         g.packets_to_peer += row.packets_to_peer
@@ -77,7 +91,8 @@ def summarize(
         g.by_transport[row.transport] += row.bytes_to_peer + row.bytes_to_client
         start, end = g.spans.get(row.allocation, (row.period_start, row.period_end))
         g.spans[row.allocation] = (min(start, row.period_start), max(end, row.period_end))
-    out = [_group_doc(by, key, g, price_per_gb) for key, g in sorted(groups.items())]
+    priced = price_per_gb is not None or bool(prices)
+    out = [_group_doc(by, key, g, priced) for key, g in sorted(groups.items())]
     total = _Group()
     for g in groups.values():
         total.bytes_to_peer += g.bytes_to_peer
@@ -85,6 +100,7 @@ def summarize(
         total.packets_to_peer += g.packets_to_peer
         total.packets_to_client += g.packets_to_client
         total.seconds += g.seconds
+        total.cost = None if total.cost is None or g.cost is None else total.cost + g.cost
         for t, n in g.by_transport.items():
             total.by_transport[t] += n
         total.spans.update(g.spans)
@@ -93,12 +109,13 @@ def summarize(
         "until": dt.datetime.fromtimestamp(until, dt.UTC).isoformat(),
         "by": by,
         "pricePerGb": price_per_gb,
+        "regionPrices": prices or None,
         "groups": out,
-        "total": _group_doc(by, "", total, price_per_gb),
+        "total": _group_doc(by, "", total, priced),
     }
 
 
-def _group_doc(by: str, key: str, g: _Group, price: float | None) -> dict[str, Any]:
+def _group_doc(by: str, key: str, g: _Group, priced: bool) -> dict[str, Any]:
     both = g.bytes_to_peer + g.bytes_to_client
     return {
         by: key or None,
@@ -114,7 +131,7 @@ def _group_doc(by: str, key: str, g: _Group, price: float | None) -> dict[str, A
         "transportShare": {
             t: round(n / both, 4) if both else 0.0 for t, n in sorted(g.by_transport.items())
         },
-        "cost": round(both / GB * price, 4) if price is not None else None,
+        "cost": round(g.cost, 4) if priced and g.cost is not None else None,
     }
 
 
