@@ -286,6 +286,10 @@ class RelayEngine:
             p, b = totals.get((direction, transport), (0, 0))
             totals[(direction, transport)] = (p + packets, b + nbytes)
 
+    def wall_time(self, when: float) -> float:
+        """The Unix time of ``when``, a time of the engine's monotonic clock (``created``...)."""
+        return time.time() - (self._clock() - when)
+
     def relay_port_usage(self) -> tuple[int, int]:
         lo, hi = self.slot.relay_ports
         in_use = len(self._relays.active) if self._relays is not None else 0

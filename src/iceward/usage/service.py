@@ -70,12 +70,8 @@ class UsageService:
     def start(self) -> None:
         """Hook into the started engine and record from now on."""
         loop = self._loop = asyncio.get_running_loop()
-        clock = self.engine._clock
         self.recorder = Recorder(
-            self.params.node,
-            self.params.region,
-            os.urandom(4).hex(),
-            lambda mono: time.time() - (clock() - mono),
+            self.params.node, self.params.region, os.urandom(4).hex(), self.engine.wall_time
         )
         self.engine.on_removed = self._ended
         assert self.engine.core is not None
