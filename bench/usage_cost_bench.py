@@ -5,17 +5,24 @@ iceward under valgrind's callgrind, on the native fast path and on the Python pa
 
 * ``base``: ``--base-cmd``, an iceward build to compare with (e.g. the commit before usage
   accounting and bandwidth limits were added: ``git archive COMMIT``, its extension compiled);
-* ``iceward``: this tree, no limit (usage records every 60 s, as by default);
-* ``limited``: this tree with ``--limited-args`` (usage records every second and a ``--max-bps``
-  no flow reaches: every datagram pays the limiter, none is dropped).
+* ``iceward``: this tree, no limit (usage records every 60 s, as by default: none in the window);
+* ``limited``: this tree with ``--limited-args`` (a ``--max-bps`` no flow reaches: every datagram
+  pays the limiter, none is dropped);
+* ``accounting``: this tree with ``--usage-interval 1``: a usage record per allocation every
+  second. Its idle instructions per second, less ``iceward``'s, over the records it wrote, are
+  the price of one usage record (read, batched, written).
 
 Each server starts with instrumentation off (``--instr-atstart=no``); once ``--clients``
 allocations with a channel to a local echo peer are set up, ``callgrind_control -i on`` starts
 counting, ``--round-trips`` ChannelData round trips (client -> relay -> echo peer -> relay ->
 client, one in flight per client) run, ``callgrind_control -i off`` stops it, and the dump's
-instruction total is divided by the round trips. Instruction counts do not depend on what else
-the machine does, unlike the CPU time ``relay_bench.py`` measures; timers that fire during the
-window (the once-a-second tick, the usage interval) are in the count, as they are in production.
+instruction total is divided by the round trips ("Ir/rt"). The same server is then counted idle
+for ``--idle`` seconds ("idle Ir/s": its once-a-second tick, usage intervals and their batch
+writes); "Ir/rt traffic" is the loaded count less the idle rate over the loaded window: the
+work per round trip itself. Under valgrind the window is long, so time-driven work weighs far
+more per round trip than at a real server's rates: compare "traffic", and read "idle Ir/s"
+as the price of the accounting itself. Instruction counts do not depend on what else the
+machine does, unlike the CPU time ``relay_bench.py`` measures.
 Everything stays on 127.0.0.1.
 """
 
@@ -31,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,7 +47,12 @@ from iceward.stun import constants as c
 from iceward.stun.message import encode_message, parse_message
 from relay_bench import HOST, PASSWORD, REALM, USER, BenchError, TurnClient
 
-PORTS = {"base": (60000, 60999), "iceward": (61000, 61999), "limited": (62000, 62999)}
+PORTS = {
+    "base": (60000, 60999),
+    "iceward": (61000, 61999),
+    "limited": (62000, 62999),
+    "accounting": (59000, 59999),
+}
 
 
 def start(
@@ -104,17 +117,17 @@ def round_trips(clients: list[TurnClient], echo: socket.socket, count: int, size
 
 
 def instructions(out: Path) -> int:
-    """The instruction total of a callgrind dump (``summary:`` or ``totals:``)."""
+    """The instruction total of a callgrind dump (its ``totals:`` line; 0 for an empty one)."""
     for line in out.read_text().splitlines():
-        match = re.match(r"(?:summary|totals):\s+(\d+)", line)
+        match = re.match(r"totals:\s+(\d+)", line)
         if match:
             return int(match[1])
-    raise BenchError(f"no instruction total in {out}")
+    return 0
 
 
 def measure(
     name: str, command: list[str], extra: list[str], path: str, args: argparse.Namespace, tmp: Path
-) -> float:
+) -> Result:
     proc, port, out = start(name, command, extra, path, tmp)
     try:
         echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -126,35 +139,65 @@ def measure(
             client.bind(echo.getsockname())
             clients.append(client)
         round_trips(clients, echo, 200, args.payload)  # warm: every path and cache taken once
-        subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True,
-                       capture_output=True)  # fmt: skip
+        control(proc.pid, "-i", "on")
+        started = time.monotonic()
         round_trips(clients, echo, args.round_trips, args.payload)
-        subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True,
-                       capture_output=True)  # fmt: skip
+        busy = time.monotonic() - started
+        control(proc.pid, "-i", "off")
+        control(proc.pid, "--dump")
+        loaded = collected(out)
+        control(proc.pid, "-i", "on")
+        time.sleep(args.idle)  # the same server, idle: its timers, ticks, usage intervals
+        control(proc.pid, "-i", "off")
+        control(proc.pid, "--dump")
+        idle = collected(out) - loaded
         for client in clients:
             client.sock.close()
         echo.close()
     finally:
         proc.terminate()
         proc.wait(120)
-    total = sum(instructions(p) for p in tmp.glob(f"{out.name}*"))
-    return total / args.round_trips
+    if loaded == 0 or idle == 0:
+        raise BenchError(f"callgrind counted nothing for {name} ({path})")
+    idle_rate = idle / args.idle
+    return Result(loaded / args.round_trips, (loaded - idle_rate * busy) / args.round_trips,
+                  idle_rate, busy)  # fmt: skip
+
+
+def control(pid: int, *command: str) -> None:
+    subprocess.run(["callgrind_control", *command, str(pid)], check=True, capture_output=True)
+
+
+def collected(out: Path) -> int:
+    """Instructions in every dump of ``out`` so far."""
+    return sum(instructions(p) for p in out.parent.glob(f"{out.name}*"))
+
+
+@dataclass(frozen=True)
+class Result:
+    #: Instructions per round trip in the loaded window, all in.
+    per_rt: float
+    #: The same less what the idle server spends over as long (the per-datagram work).
+    per_rt_traffic: float
+    #: Instructions per second of the idle server.
+    idle_per_s: float
+    #: Seconds the loaded window lasted (under valgrind).
+    seconds: float
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--base-cmd", help="command running the iceward build to compare with")
+    p.add_argument("--iceward-cmd", help="command that runs this iceward [this Python -m iceward]")
     p.add_argument(
-        "--iceward-cmd", help="command that runs this iceward [this Python -m iceward]"
-    )
-    p.add_argument(
-        "--limited-args", default="--max-bps 1000000000 --usage-interval 1",
-        help="flags of 'limited' [--max-bps 1000000000 --usage-interval 1]",
+        "--limited-args", default="--max-bps 1000000000",
+        help="flags of 'limited' [--max-bps 1000000000]",
     )  # fmt: skip
     p.add_argument("--paths", default="native,python", help="relay paths [native,python]")
     p.add_argument("--clients", type=int, default=4, help="allocations [4]")
     p.add_argument("--round-trips", type=int, default=20000, help="measured round trips [20000]")
     p.add_argument("--payload", type=int, default=100, help="payload bytes [100]")
+    p.add_argument("--idle", type=float, default=10.0, help="seconds measured idle [10]")
     args = p.parse_args(argv)
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         p.error("valgrind (callgrind) is needed")
@@ -165,20 +208,39 @@ def main(argv: list[str] | None = None) -> int:
     own = shlex.split(args.iceward_cmd) if args.iceward_cmd else [sys.executable, "-m", "iceward"]
     variants.append(("iceward", own, []))
     variants.append(("limited", own, shlex.split(args.limited_args)))
+    variants.append(("accounting", own, ["--usage-interval", "1"]))
     with tempfile.TemporaryDirectory(prefix="usage-cost-") as tmp:
         print(
             f"instructions per round trip (callgrind), {args.round_trips} round trips of "
             f"{args.payload} B over {args.clients} allocations"
         )
+        print(
+            f"{'path':<8}{'server':<11}{'Ir/rt':>10}{'Ir/rt traffic':>15}{'idle Ir/s':>13}"
+            f"{'window s':>10}"
+        )
         for path in [x.strip() for x in args.paths.split(",") if x.strip()]:
-            results = {}
+            results: dict[str, Result] = {}
             for name, command, extra in variants:
-                results[name] = measure(name, command, extra, path, args, Path(tmp))
-                print(f"  {path:<7} {name:<8} {results[name]:>12,.0f} Ir/rt", flush=True)
-            for name in ("iceward", "limited"):
-                if "base" in results:
-                    print(f"  {path:<7} {name}/base {results[name] / results['base']:.4f}")
-            print(f"  {path:<7} limited/iceward {results['limited'] / results['iceward']:.4f}")
+                r = results[name] = measure(name, command, extra, path, args, Path(tmp))
+                print(
+                    f"{path:<8}{name:<11}{r.per_rt:>10,.0f}{r.per_rt_traffic:>15,.0f}"
+                    f"{r.idle_per_s:>13,.0f}{r.seconds:>10.1f}",
+                    flush=True,
+                )
+            extra = results["accounting"].idle_per_s - results["iceward"].idle_per_s
+            print(
+                f"{path:<8}one usage record: {extra / args.clients:,.0f} instructions "
+                f"({args.clients} records a second)"
+            )
+            pairs = [("limited", "iceward")]
+            if "base" in results:
+                pairs = [("iceward", "base"), ("limited", "base"), *pairs]
+            for a, b in pairs:
+                ra, rb = results[a], results[b]
+                print(
+                    f"{path:<8}{a}/{b}: {ra.per_rt_traffic / rb.per_rt_traffic:.4f} per round "
+                    f"trip of traffic, {ra.per_rt / rb.per_rt:.4f} all in"
+                )
     return 0
 
 
