@@ -304,7 +304,10 @@ class ServerSettings(BaseSettings):
         json_schema_extra=_shown("NAME"),
     )
     region: str = Field(
-        "", max_length=64, description="This node's region in usage records and reports."
+        "",
+        max_length=64,
+        description="This node's region in usage records and reports.",
+        json_schema_extra=_shown("NAME"),
     )
     usage_interval: float = Field(
         60.0,
