@@ -4,7 +4,9 @@
 iceward under valgrind's callgrind, on the native fast path and on the Python path, for:
 
 * ``base``: ``--base-cmd``, an iceward build to compare with (e.g. the commit before usage
-  accounting and bandwidth limits were added: ``git archive COMMIT``, its extension compiled);
+  accounting and bandwidth limits were added: ``git archive COMMIT``, its extension compiled
+  with this tree's flags, sysconfig's CFLAGS then ``-O2 -std=gnu11``: another ``-O`` level or a
+  missing ``-DNDEBUG`` moves the count by more than what is measured here);
 * ``iceward``: this tree, no limit (usage records every 60 s, as by default: none in the window);
 * ``limited``: this tree with ``--limited-args`` (a ``--max-bps`` no flow reaches: every datagram
   pays the limiter, none is dropped);
