@@ -101,17 +101,17 @@ class Clock:
 
 def send(counters: TrafficCounters, size: int) -> bool:
     """What a relay path does with one datagram to the peer."""
-    counters.budget_to_peer -= size
     limiter = counters.limiter
-    return counters.budget_to_peer >= 0 or (
-        limiter is not None and limiter.refill(counters, True, size)
-    )
+    if limiter is None:
+        return True
+    counters.budget_to_peer -= size
+    return counters.budget_to_peer >= 0 or limiter.refill(counters, True, size)
 
 
 def test_buckets_hold_the_rate_and_the_node_capacity() -> None:
     clock, drops = Clock(), Counter[str]()
     counters = TrafficCounters()
-    assert send(counters, 10**9)  # no limit: an infinite budget
+    assert send(counters, 10**9)  # no limit
     counters = TrafficCounters()
     AllocationLimit(100_000, None, drops, clock).start(counters)
     passed = 0

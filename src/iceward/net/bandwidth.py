@@ -1,11 +1,12 @@
 """Bandwidth limits: ``--max-bps`` per allocation and ``--bps-capacity`` per node (coturn's:
 bytes per second, each direction on its own), as token buckets filled lazily.
 
-The forwarding paths keep no clock: each datagram subtracts its size from its allocation's
-budget (a :class:`~iceward.turn.allocation.TrafficCounters` field, infinite when unlimited) and
-only a budget gone negative calls :meth:`AllocationLimit.refill`, which reads the clock, adds
-what the rate earned since the last refill (at most a burst) and, under a node capacity, draws
-it from the node's own bucket. What cannot be paid for is dropped and counted.
+The forwarding paths keep no clock: each datagram of a limited allocation subtracts its size
+from its budget (a :class:`~iceward.turn.allocation.TrafficCounters` field; an unlimited one has
+no limiter and skips this) and only a budget gone negative calls
+:meth:`AllocationLimit.refill`, which reads the clock, adds what the rate earned since the last
+refill (at most a burst) and, under a node capacity, draws it from the node's own bucket. What
+cannot be paid for is dropped and counted.
 """
 
 from __future__ import annotations

@@ -147,9 +147,11 @@ class RelaySocket(LinkedSocket):
             return
         n = len(data)
         counters = entry.counters
-        counters.budget_to_client -= n  # infinite without a bandwidth limit
-        if counters.budget_to_client < 0 and not counters.limiter.refill(counters, False, n):  # type: ignore[union-attr]
-            return
+        limiter = counters.limiter
+        if limiter is not None:  # a bandwidth limit: spend, refill only when short
+            counters.budget_to_client -= n
+            if counters.budget_to_client < 0 and not limiter.refill(counters, False, n):
+                return
         _PAYLOAD[:n] = data
         _count(entry, 1, n)
         _to_client(entry, n)
@@ -171,7 +173,7 @@ class RelaySocket(LinkedSocket):
         # Counted in locals over a run of datagrams to one entry (a link's whole batch), and
         # added to its counters when the run ends: before a miss, another entry, or the return.
         run: PeerEntry | None = None
-        counters: Any = None
+        limiter: Any = None
         packets = nbytes = 0
         try:
             for _ in range(BATCH):
@@ -194,15 +196,15 @@ class RelaySocket(LinkedSocket):
                     if run is not None:
                         count(run, packets, nbytes)
                     run, packets, nbytes = entry, 0, 0
-                    counters = entry.counters if entry is not None else None
+                    limiter = entry.counters.limiter if entry is not None else None
                 if entry is None:
                     on_miss(self, bytes(payload[:n]), key)
                     continue
-                counters.budget_to_client -= n  # infinite without a bandwidth limit
-                if counters.budget_to_client < 0 and not counters.limiter.refill(
-                    counters, False, n
-                ):
-                    continue
+                if limiter is not None:  # a bandwidth limit: spend, refill only when short
+                    counters = entry.counters
+                    counters.budget_to_client -= n
+                    if counters.budget_to_client < 0 and not limiter.refill(counters, False, n):
+                        continue
                 packets += 1
                 nbytes += n
                 to_client(entry, n)

@@ -115,9 +115,13 @@ class StreamConnection(asyncio.Protocol):
                 entry = channels.get((first << 8) | buf[pos + 1])
                 if entry is not None:
                     counters = entry.counters
-                    counters.budget_to_peer -= length  # infinite without a bandwidth limit
-                    if counters.budget_to_peer >= 0 or counters.limiter.refill(  # type: ignore[union-attr]
-                        counters, True, length
+                    limiter = counters.limiter
+                    if limiter is not None:  # a bandwidth limit: spend, refill only when short
+                        counters.budget_to_peer -= length
+                    if (
+                        limiter is None
+                        or counters.budget_to_peer >= 0
+                        or limiter.refill(counters, True, length)
                     ):
                         counters.packets_to_peer += 1
                         counters.bytes_to_peer += length

@@ -48,9 +48,10 @@ COUNTED = (
 class TrafficCounters:
     """Bytes and packets both ways; shared with the forwarding path, which increments them.
 
-    ``budget_to_*`` are the bytes each direction may still relay before its bandwidth limit
-    is asked for more (infinite without one): the forwarding path only subtracts and compares;
-    ``limiter`` refills them and counts what it drops in ``dropped_to_*``."""
+    With a bandwidth limit (``limiter``), ``budget_to_*`` are the bytes each direction may
+    still relay before the limiter is asked for more: the forwarding path only subtracts and
+    compares; the limiter refills them and counts what it drops in ``dropped_to_*``. Without
+    one the forwarding path touches neither."""
 
     __slots__ = (*COUNTED, "budget_to_client", "budget_to_peer", "limiter")
 
