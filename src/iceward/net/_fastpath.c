@@ -87,7 +87,7 @@ typedef struct fp_bucket {
 } fp_bucket;
 
 #define FP_BUCKET_HASH 1024
-#define FP_BURST_SECONDS 0.05
+#define FP_BURST_SECONDS 0.25
 #define FP_MIN_BURST 4500.0
 
 typedef struct fp_entry {

@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 from iceward.turn.allocation import TrafficCounters
 
-#: A bucket holds this many seconds of its rate (and at least a few full datagrams).
-BURST_SECONDS = 0.05
+#: A bucket holds this many seconds of its rate (and at least a few full datagrams): a sender
+#: that pauses (a scheduler hiccup, a congestion controller) is not held below the rate.
+BURST_SECONDS = 0.25
 MIN_BURST = 3 * 1500
 
 
