@@ -124,6 +124,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 OTHER_LIMIT = 0.03  # share of the server core other programs may take in a run that counts
 
 
+#: ``--servers``: coturn, iceward, and the iceward variants of :func:`make_iceward`.
+SERVER_KINDS = ("iceward", "coturn", "limited", "base")
+
+
 class BenchError(Exception):
     pass
 
@@ -303,11 +307,19 @@ def iceward_command(args: argparse.Namespace) -> list[str]:
     return [found] if found else [sys.executable, "-m", "iceward"]
 
 
-def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
+#: iceward variants beside the plain one: their relay ports, command and extra flags.
+VARIANT_PORTS = {"iceward": ICEWARD_RELAY_PORTS, "limited": (61000, 61999), "base": (60000, 60999)}
+
+
+def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> Server:
+    """``iceward``; ``limited``: the same with ``--limited-args`` (usage accounting every
+    second and a ``--max-bps`` no flow reaches: the limiter's full cost, no drop); ``base``:
+    ``--base-cmd``, an iceward build to compare with (e.g. one without accounting)."""
     port = _free_port()
-    low, high = ICEWARD_RELAY_PORTS
+    low, high = VARIANT_PORTS[name]
+    command = shlex.split(args.base_cmd) if name == "base" else iceward_command(args)
     argv = [
-        *iceward_command(args),
+        *command,
         "serve",
         "--listen", HOST,
         "--port", str(port),
@@ -317,12 +329,14 @@ def make_iceward(args: argparse.Namespace, tmp: Path) -> Server:
         "--user", f"{USER}:{PASSWORD}",
         "--realm", REALM,
         "--allow-peer", "127.0.0.0/8",
-        "--data-dir", str(tmp / "iceward-data"),
+        "--data-dir", str(tmp / f"{name}-data"),
         "--http", "off",
         "--log-level", "info",  # control events only: says which relay path it runs
         "--workers", str(args.workers),  # its default is one per core
     ]  # fmt: skip
-    server = Server("iceward", argv, port, tmp / "iceward.log", args.server_cpu_list, args.nice)
+    if name == "limited":
+        argv += shlex.split(args.limited_args)
+    server = Server(name, argv, port, tmp / f"{name}.log", args.server_cpu_list, args.nice)
     if args.iceward_path != "auto":
         switch = "0" if args.iceward_path == "python" else "1"
         server.env = {**os.environ, "ICEWARD_FASTPATH": switch}
@@ -721,6 +735,15 @@ def summarize(
                         for i in range(len(names))
                     ]
                 row[name] = med
+        for variant in ("limited", "base"):
+            if variant in row and "iceward" in row:
+                row[f"{variant}_cpu_per_rt_ratio"] = (
+                    row[variant]["core_cpu_us_per_rt"] / row["iceward"]["core_cpu_us_per_rt"]
+                )
+        if "limited" in row and "base" in row:
+            row["limited_base_cpu_per_rt_ratio"] = (
+                row["limited"]["core_cpu_us_per_rt"] / row["base"]["core_cpu_us_per_rt"]
+            )
         if "iceward" in row and "coturn" in row:
             ice, cot = row["iceward"], row["coturn"]
             row["throughput_ratio"] = ice["round_trips_per_s"] / cot["round_trips_per_s"]
@@ -825,6 +848,13 @@ def print_table(
                             part += f" ({counts[index]} clients)"
                     parts.append(part)
                 print(f"{'':<9}{'':>8}  proc us/rt by process: {', '.join(parts)}")
+        for key, what in (
+            ("limited_cpu_per_rt_ratio", "limited/iceward"),
+            ("base_cpu_per_rt_ratio", "base/iceward"),
+            ("limited_base_cpu_per_rt_ratio", "limited/base"),
+        ):
+            if key in row:
+                print(f"{'ratio':<9}{row['payload']:>8}{'':>11}{row[key]:>11.3f}x   {what}")
         if "throughput_ratio" in row:
             verdict = "meets" if row["meets_target"] else "BELOW"
             print(
@@ -882,6 +912,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--iceward-cmd", help="command that runs iceward [.venv/bin/iceward]")
     p.add_argument(
+        "--limited-args",
+        default="--max-bps 1000000000 --usage-interval 1",
+        help="extra flags of the 'limited' server [--max-bps 1000000000 --usage-interval 1]",
+    )
+    p.add_argument("--base-cmd", help="command that runs the 'base' server's iceward build")
+    p.add_argument(
         "--iceward-path",
         choices=("auto", "native", "python"),
         default="auto",
@@ -899,8 +935,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     if not args.payloads or any(not 12 <= n <= 65000 for n in args.payloads):
         p.error("--payloads: sizes from 12 to 65000 bytes")
-    if any(s not in ("iceward", "coturn") for s in args.servers) or not args.servers:
-        p.error("--servers: iceward and/or coturn")
+    if any(s not in SERVER_KINDS for s in args.servers) or not args.servers:
+        p.error(f"--servers: some of {', '.join(SERVER_KINDS)}")
+    if "base" in args.servers and not args.base_cmd:
+        p.error("--servers base needs --base-cmd")
     if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
         p.error("--clients 1..1000, --window 1..4096")
     if not -20 <= args.nice <= 19:
@@ -934,7 +972,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 CONFIG_KEYS = (
     "duration", "warmup", "clients", "window", "payloads", "rounds",
     "servers", "server_cpu", "client_cpu", "coturn_relay_threads", "nice", "no_gso", "sleep",
-    "iceward_path", "workers", "server_cpu_list",
+    "iceward_path", "workers", "server_cpu_list", "limited_args", "base_cmd",
 )  # fmt: skip
 
 
@@ -957,9 +995,8 @@ def main(argv: list[str] | None = None) -> int:
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
         loadgen = build_loadgen(tmp)
-        makers = {"iceward": make_iceward, "coturn": make_coturn}
         for name in args.servers:
-            server = makers[name](args, tmp)
+            server = make_coturn(args, tmp) if name == "coturn" else make_iceward(args, tmp, name)
             servers.append(server)
             server.start()
         echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -984,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{server.threads()} threads, {len(clients)} allocations on "
                 f"{server.address[0]}:{server.address[1]}{server.relay_path()}"
             )
-            if server.name == "iceward" and args.workers > 1:
+            if server.name != "coturn" and args.workers > 1:
                 kids = server.children()
                 if len(kids) != args.workers:
                     raise BenchError(

@@ -260,6 +260,7 @@ def _register_subcommands() -> None:
     from iceward.telemetry.command import register as register_calls
     from iceward.testpage.command import register as register_testpage
     from iceward.top import register as register_top
+    from iceward.usagecli import register as register_usage
 
     register_store(app)
     register_doctor(app)
@@ -272,6 +273,7 @@ def _register_subcommands() -> None:
     register_top(app)
     register_drain(app)
     register_fleet(app)
+    register_usage(app)
 
 
 _register_subcommands()

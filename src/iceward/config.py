@@ -28,6 +28,7 @@ from pydantic_settings import SettingsError as SourceError
 
 from iceward.datadir import create_private_file, ensure_private_dir
 from iceward.turn.policy import PeerPolicy
+from iceward.units import parse_duration
 
 
 def _flag(name: str) -> dict[str, Any]:
@@ -62,6 +63,21 @@ ANY_PORT = -1
 LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
 
 _DOMAIN = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+
+
+def parse_region_prices(values: list[str]) -> dict[str, float]:
+    """``["eu=0.05", "us=0.09"]`` -> {region: price per GB}; ValueError naming a bad one."""
+    prices = {}
+    for value in values:
+        region, sep, price = value.partition("=")
+        try:
+            number = float(price)
+        except ValueError:
+            number = -1.0
+        if not sep or not region.strip() or not 0 <= number < 1e6:
+            raise ValueError(f"{value!r} is not REGION=PRICE (a price per GB, like eu=0.05)")
+        prices[region.strip()] = number
+    return prices
 
 
 def default_data_dir() -> Path:
@@ -326,8 +342,8 @@ class ServerSettings(BaseSettings):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="This node's name in the fleet (unique) and on the calls browsers report "
-        "[the host name].",
+        description="This node's name in the fleet (unique), on the calls browsers report and "
+        "in usage records [the host name].",
         json_schema_extra=_shown("NAME"),
     )
     region: str = Field(
@@ -335,7 +351,7 @@ class ServerSettings(BaseSettings):
         min_length=1,
         max_length=64,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="This node's region in the fleet.",
+        description="This node's region in the fleet and in usage records and reports.",
         json_schema_extra=_shown("REGION"),
     )
     region_map: Path | None = Field(
@@ -359,6 +375,43 @@ class ServerSettings(BaseSettings):
         description="Once serving, write the ports bound (JSON: port, tls_port, http) here.",
         json_schema_extra=_shown("FILE"),
     )
+    max_bps: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s an allocation may relay, each direction (coturn's); 0 = no limit.",
+        json_schema_extra=_shown("BYTES"),
+    )
+    bps_capacity: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s the node relays in all, each direction (coturn's); 0 = no limit.",
+        json_schema_extra=_shown("BYTES"),
+    )
+    quota_throttle_bps: int = Field(
+        0,
+        ge=0,
+        description="Bytes/s each way that allocations of a user or label over a block quota "
+        "are held to, instead of ending; 0 = they end.",
+        json_schema_extra=_shown("BYTES"),
+    )
+    region_price: list[str] = Field(
+        default_factory=list,
+        description="REGION=PRICE: money per relayed GB in usage reports of that region "
+        "(repeatable; --price-per-gb prices the others).",
+        json_schema_extra=_shown("REGION=PRICE"),
+    )
+    usage_interval: float = Field(
+        60.0,
+        ge=0.2,
+        le=3600,
+        description="Seconds between interim usage records (and byte quota checks).",
+        json_schema_extra=_shown("SECONDS"),
+    )
+    usage_retention: str = Field(
+        "90d",
+        description="Usage records older than this are deleted (like 90d, 12h).",
+        json_schema_extra=_shown("DURATION"),
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -374,6 +427,23 @@ class ServerSettings(BaseSettings):
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
+
+    @field_validator("region_price")
+    @classmethod
+    def _check_prices(cls, values: list[str]) -> list[str]:
+        parse_region_prices(values)
+        return values
+
+    @property
+    def region_prices(self) -> dict[str, float]:
+        return parse_region_prices(self.region_price)
+
+    @field_validator("usage_retention")
+    @classmethod
+    def _check_retention(cls, value: str) -> str:
+        if parse_duration(value) < 3600:
+            raise ValueError(f"{value!r}: keep usage records an hour at least")
+        return value
 
     @field_validator("relay_ports")
     @classmethod

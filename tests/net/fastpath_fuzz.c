@@ -6,8 +6,10 @@
  * addresses 127.1.x.y that are never reused.  In a random interleaving it sends valid ChannelData
  * and peer datagrams for live and removed bindings, malformed datagrams (truncated ChannelData,
  * length fields beyond the datagram, channel numbers out of range, random bytes, empty), polls,
- * unbinds and rebinds during traffic, replaces relay sockets under live entries, and collects
- * counters.  It checks that nothing is ever forwarded for a binding removed before the last drain,
+ * unbinds and rebinds during traffic, replaces relay sockets under live entries, collects
+ * counters, and puts bandwidth limits (buckets shared by slots, a node capacity) on entries and
+ * lifts them.
+ * It checks that nothing is ever forwarded for a binding removed before the last drain,
  * that every forwarded datagram reaches the right socket intact, that the counters never fall
  * short of what arrived, and (LeakSanitizer at exit) that nothing leaks.  Exit 0 means clean.
  *
@@ -106,6 +108,15 @@ static int visit(void *ctx, uint64_t token, uint64_t packets, uint64_t bytes) {
         FAIL("collect returned unknown token %llu", (unsigned long long)token);
     else
         B[id].counted[token & 1] += packets;
+    return 0;
+}
+
+static int visit_limited(void *ctx, uint64_t token, uint64_t dropped, uint64_t unused) {
+    (void)ctx;
+    (void)unused;
+    if (token >> 1 >= (uint64_t)nb || dropped == 0)
+        FAIL("collect_limited returned token %llu with %llu drops", (unsigned long long)token,
+             (unsigned long long)dropped);
     return 0;
 }
 
@@ -606,10 +617,24 @@ int main(int argc, char **argv) {
             relay[s] = udp_socket(0x7F000001, &raddr[s]);
             fp_add_socket(e, relay[s], FP_RELAY);
             bind_slot(e, s);
-        } else if (r < 990) {
+        } else if (r < 985) {
             fp_collect(e, (int)(rnd() & 1), visit, NULL);
             if (rnd() % 16 == 0)
                 check_uses(e);
+        } else if (r < 990) { /* bandwidth limits come, change, go; buckets shared by slots */
+            static const double rates[] = {0, 3000, 100000, 1e9};
+            if (cur[s] >= 0) {
+                int id = cur[s];
+                double rate = rates[rnd() % 4];
+                uint64_t bucket = (uint64_t)(s % 3) * 2;
+                fp_limit(e, FP_LISTENER, listener[s % 2], (struct sockaddr *)&caddr[s], B[id].ch,
+                         bucket, rate, 0);
+                fp_limit(e, FP_RELAY, relay[s], (struct sockaddr *)&B[id].peer, 0, bucket + 1,
+                         rate, 1);
+            }
+            if (rnd() % 8 == 0)
+                fp_set_capacity(e, rnd() & 1 ? 0 : 50000);
+            fp_collect_limited(e, visit_limited, NULL);
         } else if (cur[s] >= 0) { /* reinstall over a live entry: counts move to pending */
             int id = cur[s];
             int l = s % 2;
@@ -631,10 +656,11 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "fastpath_fuzz: %ld iterations, %d bindings, %ld forwarded, %ld misses, %llu gso "
             "sends, %llu gro buffers, %u Binding requests (%ld answered, %llu counted, %ld handed "
-            "back), %ld failures\n",
+            "back), %llu dropped by bandwidth limits, %ld failures\n",
             iterations, nb, forwarded, misses_seen, (unsigned long long)e->stat_gso_sends,
             (unsigned long long)e->stat_gro_buffers, nq, answered,
-            (unsigned long long)e->stat_bindings, bindings_missed, failures);
+            (unsigned long long)e->stat_bindings, bindings_missed,
+            (unsigned long long)e->stat_limited, failures);
     if (answered == 0 || bindings_missed == 0)
         FAIL("the Binding requests were never both answered and handed back");
     if ((uint64_t)answered > e->stat_bindings)

@@ -36,11 +36,13 @@ from iceward.api.issue import issue
 from iceward.api.metrics import FleetCollector, make_registry
 from iceward.api.telemetrytoken import ensure_key as telemetry_key
 from iceward.api.telemetrytoken import mint as mint_telemetry_token
+from iceward.api.usage import usage_router
 from iceward.diagnose.iceurl import Transport
 from iceward.fleet.choose import MAX_COUNT
 from iceward.fleet.issuer import FleetIssuer
 from iceward.ratelimit import RateLimiter
 from iceward.store import STORE_FAILURES, Store, StoreError
+from iceward.usage.store import UsageStore
 
 log = logging.getLogger("iceward.api")
 
@@ -63,6 +65,13 @@ class IceServersRequest(BaseModel):
         max_length=64,
         description="The end user's address as the backend saw it: its region, when no region "
         "is given (--region-map, --geoip).",
+    )
+    label: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Your customer or project id: usage records and byte quotas go by it.",
     )
     count: int = Field(
         1,
@@ -130,6 +139,7 @@ def create_app(
     default_ttl: int = 86400,
     trusted_proxies: list[str] | None = None,
     fleet: FleetIssuer | None = None,
+    region_prices: dict[str, float] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="iceward",
@@ -167,6 +177,7 @@ def create_app(
             {"detail": exc.detail, "limit": exc.limit}, status_code=413, headers=exc.headers
         )
 
+    usage = UsageStore(store)
     api_metrics = make_registry()
     registry, collector = api_metrics.registry, api_metrics.collector
     if fleet is not None:
@@ -261,6 +272,7 @@ def create_app(
         servers, cred = await issue(
             service, store, response, user=body.user, issuer=key, ttl=ttl,
             transports=body.transports, region=body.region, placement=placement,
+            label=body.label, usage=usage,
         )  # fmt: skip
         expires = dt.datetime.fromtimestamp(cred.expires_at, dt.UTC)
         token = mint_telemetry_token(
@@ -405,6 +417,8 @@ def create_app(
     ) -> list[dict[str, Any]]:
         """The most recent credential responses, credentials redacted."""
         return await run_in_threadpool(store.recent_issuance, limit)
+
+    app.include_router(usage_router(usage, admin_key, region_prices))
 
     # What other routers mounted beside these (the test page) need: one admin check, one
     # decision about the client's address.

@@ -18,9 +18,9 @@ from iceward.diagnose.iceurl import Transport, read_url
 from iceward.fleet.issuer import Placement
 from iceward.store import STORE_FAILURES, Store
 from iceward.turn.credentials import RestCredential, ice_servers, mint_rest_credential
+from iceward.usage.store import UsageStore
 
 log = logging.getLogger("iceward.api")
-
 
 
 def _transport(url: str) -> str | None:
@@ -44,9 +44,12 @@ async def issue(
     region: str | None = None,
     request_id: str | None = None,
     placement: Placement | None = None,
+    label: str | None = None,
+    usage: UsageStore | None = None,
 ) -> tuple[list[dict[str, Any]], RestCredential]:
     """Mint a credential for ``user``, answer ``X-Request-ID``, log and record the answer. In
-    a fleet, ``placement`` names the nodes whose URLs are handed out, best first."""
+    a fleet, ``placement`` names the nodes whose URLs are handed out, best first; a ``label``
+    is remembered with the username, and usage records of its allocations carry it."""
     secret = await service.secret_for_minting()
     if secret is None:
         raise HTTPException(503, "no shared secret configured: add one with `iceward secrets add`")
@@ -64,10 +67,12 @@ async def issue(
     logged = redact(servers)
     nodes = [{"id": n.id, "region": n.region} for n in placement.nodes] if placement else None
     log.info(
-        "issued request_id=%s by=%r user=%r ttl=%d region=%r nodes=%s iceServers=%s",
-        request_id, issuer, user, ttl, region, [n["id"] for n in nodes or []], logged,
+        "issued request_id=%s by=%r user=%r label=%r ttl=%d region=%r nodes=%s iceServers=%s",
+        request_id, issuer, user, label, ttl, region, [n["id"] for n in nodes or []], logged,
     )  # fmt: skip
     try:  # the answer stands when the database is down: the log line above records it
+        if label is not None and usage is not None:
+            await run_in_threadpool(usage.remember_label, cred.username, label)
         await run_in_threadpool(
             store.log_issuance, request_id, user, issuer, ttl, logged, nodes=nodes
         )

@@ -87,7 +87,8 @@ class ServerCollector(Collector):
         quota = CounterMetricFamily(
             "iceward_quota_refusals", "Requests refused by a quota", labels=["quota"]
         )
-        quota.add_metric(["user"], c.get("error.486", 0))
+        quota.add_metric(["user"], c.get("error.486", 0) - c.get("quota.bytes", 0))
+        quota.add_metric(["bytes"], c.get("quota.bytes", 0))
         # A draining node's 508 (no alternate known) is no capacity limit: counted below.
         quota.add_metric(["capacity"], c.get("error.508", 0) - c.get("drain.refused", 0))
         drain = CounterMetricFamily(
@@ -97,7 +98,15 @@ class ServerCollector(Collector):
         )
         drain.add_metric(["redirected"], c.get("drain.redirected", 0))
         drain.add_metric(["refused"], c.get("drain.refused", 0))
-        yield from (requests, errors, auth, refused, drops, binding, quota, drain)
+        usage = CounterMetricFamily(
+            "iceward_usage_events",
+            "Usage accounting: records written or dropped, store failures, quota actions",
+            labels=["event"],
+        )
+        for name, n in sorted(c.items()):
+            if name.startswith("usage."):
+                usage.add_metric([name[len("usage.") :]], n)
+        yield from (requests, errors, auth, refused, drops, binding, quota, drain, usage)
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])
         ports.add_metric(["in_use"], snap.ports_in_use)

@@ -20,6 +20,11 @@
  * SOFTWARE and a valid FINGERPRINT) is answered here too, when the control plane switched that on
  * (answer_binding): XOR-MAPPED-ADDRESS and, if the request had one, FINGERPRINT, the very bytes
  * the Python core sends; take_bindings() hands back how many, for the same request counter.
+ * Bandwidth limits: an entry may draw on a token bucket (one per allocation and direction, shared
+ * by its channels' entries, refcounted), filled lazily: a datagram subtracts its size, and only a
+ * bucket gone short reads the clock (clock_gettime, a vDSO call, no syscall), adds what its rate
+ * earned since, drawing it from the node's bucket of that direction when a capacity is set, and
+ * drops (and counts on the entry) what it cannot pay for.
  *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
@@ -39,6 +44,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef UDP_SEGMENT
@@ -75,6 +81,20 @@ typedef struct {
     uint8_t addr[16];
 } fp_key;
 
+/* A token bucket: bytes per second, at most burst bytes held. */
+typedef struct fp_bucket {
+    struct fp_bucket *next;
+    uint64_t id;
+    int refs;
+    int dir; /* 0: to the peer, 1: to the client (the node bucket drawn on) */
+    double rate, burst, tokens;
+    double last; /* seconds, CLOCK_MONOTONIC */
+} fp_bucket;
+
+#define FP_BUCKET_HASH 1024
+#define FP_BURST_SECONDS 0.25
+#define FP_MIN_BURST 4500.0
+
 typedef struct fp_entry {
     struct fp_entry *next;
     fp_key key;
@@ -85,6 +105,8 @@ typedef struct fp_entry {
     uint64_t token;
     uint64_t packets;
     uint64_t bytes;
+    fp_bucket *bucket; /* NULL: no bandwidth limit */
+    uint64_t limited;  /* datagrams dropped by the bucket, since the last collect_limited */
 } fp_entry;
 
 typedef struct {
@@ -129,7 +151,9 @@ typedef struct fp_engine {
     int binding; /* answer plain Binding requests on listeners */
     uint64_t stat_bindings, bindings_untaken;
     uint64_t stat_hits, stat_misses, stat_send_calls, stat_gso_sends, stat_send_errors;
-    uint64_t stat_recv_calls, stat_gro_buffers, stat_dropped;
+    uint64_t stat_recv_calls, stat_gro_buffers, stat_dropped, stat_limited;
+    fp_bucket *bhash[FP_BUCKET_HASH];
+    fp_bucket node[2]; /* the node's capacity per direction; rate 0: none */
     struct mmsghdr rmsg[FP_POOL];
     struct iovec riov[FP_POOL];
     struct sockaddr_storage names[FP_POOL];
@@ -264,6 +288,134 @@ static int fp_push_pending(fp_engine *e, uint64_t token, uint64_t packets, uint6
     return 0;
 }
 
+typedef int (*fp_visit_fn)(void *ctx, uint64_t token, uint64_t a, uint64_t b);
+
+/* ---- bandwidth ---------------------------------------------------------------------------- */
+
+static double fp_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double fp_burst(double rate) {
+    double b = rate * FP_BURST_SECONDS;
+    return b > FP_MIN_BURST ? b : FP_MIN_BURST;
+}
+
+/* Up to want bytes from bucket b, refilled for the time since its last refill. */
+static double fp_take(fp_bucket *b, double want, double now) {
+    double t = b->tokens + (now - b->last) * b->rate;
+    if (t > b->burst)
+        t = b->burst;
+    b->last = now;
+    double given = want < t ? want : (t > 0 ? t : 0);
+    b->tokens = t - given;
+    return given;
+}
+
+/* Whether entry x may send len bytes now; if not, counted as dropped. */
+static int fp_pay(fp_engine *e, fp_entry *x, int len) {
+    fp_bucket *b = x->bucket;
+    b->tokens -= len;
+    if (b->tokens >= 0)
+        return 1;
+    double now = fp_now();
+    double earned = (now - b->last) * b->rate;
+    if (earned > b->burst - b->tokens)
+        earned = b->burst - b->tokens;
+    b->last = now;
+    fp_bucket *node = &e->node[b->dir];
+    if (node->rate > 0 && earned > 0)
+        earned = fp_take(node, earned, now);
+    if (earned > 0)
+        b->tokens += earned;
+    if (b->tokens >= 0)
+        return 1;
+    b->tokens += len;
+    x->limited++;
+    e->stat_limited++;
+    return 0;
+}
+
+static void fp_release_bucket(fp_engine *e, fp_bucket *b) {
+    if (b == NULL || --b->refs > 0)
+        return;
+    fp_bucket **pp = &e->bhash[b->id % FP_BUCKET_HASH];
+    while (*pp != NULL && *pp != b)
+        pp = &(*pp)->next;
+    if (*pp != NULL)
+        *pp = b->next;
+    free(b);
+}
+
+/* Caller holds the lock. Entry (kind, fd, src, chan) draws on bucket id (made at rate, for
+ * direction dir, if new) from now on; rate 0 lifts its limit. -1 (ENOENT) with no such entry. */
+static int fp_limit(fp_engine *e, int kind, int in_fd, const struct sockaddr *src, uint16_t chan,
+                    uint64_t id, double rate, int dir) {
+    fp_key k;
+    fp_entry *x = fp_make_key(&k, kind, in_fd, src, chan) == 0 ? *fp_find(e, &k) : NULL;
+    if (x == NULL) {
+        errno = ENOENT;
+        return -1;
+    }
+    fp_bucket *b = NULL;
+    if (rate > 0) {
+        fp_bucket **head = &e->bhash[id % FP_BUCKET_HASH];
+        for (b = *head; b != NULL && b->id != id; b = b->next)
+            ;
+        if (b == NULL) {
+            b = calloc(1, sizeof(*b));
+            if (b == NULL) {
+                errno = ENOMEM;
+                return -1;
+            }
+            b->id = id;
+            b->dir = dir ? 1 : 0;
+            b->next = *head;
+            *head = b;
+        }
+        if (b->rate != rate) {
+            b->rate = rate;
+            b->burst = fp_burst(rate);
+            b->tokens = b->burst;
+            b->last = fp_now();
+        }
+        if (x->bucket == b)
+            return 0;
+        b->refs++;
+    }
+    fp_release_bucket(e, x->bucket);
+    x->bucket = b;
+    return 0;
+}
+
+/* Caller holds the lock. The node's capacity, bytes per second each direction (0: none). */
+static void fp_set_capacity(fp_engine *e, double rate) {
+    double now = fp_now();
+    for (int d = 0; d < 2; d++) {
+        e->node[d].rate = rate;
+        e->node[d].burst = fp_burst(rate);
+        e->node[d].tokens = e->node[d].burst;
+        e->node[d].last = now;
+    }
+}
+
+/* Caller holds the lock. Hands each entry's nonzero drop count to visit (token, drops, 0),
+ * zeroing it. */
+static int fp_collect_limited(fp_engine *e, fp_visit_fn visit, void *ctx) {
+    for (size_t i = 0; i < e->nbuckets; i++) {
+        for (fp_entry *x = e->buckets[i]; x != NULL; x = x->next) {
+            if (x->limited == 0)
+                continue;
+            if (visit(ctx, x->token, x->limited, 0) != 0)
+                return -1;
+            x->limited = 0;
+        }
+    }
+    return 0;
+}
+
 /* ---- engine ------------------------------------------------------------------------------- */
 
 static fp_engine *fp_new(void) {
@@ -297,6 +449,14 @@ static void fp_free(fp_engine *e) {
             fp_entry *next = x->next;
             free(x);
             x = next;
+        }
+    }
+    for (size_t i = 0; i < FP_BUCKET_HASH; i++) {
+        fp_bucket *b = e->bhash[i];
+        while (b != NULL) {
+            fp_bucket *next = b->next;
+            free(b);
+            b = next;
         }
     }
     free(e->buckets);
@@ -362,6 +522,7 @@ static void fp_remove_socket(fp_engine *e, int fd) {
                 fp_push_pending(e, x->token, x->packets, x->bytes);
                 fp_count_use(e, x->key.fd, -1);
                 fp_count_use(e, x->out_fd, -1);
+                fp_release_bucket(e, x->bucket);
                 free(x);
                 e->count--;
             } else {
@@ -424,6 +585,7 @@ static int fp_uninstall(fp_engine *e, int kind, int in_fd, const struct sockaddr
     *bytes = x->bytes;
     fp_count_use(e, x->key.fd, -1);
     fp_count_use(e, x->out_fd, -1);
+    fp_release_bucket(e, x->bucket);
     free(x);
     e->count--;
     return 1;
@@ -431,7 +593,7 @@ static int fp_uninstall(fp_engine *e, int kind, int in_fd, const struct sockaddr
 
 /* Caller holds the lock. Hands every nonzero count (pending first) to visit, zeroing each one
  * visit accepted; stops at the first failure (-1). */
-typedef int (*fp_visit)(void *ctx, uint64_t token, uint64_t packets, uint64_t bytes);
+typedef fp_visit_fn fp_visit;
 
 static int fp_collect(fp_engine *e, int pending_only, fp_visit visit, void *ctx) {
     size_t i;
@@ -762,6 +924,8 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
                     fp_make_key(&k, FP_LISTENER, fd, src, chan);
                     fp_entry *x = *fp_find(e, &k);
                     if (x != NULL) {
+                        if (x->bucket != NULL && !fp_pay(e, x, length))
+                            goto next;
                         x->packets++;
                         x->bytes += (uint64_t)length;
                         e->stat_hits++;
@@ -774,6 +938,8 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
                 goto next; /* a plain STUN Binding request, answered here */
         } else if (peer_entry != NULL && len <= 65535) {
             fp_entry *x = peer_entry;
+            if (x->bucket != NULL && !fp_pay(e, x, len))
+                goto next;
             if (e->nout == FP_MAXOUT)
                 fp_flush(e);
             char *hdr = e->hdrs[e->nout];
@@ -1156,6 +1322,48 @@ static PyObject *Engine_answer_binding(Engine *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* limit(kind, fd, address, channel, bucket_id, rate, to_client): the entry draws on bucket
+ * bucket_id (rate bytes/s; 0 lifts the limit). False if there is no such entry. */
+static PyObject *Engine_limit(Engine *self, PyObject *args) {
+    int kind, fd, chan, dir;
+    PyObject *addr;
+    unsigned long long id;
+    double rate;
+    struct sockaddr_storage src;
+    socklen_t srclen;
+    if (!PyArg_ParseTuple(args, "iiOiKdp", &kind, &fd, &addr, &chan, &id, &rate, &dir) ||
+        check_open(self) || parse_addr(addr, &src, &srclen))
+        return NULL;
+    if (rate < 0 || rate != rate) {
+        PyErr_SetString(PyExc_ValueError, "rate must be a non-negative number");
+        return NULL;
+    }
+    lock_engine(self);
+    int r = fp_limit(self->e, kind, fd, (struct sockaddr *)&src, (uint16_t)chan, id, rate, dir);
+    int err = errno;
+    pthread_mutex_unlock(&self->e->lock);
+    if (r != 0 && err != ENOENT) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyBool_FromLong(r == 0);
+}
+
+/* set_capacity(rate): the node's bytes/s each direction, drawn on by every limited entry. */
+static PyObject *Engine_set_capacity(Engine *self, PyObject *args) {
+    double rate;
+    if (!PyArg_ParseTuple(args, "d", &rate) || check_open(self))
+        return NULL;
+    if (rate < 0 || rate != rate) {
+        PyErr_SetString(PyExc_ValueError, "rate must be a non-negative number");
+        return NULL;
+    }
+    lock_engine(self);
+    fp_set_capacity(self->e, rate);
+    pthread_mutex_unlock(&self->e->lock);
+    Py_RETURN_NONE;
+}
+
 /* take_bindings() -> how many Binding requests were answered here since the last call. */
 static PyObject *Engine_take_bindings(Engine *self, PyObject *noargs) {
     if (check_open(self))
@@ -1167,18 +1375,46 @@ static PyObject *Engine_take_bindings(Engine *self, PyObject *noargs) {
     return PyLong_FromUnsignedLongLong((unsigned long long)n);
 }
 
+static int append_limited(void *list, uint64_t token, uint64_t drops, uint64_t unused) {
+    (void)unused;
+    PyObject *t = Py_BuildValue("(KK)", (unsigned long long)token, (unsigned long long)drops);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append((PyObject *)list, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* collect_limited() -> [(token, datagrams dropped by its bucket)] since the last call. */
+static PyObject *Engine_collect_limited(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    lock_engine(self);
+    int failed = fp_collect_limited(self->e, append_limited, list);
+    pthread_mutex_unlock(&self->e->lock);
+    if (failed) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return list;
+}
+
 static PyObject *Engine_stats(Engine *self, PyObject *noargs) {
     if (check_open(self))
         return NULL;
     fp_engine *e = self->e;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
+        "{sKsKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
         (unsigned long long)e->stat_bindings, "misses",
         (unsigned long long)e->stat_misses, "recv_calls", (unsigned long long)e->stat_recv_calls,
         "gro_buffers", (unsigned long long)e->stat_gro_buffers, "send_calls",
         (unsigned long long)e->stat_send_calls, "gso_sends", (unsigned long long)e->stat_gso_sends,
         "send_errors", (unsigned long long)e->stat_send_errors, "dropped",
-        (unsigned long long)e->stat_dropped, "entries", (Py_ssize_t)e->count, "gso", e->gso, "gro",
+        (unsigned long long)e->stat_dropped, "limited", (unsigned long long)e->stat_limited,
+        "entries", (Py_ssize_t)e->count, "gso", e->gso, "gro",
         e->gro);
 }
 
@@ -1205,6 +1441,12 @@ static PyMethodDef Engine_methods[] = {
      "answer_binding(on): answer plain STUN Binding requests on listeners natively"},
     {"take_bindings", (PyCFunction)Engine_take_bindings, METH_NOARGS,
      "take_bindings() -> Binding requests answered natively since the last call"},
+    {"limit", (PyCFunction)Engine_limit, METH_VARARGS,
+     "limit(kind, fd, address, channel, bucket_id, rate, to_client) -> bool"},
+    {"set_capacity", (PyCFunction)Engine_set_capacity, METH_VARARGS,
+     "set_capacity(rate): the node's bytes/s each direction (0: none)"},
+    {"collect_limited", (PyCFunction)Engine_collect_limited, METH_NOARGS,
+     "collect_limited() -> [(token, dropped)] since the last call"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "Counters of the engine itself."},
     {NULL, NULL, 0, NULL},
 };

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from iceward.net import sniff
+from iceward.net.bandwidth import AllocationLimit, NodeCapacity
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
@@ -79,6 +80,9 @@ class EngineParams:
     tls_challenges: Path | None = None
     #: Load balancers whose connections start with a PROXY header (``--proxy-protocol-from``).
     proxy_from: list[str] = field(default_factory=list)
+    #: Bytes/s per allocation and for the whole server, each direction; 0: no limit.
+    max_bps: int = 0
+    bps_capacity: int = 0
 
 
 class RelayEngine:
@@ -132,6 +136,9 @@ class RelayEngine:
         #: carrying HTTP decrypted here; False: it could not.
         self.https_elsewhere: Callable[[socket.socket, Address, bool], bool] | None = None
         self.listening = False
+        self._capacity: NodeCapacity | None = None
+        #: Told of each allocation that ended, its counters synced (usage records).
+        self.on_removed: Callable[[Allocation, str], None] | None = None
         #: The loop's monotonic clock: the core's ``now``, its timer deadlines, allocation ages.
         #: (Nonces and REST credential expiries are Unix times: see :meth:`_from_client`.)
         self._clock: Callable[[], float] = time.monotonic
@@ -175,6 +182,10 @@ class RelayEngine:
         if self.fast is not None and params.turn.change_addresses is None:
             # RFC 5780 answers carry more than the mapped address: those stay in the core.
             self.fast.answer_binding(True)
+        if params.bps_capacity:  # each worker relays its share of the node's capacity
+            self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
+            if self.fast is not None:
+                self.fast.set_capacity(self._capacity.rate)
         for sock in slot.udp:
             listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
             self._udp[listener.local] = listener
@@ -315,6 +326,10 @@ class RelayEngine:
             p, b = totals.get((direction, transport), (0, 0))
             totals[(direction, transport)] = (p + packets, b + nbytes)
 
+    def wall_time(self, when: float) -> float:
+        """The Unix time of ``when``, a time of the engine's monotonic clock (``created``...)."""
+        return time.time() - (self._clock() - when)
+
     def relay_port_usage(self) -> tuple[int, int]:
         lo, hi = self.slot.relay_ports
         in_use = len(self._relays.active) if self._relays is not None else 0
@@ -361,6 +376,7 @@ class RelayEngine:
                     "idleSeconds": round(now - last_active, 1),
                     "expiresInSeconds": round(alloc.expires - now, 1),
                     "traffic": c.as_dict(),
+                    "maxBps": getattr(c.limiter, "rate", None),
                     # Data went out to peers and nothing ever came back: the classic sign of a
                     # firewalled relay port range.
                     "peersSilent": c.packets_to_peer > 0 and c.packets_to_client == 0,
@@ -368,11 +384,22 @@ class RelayEngine:
             )
         return out
 
-    def delete_local(self, allocation_id: int) -> bool:
+    def limit(self, alloc: Allocation, rate: float) -> None:
+        """Hold ``alloc`` to ``rate`` bytes/s each direction (within the node's capacity), on
+        both relay paths, from now on."""
+        if self.core is None or self.loop is None:
+            return
+        AllocationLimit(rate, self._capacity, self.core.counters, self.loop.time).start(
+            alloc.counters
+        )
+        if self.fast is not None:
+            self.fast.limit(alloc.counters)
+
+    def delete_local(self, allocation_id: int, reason: str = "deleted by admin") -> bool:
         alloc = self.core.allocation_by_id(allocation_id) if self.core is not None else None
         if self.core is None or alloc is None:
             return False
-        self._apply(self.core.delete(alloc.five_tuple, "deleted by admin"))
+        self._apply(self.core.delete(alloc.five_tuple, reason))
         return True
 
     # -- input ---------------------------------------------------------------------------------
@@ -685,6 +712,9 @@ class RelayEngine:
 
     def _created(self, alloc: Allocation) -> None:
         transport = alloc.five_tuple.transport
+        rate = self.params.max_bps or (self._capacity.rate if self._capacity else 0)
+        if rate:
+            self.limit(alloc, rate)
         self.created_by_transport[transport] = self.created_by_transport.get(transport, 0) + 1
         # At debug level: the end record says all the start line does (and what was relayed),
         # and a line per start cost a sixth of the allocation path.
@@ -721,6 +751,8 @@ class RelayEngine:
         self._add_traffic(totals, alloc)
         self._ended = {k: list(v) for k, v in totals.items()}
         self._activity.pop(alloc.id, None)
+        if self.on_removed is not None:
+            self.on_removed(alloc, reason)
         ft = alloc.five_tuple
         if ft.transport == "udp":
             listener = self._udp.get(ft.server)

@@ -78,6 +78,9 @@ class FastPath:
         self._installed: dict[tuple[int, Address, int], tuple[int, int, Address, int]] = {}
         #: relay fd -> the keys of ``_installed`` through it.
         self._by_relay: dict[int, set[tuple[int, Address, int]]] = {}
+        #: id(allocation counters) -> the id of its to-peer bucket (to-client: the next one).
+        self._buckets: dict[int, int] = {}
+        self._next_bucket = 1
         self._next_token = 1
         self.closed = False
         loop.add_reader(engine.fileno(), self._on_ready)
@@ -127,6 +130,34 @@ class FastPath:
         self._by_relay.setdefault(relay_fd, set()).add(key)
         self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
         self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
+        self._limit(key, counters)
+
+    def _limit(self, key: tuple[int, Address, int], counters: TrafficCounters) -> None:
+        """Give an installed channel's two entries the allocation's buckets (shared by all its
+        channels), if it has a bandwidth limit."""
+        rate = getattr(counters.limiter, "rate", 0)
+        if not rate:
+            return
+        bucket = self._buckets.get(id(counters))
+        if bucket is None:
+            bucket = self._buckets[id(counters)] = self._next_bucket
+            self._next_bucket += 2
+        listener_fd, client, number = key
+        _, relay_fd, peer, _ = self._installed[key]
+        self.engine.limit(LISTENER, listener_fd, client, number, bucket, rate, False)
+        self.engine.limit(RELAY, relay_fd, peer, 0, bucket + 1, rate, True)
+
+    def limit(self, counters: TrafficCounters) -> None:
+        """The allocation of ``counters`` got a bandwidth limit: its installed channels too."""
+        if self.closed:
+            return
+        for key, (to_peer, _, _, _) in list(self._installed.items()):
+            if self._tokens.get(to_peer, (None, True))[0] is counters:
+                self._limit(key, counters)
+
+    def set_capacity(self, rate: float) -> None:
+        """The node's (this process's share of its) bytes/s, each direction."""
+        self.engine.set_capacity(rate)
 
     def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
         key = (listener_fd, client, number)
@@ -140,6 +171,7 @@ class FastPath:
             if not keys:
                 del self._by_relay[relay_fd]
         engine = self.engine
+        self._take_drops()
         for token, counts in (
             (to_peer, engine.uninstall_client(listener_fd, client, number)),
             (to_client, engine.uninstall_peer(relay_fd, peer)),
@@ -149,8 +181,10 @@ class FastPath:
         # Entries purged with a closed socket left their counts pending: take them now.
         for token, packets, nbytes in engine.collect(True):
             self._add(token, packets, nbytes)
-        self._tokens.pop(to_peer, None)
+        counters = self._tokens.pop(to_peer, (None, True))[0]
         self._tokens.pop(to_client, None)
+        if counters is not None and not any(c is counters for c, _ in self._tokens.values()):
+            self._buckets.pop(id(counters), None)
 
     def sync(self) -> None:
         """Move what the native entries counted into the allocations' counters."""
@@ -158,6 +192,23 @@ class FastPath:
             return
         for token, packets, nbytes in self.engine.collect():
             self._add(token, packets, nbytes)
+        self._take_drops()
+
+    def _take_drops(self) -> None:
+        """What the native buckets dropped, into the allocations' and the process's counts."""
+        for token, dropped in self.engine.collect_limited():
+            found = self._tokens.get(token)
+            if found is None:
+                continue
+            counters, to_peer = found
+            if to_peer:
+                counters.dropped_to_peer += dropped
+            else:
+                counters.dropped_to_client += dropped
+            limiter = counters.limiter
+            drops = getattr(limiter, "drops", None)
+            if drops is not None:
+                drops["drop.bandwidth"] += dropped
 
     def _add(self, token: int, packets: int, nbytes: int) -> None:
         found = self._tokens.get(token)

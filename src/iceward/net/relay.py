@@ -176,6 +176,7 @@ class RelaySocket(LinkedSocket):
         client: Address | None = None
         number = 0
         stream = False
+        limiter: Any = None
         packets = nbytes = 0
         try:
             for _ in range(batch):
@@ -199,6 +200,7 @@ class RelaySocket(LinkedSocket):
                         _count(run, packets, nbytes)
                         packets = nbytes = 0
                     run = entry
+                    limiter = entry.counters.limiter if entry is not None else None
                     if entry is not None:
                         send, client, number, stream = (
                             entry.send,
@@ -209,6 +211,11 @@ class RelaySocket(LinkedSocket):
                 if entry is None:
                     on_miss(relay_id, bytes(payload[:n]), key)
                     continue
+                if limiter is not None:  # a bandwidth limit: spend, refill only when short
+                    counters = entry.counters
+                    counters.budget_to_client -= n
+                    if counters.budget_to_client < 0 and not limiter.refill(counters, False, n):
+                        continue
                 packets += 1
                 nbytes += n
                 pack(buf, 0, number, n)

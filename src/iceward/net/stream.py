@@ -141,12 +141,20 @@ class StreamConnection(asyncio.Protocol):
                 entry = channels.get((first << 8) | buf[pos + 1])
                 if entry is not None:
                     counters = entry.counters
-                    counters.packets_to_peer += 1
-                    counters.bytes_to_peer += length
-                    try:
-                        entry.send(bytes(buf[pos + 4 : pos + 4 + length]), entry.peer)
-                    except OSError:
-                        pass
+                    limiter = counters.limiter
+                    if limiter is not None:  # a bandwidth limit: spend, refill only when short
+                        counters.budget_to_peer -= length
+                    if (
+                        limiter is None
+                        or counters.budget_to_peer >= 0
+                        or limiter.refill(counters, True, length)
+                    ):
+                        counters.packets_to_peer += 1
+                        counters.bytes_to_peer += length
+                        try:
+                            entry.send(bytes(buf[pos + 4 : pos + 4 + length]), entry.peer)
+                        except OSError:
+                            pass
                 else:
                     self._on_message(self, bytes(buf[pos : pos + 4 + length]))
             elif first < 0x40:

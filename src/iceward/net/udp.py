@@ -118,6 +118,13 @@ class UdpListener(LinkedSocket):
                 entry = get((addr, number))
                 if entry is not None and 4 + length <= n:
                     counters = entry.counters
+                    limiter = counters.limiter
+                    if limiter is not None:  # a bandwidth limit: spend, refill only when short
+                        counters.budget_to_peer -= length
+                        if counters.budget_to_peer < 0 and not limiter.refill(
+                            counters, True, length
+                        ):
+                            continue
                     counters.packets_to_peer += 1
                     counters.bytes_to_peer += length
                     peer = entry.peer

@@ -42,6 +42,7 @@ def build_app(
         default_ttl=settings.credential_ttl,
         trusted_proxies=settings.trusted_proxy,
         fleet=fleet,
+        region_prices=settings.region_prices,
     )
     acme = router_for(settings)
     if acme is not None:

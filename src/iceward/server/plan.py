@@ -20,6 +20,8 @@ from iceward.config import (
     parse_user,
 )
 from iceward.turn.server import TurnConfig, family_of
+from iceward.units import parse_duration
+from iceward.usage.service import UsageParams
 
 _WILDCARDS = ("0.0.0.0", "::")
 
@@ -95,6 +97,7 @@ class ServerPlan:
     #: The HTTP API's address, or None (``--http off``).
     http: tuple[str, int] | None
     workers: int
+    usage: UsageParams
     #: The server's own IPs a peer may not be (see the peer policy), before ports are known.
     own_networks: list[str] = field(default_factory=list)
 
@@ -168,5 +171,12 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         tls_port=tls_port_of(settings),
         http=settings.http_bind,
         workers=workers or settings.workers or default_workers(),
+        usage=UsageParams(
+            node=node_id_of(settings),
+            region=settings.region,
+            interval=settings.usage_interval,
+            retention=parse_duration(settings.usage_retention),
+            throttle=settings.quota_throttle_bps,
+        ),
         own_networks=own,
     )

@@ -15,8 +15,10 @@ from iceward.server.cluster import check_region_files
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
 from iceward.server.drain import AlternateSource, CoreLookup, alternate_source
 from iceward.server.plan import ServerPlan, specific
-from iceward.store import Store
+from iceward.store import Store, StoreUnavailable
 from iceward.turn.policy import PeerPolicy
+from iceward.usage.service import UsageService
+from iceward.usage.store import UsageStore
 
 
 def listeners_for(plan: ServerPlan, workers: int) -> ListenerSet:
@@ -62,6 +64,14 @@ def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
     return ensure_self_signed(plan.data_dir / "tls", names)
 
 
+def usage_store(store: Store) -> UsageStore:
+    """The usage tables of ``store``; OSError naming it when they cannot be made."""
+    try:
+        return UsageStore(store)
+    except StoreUnavailable as exc:
+        raise OSError(f"cannot open the data store: {exc}") from None
+
+
 class RelayProcess:
     def __init__(self, plan: ServerPlan, slot: WorkerSlot) -> None:
         settings = plan.settings
@@ -80,18 +90,23 @@ class RelayProcess:
             max_connections_per_source=settings.max_connections_per_source,
             tls_challenges=tls_challenges(settings),
             proxy_from=list(settings.proxy_protocol_from),
+            max_bps=settings.max_bps,
+            bps_capacity=settings.bps_capacity,
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
         #: The certificate and key the TLS listeners serve, None without TLS.
         self.tls_files = files
         self.engine = RelayEngine(params, slot, files)
         self.store: Store | None = None
+        self.usage: UsageService | None = None
         self._tick: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.store = open_store(self.plan)
         await self.sync.refresh(self.store)
         self.engine.start()
+        self.usage = UsageService(self.plan.usage, usage_store(self.store), self.engine)
+        self.usage.start()
         self._tick = asyncio.get_running_loop().create_task(self._tick_forever())
 
     async def refresh(self) -> None:
@@ -118,5 +133,7 @@ class RelayProcess:
         if self._tick is not None:
             self._tick.cancel()
         await self.engine.stop()
+        if self.usage is not None:
+            await self.usage.stop()
         if self.store is not None:
             self.store.close()

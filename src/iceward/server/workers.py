@@ -53,7 +53,7 @@ from iceward.server.credentials import CredentialSync, open_store, refresh_logge
 from iceward.server.drain import AlternateRow, DrainState, TableAlternates, alternates_table
 from iceward.server.http import HttpServer, build_app
 from iceward.server.plan import ServerPlan, plan
-from iceward.server.process import RelayProcess, listeners_for, tls_files
+from iceward.server.process import RelayProcess, listeners_for, tls_files, usage_store
 from iceward.snapshot import Snapshot
 from iceward.store import Store
 
@@ -268,6 +268,7 @@ class Supervisor:
         raise_open_files_limit()  # before the workers: they inherit it
         PRESSURE.install(asyncio.get_running_loop(), None)  # the HTTP API's accepts
         store = self.store = open_store(self.plan)
+        usage_store(store)  # its tables made here once, not raced for by the workers
         await self.sync.refresh(store)
         self._listeners = listeners_for(self.plan, self.count)
         self.endpoints.port = self._listeners.port

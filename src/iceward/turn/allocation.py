@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 Address = tuple[str, int]
 
@@ -33,19 +34,49 @@ class Relay:
     relayed_address: Address
 
 
-class TrafficCounters:
-    """Bytes and packets both ways; shared with the forwarding path, which increments them."""
+#: What :meth:`TrafficCounters.as_dict` reports (the admin API's ``traffic``).
+COUNTED = (
+    "bytes_to_client",
+    "bytes_to_peer",
+    "packets_to_client",
+    "packets_to_peer",
+    "dropped_to_client",
+    "dropped_to_peer",
+)
 
-    __slots__ = ("bytes_to_client", "bytes_to_peer", "packets_to_client", "packets_to_peer")
+
+class TrafficCounters:
+    """Bytes and packets both ways; shared with the forwarding path, which increments them.
+
+    With a bandwidth limit (``limiter``), ``budget_to_*`` are the bytes each direction may
+    still relay before the limiter is asked for more: the forwarding path only subtracts and
+    compares; the limiter refills them and counts what it drops in ``dropped_to_*``. Without
+    one the forwarding path touches neither."""
+
+    __slots__ = (*COUNTED, "budget_to_client", "budget_to_peer", "limiter")
 
     def __init__(self) -> None:
         self.packets_to_peer = 0
         self.bytes_to_peer = 0
         self.packets_to_client = 0
         self.bytes_to_client = 0
+        self.dropped_to_peer = 0
+        self.dropped_to_client = 0
+        self.budget_to_peer = float("inf")
+        self.budget_to_client = float("inf")
+        self.limiter: BandwidthLimit | None = None
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in COUNTED}
+
+
+class BandwidthLimit(Protocol):
+    """Refills a direction's budget when the forwarding path has spent it."""
+
+    def refill(self, counters: TrafficCounters, to_peer: bool, wanted: int) -> bool:
+        """Add to the budget of a direction short of ``wanted`` bytes (already subtracted);
+        False: the datagram is dropped (its bytes given back and the drop counted)."""
+        ...
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ import itertools
 import os
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn, Protocol
 
@@ -168,6 +169,9 @@ class TurnServer:
         #: Set while the server drains: a new Allocate is sent to the alternate it names (300),
         #: or refused (508) when it names none; what exists keeps working (see turn.drain).
         self.drain: AlternateLookup | None = None
+        #: (account, username) -> the reason phrase refusing a new allocation (a byte quota
+        #: reached), or None to admit it; set by the adapter that keeps usage.
+        self.admit: Callable[[str, str], str | None] | None = None
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -546,6 +550,11 @@ class TurnServer:
             raise _Reply(486)
         if self.quota.total() >= self.config.max_allocations:
             raise _Reply(508)
+        if self.admit is not None:
+            refusal = self.admit(auth.account, auth.username)
+            if refusal is not None:
+                self.counters["quota.bytes"] += 1
+                raise _Reply(486, refusal)
         lifetime = self._lifetime(msg) or self.config.default_lifetime
         relays: dict[int, Relay] = {}
         new_token: bytes | None = None

@@ -1,0 +1,1 @@
+"""Who relayed what: usage records, reports, the cost model and byte quotas."""

@@ -1,0 +1,234 @@
+"""Usage accounting of one relaying process, off the relay path.
+
+Once an interval (``--usage-interval``) the :class:`UsageService` reads the counters the relay
+paths keep (the native engine's are synced first), turns them into records, and writes the
+batch, with the final records of allocations that ended meanwhile, to the store in a thread:
+no packet waits on the database. Then it checks the byte quotas: a ``block`` quota over its
+limit refuses its subject's new allocations (486) and ends the running ones; a ``notify`` quota
+posts a signed webhook at 80% and 100%.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from iceward.net.engine import RelayEngine
+from iceward.store import STORE_FAILURES, describe_failure
+from iceward.turn.allocation import Allocation
+from iceward.units import format_size
+from iceward.usage.quotas import NOTICE_LEVELS, notice_body, period_start
+from iceward.usage.record import Recorder, UsageRecord
+from iceward.usage.store import Quota, UsageStore
+from iceward.usage.webhook import deliver
+
+log = logging.getLogger("iceward.usage")
+T = TypeVar("T")
+
+#: Records kept for the store while it fails; past this the oldest are dropped and counted.
+PENDING_LIMIT = 100_000
+#: Seconds between retention passes.
+PRUNE_EVERY = 3600.0
+#: Labels are kept as long as the longest credential lives, and a day more.
+LABEL_KEEP = dt.timedelta(days=8)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageParams:
+    node: str
+    region: str
+    interval: float
+    retention: float
+    #: Bytes/s for running allocations of a blocked user or label; 0: they end.
+    throttle: int = 0
+
+
+class UsageService:
+    def __init__(self, params: UsageParams, store: UsageStore, engine: RelayEngine) -> None:
+        self.params = params
+        self.store = store
+        self.engine = engine
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.recorder: Recorder | None = None
+        self._pending: list[UsageRecord] = []
+        self._task: asyncio.Task[None] | None = None
+        self._notices: set[asyncio.Task[bool]] = set()
+        self._last_prune = 0.0
+        #: Subjects of block quotas over their limit: user -> reason, label -> reason.
+        self._blocked_users: dict[str, str] = {}
+        self._blocked_labels: dict[str, str] = {}
+        #: Issued usernames carrying a blocked label -> reason.
+        self._blocked_usernames: dict[str, str] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Hook into the started engine and record from now on."""
+        loop = self._loop = asyncio.get_running_loop()
+        self.recorder = Recorder(
+            self.params.node, self.params.region, os.urandom(4).hex(), self.engine.wall_time
+        )
+        self.engine.on_removed = self._ended
+        assert self.engine.core is not None
+        self.engine.core.admit = self.admit
+        self._task = loop.create_task(self._run())
+
+    async def stop(self) -> None:
+        """Call after the engine stopped (its allocations' final records are pending): write
+        what is pending, once."""
+        if self._task is not None:
+            self._task.cancel()
+        for task in list(self._notices):
+            task.cancel()
+        await self._flush()
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _ended(self, alloc: Allocation, reason: str) -> None:
+        if self.recorder is not None:
+            self._pending.append(self.recorder.final(alloc, reason, time.time()))
+
+    def admit(self, account: str, username: str) -> str | None:
+        """The reason phrase refusing a new allocation to a blocked user or label, else None."""
+        if not (self._blocked_users or self._blocked_usernames):
+            return None
+        return self._blocked_users.get(account) or self._blocked_usernames.get(username)
+
+    @property
+    def _counters(self) -> dict[str, int]:
+        core = self.engine.core
+        return core.counters if core is not None else {}
+
+    # -- the interval --------------------------------------------------------------------------
+    async def _run(self) -> None:
+        interval = self.params.interval
+        next_at = time.monotonic() + interval
+        while True:
+            await asyncio.sleep(min(1.0, max(0.0, next_at - time.monotonic())))
+            if time.monotonic() >= next_at:
+                next_at += interval
+                await self.interim()
+            elif self._blocked_labels:
+                await self._refresh_blocked_usernames()
+
+    async def interim(self) -> None:
+        """Record every live allocation, write the batch, apply the quotas."""
+        engine = self.engine
+        if engine.core is not None and self.recorder is not None:
+            engine.sync_traffic()
+            self._pending.extend(self.recorder.interim(engine.core.allocations, time.time()))
+        if not await self._flush():
+            return
+        now = time.time()
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            await self._guard(
+                self.store.prune,
+                now - self.params.retention,
+                dt.datetime.now(dt.UTC) - LABEL_KEEP,
+            )
+        await self._check_quotas(now)
+
+    async def _guard(self, func: Callable[..., T], *args: object) -> T | None:
+        """``func(*args)`` in a thread; a failing store is counted, logged once, and None."""
+        try:
+            result = await asyncio.to_thread(func, *args)
+        except STORE_FAILURES as exc:
+            self._counters["usage.store_failed"] = self._counters.get("usage.store_failed", 0) + 1
+            self.store.store.health.failed(exc)
+            log.debug("usage store: %s", describe_failure(exc))
+            return None
+        self.store.store.health.ok()
+        return result
+
+    async def _flush(self) -> bool:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return True
+        if await self._guard(self.store.write, batch) is None:
+            self._pending = batch + self._pending
+            overflow = len(self._pending) - PENDING_LIMIT
+            if overflow > 0:
+                del self._pending[:overflow]
+                self._count("usage.records_dropped", overflow)
+            return False
+        self._count("usage.records_written", len(batch))
+        return True
+
+    def _count(self, name: str, n: int = 1) -> None:
+        counters = self._counters
+        counters[name] = counters.get(name, 0) + n
+
+    # -- quotas --------------------------------------------------------------------------------
+    async def _check_quotas(self, now: float) -> None:
+        quotas = await self._guard(self.store.quotas)
+        if quotas is None:
+            return
+        users: dict[str, str] = {}
+        labels: dict[str, str] = {}
+        for quota in quotas:
+            start, key = period_start(quota.period, now)
+            used = await self._guard(self.store.consumed, quota.kind, quota.subject, start)
+            if used is None:
+                return
+            if quota.action == "block" and used >= quota.limit_bytes:
+                reason = (
+                    f"Byte quota exceeded: {quota.kind} {quota.subject} relayed "
+                    f"{format_size(used)} of {format_size(quota.limit_bytes)} this {quota.period}"
+                )
+                (users if quota.kind == "user" else labels)[quota.subject] = reason[:120]
+            elif quota.action == "notify":
+                await self._notify(quota, used, key, now)
+        self._blocked_users, self._blocked_labels = users, labels
+        await self._refresh_blocked_usernames()
+        self._end_blocked()
+
+    async def _refresh_blocked_usernames(self) -> None:
+        labels = self._blocked_labels
+        found = await self._guard(self.store.usernames_labelled, list(labels)) if labels else {}
+        if found is not None:
+            self._blocked_usernames = {name: labels[label] for name, label in found.items()}
+
+    def _end_blocked(self) -> None:
+        core = self.engine.core
+        if core is None or not (self._blocked_users or self._blocked_usernames):
+            return
+        throttle = self.params.throttle
+        for alloc in core.allocations:
+            if self.admit(alloc.account, alloc.username) is None:
+                continue
+            if not throttle:
+                log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
+                self.engine.delete_local(alloc.id, "byte quota exceeded")
+                self._count("usage.quota_ended")
+            elif getattr(alloc.counters.limiter, "rate", None) != throttle:
+                log.info(
+                    "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
+                    alloc.id, alloc.account, throttle,
+                )  # fmt: skip
+                self.engine.limit(alloc, throttle)
+                self._count("usage.quota_throttled")
+
+    async def _notify(self, quota: Quota, used: int, key: str, now: float) -> None:
+        if not quota.webhook or not quota.webhook_secret:
+            return
+        for level in NOTICE_LEVELS:
+            if used * 100 < quota.limit_bytes * level:
+                break
+            if not await self._guard(self.store.claim_notice, quota.id, key, level):
+                continue
+            body = notice_body(quota, used, level, key, now)
+            task = asyncio.get_running_loop().create_task(
+                self._send(quota.webhook, quota.webhook_secret, body)
+            )
+            self._notices.add(task)
+            task.add_done_callback(self._notices.discard)
+
+    async def _send(self, url: str, secret: str, body: bytes) -> bool:
+        delivered = await deliver(url, secret, body)
+        self._count("usage.webhook_sent" if delivered else "usage.webhook_failed")
+        return delivered
