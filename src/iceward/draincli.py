@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from iceward.cliutil import Opt, fail
-from iceward.top import AdminApi, TopError
+from iceward.top import AdminApi, AdminKey, TopError, admin_api
 
 #: Seconds between two questions while waiting, and beyond the node's own deadline to wait.
 POLL = 1.0
@@ -53,16 +53,7 @@ def drain(
     admin_url: Annotated[
         str, Opt("--admin-url", help="The node's HTTP API.", metavar="URL")
     ] = "http://127.0.0.1:8080",
-    admin_key: Annotated[
-        str | None,
-        Opt(
-            "--admin-key",
-            envvar="ICEWARD_ADMIN_KEY",
-            metavar="KEY",
-            show_envvar=True,
-            help="An admin API key (`iceward keys add NAME --admin`).",
-        ),
-    ] = None,
+    admin_key: AdminKey = None,
     wait: Annotated[
         bool, Opt("--wait", help="Return once the node has drained and exited.")
     ] = False,
@@ -72,11 +63,7 @@ def drain(
     existing ones go on; the node exits when the last ends or at its --drain-timeout.
 
     Exit codes: 0 draining (--wait: drained and exited), 1 --wait gave up, 2 cannot ask it."""
-    if not admin_key:
-        raise fail("no admin key: give --admin-key or set ICEWARD_ADMIN_KEY", "drain")
-    if not admin_url.startswith(("http://", "https://")):
-        raise fail(f"--admin-url must be http:// or https://, not {admin_url!r}", "drain")
-    api = AdminApi(admin_url, admin_key)
+    api = admin_api(admin_url, admin_key, "drain")
     try:
         status = api.get_json("/admin/v1/drain", method="POST")
     except TopError as exc:

@@ -67,6 +67,29 @@ class Sample:
         return out
 
 
+#: The admin key option of every command that reads a server's admin API.
+AdminKey = Annotated[
+    str | None,
+    Opt(
+        "--admin-key",
+        envvar="ICEWARD_ADMIN_KEY",
+        metavar="KEY",
+        show_envvar=True,
+        help="An admin API key (`iceward keys add NAME --admin`).",
+    ),
+]
+
+
+def admin_api(url: str, key: str | None, command: str, url_flag: str = "--admin-url") -> AdminApi:
+    """The admin API at ``url`` with ``key``; exit 2 with one line when either is missing or
+    the URL is no http(s) one."""
+    if not key:
+        raise fail("no admin key: give --admin-key or set ICEWARD_ADMIN_KEY", command)
+    if not url.startswith(("http://", "https://")):
+        raise fail(f"{url_flag} must be http:// or https://, not {url!r}", command)
+    return AdminApi(url, key)
+
+
 class AdminApi:
     """GETs on a server's HTTP API with an admin key."""
 
@@ -351,16 +374,7 @@ def top(
     url: Annotated[
         str, Opt("--url", help="The server's HTTP API.", metavar="URL")
     ] = "http://127.0.0.1:8080",
-    admin_key: Annotated[
-        str | None,
-        Opt(
-            "--admin-key",
-            envvar="ICEWARD_ADMIN_KEY",
-            metavar="KEY",
-            show_envvar=True,
-            help="An admin API key (`iceward keys add NAME --admin`).",
-        ),
-    ] = None,
+    admin_key: AdminKey = None,
     interval: Annotated[
         float, Opt("--interval", min=0.2, metavar="SECONDS", help="Between two readings.")
     ] = 2.0,
@@ -373,11 +387,7 @@ def top(
     refusals and authentication failures a minute (from its admin API).
 
     Exit codes: 0 done (--once, or Ctrl-C), 2 the server cannot be read (one line)."""
-    if not admin_key:
-        raise fail("no admin key: give --admin-key or set ICEWARD_ADMIN_KEY", "top")
-    if not url.startswith(("http://", "https://")):
-        raise fail(f"--url must be http:// or https://, not {url!r}", "top")
-    api = AdminApi(url, admin_key)
+    api = admin_api(url, admin_key, "top", "--url")
     try:
         first = api.sample()
         if not (once or json_out):

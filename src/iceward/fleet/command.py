@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iceward.cliutil import Opt, fail
-from iceward.top import AdminApi, TopError
+from iceward.top import AdminKey, TopError, admin_api
 
 
 def _rate(bps: float) -> str:
@@ -59,26 +59,13 @@ def fleet(
         str,
         Opt("--admin-url", "--url", help="A node's HTTP API.", metavar="URL"),
     ] = "http://127.0.0.1:8080",
-    admin_key: Annotated[
-        str | None,
-        Opt(
-            "--admin-key",
-            envvar="ICEWARD_ADMIN_KEY",
-            metavar="KEY",
-            show_envvar=True,
-            help="An admin API key (`iceward keys add NAME --admin`).",
-        ),
-    ] = None,
+    admin_key: AdminKey = None,
     json_out: Annotated[bool, Opt("--json", help="The fleet as JSON.")] = False,
 ) -> None:
     """Every node of the fleet: region, state, load, heartbeat age (from a node's admin API).
 
     Exit codes: 0 shown, 2 the node cannot be read (one line)."""
-    if not admin_key:
-        raise fail("no admin key: give --admin-key or set ICEWARD_ADMIN_KEY", "fleet")
-    if not admin_url.startswith(("http://", "https://")):
-        raise fail(f"--admin-url must be http:// or https://, not {admin_url!r}", "fleet")
-    api = AdminApi(admin_url, admin_key)
+    api = admin_api(admin_url, admin_key, "fleet")
     try:
         doc = api.get_json("/admin/v1/fleet")
     except TopError as exc:
