@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -81,3 +82,13 @@ def replace_private_file(path: Path, data: bytes) -> None:
     tmp.unlink(missing_ok=True)
     create_private_file(tmp, data)
     os.replace(tmp, path)
+
+
+def signing_key(data_dir: Path, name: str) -> bytes:
+    """The HMAC key kept in ``data_dir/name`` (the directory 0700), made (0600, 32 random bytes
+    in hex) the first time: tokens signed with it outlive a restart."""
+    path = data_dir / name
+    if not path.exists():
+        ensure_private_dir(data_dir)
+        create_private_file(path, secrets.token_hex(32).encode())
+    return path.read_bytes().strip()

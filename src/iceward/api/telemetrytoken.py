@@ -15,11 +15,10 @@ import base64
 import hashlib
 import hmac
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from iceward.datadir import create_private_file, ensure_private_dir
+from iceward.datadir import signing_key
 
 KEY_FILE = "telemetry-token-key"
 #: A call may start just before its credential expires and last a while: the token outlives
@@ -40,12 +39,8 @@ class TelemetryToken:
 
 
 def ensure_key(data_dir: Path) -> bytes:
-    """The signing key in ``data_dir`` (0700), created (mode 0600) the first time."""
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        ensure_private_dir(data_dir)
-        create_private_file(path, secrets.token_hex(32).encode())
-    return path.read_bytes().strip()
+    """The signing key in ``data_dir``, made the first time."""
+    return signing_key(data_dir, KEY_FILE)
 
 
 def _b64(data: bytes) -> str:

@@ -13,7 +13,7 @@ import secrets
 import time
 from pathlib import Path
 
-from iceward.datadir import create_private_file, ensure_private_dir
+from iceward.datadir import signing_key
 
 KEY_FILE = "test-link-key"
 DEFAULT_TTL = 3600
@@ -21,12 +21,8 @@ MAX_TTL = 7 * 86400
 
 
 def ensure_key(data_dir: Path) -> bytes:
-    """The signing key in ``data_dir`` (0700), created (mode 0600) the first time."""
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        ensure_private_dir(data_dir)
-        create_private_file(path, secrets.token_hex(32).encode())
-    return path.read_bytes().strip()
+    """The signing key in ``data_dir``, made the first time."""
+    return signing_key(data_dir, KEY_FILE)
 
 
 def _mac(key: bytes, payload: str) -> str:
