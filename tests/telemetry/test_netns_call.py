@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require_tool
-from tests.realclients.test_chromium import chromium_path
 from tests.testpage.helpers import ROOT, iceward
-from tests.testpage.test_netns import _WAIT_HTTP, HTTP, RELAY, netns  # noqa: F401 - fixture
+from tests.testpage.test_netns import HTTP, blocked_relay_server, netns  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.realclient
 
@@ -22,26 +20,8 @@ def test_a_call_through_a_blocked_relay_range_is_judged_relay_ports_blocked(
     netns: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    require_tool("iptables")
-    chromium_path()
     prefix = ["ip", "netns", "exec", netns]
-    data_dir = tmp_path / "data"
-    log = tmp_path / "server.log"
-    argv = [
-        sys.executable, "-m", "iceward", "serve", "--listen", "127.0.0.1", "--port", "3478",
-        "--tls-port", "0", "--relay-ports", f"{RELAY[0]}-{RELAY[1]}", "--secret", "ns-secret",
-        "--allow-peer", "127.0.0.0/8", "--http", HTTP, "--data-dir", str(data_dir),
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        server = subprocess.Popen([*prefix, *argv], stdout=out, stderr=subprocess.STDOUT)
-    try:
-        ready = subprocess.run([*prefix, sys.executable, "-c", _WAIT_HTTP], timeout=30)
-        assert ready.returncode == 0, log.read_text()
-        subprocess.run(
-            [*prefix, "iptables", "-A", "INPUT", "-p", "udp", "--dport",
-             f"{RELAY[0]}:{RELAY[1]}", "-j", "DROP"],
-            check=True, timeout=20,
-        )  # fmt: skip
+    with blocked_relay_server(netns, tmp_path) as (data_dir, _):
         key = iceward("keys", "add", "app", "--data-dir", str(data_dir)).stdout.strip()
         run = subprocess.run(
             [*prefix, sys.executable, "-m", "tests.telemetry.ns_call", f"http://{HTTP}", key],
@@ -49,12 +29,6 @@ def test_a_call_through_a_blocked_relay_range_is_judged_relay_ports_blocked(
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
         result = json.loads(run.stdout)
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
     assert result["state"] != "connected", result
     assert [p.get("status") for p in result["posted"]] == [201, 201], result
     calls = json.loads(iceward("calls", "list", "--json", "--data-dir", str(data_dir)).stdout)

@@ -6,6 +6,7 @@ the data path step shows: relay-ports-blocked, with every TURN row red.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.realclient
 
 RELAY = (62000, 62200)
 HTTP = "127.0.0.1:8080"
-_WAIT_HTTP = """
+_WAIT_HTTP = (
+    """
 import sys, time, urllib.request
 deadline = time.monotonic() + 20
 while time.monotonic() < deadline:
@@ -35,7 +37,9 @@ while time.monotonic() < deadline:
     except Exception:
         time.sleep(0.1)
 sys.exit(1)
-""" % HTTP  # noqa: UP031
+"""
+    % HTTP
+)  # noqa: UP031
 
 
 @pytest.fixture
@@ -62,7 +66,10 @@ def netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "delete", name], capture_output=True)
 
 
-def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
+@contextlib.contextmanager
+def blocked_relay_server(netns: str, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """``iceward serve`` inside ``netns`` with its relay port range dropped by iptables (the
+    allocations work, no data crosses): its data dir and log, until the block ends."""
     require_tool("iptables")
     chromium_path()
     prefix = ["ip", "netns", "exec", netns]
@@ -83,6 +90,19 @@ def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
              f"{RELAY[0]}:{RELAY[1]}", "-j", "DROP"],
             check=True, timeout=20,
         )  # fmt: skip
+        yield data_dir, log
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(5)
+
+
+def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
+    prefix = ["ip", "netns", "exec", netns]
+    with blocked_relay_server(netns, tmp_path) as (data_dir, log):
         link = iceward(
             "test-link", "--data-dir", str(data_dir), "--base-url", f"http://{HTTP}"
         ).stdout.strip()
@@ -94,13 +114,6 @@ def test_relay_ports_blocked(netns: str, tmp_path: Path) -> None:
         )  # fmt: skip
         assert run.returncode == 0, run.stderr[-3000:]
         result = json.loads(run.stdout)
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(5)
     context = json.dumps(result, indent=1) + f"\n--- server log ---\n{log.read_text()[-3000:]}"
     turn_rows = [r for r in result["rows"] if r["kind"] == "turn"]
     assert {r["transport"] for r in turn_rows} == {"udp", "tcp"}, context
