@@ -26,20 +26,17 @@ pytestmark = pytest.mark.realclient
 
 RELAY = (62000, 62200)
 HTTP = "127.0.0.1:8080"
-_WAIT_HTTP = (
-    """
+_WAIT_HTTP = f"""
 import sys, time, urllib.request
 deadline = time.monotonic() + 20
 while time.monotonic() < deadline:
     try:
-        urllib.request.urlopen("http://%s/readyz", timeout=1)
+        urllib.request.urlopen("http://{HTTP}/readyz", timeout=1)
         sys.exit(0)
     except Exception:
         time.sleep(0.1)
 sys.exit(1)
 """
-    % HTTP
-)  # noqa: UP031
 
 
 @pytest.fixture
