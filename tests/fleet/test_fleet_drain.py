@@ -1,7 +1,8 @@
 """Draining in a fleet, with a real client: ``turnutils_uclient`` keeps relaying through a
 draining node with nothing lost, and its next Allocate is sent (300 Try Alternate) to the other
 serving node of the region, found in the fleet's heartbeats (no ``--alternate-server``
-anywhere); the drained node exits 0 once its last allocation ends."""
+anywhere); the drained node exits 0 once its last allocation ends. (The one-process server's
+drain in a fleet is in test_fleet.py.)"""
 
 from __future__ import annotations
 
@@ -28,16 +29,20 @@ def test_uclient_relays_through_a_fleet_drain_and_is_sent_to_the_regions_other_n
     nodes: list[RunningServer] = []
     runs: list[Uclient] = []
 
-    def node(name: str, host: str) -> RunningServer:
+    def node(name: str, host: str, workers: int) -> RunningServer:
         workdir = tmp_path / name
         workdir.mkdir()
         flags = ("--cluster", redis.url, "--node-id", name, "--region", "eu")
-        server = start_server(workdir, *flags, "--relay-ports", "21000-21099", host=host, tls=False)
+        server = start_server(
+            workdir, *flags, "--relay-ports", "21000-21099", host=host, tls=False, workers=workers
+        )
         nodes.append(server)
         return server
 
     try:
-        a, b = node("a", NODE_A), node("b", NODE_B)
+        # Two workers on the draining node: the fleet lives in its supervisor, which sends the
+        # workers the alternates it finds there.
+        a, b = node("a", NODE_A, 2), node("b", NODE_B, 1)
         admin = cli(a, "keys", "add", "ops", "--admin")
 
         def sees_b_serving() -> bool:
