@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,12 +20,8 @@ from iceward.net.fastpath import LISTENER
 from iceward.stun import constants as C
 from iceward.stun.message import encode_message
 from tests.api.test_api import http, metric
-from tests.conftest import IN_CI, RunningServer
-
-try:
-    from iceward.net import _fastpath  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the build
-    _fastpath = None
+from tests.conftest import RunningServer
+from tests.net.test_fastpath import engine  # noqa: F401 - the engine fixture
 
 TXID = bytes(range(1, 13))
 
@@ -95,19 +91,8 @@ def test_native_answers_are_the_python_answers_and_counted_alike(
     assert counted["1"] == counted["0"] == len(NATIVE) + 3
 
 
-@pytest.fixture
-def engine() -> Iterator[Any]:
-    if _fastpath is None:
-        if IN_CI:
-            pytest.fail("the native fast path did not build (gcc and Python headers are in CI)")
-        pytest.skip("native fast path not built")
-    eng = _fastpath.Engine()
-    yield eng
-    eng.close()
-
-
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_engine_answers_only_what_needs_no_python(engine: Any, host: str) -> None:
+def test_engine_answers_only_what_needs_no_python(engine: Any, host: str) -> None:  # noqa: F811
     """Switched on, the plain requests are answered (and taken once); the rest are handed back
     unchanged; switched off, everything is handed back."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
