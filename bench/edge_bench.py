@@ -36,12 +36,16 @@ PROXY_V2 = (
 )
 
 
-def start(workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+def start(
+    workdir: Path, workers: int, extra: tuple[str, ...] = ("--max-connections-per-source", "100000")
+) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    """One ``iceward serve`` on loopback with ``extra`` flags (by default no per-source cap, so
+    the cases measure the port, not the limit)."""
     ready = workdir / "ready.json"
     cmd = [sys.executable, "-m", "iceward", "serve", "--listen", HOST, "--port", "0"]
     cmd += ["--tls-port", "-1", "--http", f"{HOST}:0", "--data-dir", str(workdir / "data")]
     cmd += ["--workers", str(workers), "--ready-file", str(ready), "--log-level", "warning"]
-    cmd += ["--proxy-protocol-from", f"{HOST}/32", "--max-connections-per-source", "100000"]
+    cmd += ["--proxy-protocol-from", f"{HOST}/32", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not ready.exists():
