@@ -6,6 +6,10 @@ batch, with the final records of allocations that ended meanwhile, to the store 
 no packet waits on the database. Then it checks the byte quotas: a ``block`` quota over its
 limit refuses its subject's new allocations (486) and ends the running ones; a ``notify`` quota
 posts a signed webhook at 80% and 100%.
+
+In a fleet (``--cluster``) the batch goes to a Redis stream instead, and this process is one of
+the consumers that write the stream to the store (:mod:`iceward.usage.stream`); the quotas are
+read from the store all nodes share, so a quota holds over the fleet.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from redis.exceptions import RedisError
+
+from iceward.fleet.member import connect
 from iceward.net.engine import RelayEngine
 from iceward.store import STORE_FAILURES, describe_failure
 from iceward.turn.allocation import Allocation
@@ -26,6 +33,7 @@ from iceward.units import format_size
 from iceward.usage.quotas import NOTICE_LEVELS, notice_body, period_start
 from iceward.usage.record import Recorder, UsageRecord
 from iceward.usage.store import Quota, UsageStore
+from iceward.usage.stream import StreamConsumer, StreamWriter
 from iceward.usage.webhook import deliver
 
 log = logging.getLogger("iceward.usage")
@@ -37,6 +45,9 @@ PENDING_LIMIT = 100_000
 PRUNE_EVERY = 3600.0
 #: Labels are kept as long as the longest credential lives, and a day more.
 LABEL_KEEP = dt.timedelta(days=8)
+#: Seconds a stopping process tries to hand its last records to Redis before it writes them
+#: to the store itself.
+STOP_HANDOFF = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,8 @@ class UsageParams:
     retention: float
     #: Bytes/s for running allocations of a blocked user or label; 0: they end.
     throttle: int = 0
+    #: The fleet's Redis (``--cluster``): records go through its stream; None: to the store.
+    cluster: str | None = None
 
 
 class UsageService:
@@ -65,6 +78,10 @@ class UsageService:
         self._blocked_labels: dict[str, str] = {}
         #: Issued usernames carrying a blocked label -> reason.
         self._blocked_usernames: dict[str, str] = {}
+        #: In a fleet: where records go, and this process's consumer of the stream.
+        self.writer: StreamWriter | None = None
+        self.consumer: StreamConsumer | None = None
+        self._stream_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,6 +94,16 @@ class UsageService:
         assert self.engine.core is not None
         self.engine.core.admit = self.admit
         self._task = loop.create_task(self._run())
+        if self.params.cluster is not None:
+            redis = connect(self.params.cluster)
+            counted = self._stream_count
+            self.writer = StreamWriter(redis, counted)
+            name = f"{self.params.node}/{self.recorder.boot}"
+            self.consumer = StreamConsumer(redis, name, self.store, counted, self.params.interval)
+            self._stream_tasks = [
+                loop.create_task(self.writer.run()),
+                loop.create_task(self.consumer.run()),
+            ]
 
     async def stop(self) -> None:
         """Call after the engine stopped (its allocations' final records are pending): write
@@ -85,7 +112,26 @@ class UsageService:
             self._task.cancel()
         for task in list(self._notices):
             task.cancel()
-        await self._flush()
+        writer = self.writer
+        if writer is None:
+            await self._flush()
+            return
+        for stream_task in self._stream_tasks:
+            stream_task.cancel()
+        writer.put(self._pending)
+        self._pending = []
+        try:
+            async with asyncio.timeout(STOP_HANDOFF):
+                while writer.queued:
+                    await writer.send_one()
+        except (OSError, TimeoutError, RedisError) as exc:
+            log.warning("usage stream: %d records written directly: %s", writer.queued, exc)
+            self._pending = writer.take_all()
+            await self._flush()
+        self._count("usage.queued", -self._counters.get("usage.queued", 0))
+        assert self.consumer is not None
+        await self.consumer.leave()
+        await writer.redis.aclose()
 
     # -- hooks ---------------------------------------------------------------------------------
     def _ended(self, alloc: Allocation, reason: str) -> None:
@@ -145,9 +191,18 @@ class UsageService:
         self.store.store.health.ok()
         return result
 
+    def _stream_count(self, name: str, n: int) -> None:
+        self._count("usage." + name, n)
+        if self.writer is not None:  # a gauge, beside the counters
+            self._counters["usage.queued"] = self.writer.queued
+
     async def _flush(self) -> bool:
         batch, self._pending = self._pending, []
         if not batch:
+            return True
+        if self.writer is not None:
+            self.writer.put(batch)
+            self._stream_count("records_queued", len(batch))
             return True
         if await self._guard(self.store.write, batch) is None:
             self._pending = batch + self._pending
