@@ -98,7 +98,7 @@ def test_max_bps_holds_a_flood_to_the_limit(
 
 def throttled_over_a_block_quota(server: RunningServer, admin: str) -> None:
     """With --quota-throttle-bps, an allocation over a block quota is held to that rate, not
-    ended: a burst far above it loses datagrams."""
+    ended: a burst far above it loses datagrams; under quota again, it gets --max-bps back."""
     cli(server, "quotas", "set", "--user", "alice", "--bytes", "2kB", "--period", "day")
     call = Call(server, "alice", "wonderland")
     try:
@@ -112,5 +112,8 @@ def throttled_over_a_block_quota(server: RunningServer, admin: str) -> None:
         for _ in range(50):
             call.client.send_channel_data(0x4000, b"x" * 1000)
         assert eventually(lambda: mine()["traffic"]["dropped_to_peer"] > 0, 3), mine()
+        # No longer over quota (removed here; a new period does the same): its own limit back.
+        cli(server, "quotas", "remove", "--user", "alice")
+        assert eventually(lambda: mine()["maxBps"] == LIMIT, 5), mine()
     finally:
         call.close()

@@ -29,8 +29,8 @@ from iceward.fleet.member import connect
 from iceward.net.engine import RelayEngine
 from iceward.store import STORE_FAILURES, describe_failure
 from iceward.turn.allocation import Allocation
-from iceward.units import format_size
-from iceward.usage.quotas import NOTICE_LEVELS, notice_body, period_start
+from iceward.usage.enforce import Enforcer, evaluate
+from iceward.usage.quotas import NOTICE_LEVELS, notice_body
 from iceward.usage.record import Recorder, UsageRecord
 from iceward.usage.store import Quota, UsageStore
 from iceward.usage.stream import StreamConsumer, StreamWriter
@@ -78,6 +78,7 @@ class UsageService:
         self._blocked_labels: dict[str, str] = {}
         #: Issued usernames carrying a blocked label -> reason.
         self._blocked_usernames: dict[str, str] = {}
+        self.enforcer = Enforcer(params.throttle)
         #: In a fleet: where records go, and this process's consumer of the stream.
         self.writer: StreamWriter | None = None
         self.consumer: StreamConsumer | None = None
@@ -220,27 +221,14 @@ class UsageService:
 
     # -- quotas --------------------------------------------------------------------------------
     async def _check_quotas(self, now: float) -> None:
-        quotas = await self._guard(self.store.quotas)
-        if quotas is None:
+        verdict = await self._guard(evaluate, self.store, now)
+        if verdict is None:
             return
-        users: dict[str, str] = {}
-        labels: dict[str, str] = {}
-        for quota in quotas:
-            start, key = period_start(quota.period, now)
-            used = await self._guard(self.store.consumed, quota.kind, quota.subject, start)
-            if used is None:
-                return
-            if quota.action == "block" and used >= quota.limit_bytes:
-                reason = (
-                    f"Byte quota exceeded: {quota.kind} {quota.subject} relayed "
-                    f"{format_size(used)} of {format_size(quota.limit_bytes)} this {quota.period}"
-                )
-                (users if quota.kind == "user" else labels)[quota.subject] = reason[:120]
-            elif quota.action == "notify":
-                await self._notify(quota, used, key, now)
-        self._blocked_users, self._blocked_labels = users, labels
+        for quota, used, key in verdict.notices:
+            await self._notify(quota, used, key, now)
+        self._blocked_users, self._blocked_labels = verdict.users, verdict.labels
         await self._refresh_blocked_usernames()
-        self._end_blocked()
+        self._apply_blocks()
 
     async def _refresh_blocked_usernames(self) -> None:
         labels = self._blocked_labels
@@ -248,25 +236,27 @@ class UsageService:
         if found is not None:
             self._blocked_usernames = {name: labels[label] for name, label in found.items()}
 
-    def _end_blocked(self) -> None:
+    def _apply_blocks(self) -> None:
         core = self.engine.core
-        if core is None or not (self._blocked_users or self._blocked_usernames):
+        if core is None:
             return
-        throttle = self.params.throttle
-        for alloc in core.allocations:
-            if self.admit(alloc.account, alloc.username) is None:
-                continue
-            if not throttle:
-                log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
-                self.engine.delete_local(alloc.id, "byte quota exceeded")
-                self._count("usage.quota_ended")
-            elif getattr(alloc.counters.limiter, "rate", None) != throttle:
-                log.info(
-                    "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
-                    alloc.id, alloc.account, throttle,
-                )  # fmt: skip
-                self.engine.limit(alloc, throttle)
-                self._count("usage.quota_throttled")
+        actions = self.enforcer.decide(core.allocations, self.admit)
+        for alloc in actions.end:
+            log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
+            self.engine.delete_local(alloc.id, "byte quota exceeded")
+            self._count("usage.quota_ended")
+        throttle = self.enforcer.throttle
+        for alloc in actions.throttle:
+            log.info(
+                "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
+                alloc.id, alloc.account, throttle,
+            )  # fmt: skip
+            self.engine.limit(alloc, throttle)
+            self._count("usage.quota_throttled")
+        for alloc in actions.release:
+            log.info("allocation %d of %r no longer over its byte quota", alloc.id, alloc.account)
+            self.engine.reset_limit(alloc)
+            self._count("usage.quota_released")
 
     async def _notify(self, quota: Quota, used: int, key: str, now: float) -> None:
         if not quota.webhook or not quota.webhook_secret:
