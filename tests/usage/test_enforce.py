@@ -1,11 +1,12 @@
 """Block quotas on running allocations, on an injected clock and a real SQLite store: with
 ``--quota-throttle-bps`` an allocation is throttled once while its subject is over quota, and
 released at the next day (the period's use starts from zero), not before; without it, it ends;
-a record written twice counts once."""
+a record written twice counts once, also in a store made by an older iceward."""
 
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 from iceward.store import Store
@@ -67,4 +68,26 @@ def test_a_throttle_lifts_when_the_period_changes(tmp_path: Path) -> None:
     users = evaluate(store, MIDNIGHT + 400).users
     ended = Enforcer(throttle=0).decide([allocation(3, "tp")], lambda a, _: users.get(a)).end
     assert [a.id for a in ended] == [3]
+    store.store.close()
+
+
+def test_a_store_made_before_sequence_numbers_gets_the_key(tmp_path: Path) -> None:
+    """Rows of an older iceward (no ``seq``) stay and count; new records are keyed."""
+    db = tmp_path / "old.db"
+    UsageStore(Store(f"sqlite:///{db}")).store.close()
+    with sqlite3.connect(db) as conn:  # the table as an older iceward made it, with a row
+        conn.execute("DROP INDEX usage_records_key")
+        conn.execute("ALTER TABLE usage_records DROP COLUMN seq")
+        conn.execute(
+            "INSERT INTO usage_records (allocation, node, region, user, username, transport, "
+            "family, started_at, period_start, period_end, final, reason, bytes_to_peer, "
+            "bytes_to_client, packets_to_peer, packets_to_client, peers) "
+            "VALUES ('n/old/1', 'n', '', 'tp', 'x', 'udp', 'ipv4', 0, ?, ?, 1, '', 700, 0, 1, 0, "
+            "'[]')",
+            (DAY1, DAY1 + 1),
+        )
+    store = UsageStore(Store(f"sqlite:///{db}"))
+    store.write([record("tp", 0, DAY1 + 60, 300)])
+    store.write([record("tp", 0, DAY1 + 60, 300)])
+    assert store.consumed("user", "tp", DAY1 - 1) == 1000
     store.store.close()
