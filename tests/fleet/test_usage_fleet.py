@@ -7,6 +7,7 @@ within one interval of the records reaching the store."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -261,6 +262,12 @@ def test_block_quota_reached_on_one_node_refuses_allocates_on_the_other(fleet: F
         usage_cli(fleet, "quotas", "remove", "--label", "initech")
 
 
+def workers_of(pid: int) -> list[int]:
+    """The processes ``pid`` started (a node's workers with ``--workers``)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
 def test_a_node_killed_mid_call_loses_at_most_one_interval(fleet: Fleet) -> None:
     node = fleet.start("n4", *FLAGS)
     wait_ready(node)
@@ -281,7 +288,8 @@ def test_a_node_killed_mid_call_loses_at_most_one_interval(fleet: Fleet) -> None
     worker.start()
     try:
         time.sleep(6 * INTERVAL)
-        node.proc.send_signal(signal.SIGKILL)
+        for pid in [*workers_of(node.proc.pid), node.proc.pid]:  # the whole node at once
+            os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         node.proc.wait(10)
     finally:
