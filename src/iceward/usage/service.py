@@ -154,22 +154,32 @@ class UsageService:
     async def _run(self) -> None:
         interval = self.params.interval
         next_at = time.monotonic() + interval
+        #: In a fleet the quotas are checked half an interval after the hand-off, when the
+        #: consumers have written this node's records too (one node checks right after writing).
+        check_at: float | None = None
         while True:
-            await asyncio.sleep(min(1.0, max(0.0, next_at - time.monotonic())))
-            if time.monotonic() >= next_at:
+            wake = next_at if check_at is None else min(next_at, check_at)
+            await asyncio.sleep(min(1.0, max(0.0, wake - time.monotonic())))
+            now = time.monotonic()
+            if now >= next_at:
                 next_at += interval
-                await self.interim()
+                if await self.interim() and self.writer is not None:
+                    check_at = now + interval / 2
+            elif check_at is not None and now >= check_at:
+                check_at = None
+                await self._check_quotas(time.time())
             elif self._blocked_labels:
                 await self._refresh_blocked_usernames()
 
-    async def interim(self) -> None:
-        """Record every live allocation, write the batch, apply the quotas."""
+    async def interim(self) -> bool:
+        """Record every live allocation and write the batch (or hand it to the stream); alone,
+        apply the quotas. False when the store failed."""
         engine = self.engine
         if engine.core is not None and self.recorder is not None:
             engine.sync_traffic()
             self._pending.extend(self.recorder.interim(engine.core.allocations, time.time()))
         if not await self._flush():
-            return
+            return False
         now = time.time()
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
@@ -178,7 +188,9 @@ class UsageService:
                 now - self.params.retention,
                 dt.datetime.now(dt.UTC) - LABEL_KEEP,
             )
-        await self._check_quotas(now)
+        if self.writer is None:
+            await self._check_quotas(now)
+        return True
 
     async def _guard(self, func: Callable[..., T], *args: object) -> T | None:
         """``func(*args)`` in a thread; a failing store is counted, logged once, and None."""
