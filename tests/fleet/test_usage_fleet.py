@@ -63,7 +63,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def credentials(fleet: Fleet, user: str, label: str) -> tuple[str, str]:
-    status, doc = fleet.issue("n1", user=user, label=label, ttl=600)
+    status, doc = fleet.issue("n2", user=user, label=label, ttl=600)
     assert status == 200, doc
     turn = next(s for s in doc["iceServers"] if "username" in s)
     return turn["username"], turn["credential"]
@@ -190,38 +190,6 @@ def test_uclient_calls_through_two_nodes_add_up_in_one_report(fleet: Fleet) -> N
     assert group and group[0]["pending"] == 0, group
 
 
-def test_records_made_while_redis_is_down_are_written_when_it_is_back(fleet: Fleet) -> None:
-    admin = fleet.admin_key
-    call = Call(fleet.nodes["n1"], *credentials(fleet, "u-outage", "outage"))
-
-    def live_counters() -> dict[str, int]:
-        _, live = http(fleet.nodes["n1"].url + "/admin/v1/allocations", key=admin)
-        return dict(next(a["traffic"] for a in live if a["user"] == "u-outage"))
-
-    def caught_up() -> bool:
-        live = live_counters()
-        return stored(fleet, "label", "outage")[1:] == (
-            live["bytes_to_peer"],
-            live["bytes_to_client"],
-        )
-
-    try:
-        call.exchange(10, 300, 30)
-        wait_for(caught_up, 4 * INTERVAL + 3, "the records before the outage")
-        fleet.redis.stop()  # no persistence: what the stream held is gone with it
-        call.exchange(20, 300, 30)
-        time.sleep(4 * INTERVAL)
-        assert stored(fleet, "label", "outage")[1] == 3000  # nothing written meanwhile
-        text = metrics(fleet.nodes["n1"])
-        queued = re.search(r"^iceward_usage_records_queued (\S+)$", text, re.M)
-        assert queued is not None and float(queued.group(1)) >= 1, text
-        fleet.redis.start()
-        wait_for(caught_up, 10, "the records made during the outage")
-        assert stored(fleet, "label", "outage")[1:] == (9000, 900)
-    finally:
-        call.close()
-
-
 def test_block_quota_reached_on_one_node_refuses_allocates_on_the_other(fleet: Fleet) -> None:
     out = usage_cli(fleet, "quotas", "set", "--label", "initech", "--bytes", "4kB",
                     "--period", "day")  # fmt: skip
@@ -261,6 +229,50 @@ def test_block_quota_reached_on_one_node_refuses_allocates_on_the_other(fleet: F
         call.close()
         client.close()
         usage_cli(fleet, "quotas", "remove", "--label", "initech")
+
+
+def test_records_made_while_redis_is_down_are_written_when_it_is_back(fleet: Fleet) -> None:
+    """... and those of a node stopped while Redis is down (n1, the last test to use it)."""
+    admin = fleet.admin_key
+    call = Call(fleet.nodes["n1"], *credentials(fleet, "u-outage", "outage"))
+
+    def live_counters() -> dict[str, int]:
+        _, live = http(fleet.nodes["n1"].url + "/admin/v1/allocations", key=admin)
+        return dict(next(a["traffic"] for a in live if a["user"] == "u-outage"))
+
+    def caught_up() -> bool:
+        live = live_counters()
+        return stored(fleet, "label", "outage")[1:] == (
+            live["bytes_to_peer"],
+            live["bytes_to_client"],
+        )
+
+    try:
+        call.exchange(10, 300, 30)
+        wait_for(caught_up, 4 * INTERVAL + 3, "the records before the outage")
+        fleet.redis.stop()  # no persistence: what the stream held is gone with it
+        call.exchange(20, 300, 30)
+        time.sleep(4 * INTERVAL)
+        assert stored(fleet, "label", "outage")[1] == 3000  # nothing written meanwhile
+        text = metrics(fleet.nodes["n1"])
+        queued = re.search(r"^iceward_usage_records_queued (\S+)$", text, re.M)
+        assert queued is not None and float(queued.group(1)) >= 1, text
+        fleet.redis.start()
+        wait_for(caught_up, 10, "the records made during the outage")
+        assert stored(fleet, "label", "outage")[1:] == (9000, 900)
+        # Stopped while Redis is down, the node writes what it holds to the store itself.
+        fleet.redis.stop()
+        call.exchange(10, 300, 30)
+        last = live_counters()
+        n1 = fleet.nodes["n1"]
+        n1.proc.terminate()
+        assert n1.proc.wait(15) == 0
+        assert stored(fleet, "label", "outage")[1:] == (12_000, 1200)
+        assert (last["bytes_to_peer"], last["bytes_to_client"]) == (12_000, 1200)
+    finally:
+        call.close()
+        if fleet.redis.proc is None:
+            fleet.redis.start()
 
 
 def workers_of(pid: int) -> list[int]:

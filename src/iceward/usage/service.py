@@ -128,7 +128,7 @@ class UsageService:
         except (OSError, TimeoutError, RedisError) as exc:
             log.warning("usage stream: %d records written directly: %s", writer.queued, exc)
             self._pending = writer.take_all()
-            await self._flush()
+            await self._flush(direct=True)
         self._count("usage.queued", -self._counters.get("usage.queued", 0))
         assert self.consumer is not None
         await self.consumer.leave()
@@ -209,11 +209,13 @@ class UsageService:
         if self.writer is not None:  # a gauge, beside the counters
             self._counters["usage.queued"] = self.writer.queued
 
-    async def _flush(self) -> bool:
+    async def _flush(self, direct: bool = False) -> bool:
+        """Write what is pending to the store, or in a fleet hand it to the stream (unless
+        ``direct``); False when the store failed (it stays pending)."""
         batch, self._pending = self._pending, []
         if not batch:
             return True
-        if self.writer is not None:
+        if self.writer is not None and not direct:
             self.writer.put(batch)
             self._stream_count("records_queued", len(batch))
             return True
