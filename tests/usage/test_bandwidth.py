@@ -1,7 +1,8 @@
 """``--max-bps`` holds a ``turnutils_uclient`` flood to the limit on both relay paths (the native
 engine, and the Python one with ICEWARD_FASTPATH=0); the excess is dropped, counted per
 allocation in the admin API and in /metrics. ``--quota-throttle-bps`` holds an allocation over a
-block quota to its rate on both paths."""
+block quota to its rate on both paths, and releases it to its own limit (or none) once under
+quota again."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def test_max_bps_holds_a_flood_to_the_limit(
 
 def throttled_over_a_block_quota(server: RunningServer, admin: str) -> None:
     """With --quota-throttle-bps, an allocation over a block quota is held to that rate, not
-    ended: a burst far above it loses datagrams."""
+    ended: a burst far above it loses datagrams; under quota again, it gets --max-bps back."""
     cli(server, "quotas", "set", "--user", "alice", "--bytes", "2kB", "--period", "day")
     call = Call(server, "alice", "wonderland")
     try:
@@ -112,5 +113,44 @@ def throttled_over_a_block_quota(server: RunningServer, admin: str) -> None:
         for _ in range(50):
             call.client.send_channel_data(0x4000, b"x" * 1000)
         assert eventually(lambda: mine()["traffic"]["dropped_to_peer"] > 0, 3), mine()
+        # No longer over quota (removed here; a new period does the same): its own limit back.
+        cli(server, "quotas", "remove", "--user", "alice")
+        assert eventually(lambda: mine()["maxBps"] == LIMIT, 5), mine()
     finally:
         call.close()
+
+
+def test_a_throttle_without_max_bps_is_lifted_on_the_native_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --max-bps an allocation released from a quota throttle has no limit at all
+    again: the native engine's buckets for its channel are lifted, not left at the throttle."""
+    monkeypatch.setenv("ICEWARD_FASTPATH", "1")
+    server = start_server(
+        tmp_path, "--relay-ports", "20500-20599", "--quota-throttle-bps", "2000",
+        "--usage-interval", "0.5", http=True,
+    )  # fmt: skip
+    try:
+        assert "relay path: native" in server.log_text()
+        admin = cli(server, "keys", "add", "ops", "--admin")
+        quota = {"user": "alice", "bytes": "2kB", "period": "day", "action": "block"}
+        status, made, _ = http(server, "POST", "/admin/v1/quotas", quota, admin)
+        assert status == 201, made
+        call = Call(server, "alice", "wonderland")
+
+        def mine() -> dict[str, Any]:
+            _, live, _ = http(server, "GET", "/admin/v1/allocations", key=admin)
+            return next(a for a in live if a["user"] == "alice")
+
+        try:
+            call.exchange(5, 1000, 0)
+            assert eventually(lambda: mine()["maxBps"] == 2000, 5), mine()
+            assert http(server, "DELETE", f"/admin/v1/quotas/{made['id']}", key=admin)[0] == 204
+            assert eventually(lambda: mine()["maxBps"] is None, 5), mine()
+            dropped = mine()["traffic"]["dropped_to_peer"]
+            call.exchange(40, 1000, 0)  # 40 kB at once: 20 s of the throttle's rate
+            assert mine()["traffic"]["dropped_to_peer"] == dropped
+        finally:
+            call.close()
+    finally:
+        server.stop()

@@ -104,9 +104,15 @@ class ServerCollector(Collector):
             labels=["event"],
         )
         for name, n in sorted(c.items()):
-            if name.startswith("usage."):
+            if name.startswith("usage.") and name != "usage.queued":
                 usage.add_metric([name[len("usage.") :]], n)
         yield from (requests, errors, auth, refused, drops, binding, quota, drain, usage)
+        queued = GaugeMetricFamily(
+            "iceward_usage_records_queued",
+            "Usage records waiting in memory for the fleet's Redis stream",
+        )
+        queued.add_metric([], c.get("usage.queued", 0))
+        yield queued
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])
         ports.add_metric(["in_use"], snap.ports_in_use)

@@ -395,6 +395,21 @@ class RelayEngine:
         if self.fast is not None:
             self.fast.limit(alloc.counters)
 
+    def start_rate(self) -> float:
+        """The bytes/s every allocation starts held to: ``--max-bps``, else the process's share
+        of ``--bps-capacity``; 0: none."""
+        return self.params.max_bps or (self._capacity.rate if self._capacity else 0)
+
+    def reset_limit(self, alloc: Allocation) -> None:
+        """Give ``alloc`` back the limit it started with (or none), on both relay paths."""
+        rate = self.start_rate()
+        if rate:
+            self.limit(alloc, rate)
+            return
+        alloc.counters.limiter = None
+        if self.fast is not None:
+            self.fast.limit(alloc.counters)
+
     def delete_local(self, allocation_id: int, reason: str = "deleted by admin") -> bool:
         alloc = self.core.allocation_by_id(allocation_id) if self.core is not None else None
         if self.core is None or alloc is None:
@@ -712,7 +727,7 @@ class RelayEngine:
 
     def _created(self, alloc: Allocation) -> None:
         transport = alloc.five_tuple.transport
-        rate = self.params.max_bps or (self._capacity.rate if self._capacity else 0)
+        rate = self.start_rate()
         if rate:
             self.limit(alloc, rate)
         self.created_by_transport[transport] = self.created_by_transport.get(transport, 0) + 1

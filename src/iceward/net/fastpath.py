@@ -134,11 +134,11 @@ class FastPath:
 
     def _limit(self, key: tuple[int, Address, int], counters: TrafficCounters) -> None:
         """Give an installed channel's two entries the allocation's buckets (shared by all its
-        channels), if it has a bandwidth limit."""
+        channels), if it has a bandwidth limit; lift them if it had one and has none now."""
         rate = getattr(counters.limiter, "rate", 0)
-        if not rate:
-            return
         bucket = self._buckets.get(id(counters))
+        if not rate and bucket is None:
+            return
         if bucket is None:
             bucket = self._buckets[id(counters)] = self._next_bucket
             self._next_bucket += 2
@@ -148,7 +148,8 @@ class FastPath:
         self.engine.limit(RELAY, relay_fd, peer, 0, bucket + 1, rate, True)
 
     def limit(self, counters: TrafficCounters) -> None:
-        """The allocation of ``counters`` got a bandwidth limit: its installed channels too."""
+        """The allocation of ``counters`` got a bandwidth limit (or lost it): its installed
+        channels too."""
         if self.closed:
             return
         for key, (to_peer, _, _, _) in list(self._installed.items()):

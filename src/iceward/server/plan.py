@@ -177,6 +177,7 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
             interval=settings.usage_interval,
             retention=parse_duration(settings.usage_retention),
             throttle=settings.quota_throttle_bps,
+            cluster=settings.cluster,
         ),
         own_networks=own,
     )

@@ -39,12 +39,16 @@ class UsageRecord:
     peers: list[str] = field(default_factory=list)
     final: bool = False
     reason: str = ""
+    #: The record's number within its allocation (0, 1, ...): with ``allocation`` its key, so
+    #: a record written twice (a stream entry handed on after a consumer died) counts once.
+    seq: int = 0
 
 
 @dataclass(slots=True)
 class _Seen:
     started_at: float
     recorded_at: float
+    seq: int = 0
     counts: tuple[int, int, int, int] = (0, 0, 0, 0)
     peers: list[str] = field(default_factory=list)
 
@@ -107,7 +111,9 @@ class Recorder:
             peers=list(peers),
             final=final,
             reason=reason,
+            seq=seen.seq,
         )
+        seen.seq += 1
         seen.counts = counts
         seen.recorded_at = record.period_end
         return record

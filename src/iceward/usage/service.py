@@ -6,6 +6,10 @@ batch, with the final records of allocations that ended meanwhile, to the store 
 no packet waits on the database. Then it checks the byte quotas: a ``block`` quota over its
 limit refuses its subject's new allocations (486) and ends the running ones; a ``notify`` quota
 posts a signed webhook at 80% and 100%.
+
+In a fleet (``--cluster``) the batch goes to a Redis stream instead, and this process is one of
+the consumers that write the stream to the store (:mod:`iceward.usage.stream`); the quotas are
+read from the store all nodes share, so a quota holds over the fleet.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from redis.exceptions import RedisError
+
+from iceward.fleet.member import connect
 from iceward.net.engine import RelayEngine
 from iceward.store import STORE_FAILURES, describe_failure
 from iceward.turn.allocation import Allocation
-from iceward.units import format_size
-from iceward.usage.quotas import NOTICE_LEVELS, notice_body, period_start
+from iceward.usage.enforce import Enforcer, evaluate
+from iceward.usage.quotas import NOTICE_LEVELS, notice_body
 from iceward.usage.record import Recorder, UsageRecord
 from iceward.usage.store import Quota, UsageStore
+from iceward.usage.stream import StreamConsumer, StreamWriter
 from iceward.usage.webhook import deliver
 
 log = logging.getLogger("iceward.usage")
@@ -37,6 +45,9 @@ PENDING_LIMIT = 100_000
 PRUNE_EVERY = 3600.0
 #: Labels are kept as long as the longest credential lives, and a day more.
 LABEL_KEEP = dt.timedelta(days=8)
+#: Seconds a stopping process tries to hand its last records to Redis before it writes them
+#: to the store itself.
+STOP_HANDOFF = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,8 @@ class UsageParams:
     retention: float
     #: Bytes/s for running allocations of a blocked user or label; 0: they end.
     throttle: int = 0
+    #: The fleet's Redis (``--cluster``): records go through its stream; None: to the store.
+    cluster: str | None = None
 
 
 class UsageService:
@@ -65,6 +78,11 @@ class UsageService:
         self._blocked_labels: dict[str, str] = {}
         #: Issued usernames carrying a blocked label -> reason.
         self._blocked_usernames: dict[str, str] = {}
+        self.enforcer = Enforcer(params.throttle)
+        #: In a fleet: where records go, and this process's consumer of the stream.
+        self.writer: StreamWriter | None = None
+        self.consumer: StreamConsumer | None = None
+        self._stream_tasks: list[asyncio.Task[None]] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -77,6 +95,16 @@ class UsageService:
         assert self.engine.core is not None
         self.engine.core.admit = self.admit
         self._task = loop.create_task(self._run())
+        if self.params.cluster is not None:
+            redis = connect(self.params.cluster)
+            counted = self._stream_count
+            self.writer = StreamWriter(redis, counted)
+            name = f"{self.params.node}/{self.recorder.boot}"
+            self.consumer = StreamConsumer(redis, name, self.store, counted, self.params.interval)
+            self._stream_tasks = [
+                loop.create_task(self.writer.run()),
+                loop.create_task(self.consumer.run()),
+            ]
 
     async def stop(self) -> None:
         """Call after the engine stopped (its allocations' final records are pending): write
@@ -85,7 +113,26 @@ class UsageService:
             self._task.cancel()
         for task in list(self._notices):
             task.cancel()
-        await self._flush()
+        writer = self.writer
+        if writer is None:
+            await self._flush()
+            return
+        for stream_task in self._stream_tasks:
+            stream_task.cancel()
+        writer.put(self._pending)
+        self._pending = []
+        try:
+            async with asyncio.timeout(STOP_HANDOFF):
+                while writer.queued:
+                    await writer.send_one()
+        except (OSError, TimeoutError, RedisError) as exc:
+            log.warning("usage stream: %d records written directly: %s", writer.queued, exc)
+            self._pending = writer.take_all()
+            await self._flush(direct=True)
+        self._count("usage.queued", -self._counters.get("usage.queued", 0))
+        assert self.consumer is not None
+        await self.consumer.leave()
+        await writer.redis.aclose()
 
     # -- hooks ---------------------------------------------------------------------------------
     def _ended(self, alloc: Allocation, reason: str) -> None:
@@ -107,22 +154,32 @@ class UsageService:
     async def _run(self) -> None:
         interval = self.params.interval
         next_at = time.monotonic() + interval
+        #: In a fleet the quotas are checked half an interval after the hand-off, when the
+        #: consumers have written this node's records too (one node checks right after writing).
+        check_at: float | None = None
         while True:
-            await asyncio.sleep(min(1.0, max(0.0, next_at - time.monotonic())))
-            if time.monotonic() >= next_at:
+            wake = next_at if check_at is None else min(next_at, check_at)
+            await asyncio.sleep(min(1.0, max(0.0, wake - time.monotonic())))
+            now = time.monotonic()
+            if now >= next_at:
                 next_at += interval
-                await self.interim()
+                if await self.interim() and self.writer is not None:
+                    check_at = now + interval / 2
+            elif check_at is not None and now >= check_at:
+                check_at = None
+                await self._check_quotas(time.time())
             elif self._blocked_labels:
                 await self._refresh_blocked_usernames()
 
-    async def interim(self) -> None:
-        """Record every live allocation, write the batch, apply the quotas."""
+    async def interim(self) -> bool:
+        """Record every live allocation and write the batch (or hand it to the stream); alone,
+        apply the quotas. False when the store failed."""
         engine = self.engine
         if engine.core is not None and self.recorder is not None:
             engine.sync_traffic()
             self._pending.extend(self.recorder.interim(engine.core.allocations, time.time()))
         if not await self._flush():
-            return
+            return False
         now = time.time()
         if now - self._last_prune >= PRUNE_EVERY:
             self._last_prune = now
@@ -131,7 +188,9 @@ class UsageService:
                 now - self.params.retention,
                 dt.datetime.now(dt.UTC) - LABEL_KEEP,
             )
-        await self._check_quotas(now)
+        if self.writer is None:
+            await self._check_quotas(now)
+        return True
 
     async def _guard(self, func: Callable[..., T], *args: object) -> T | None:
         """``func(*args)`` in a thread; a failing store is counted, logged once, and None."""
@@ -145,9 +204,20 @@ class UsageService:
         self.store.store.health.ok()
         return result
 
-    async def _flush(self) -> bool:
+    def _stream_count(self, name: str, n: int) -> None:
+        self._count("usage." + name, n)
+        if self.writer is not None:  # a gauge, beside the counters
+            self._counters["usage.queued"] = self.writer.queued
+
+    async def _flush(self, direct: bool = False) -> bool:
+        """Write what is pending to the store, or in a fleet hand it to the stream (unless
+        ``direct``); False when the store failed (it stays pending)."""
         batch, self._pending = self._pending, []
         if not batch:
+            return True
+        if self.writer is not None and not direct:
+            self.writer.put(batch)
+            self._stream_count("records_queued", len(batch))
             return True
         if await self._guard(self.store.write, batch) is None:
             self._pending = batch + self._pending
@@ -165,27 +235,14 @@ class UsageService:
 
     # -- quotas --------------------------------------------------------------------------------
     async def _check_quotas(self, now: float) -> None:
-        quotas = await self._guard(self.store.quotas)
-        if quotas is None:
+        verdict = await self._guard(evaluate, self.store, now)
+        if verdict is None:
             return
-        users: dict[str, str] = {}
-        labels: dict[str, str] = {}
-        for quota in quotas:
-            start, key = period_start(quota.period, now)
-            used = await self._guard(self.store.consumed, quota.kind, quota.subject, start)
-            if used is None:
-                return
-            if quota.action == "block" and used >= quota.limit_bytes:
-                reason = (
-                    f"Byte quota exceeded: {quota.kind} {quota.subject} relayed "
-                    f"{format_size(used)} of {format_size(quota.limit_bytes)} this {quota.period}"
-                )
-                (users if quota.kind == "user" else labels)[quota.subject] = reason[:120]
-            elif quota.action == "notify":
-                await self._notify(quota, used, key, now)
-        self._blocked_users, self._blocked_labels = users, labels
+        for quota, used, key in verdict.notices:
+            await self._notify(quota, used, key, now)
+        self._blocked_users, self._blocked_labels = verdict.users, verdict.labels
         await self._refresh_blocked_usernames()
-        self._end_blocked()
+        self._apply_blocks()
 
     async def _refresh_blocked_usernames(self) -> None:
         labels = self._blocked_labels
@@ -193,25 +250,27 @@ class UsageService:
         if found is not None:
             self._blocked_usernames = {name: labels[label] for name, label in found.items()}
 
-    def _end_blocked(self) -> None:
+    def _apply_blocks(self) -> None:
         core = self.engine.core
-        if core is None or not (self._blocked_users or self._blocked_usernames):
+        if core is None:
             return
-        throttle = self.params.throttle
-        for alloc in core.allocations:
-            if self.admit(alloc.account, alloc.username) is None:
-                continue
-            if not throttle:
-                log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
-                self.engine.delete_local(alloc.id, "byte quota exceeded")
-                self._count("usage.quota_ended")
-            elif getattr(alloc.counters.limiter, "rate", None) != throttle:
-                log.info(
-                    "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
-                    alloc.id, alloc.account, throttle,
-                )  # fmt: skip
-                self.engine.limit(alloc, throttle)
-                self._count("usage.quota_throttled")
+        actions = self.enforcer.decide(core.allocations, self.admit)
+        for alloc in actions.end:
+            log.info("ending allocation %d of %r: byte quota exceeded", alloc.id, alloc.account)
+            self.engine.delete_local(alloc.id, "byte quota exceeded")
+            self._count("usage.quota_ended")
+        throttle = self.enforcer.throttle
+        for alloc in actions.throttle:
+            log.info(
+                "throttling allocation %d of %r to %d bytes/s: byte quota exceeded",
+                alloc.id, alloc.account, throttle,
+            )  # fmt: skip
+            self.engine.limit(alloc, throttle)
+            self._count("usage.quota_throttled")
+        for alloc in actions.release:
+            log.info("allocation %d of %r no longer over its byte quota", alloc.id, alloc.account)
+            self.engine.reset_limit(alloc)
+            self._count("usage.quota_released")
 
     async def _notify(self, quota: Quota, used: int, key: str, now: float) -> None:
         if not quota.webhook or not quota.webhook_secret:

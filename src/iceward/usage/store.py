@@ -1,8 +1,9 @@
 """Usage records, issued labels and byte quotas in the data store.
 
-:class:`UsageStore` is the seam a fleet replaces: one node writes its batches here directly; in
-a fleet the nodes would hand the same :class:`~iceward.usage.record.UsageRecord` batches to a
-stream and one consumer would call :meth:`UsageStore.write`.
+One node writes its batches here directly; in a fleet the nodes hand the same
+:class:`~iceward.usage.record.UsageRecord` batches to a Redis stream (:mod:`iceward.usage.stream`)
+and a consumer calls :meth:`UsageStore.write`. Writes are idempotent: a record is keyed by its
+allocation and sequence number, so one written twice counts once.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, update
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy import Insert, and_, delete, func, insert, inspect, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
 
 from iceward.store import STORE_FAILURES, Store, StoreError, StoreUnavailable, describe_failure
 from iceward.usage.record import UsageRecord
@@ -55,8 +57,33 @@ def _row(r: UsageRecord, label: str | None) -> dict[str, Any]:
         "started_at": r.started_at, "period_start": r.period_start, "period_end": r.period_end,
         "final": int(r.final), "reason": r.reason[:64], "bytes_to_peer": r.bytes_to_peer,
         "bytes_to_client": r.bytes_to_client, "packets_to_peer": r.packets_to_peer,
-        "packets_to_client": r.packets_to_client, "peers": json.dumps(r.peers),
+        "packets_to_client": r.packets_to_client, "peers": json.dumps(r.peers), "seq": r.seq,
     }  # fmt: skip
+
+
+def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, skipping any whose (allocation, seq) is already stored."""
+    dialect = s.get_bind().dialect.name
+    statement: Insert
+    if dialect in ("postgresql", "sqlite"):
+        module = postgresql if dialect == "postgresql" else sqlite
+        statement = module.insert(UsageRow).on_conflict_do_nothing(
+            index_elements=["allocation", "seq"]
+        )
+    else:  # any other SQL database: look first (the unique index still guards the race)
+        keys = {(r["allocation"], r["seq"]) for r in rows}
+        stored = {
+            (a, n)
+            for a, n in s.execute(
+                select(UsageRow.allocation, UsageRow.seq).where(
+                    UsageRow.allocation.in_({a for a, _ in keys})
+                )
+            ).all()
+        }
+        rows = [r for r in rows if (r["allocation"], r["seq"]) not in stored]
+        statement = insert(UsageRow)
+    if rows:
+        s.execute(statement, rows)
 
 
 class UsageStore:
@@ -65,8 +92,19 @@ class UsageStore:
         self._session = sessionmaker(store.engine, expire_on_commit=False)
         try:
             UsageBase.metadata.create_all(store.engine)
+            self._add_seq()
         except STORE_FAILURES as exc:
             raise StoreUnavailable(f"{store.health.subject}: {describe_failure(exc)}") from None
+
+    def _add_seq(self) -> None:
+        """The ``seq`` column and its unique key, in a table made by an older iceward (its rows
+        keep NULL, which the key does not compare)."""
+        engine = self.store.engine
+        if "seq" not in {c["name"] for c in inspect(engine).get_columns("usage_records")}:
+            with engine.begin() as conn:
+                conn.execute(text("ALTER TABLE usage_records ADD COLUMN seq INTEGER"))
+        for index in UsageBase.metadata.tables["usage_records"].indexes:
+            index.create(engine, checkfirst=True)
 
     # -- labels --------------------------------------------------------------------------------
     def remember_label(self, username: str, label: str) -> None:
@@ -86,8 +124,8 @@ class UsageStore:
 
     # -- records -------------------------------------------------------------------------------
     def write(self, records: Sequence[UsageRecord]) -> int:
-        """Store a batch in one transaction, each record labelled as its username was issued;
-        returns how many."""
+        """Store a batch in one transaction, each record labelled as its username was issued,
+        skipping records already stored; returns how many were given."""
         if not records:
             return 0
         with self._session.begin() as s:
@@ -98,7 +136,7 @@ class UsageStore:
                 ).all()
             )
             # One executemany, no ORM objects: a batch is thousands of rows on a busy node.
-            s.execute(insert(UsageRow), [_row(r, labels.get(r.username)) for r in records])
+            _insert_new(s, [_row(r, labels.get(r.username)) for r in records])
         return len(records)
 
     def rows(self, since: float, until: float) -> list[UsageRow]:

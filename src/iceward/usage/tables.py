@@ -44,8 +44,11 @@ class UsageRow(UsageBase):
     packets_to_client: Mapped[int] = mapped_column(BigInteger, default=0)
     #: JSON list of the peer hosts the allocation had permissions for (at most PEERS_KEPT).
     peers: Mapped[str] = mapped_column(Text, default="[]")
+    #: The record's number within its allocation; NULL in rows of an older iceward.
+    seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (
+        Index("usage_records_key", "allocation", "seq", unique=True),
         Index("usage_records_end", "period_end"),
         Index("usage_records_user", "user", "period_end"),
         Index("usage_records_label", "label", "period_end"),
