@@ -84,7 +84,10 @@ class Message:
         return [v for t, v in self.attributes if t == attr_type]
 
     def has(self, attr_type: int) -> bool:
-        return any(t == attr_type for t, _ in self.attributes)
+        for t, _ in self.attributes:  # a loop, not any(genexpr): a generator per call costs more
+            if t == attr_type:
+                return True
+        return False
 
 
 def looks_like_stun(data: bytes) -> bool:
