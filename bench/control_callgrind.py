@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # What make_iceward reads, as control_bench.py sets it.
     args.workers, args.server_cpu_list, args.nice = 1, sorted(os.sched_getaffinity(0)), 0
     args.iceward_path = "python" if args.python else "auto"
-    relay_bench.ICEWARD_RELAY_PORTS = RELAY_PORTS["iceward"]
+    relay_bench.VARIANT_PORTS["iceward"] = RELAY_PORTS["iceward"]
     server = make_iceward(args, tmp)
     server.argv = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
