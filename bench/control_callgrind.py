@@ -7,6 +7,7 @@ with instrumentation off, drives ``--warmup`` cycles (caches, pools and code pat
 instrumentation on, drives ``--cycles`` cycles (control_bench.py's ``alloc`` cycle, or
 ``alloc+pc`` with ``--full``), turns it off and prints the instructions (Ir) per cycle. Kernel
 work (syscalls) is not counted: compare builds with it, and CPU time with control_bench.py.
+``--source OLD/src`` counts another build (the commit before a change) the same way.
 ``--out FILE`` keeps the callgrind profile (``callgrind_annotate FILE`` shows where they go).
 
 Everything stays on 127.0.0.1; the server is stopped at exit.
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--python", action="store_true", help="ICEWARD_FASTPATH=0")
     p.add_argument("--out", type=Path, help="keep the callgrind profile in this file")
     p.add_argument("--iceward-cmd", help="command that runs iceward [.venv/bin/iceward]")
+    p.add_argument(
+        "--source",
+        type=Path,
+        help="another build's src directory (PYTHONPATH), e.g. the commit before a change, "
+        "extracted with git archive (its native extension built or copied in)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.cycles <= 100_000 or not 0 <= args.warmup <= 100_000:
         p.error("--cycles 1..100000, --warmup 0..100000")
@@ -84,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     args.iceward_path = "python" if args.python else "auto"
     relay_bench.VARIANT_PORTS["iceward"] = RELAY_PORTS["iceward"]
     server = make_iceward(args, tmp)
+    if args.source is not None:  # not through env(1): valgrind must start Python itself
+        server.env = {**(server.env or os.environ), "PYTHONPATH": str(args.source.resolve())}
+        if not args.iceward_cmd:
+            server.argv = [sys.executable, "-m", "iceward", *server.argv[1:]]
     server.argv = [
         "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
         *server.argv,
