@@ -20,6 +20,10 @@ What it measures, per server, side by side in one run:
   so it may be the bottleneck: "client busy" near 100% with "server core" well under 100% says
   so, and then the CPU time per cycle is the figure that counts, not the rate.
 
+``--servers iceward,base,coturn --base-cmd CMD`` adds ``base``, another iceward build (e.g. the
+commit before a change, run as ``env PYTHONPATH=OLD/src .venv/bin/python -m iceward``), measured
+in the same rounds; the table then also prints iceward/base.
+
 ``--live N`` holds N allocations, each with a channel, open on each server for the whole run, so
 the cycles run beside them as on a busy server (what a server does per allocation that grows
 with the allocations it already holds shows there).
@@ -83,7 +87,7 @@ ALLOC_LIFETIME = 600
 #: Wider relay ranges than relay_bench.py's (a thousand ports each), below Linux's ephemeral
 #: range: coturn keeps a released relay port bound for a while, and thousands of allocations a
 #: second would exhaust a thousand ports.
-RELAY_PORTS = {"iceward": (10000, 19999), "coturn": (20000, 29999)}
+RELAY_PORTS = {"iceward": (10000, 19999), "coturn": (20000, 29999), "base": (30000, 32767)}
 PEER = (HOST, 9)  # CreatePermission / ChannelBind name it; nothing is ever sent to it
 RETRANSMIT = 0.5  # seconds before a request is sent again
 
@@ -342,6 +346,8 @@ def summarize(results: list[dict[str, Any]], names: list[str]) -> list[dict[str,
                     key: statistics.median(r[key] for r in runs)
                     for key in ("per_s", "cpu_us", "server_busy", "client_busy")
                 }
+        if "iceward" in row and "base" in row:
+            row["base_cpu_ratio"] = row["iceward"]["cpu_us"] / row["base"]["cpu_us"]
         if "iceward" in row and "coturn" in row:
             row["rate_ratio"] = row["iceward"]["per_s"] / row["coturn"]["per_s"]
             row["cpu_ratio"] = row["iceward"]["cpu_us"] / row["coturn"]["cpu_us"]
@@ -371,6 +377,11 @@ def print_table(rows: list[dict[str, Any]], names: list[str]) -> None:
                 f"{row['cpu_ratio']:>8.2f}x{row['per_core_ratio']:>10.2f}x"
                 "   iceward/coturn (rate, CPU per request, requests per CPU-second)"
             )
+        if "base_cpu_ratio" in row:
+            print(
+                f"{row['workload']:<10}{'ratio':<9}{'':>10}{row['base_cpu_ratio']:>8.2f}x"
+                "   iceward/base (CPU per request)"
+            )
         print()
 
 
@@ -389,7 +400,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="allocations, each with a channel, held open on each server the whole run, so the "
         "cycles run beside them as on a busy server [0]",
     )
-    p.add_argument("--servers", default="iceward,coturn", help="which to run [iceward,coturn]")
+    p.add_argument(
+        "--servers",
+        default="iceward,coturn",
+        help="which to run: iceward, base, coturn [iceward,coturn]",
+    )
+    p.add_argument("--base-cmd", help="command that runs the 'base' server's iceward build")
     p.add_argument("--server-cpu", type=int, default=1, help="CPU of the servers [1]")
     p.add_argument("--client-cpu", type=int, default=0, help="CPU of the clients [0]")
     p.add_argument("--nice", type=int, default=0, help="nice value of servers and clients [0]")
@@ -403,8 +419,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="print results as JSON")
     args = p.parse_args(argv)
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
-    if not args.servers or any(s not in ("iceward", "coturn") for s in args.servers):
-        p.error("--servers: iceward and/or coturn")
+    if not args.servers or any(s not in ("iceward", "base", "coturn") for s in args.servers):
+        p.error("--servers: iceward, base and/or coturn")
+    if "base" in args.servers and not args.base_cmd:
+        p.error("--servers base needs --base-cmd")
     if not 1 <= args.clients <= 1000 or not 1 <= args.window <= 4096:
         p.error("--clients 1..1000, --window 1..4096")
     if not 0 <= args.live <= 9000:
@@ -440,9 +458,15 @@ def main(argv: list[str] | None = None) -> int:
     echo.bind((HOST, 0))
     relay_bench.ICEWARD_RELAY_PORTS = RELAY_PORTS["iceward"]
     relay_bench.COTURN_RELAY_PORTS = RELAY_PORTS["coturn"]
+    # make_iceward reads its ports here (ICEWARD_RELAY_PORTS was read at import).
+    relay_bench.VARIANT_PORTS.update(iceward=RELAY_PORTS["iceward"], base=RELAY_PORTS["base"])
     try:
         loadgen = build_loadgen(tmp)
-        makers = {"iceward": make_iceward, "coturn": make_coturn}
+        makers = {
+            "iceward": make_iceward,
+            "coturn": make_coturn,
+            "base": lambda a, t: make_iceward(a, t, "base"),
+        }
         for name in args.servers:
             server = makers[name](args, tmp)
             servers.append(server)

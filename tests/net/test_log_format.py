@@ -113,3 +113,16 @@ def test_json_log_lines_carry_allocation_and_refusal_fields_and_no_secret(
     assert issuance and "<redacted>" in issuance[0]["message"]
     for secret in (SECRET, PASSWORD, app_key, minted):
         assert secret not in text
+
+
+def test_text_lines_are_logging_s_own_format_with_the_date_formatted_once_a_second() -> None:
+    import logging
+
+    from iceward.runtime import TextFormatter
+
+    fmt = "%(asctime)s %(levelname)s %(name)s %(message)s"
+    ours, stdlib = TextFormatter(fmt), logging.Formatter(fmt)
+    for created in (1700000000.0, 1700000000.9996, 1700000001.25, 1700000000.5, time.time()):
+        record = logging.LogRecord("iceward.x", logging.INFO, "", 0, "m %s", ("a",), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.format(record) == stdlib.format(record)

@@ -64,6 +64,19 @@ def test_rest_lookup_offers_one_key_per_secret_and_flags_expiry() -> None:
     assert late.keys == () and "expired" in late.refusal
 
 
+def test_rest_keys_are_derived_again_when_the_secrets_rotate() -> None:
+    store = CredentialStore("realm")
+    store.set_secrets(["one"])
+    cred = mint_rest_credential("two", "bob", 60, 1000.0)
+    key = long_term_key(cred.username, "realm", cred.password)
+    assert key not in store.lookup(cred.username, C.ALGORITHM_MD5, 1000.0).keys
+    store.set_secrets(["two"])
+    assert store.lookup(cred.username, C.ALGORITHM_MD5, 1000.0).keys == (key,)
+    assert store.lookup(cred.username, C.ALGORITHM_MD5, 1000.0).keys == (key,)  # kept
+    store.set_secrets(["three"])
+    assert key not in store.lookup(cred.username, C.ALGORITHM_MD5, 1000.0).keys
+
+
 def test_rest_credential_format() -> None:
     cred = mint_rest_credential("secret", "user", 3600, 1700000000.5)
     assert cred.username == "1700003600:user"

@@ -762,9 +762,18 @@ class RelayEngine:
         # No sync of the whole native table here: the core announces every channel of the
         # allocation as ChannelRemoved before this, and uninstalling each one took its native
         # counts (those of entries purged with the relay socket included).
-        totals: dict[tuple[str, str], Any] = {k: tuple(v) for k, v in self._ended.items()}
-        self._add_traffic(totals, alloc)
-        self._ended = {k: list(v) for k, v in totals.items()}
+        c, ended = alloc.counters, self._ended
+        transport = alloc.five_tuple.transport
+        for key, packets, nbytes in (
+            (("to_peer", transport), c.packets_to_peer, c.bytes_to_peer),
+            (("to_client", transport), c.packets_to_client, c.bytes_to_client),
+        ):
+            sums = ended.get(key)
+            if sums is None:
+                ended[key] = [packets, nbytes]
+            else:
+                sums[0] += packets
+                sums[1] += nbytes
         self._activity.pop(alloc.id, None)
         if self.on_removed is not None:
             self.on_removed(alloc, reason)
@@ -773,7 +782,6 @@ class RelayEngine:
             listener = self._udp.get(ft.server)
             if listener is not None:
                 listener.unlink(ft.client)
-        c = alloc.counters
         duration = self._clock() - alloc.created
         log.info(
             "allocation end client=%s user=%r reason=%r duration=%.1fs "

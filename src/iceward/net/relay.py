@@ -123,9 +123,11 @@ class RelaySocket(LinkedSocket):
         loop: asyncio.AbstractEventLoop,
         on_miss: PeerHandler,
         fast: FastPath | None = None,
+        bound: Address | None = None,
     ) -> None:
+        """``bound``: the socket's own address when the caller already asked the kernel."""
         self.handle = handle
-        self.bound: Address = sock.getsockname()[:2]
+        self.bound: Address = bound if bound is not None else sock.getsockname()[:2]
         self.channels: dict[Any, PeerEntry] = {}
         self._on_miss = on_miss
         super().__init__(sock, loop, fast, RELAY, self.deliver, self._forward)
@@ -281,8 +283,8 @@ class UdpRelayAllocator:
     def _bind(self, family: int, port: int) -> socket.socket | None:
         ip = self._ips[family]
         af = socket.AF_INET6 if family == FAMILY_IPV6 else socket.AF_INET
-        try:
-            sock = socket.socket(af, socket.SOCK_DGRAM)
+        try:  # non-blocking from the start: one system call fewer than setblocking
+            sock = socket.socket(af, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
         except OSError as exc:  # out of file descriptors or memory: the client gets a 508
             raise RelayUnavailable(508, f"cannot open a relay socket: {exc.strerror}") from None
         try:
@@ -296,13 +298,15 @@ class UdpRelayAllocator:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return None
             raise RelayUnavailable(508, f"cannot bind relay on {ip}: {exc.strerror}") from None
-        sock.setblocking(False)
         return sock
 
     def _wrap(self, sock: socket.socket, family: int) -> Relay:
-        ip, port = sock.getsockname()[:2]
+        bound: Address = sock.getsockname()[:2]
+        ip, port = bound
         handle = Relay(next(self._ids), family, (self._advertise.get(ip, ip), port))
-        self.active[handle.id] = RelaySocket(sock, handle, self._loop, self._on_miss, self._fast)
+        self.active[handle.id] = RelaySocket(
+            sock, handle, self._loop, self._on_miss, self._fast, bound
+        )
         return handle
 
     def allocate(

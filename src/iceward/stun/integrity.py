@@ -9,17 +9,18 @@ import struct
 from precis_i18n import get_profile
 
 from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256, HEADER_LENGTH
+from iceward.stun.hmacs import hmac_digest
 from iceward.stun.message import Message, StunError
 
 _OPAQUE = get_profile("OpaqueString")
 
 
 def hmac_sha1(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, "sha1")
+    return hmac_digest(key, data, "sha1")
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    return hmac.digest(key, data, "sha256")
+    return hmac_digest(key, data, "sha256")
 
 
 def _opaque(text: str, what: str) -> str:

@@ -8,7 +8,6 @@ else.
 
 from __future__ import annotations
 
-import hmac
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from iceward.stun.constants import (
     MESSAGE_INTEGRITY,
     MESSAGE_INTEGRITY_SHA256,
 )
+from iceward.stun.hmacs import hmac_digest
 
 _HEADER = struct.Struct("!HHI12s")
 _ATTR_HEADER = struct.Struct("!HH")
@@ -84,7 +84,7 @@ class Message:
         return [v for t, v in self.attributes if t == attr_type]
 
     def has(self, attr_type: int) -> bool:
-        return any(t == attr_type for t, _ in self.attributes)
+        return self.get(attr_type) is not None  # a loop, cheaper than any() over a generator
 
 
 def looks_like_stun(data: bytes) -> bool:
@@ -208,11 +208,11 @@ def encode_message(
     msg_type = message_type(method, cls)
     if integrity_key is not None:
         head = _HEADER.pack(msg_type, len(body) + 24, MAGIC_COOKIE, transaction_id)
-        mac = hmac.digest(integrity_key, head + body, "sha1")
+        mac = hmac_digest(integrity_key, head + body, "sha1")
         body += _ATTR_HEADER.pack(MESSAGE_INTEGRITY, 20) + mac
     if integrity_sha256_key is not None:
         head = _HEADER.pack(msg_type, len(body) + 36, MAGIC_COOKIE, transaction_id)
-        mac = hmac.digest(integrity_sha256_key, head + body, "sha256")
+        mac = hmac_digest(integrity_sha256_key, head + body, "sha256")
         body += _ATTR_HEADER.pack(MESSAGE_INTEGRITY_SHA256, 32) + mac
     if fingerprint:
         head = _HEADER.pack(msg_type, len(body) + 8, MAGIC_COOKIE, transaction_id)

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from iceward.stun.constants import ALGORITHM_MD5, ALGORITHM_SHA256
+from iceward.stun.hmacs import hmac_digest
 from iceward.stun.integrity import long_term_key
 from iceward.turn.credentials import parse_rest_username, rest_password
 
@@ -23,6 +24,8 @@ NONCE_COOKIE = "obMatJos2"
 FEATURES_PASSWORD_ALGORITHMS = "gAAA"  # base64 of 0x800000: bit 0 set
 #: How many verified (nonce, client) pairs :class:`NonceManager` remembers.
 VERIFIED_NONCES = 4096
+#: How many REST usernames' derived keys :class:`CredentialStore` remembers.
+REST_KEYS = 4096
 
 
 class NonceManager:
@@ -38,7 +41,7 @@ class NonceManager:
 
     def _mac(self, stamp: str, client: Address) -> str:
         msg = f"{stamp}|{client[0]}|{client[1]}".encode()
-        return hmac.digest(self._key, msg, "sha256").hex()[:24]
+        return hmac_digest(self._key, msg, "sha256").hex()[:24]
 
     def issue(self, client: Address, now: float) -> str:
         stamp = f"{int(now):010x}"
@@ -96,6 +99,10 @@ class CredentialStore:
         self._users: dict[str, _StaticUser] = {}
         self._userhash: dict[bytes, str] = {}
         self._secrets: list[str] = []
+        #: (REST username, algorithm) -> keys, one per secret: every request of an allocation
+        #: carries the same username, and a key costs an HMAC, a string preparation and a hash.
+        #: Bounded: emptied when full, and whenever the secrets change.
+        self._rest_keys: dict[tuple[str, int], tuple[bytes, ...]] = {}
 
     # -- configuration -------------------------------------------------------------------------
     def add_user(self, username: str, password: str) -> None:
@@ -136,6 +143,7 @@ class CredentialStore:
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
         self._secrets = [s for s in secrets if s]
+        self._rest_keys = {}
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -169,8 +177,13 @@ class CredentialStore:
                 f"REST credential lifetime {int(expiry - now)} s exceeds the maximum "
                 f"{int(self.max_rest_lifetime)} s",
             )
-        keys = tuple(
-            long_term_key(username, self.realm, rest_password(secret, username), algorithm)
-            for secret in self._secrets
-        )
+        keys = self._rest_keys.get((username, algorithm))
+        if keys is None:
+            keys = tuple(
+                long_term_key(username, self.realm, rest_password(secret, username), algorithm)
+                for secret in self._secrets
+            )
+            if len(self._rest_keys) >= REST_KEYS:
+                self._rest_keys.clear()
+            self._rest_keys[(username, algorithm)] = keys
         return KeyLookup(keys, account)
