@@ -34,6 +34,7 @@ from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.stream import StreamAcceptor, StreamConnection
+from iceward.net.tcprelay import TcpRelays
 from iceward.net.tls import server_context
 from iceward.net.tlsroute import HttpGate, TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
@@ -47,7 +48,9 @@ from iceward.turn.events import (
     AuthRefused,
     ChannelInstalled,
     ChannelRemoved,
+    DataConnectionBound,
     Output,
+    PeerConnect,
     PeerRefused,
     ToClient,
     ToPeer,
@@ -112,6 +115,7 @@ class RelayEngine:
             log, logging.WARNING, "refused TCP/TLS connections over the per-source cap"
         )
         self._relays: UdpRelayAllocator | None = None
+        self._tcp_relays: TcpRelays | None = None  # RFC 6062 (net/tcprelay.py)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tls: ssl.SSLContext | None = None
@@ -179,6 +183,9 @@ class RelayEngine:
             id_step=slot.count,
         )
         PRESSURE.install(loop, self.core.counters)
+        self._tcp_relays = self._relays.tcp = TcpRelays(
+            loop, self.core, self._apply, self._internal_error
+        )
         if self.fast is not None and params.turn.change_addresses is None:
             # RFC 5780 answers carry more than the mapped address: those stay in the core.
             self.fast.answer_binding(True)
@@ -269,6 +276,8 @@ class RelayEngine:
             self._timer.cancel()
         if self._handoff is not None:
             self._handoff.close()
+        if self._tcp_relays is not None:
+            self._tcp_relays.close()
         if self._relays is not None:
             self._relays.close()
         if self.fast is not None:
@@ -333,6 +342,7 @@ class RelayEngine:
     def relay_port_usage(self) -> tuple[int, int]:
         lo, hi = self.slot.relay_ports
         in_use = len(self._relays.active) if self._relays is not None else 0
+        in_use += self._tcp_relays.listening if self._tcp_relays is not None else 0
         return in_use, (hi - lo + 1) * len(self.params.relay_ips)
 
     def local_snapshot(self) -> Snapshot:
@@ -629,6 +639,10 @@ class RelayEngine:
                 self._peer_refused(out)  # type: ignore[arg-type]
             elif kind is AuthRefused:
                 self._auth_refused(out)  # type: ignore[arg-type]
+            elif kind is PeerConnect and self._tcp_relays is not None:  # RFC 6062
+                self._tcp_relays.connect(out.connection)  # type: ignore[union-attr]
+            elif kind is DataConnectionBound:
+                self._data_bound(out)  # type: ignore[arg-type]
         self._arm_timer()
 
     def _to_client(self, ft: FiveTuple, data: bytes) -> None:
@@ -640,6 +654,15 @@ class RelayEngine:
             conn = self._streams.get(ft)
             if conn is not None:
                 conn.write(data)
+
+    def _data_bound(self, bound: DataConnectionBound) -> None:
+        """RFC 6062: the client connection now carries a peer connection's bytes; it leaves
+        the STUN streams (and their per-source count and sweep)."""
+        stream = self._streams.pop(bound.five_tuple, None)
+        if stream is None or stream.transport is None or self._tcp_relays is None:
+            return  # closed meanwhile: the peer connection waits out its bind timeout
+        self._release(stream)
+        stream.hand_over(self._tcp_relays.bind(bound.connection, stream.transport))
 
     def _arm_timer(self) -> None:
         assert self.core is not None and self.loop is not None
@@ -751,6 +774,8 @@ class RelayEngine:
         self._add_traffic(totals, alloc)
         self._ended = {k: list(v) for k, v in totals.items()}
         self._activity.pop(alloc.id, None)
+        if alloc.tcp and self._tcp_relays is not None:
+            self._tcp_relays.close_allocation(alloc.id)
         if self.on_removed is not None:
             self.on_removed(alloc, reason)
         ft = alloc.five_tuple
