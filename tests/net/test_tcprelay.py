@@ -38,6 +38,11 @@ PEER_HOST = "127.0.0.2"
 DENIED_HOST = "127.0.0.3"
 MAX_CONNECTIONS = 4
 USER, PASSWORD = "alice", "wonderland"
+ICEWARD = (sys.executable, "-m", "iceward")
+# -T TCP relay, -t over TCP, -s no channels (none on TCP allocations), -n messages per session,
+# -m sessions (each Connects to the others' relayed addresses), -l bytes, -e the peer IP its
+# sessions get a permission for (the relayed addresses' IP).
+UCLIENT_TCP_RELAY = ("-T", "-t", "-s", "-n", "20", "-m", "2", "-l", "170", "-e", HOST)
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -84,8 +89,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def admin_key(server: RunningServer) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "iceward", "keys", "add", "ops", "--admin"]
-        + ["--data-dir", str(server.data_dir)],
+        [*ICEWARD, "keys", "add", "ops", "--admin", "--data-dir", str(server.data_dir)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -107,14 +111,16 @@ def control(server: RunningServer) -> tuple[BlockingTurnClient, tuple[str, int]]
 
 def connect(client: BlockingTurnClient, peer: tuple[str, int]) -> int:
     txid = os.urandom(12)
-    reply = client.request(C.CONNECT, [(C.XOR_PEER_ADDRESS, A.encode_xor_address(peer, txid))], txid)
+    attrs = [(C.XOR_PEER_ADDRESS, A.encode_xor_address(peer, txid))]
+    reply = client.request(C.CONNECT, attrs, txid)
     return A.decode_u32(reply.get(C.CONNECTION_ID) or b"")
 
 
 def data_connection(server: RunningServer, connection_id: int) -> socket.socket:
     """A new connection to the server bound to ``connection_id``; then raw bytes."""
     client = BlockingTurnClient((HOST, server.port), USER, PASSWORD, transport="tcp", timeout=5)
-    client.request(C.CONNECTION_BIND, [(C.CONNECTION_ID, A.encode_u32(connection_id))], os.urandom(12))
+    attrs = [(C.CONNECTION_ID, A.encode_u32(connection_id))]
+    client.request(C.CONNECTION_BIND, attrs, os.urandom(12))
     assert not client._stream, "bytes after the ConnectionBind response"
     return client.sock
 
@@ -221,9 +227,10 @@ def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None
     peer.sendall(b"early bytes")  # before the bind: held for the client
     attempt = parse_message(client.recv_raw())
     assert (attempt.method, attempt.cls) == (C.CONNECTION_ATTEMPT, C.INDICATION)
-    assert A.decode_xor_address(
-        attempt.get(C.XOR_PEER_ADDRESS) or b"", attempt.transaction_id
-    ) == peer.getsockname()
+    assert (
+        A.decode_xor_address(attempt.get(C.XOR_PEER_ADDRESS) or b"", attempt.transaction_id)
+        == peer.getsockname()
+    )
     data = data_connection(server, A.decode_u32(attempt.get(C.CONNECTION_ID) or b""))
     data.settimeout(5)
     assert data.recv(100) == b"early bytes"
@@ -254,7 +261,7 @@ def test_refusals_and_hostile_data_connections(server: RunningServer) -> None:
     """Unknown CONNECTION-ID, no permission, a closed port (447), ChannelBind on TCP, TCP over
     UDP; a ConnectionBind with a lying length or garbage is closed; a Connect flood stops at
     the per-allocation cap (508), counted in /metrics; the server serves on."""
-    client, relayed = control(server)
+    client, _ = control(server)
     with pytest.raises(TurnError) as no_permission:
         connect(client, (PEER_HOST, 9))
     assert no_permission.value.code == 403
@@ -329,8 +336,7 @@ def test_turnutils_uclient_tcp_relay(server: RunningServer) -> None:
     addresses and stream messages over bound data connections; none lost."""
     uclient = require_tool("turnutils_uclient")
     proc = subprocess.run(
-        [uclient, "-T", "-t", "-s", "-n", "20", "-m", "2", "-l", "170", "-e", HOST]
-        + ["-u", USER, "-w", PASSWORD, "-p", str(server.port), HOST],
+        [uclient, *UCLIENT_TCP_RELAY, "-u", USER, "-w", PASSWORD, "-p", str(server.port), HOST],
         capture_output=True,
         text=True,
         timeout=60,
