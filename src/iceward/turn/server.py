@@ -582,10 +582,12 @@ class TurnServer:
         try:
             if token is not None:
                 relay = self.relays.allocate_reserved(token)
+            elif tcp:
+                relay = self.relays.allocate(families[0], tcp=True)[0]
             else:
                 reserve_next = A.decode_even_port(even) if even is not None else False
                 relay, new_token = self.relays.allocate(
-                    families[0], even=even is not None, reserve_next=reserve_next, tcp=tcp
+                    families[0], even=even is not None, reserve_next=reserve_next
                 )
         except RelayUnavailable as exc:
             raise _Reply(exc.code, str(exc)) from None
