@@ -80,7 +80,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         str(MAX_CONNECTIONS),
         allow_loopback=False,
         workers=1,
-        tls=False,
     )
     yield running
     running.stop()
@@ -331,12 +330,15 @@ def test_refusals_and_hostile_data_connections(server: RunningServer) -> None:
     again.close()
 
 
-def test_turnutils_uclient_tcp_relay(server: RunningServer) -> None:
-    """coturn's client in TCP-relay mode (-T): its sessions Connect to each other's relayed
-    addresses and stream messages over bound data connections; none lost."""
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_turnutils_uclient_tcp_relay(server: RunningServer, transport: str) -> None:
+    """coturn's client in TCP-relay mode (-T), over TCP and TLS: its sessions Connect to each
+    other's relayed addresses and stream messages over bound data connections; none lost."""
     uclient = require_tool("turnutils_uclient")
+    port = server.tls_port if transport == "tls" else server.port
+    tls = ("-S",) if transport == "tls" else ()
     proc = subprocess.run(
-        [uclient, *UCLIENT_TCP_RELAY, "-u", USER, "-w", PASSWORD, "-p", str(server.port), HOST],
+        [uclient, *UCLIENT_TCP_RELAY, *tls, "-u", USER, "-w", PASSWORD, "-p", str(port), HOST],
         capture_output=True,
         text=True,
         timeout=60,
