@@ -1,11 +1,11 @@
 """RFC 6062 TCP relaying through a real ``iceward serve``: Connect, ConnectionAttempt,
 ConnectionBind and spliced data connections, with TCP peers written here on 127.0.0.2.
 
-One server serves the module (``--workers 1``: with more, TCP allocations are refused with 442,
-tested at the end). Its peer policy allows 127.0.0.1 (the relayed addresses, for
-``turnutils_uclient``'s relay-to-relay mode) and 127.0.0.2 (the peers); 127.0.0.3 stays an
-internal address refused by the default policy. coturn's ``turnutils_uclient -T`` is the
-independent client.
+One server (``--workers 1``) serves the module; a second one with two workers shows data
+connections piped to the worker that holds their peer connection. The peer policy allows
+127.0.0.1 (the relayed addresses, for ``turnutils_uclient``'s relay-to-relay mode) and 127.0.0.2
+(the peers); 127.0.0.3 stays an internal address refused by the default policy. coturn's
+``turnutils_uclient -T`` is the independent client.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
+from iceward.net.steering import worker_for
 from iceward.stun import attributes as A
 from iceward.stun import constants as C
-from iceward.stun.message import Message, encode_message, parse_message
+from iceward.stun.message import encode_message, parse_message
 from tests.conftest import HOST, RunningServer, require_tool, start_server, stop_process
 from tests.net.turnclient import BlockingTurnClient, TurnError
 
@@ -42,7 +43,21 @@ ICEWARD = (sys.executable, "-m", "iceward")
 # -T TCP relay, -t over TCP, -s no channels (none on TCP allocations), -n messages per session,
 # -m sessions (each Connects to the others' relayed addresses), -l bytes, -e the peer IP its
 # sessions get a permission for (the relayed addresses' IP).
-UCLIENT_TCP_RELAY = ("-T", "-t", "-s", "-n", "20", "-m", "2", "-l", "170", "-e", HOST)
+UCLIENT_TCP_RELAY = (
+    "-T",
+    "-t",
+    "-s",
+    "-n",
+    "20",
+    "-l",
+    "170",
+    "-e",
+    HOST,
+    "-u",
+    USER,
+    "-w",
+    PASSWORD,
+)
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -338,7 +353,7 @@ def test_turnutils_uclient_tcp_relay(server: RunningServer, transport: str) -> N
     port = server.tls_port if transport == "tls" else server.port
     tls = ("-S",) if transport == "tls" else ()
     proc = subprocess.run(
-        [uclient, *UCLIENT_TCP_RELAY, *tls, "-u", USER, "-w", PASSWORD, "-p", str(port), HOST],
+        [uclient, *UCLIENT_TCP_RELAY, "-m", "2", *tls, "-p", str(port), HOST],
         capture_output=True,
         text=True,
         timeout=60,
@@ -352,15 +367,91 @@ def test_turnutils_uclient_tcp_relay(server: RunningServer, transport: str) -> N
     assert re.findall(r"Total lost packets (\d+)", out)[-1:] == ["0"], out[-3000:]
 
 
-def test_tcp_allocations_refused_with_workers(tmp_path: Path) -> None:
-    """Several workers: a data connection may land on another worker, so TCP allocations are
-    refused with a clear 442 rather than half working."""
-    running = start_server(tmp_path, workers=2, tls=False, http=False)
+def on_worker(server: RunningServer, worker: int, workers: int) -> socket.socket:
+    """A TCP connection to the server from a source port steered to ``worker``."""
+    while True:
+        sock = socket.socket()
+        sock.bind((HOST, 0))
+        if worker_for(sock.getsockname(), workers) == worker:
+            sock.connect((HOST, server.port))
+            return sock
+        sock.close()
+
+
+def test_data_connections_reach_the_owning_worker(tmp_path: Path, echo: tuple[str, int]) -> None:
+    """Two workers: a ConnectionBind steered to the worker that does not hold the peer
+    connection is piped to the one that does (Connect and ConnectionAttempt alike), and
+    coturn's client relays through them with nothing lost."""
+    running = start_server(
+        tmp_path,
+        "--allow-peer",
+        f"{HOST}/32",
+        "--allow-peer",
+        f"{PEER_HOST}/32",
+        allow_loopback=False,
+        workers=2,
+        tls=False,
+        http=False,
+    )
     try:
-        with pytest.raises(TurnError) as refused:
-            control(running)
-        assert refused.value.code == 442
-        reply: Message | None = refused.value.reply
-        assert reply is not None and b"--workers 1" in (reply.get(C.ERROR_CODE) or b"")
+        for control_worker in (0, 1):
+            client = BlockingTurnClient(
+                (HOST, running.port),
+                USER,
+                PASSWORD,
+                transport="tcp",
+                sock=on_worker(running, control_worker, 2),
+            )
+            txid = os.urandom(12)
+            reply = client.request(
+                C.ALLOCATE, [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_TCP))], txid
+            )
+            relayed = A.decode_xor_address(reply.get(C.XOR_RELAYED_ADDRESS) or b"", txid)
+            client.create_permission(echo)
+            client.create_permission((PEER_HOST, 0))
+            data = BlockingTurnClient(
+                (HOST, running.port),
+                USER,
+                PASSWORD,
+                transport="tcp",
+                timeout=5,
+                sock=on_worker(running, 1 - control_worker, 2),
+            )
+            bind = [(C.CONNECTION_ID, A.encode_u32(connect(client, echo)))]
+            data.request(C.CONNECTION_BIND, bind, os.urandom(12))
+            payload = os.urandom(100_000)
+            assert exchange(data.sock, payload) == payload
+            # Passive: a peer connects in; the bind again comes through the other worker.
+            peer = socket.create_connection(relayed, timeout=5, source_address=(PEER_HOST, 0))
+            attempt = parse_message(client.recv_raw())
+            assert attempt.method == C.CONNECTION_ATTEMPT
+            passive = BlockingTurnClient(
+                (HOST, running.port),
+                USER,
+                PASSWORD,
+                transport="tcp",
+                timeout=5,
+                sock=on_worker(running, 1 - control_worker, 2),
+            )
+            bind = [(C.CONNECTION_ID, attempt.get(C.CONNECTION_ID) or b"")]
+            passive.request(C.CONNECTION_BIND, bind, os.urandom(12))
+            peer.sendall(b"in")
+            passive.sock.settimeout(5)
+            assert passive.sock.recv(10) == b"in"
+            client.refresh(0)
+            assert closed_soon(data.sock) and closed_soon(passive.sock)
+            for closing in (peer, data.sock, passive.sock, client.sock):
+                closing.close()
+        port = str(running.port)
+        proc = subprocess.run(
+            [require_tool("turnutils_uclient"), *UCLIENT_TCP_RELAY, "-m", "2", "-p", port, HOST],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0, out[-3000:]
+        sent, received = map(int, re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", out)[-1])
+        assert sent > 0 and received == sent, out[-3000:]
     finally:
         stop_process(running.proc)

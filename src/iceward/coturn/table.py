@@ -210,8 +210,7 @@ ROWS: tuple[Row, ...] = (
         "`iceward firewall`"),
     Row(("dtls",), "unsupported", "no DTLS listener (browsers do not use DTLS to TURN)"),
     Row(("no-udp-relay", "no-tcp-relay"), "unsupported",
-        "UDP relays are always served, and RFC 6062 TCP relays with `workers = 1` (with more "
-        "workers an Allocate for TCP gets 442)"),
+        "UDP relays and RFC 6062 TCP relays are always served"),
     Row(("stun-only", "no-stun", "secure-stun"), "unsupported",
         "STUN Binding is always answered without authentication, and TURN is always on"),
     Row(("tcp-proxy-port",), "unsupported", "no PROXY protocol listener"),

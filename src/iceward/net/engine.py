@@ -25,6 +25,7 @@ from typing import Any
 
 from iceward.net import sniff
 from iceward.net.bandwidth import AllocationLimit, NodeCapacity
+from iceward.net.databind import DataBindHandoff, PipedStream, splice_to_pipe
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
@@ -116,6 +117,7 @@ class RelayEngine:
         )
         self._relays: UdpRelayAllocator | None = None
         self._tcp_relays: TcpRelays | None = None  # RFC 6062 (net/tcprelay.py)
+        self._databind: DataBindHandoff | None = None  # its data connections across workers
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tls: ssl.SSLContext | None = None
@@ -170,6 +172,11 @@ class RelayEngine:
             self._handoff = ReservationHandoff(
                 slot.handoff_name, slot.index, slot.count, self._relays, loop, self._deliver
             )
+            self._databind = DataBindHandoff(
+                slot.handoff_name, slot.index, slot.count, loop, self._adopt_piped
+            )
+        elif slot.count > 1:
+            params.turn.tcp_refusal = "TCP relaying needs the workers' hand-off"
         if slot.quota_fd is not None:
             self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)
         self.core = TurnServer(
@@ -276,6 +283,8 @@ class RelayEngine:
             self._timer.cancel()
         if self._handoff is not None:
             self._handoff.close()
+        if self._databind is not None:
+            self._databind.close()
         if self._tcp_relays is not None:
             self._tcp_relays.close()
         if self._relays is not None:
@@ -467,7 +476,45 @@ class RelayEngine:
         assert self.core is not None and conn.five_tuple is not None
         if self._handoff is not None and self._handoff.hold(data, conn.five_tuple):
             return
+        if self._databind is not None and self._pipe_out(conn, data):
+            return
         self._feed(self._from_client, data, conn.five_tuple)
+
+    # -- RFC 6062 data connections across workers (net/databind.py) ---------------------------
+    def _pipe_out(self, conn: StreamConnection, data: bytes) -> bool:
+        """A ConnectionBind for another worker's peer connection: the connection goes there."""
+        assert self._databind is not None and conn.five_tuple is not None
+        owner = self._databind.owner(data)
+        if owner is None or conn.transport is None or self.loop is None:
+            return False
+        pipe = self._databind.send(owner, data, conn.five_tuple)
+        if pipe is None:
+            return False
+        self._streams.pop(conn.five_tuple, None)
+        self._release(conn)
+        conn.hand_over(splice_to_pipe(self.loop, conn.transport, pipe))
+        return True
+
+    def _adopt_piped(self, sock: socket.socket, ft: FiveTuple, data: bytes) -> None:
+        """Another worker's client connection, piped here with its ConnectionBind."""
+        loop = self.loop
+        if loop is None or not self.listening or ft in self._streams:
+            sock.close()
+            return
+        conn = PipedStream(ft, self._on_stream_message, self._on_stream_open, self._on_close)
+        conn.counted = True
+        self._per_source[ft.client[0]] = self._per_source.get(ft.client[0], 0) + 1
+
+        async def start() -> None:
+            try:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            except OSError:
+                sock.close()
+                self._release(conn)
+                return
+            conn.data_received(data)
+
+        loop.create_task(start())
 
     def _to_http(self, conn: StreamConnection) -> HttpGate | None:
         """A connection on the TLS port turned out to be HTTP: it leaves the TURN side for a

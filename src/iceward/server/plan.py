@@ -151,9 +151,6 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         max_auth_failures=settings.max_auth_failures,
         max_challenges=settings.max_challenges,
     )
-    workers = workers or settings.workers or default_workers()
-    if workers > 1:  # a data connection is steered by its own port, maybe to another worker
-        turn.tcp_refusal = "TCP relaying needs --workers 1"
     own = list(listen_specific)
     if settings.alternate_address:  # RFC 5780 (config checked: one listen IP, fixed port)
         alternate = parse_alternate_address(settings.alternate_address, settings.port)
@@ -174,7 +171,7 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         generate_secret=not settings.secret,
         tls_port=tls_port_of(settings),
         http=settings.http_bind,
-        workers=workers,
+        workers=workers or settings.workers or default_workers(),
         usage=UsageParams(
             node=node_id_of(settings),
             region=settings.region,

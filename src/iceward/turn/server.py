@@ -184,7 +184,7 @@ class TurnServer:
         #: reached), or None to admit it; set by the adapter that keeps usage.
         self.admit: Callable[[str, str], str | None] | None = None
         #: RFC 6062 peer connections of the TCP allocations.
-        self.tcp = PeerConnections(config.max_tcp_connections)
+        self.tcp = PeerConnections(config.max_tcp_connections, (first_id - 1) % id_step, id_step)
 
     # -- queries -------------------------------------------------------------------------------
     @property

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from iceward.stun.message import Message
+from iceward.stun import constants as C
+from iceward.stun.message import Message, StunError, parse_message
 from iceward.turn.allocation import Address, Allocation, Relay
 
 #: Seconds an outgoing connection to a peer may take before 447 (RFC 6062 5.2: at least 30).
@@ -50,8 +51,12 @@ class ConnectionRefused(Exception):
 class PeerConnections:
     """Every peer connection of one server (or worker), by CONNECTION-ID and by allocation."""
 
-    def __init__(self, max_per_allocation: int) -> None:
+    def __init__(self, max_per_allocation: int, index: int = 0, count: int = 1) -> None:
+        """Worker ``index`` of ``count`` makes ids equal to its index modulo the count, so a
+        ConnectionBind reaching another worker tells it whose id it is (net/databind.py)."""
         self.max_per_allocation = max_per_allocation
+        self._index = index
+        self._count = count
         self._by_id: dict[int, PeerConnection] = {}
         self._by_allocation: dict[int, dict[Address, PeerConnection]] = {}
 
@@ -81,7 +86,8 @@ class PeerConnections:
             raise ConnectionRefused(508, "Too many TCP connections for this allocation")
         connection_id = 0
         while connection_id == 0 or connection_id in self._by_id:  # ids are not guessable
-            connection_id = int.from_bytes(os.urandom(4), "big")
+            drawn = int.from_bytes(os.urandom(4), "big") // self._count * self._count
+            connection_id = drawn + self._index
         conn = PeerConnection(connection_id, alloc, relay, peer, state, request)
         mine[peer] = conn
         self._by_id[connection_id] = conn
@@ -103,3 +109,17 @@ class PeerConnections:
         for conn in gone:
             self._by_id.pop(conn.id, None)
         return gone
+
+
+_CONNECTION_BIND_REQUEST = C.CONNECTION_BIND.to_bytes(2, "big")  # the class bits of a request: 0
+
+
+def bound_connection_id(data: bytes) -> int | None:
+    """The CONNECTION-ID a ConnectionBind request in ``data`` names, else None."""
+    if data[:2] != _CONNECTION_BIND_REQUEST:
+        return None
+    try:
+        value = parse_message(data).get(C.CONNECTION_ID)
+    except StunError:
+        return None
+    return int.from_bytes(value, "big") if value is not None and len(value) == 4 else None
