@@ -16,6 +16,7 @@ import re
 import select
 import socket
 import socketserver
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -93,6 +94,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         f"{PEER_HOST}/32",
         "--max-tcp-connections",
         str(MAX_CONNECTIONS),
+        "--usage-interval",
+        "0.5",
         allow_loopback=False,
         workers=1,
     )
@@ -227,6 +230,20 @@ def test_connect_bind_and_relay_both_ways(
     client.refresh(0)  # the allocation ends: its data connection with it
     assert closed_soon(data)
     client.close()
+    # Its usage record: the same bytes, the peer listed.
+    final = None
+    deadline = time.monotonic() + 5
+    while final is None and time.monotonic() < deadline:
+        with sqlite3.connect(server.data_dir / "iceward.db") as db:
+            final = db.execute(
+                "SELECT bytes_to_peer, bytes_to_client, transport, peers FROM usage_records "
+                "WHERE final = 1 AND allocation LIKE ?",
+                (f"%/{alloc['id']}",),
+            ).fetchone()
+        time.sleep(0.1)
+    assert final is not None
+    assert final[:3] == (len(payload) + 4, len(payload) + 4, "tcp")
+    assert echo[0] in json.loads(final[3])
 
 
 def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None:
