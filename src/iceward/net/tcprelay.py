@@ -84,6 +84,8 @@ class Side(asyncio.Protocol):
             if len(self.held) >= HELD_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
             return
+        if other.transport.is_closing():
+            return  # the pair is ending: nothing more goes through
         self._count(len(data))
         other.transport.write(data)
 
