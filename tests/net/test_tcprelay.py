@@ -227,6 +227,9 @@ def test_connect_bind_and_relay_both_ways(
     assert traffic["bytes_to_client"] == len(payload) + 4, traffic
     assert traffic["packets_to_peer"] > 0 and traffic["packets_to_client"] > 0
     assert alloc["client"]["transport"] == "tcp"
+    assert alloc["tcpConnections"] == [
+        {"id": connection_id, "peer": f"{echo[0]}:{echo[1]}", "state": "bound"}
+    ]
     client.refresh(0)  # the allocation ends: its data connection with it
     assert closed_soon(data)
     client.close()

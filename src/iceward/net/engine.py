@@ -391,6 +391,11 @@ class RelayEngine:
                         {"number": ch.number, "peer": f"{ch.peer[0]}:{ch.peer[1]}"}
                         for ch in alloc.channels.values()
                     ],
+                    # RFC 6062 peer connections (TCP allocations): connecting, pending, bound.
+                    "tcpConnections": [
+                        {"id": pc.id, "peer": f"{pc.peer[0]}:{pc.peer[1]}", "state": pc.state}
+                        for pc in (self.core.tcp.of(alloc.id) if self.core else [])
+                    ],
                     "ageSeconds": round(now - alloc.created, 1),
                     "idleSeconds": round(now - last_active, 1),
                     "expiresInSeconds": round(alloc.expires - now, 1),
