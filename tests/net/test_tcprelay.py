@@ -133,18 +133,20 @@ def connect(client: BlockingTurnClient, peer: tuple[str, int]) -> int:
     return A.decode_u32(reply.get(C.CONNECTION_ID) or b"")
 
 
-def data_connection(server: RunningServer, connection_id: int) -> socket.socket:
-    """A new connection to the server bound to ``connection_id``; then raw bytes."""
+def data_connection(server: RunningServer, connection_id: int) -> tuple[socket.socket, bytes]:
+    """A new connection to the server bound to ``connection_id`` (then raw bytes), and the
+    relayed bytes that came in the same read as the ConnectionBind response."""
     client = BlockingTurnClient((HOST, server.port), USER, PASSWORD, transport="tcp", timeout=5)
     attrs = [(C.CONNECTION_ID, A.encode_u32(connection_id))]
     client.request(C.CONNECTION_BIND, attrs, os.urandom(12))
-    assert not client._stream, "bytes after the ConnectionBind response"
-    return client.sock
+    return client.sock, bytes(client._stream)
 
 
-def exchange(sock: socket.socket, payload: bytes, timeout: float = 5.0) -> bytes:
-    """Send ``payload`` and read as many bytes back."""
-    sock.sendall(payload)
+def exchange(sock: socket.socket, payload: bytes, timeout: float = 15.0) -> bytes:
+    """Send ``payload`` (from a thread: a relay with flow control holds back what its reader
+    does not take) and read as many bytes back."""
+    sender = threading.Thread(target=sock.sendall, args=(payload,), daemon=True)
+    sender.start()
     got = bytearray()
     deadline = time.monotonic() + timeout
     sock.settimeout(timeout)
@@ -153,10 +155,11 @@ def exchange(sock: socket.socket, payload: bytes, timeout: float = 5.0) -> bytes
         if not chunk:
             break
         got += chunk
+    sender.join(timeout)
     return bytes(got)
 
 
-def closed_soon(sock: socket.socket, timeout: float = 5.0) -> bool:
+def closed_soon(sock: socket.socket, timeout: float = 15.0) -> bool:
     """The server closed ``sock`` (EOF or reset) within ``timeout``."""
     sock.settimeout(timeout)
     try:
@@ -211,12 +214,13 @@ def test_connect_bind_and_relay_both_ways(
     with pytest.raises(TurnError) as again:
         connect(client, echo)
     assert again.value.code == 446
-    data = data_connection(server, connection_id)
+    data, early = data_connection(server, connection_id)
+    assert early == b""  # the echo peer says nothing first
     payload = os.urandom(300_000)  # more than a socket buffer: flow control both ways
     assert exchange(data, payload) == payload
     assert exchange(data, b"ping") == b"ping"
     traffic: dict[str, int] = {}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         alloc = allocation_of(server, admin_key, relayed)
         traffic = alloc["traffic"]
@@ -235,7 +239,7 @@ def test_connect_bind_and_relay_both_ways(
     client.close()
     # Its usage record: the same bytes, the peer listed.
     final = None
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15
     while final is None and time.monotonic() < deadline:
         with sqlite3.connect(server.data_dir / "iceward.db") as db:
             final = db.execute(
@@ -265,9 +269,11 @@ def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None
         A.decode_xor_address(attempt.get(C.XOR_PEER_ADDRESS) or b"", attempt.transaction_id)
         == peer.getsockname()
     )
-    data = data_connection(server, A.decode_u32(attempt.get(C.CONNECTION_ID) or b""))
+    data, early = data_connection(server, A.decode_u32(attempt.get(C.CONNECTION_ID) or b""))
     data.settimeout(5)
-    assert data.recv(100) == b"early bytes"
+    while len(early) < len(b"early bytes"):  # held, then sent right after the response
+        early += data.recv(100)
+    assert early == b"early bytes"
     data.sendall(b"to the peer")
     peer.settimeout(5)
     assert peer.recv(100) == b"to the peer"
