@@ -255,7 +255,7 @@ def test_connect_bind_and_relay_both_ways(
 
 def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None:
     """A peer with a permission connecting in is announced (ConnectionAttempt) and bound; one
-    without is closed; closing the peer closes the client's data connection."""
+    without is closed; closing either end of a pair closes the other."""
     client, relayed = control(server)
     client.create_permission((PEER_HOST, 0))
     stranger = socket.create_connection(relayed, timeout=5, source_address=("127.0.0.4", 0))
@@ -279,6 +279,13 @@ def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None
     assert peer.recv(100) == b"to the peer"
     peer.close()
     assert closed_soon(data)
+    # The other way round: the client's data connection closes, the peer's goes with it.
+    second = socket.create_connection(relayed, timeout=5, source_address=(PEER_HOST, 0))
+    attempt = parse_message(client.recv_raw())
+    data, _ = data_connection(server, A.decode_u32(attempt.get(C.CONNECTION_ID) or b""))
+    data.close()
+    assert closed_soon(second)
+    second.close()
     client.close()
 
 
