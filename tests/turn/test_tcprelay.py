@@ -48,6 +48,11 @@ def test_tcp_allocation_refuses_udp_only_attributes_channels_and_workers() -> No
         txid=txid,
     )
     assert error_code(reply) == 400
+    client.create_permission(PEER)
+    txid = os.urandom(12)
+    send = [(C.XOR_PEER_ADDRESS, A.encode_xor_address(PEER, txid)), (C.DATA_ATTR, b"x")]
+    assert client.send_raw(encode_message(C.SEND, C.INDICATION, txid, send)) == []
+    assert server.counters["drop.send_indication_tcp"] == 1
     refusing, _ = make_server(config=TurnConfig(realm=REALM, tcp_refusal="not here"))
     assert error_code(tcp_client(refusing).request(C.ALLOCATE, TCP)) == 442
 

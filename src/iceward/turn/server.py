@@ -753,8 +753,11 @@ class TurnServer:
         except StunError:
             self.counters["drop.send_indication"] += 1
             return []
+        if alloc.tcp:  # RFC 6062: a TCP allocation's data goes over its data connections
+            self.counters["drop.send_indication_tcp"] += 1
+            return []
         relay = alloc.relays.get(family_of(peer[0]))
-        if relay is None or alloc.tcp or not alloc.has_permission(peer[0], now):
+        if relay is None or not alloc.has_permission(peer[0], now):
             self.counters["drop.no_permission"] += 1
             return []
         alloc.counters.packets_to_peer += 1
