@@ -86,8 +86,8 @@ class PeerConnections:
             raise ConnectionRefused(508, "Too many TCP connections for this allocation")
         connection_id = 0
         while connection_id == 0 or connection_id in self._by_id:  # ids are not guessable
-            drawn = int.from_bytes(os.urandom(4), "big") // self._count * self._count
-            connection_id = drawn + self._index
+            drawn = int.from_bytes(os.urandom(4), "big") % ((1 << 32) // self._count)
+            connection_id = drawn * self._count + self._index  # below 2**32, owner's residue
         conn = PeerConnection(connection_id, alloc, relay, peer, state, request)
         mine[peer] = conn
         self._by_id[connection_id] = conn
