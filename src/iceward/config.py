@@ -193,6 +193,9 @@ class ServerSettings(BaseSettings):
         10_000, ge=1, description="Allocations in all.", json_schema_extra=_flag("--total-quota")
     )
     max_permissions: int = Field(256, ge=1, description="Permissions per allocation.")
+    max_tcp_connections: int = Field(
+        32, ge=1, description="RFC 6062 peer connections per TCP allocation."
+    )
     default_lifetime: int = Field(
         600,
         ge=60,

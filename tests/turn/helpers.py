@@ -35,7 +35,7 @@ class FakeRelays:
         return self._families
 
     def allocate(
-        self, family: int, *, even: bool = False, reserve_next: bool = False
+        self, family: int, *, even: bool = False, reserve_next: bool = False, tcp: bool = False
     ) -> tuple[Relay, bytes | None]:
         if self.exhausted:
             raise RelayUnavailable(508, "no free relay port")

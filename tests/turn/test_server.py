@@ -261,9 +261,13 @@ def test_allocate_without_requested_transport_gets_400() -> None:
     assert error_code(Client(server).request(C.ALLOCATE, [])) == 400
 
 
-def test_allocate_tcp_relay_gets_442() -> None:
+def test_allocate_tcp_relay_over_udp_gets_400_and_other_transports_442() -> None:
+    """RFC 6062 5.1: TCP relays only for TCP/TLS clients; anything but UDP and TCP is 442."""
     server, _ = make_server()
-    reply = Client(server).request(C.ALLOCATE, [(C.REQUESTED_TRANSPORT, A.encode_one_byte(6))])
+    client = Client(server)
+    reply = client.request(C.ALLOCATE, [(C.REQUESTED_TRANSPORT, A.encode_one_byte(6))])
+    assert error_code(reply) == 400
+    reply = client.request(C.ALLOCATE, [(C.REQUESTED_TRANSPORT, A.encode_one_byte(132))])
     assert error_code(reply) == 442
 
 

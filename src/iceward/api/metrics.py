@@ -106,7 +106,15 @@ class ServerCollector(Collector):
         for name, n in sorted(c.items()):
             if name.startswith("usage.") and name != "usage.queued":
                 usage.add_metric([name[len("usage.") :]], n)
-        yield from (requests, errors, auth, refused, drops, binding, quota, drain, usage)
+        tcp = CounterMetricFamily(
+            "iceward_tcp_relay_connections",
+            "RFC 6062 peer connections, by event (connected, attempts, bound, refused_*, ...)",
+            labels=["event"],
+        )
+        for name, n in sorted(c.items()):
+            if name.startswith("tcp."):
+                tcp.add_metric([name[len("tcp.") :]], n)
+        yield from (requests, errors, auth, refused, drops, binding, quota, drain, usage, tcp)
         queued = GaugeMetricFamily(
             "iceward_usage_records_queued",
             "Usage records waiting in memory for the fleet's Redis stream",

@@ -141,7 +141,6 @@ ROWS: tuple[Row, ...] = (
         "generates one into its data dir"),
     Row(("fingerprint",), "built-in", "FINGERPRINT is answered whenever the request has one"),
     Row(("no-dtls",), "built-in", "there is no DTLS listener"),
-    Row(("no-tcp-relay",), "built-in", "relays are UDP (an Allocate for TCP gets 442)"),
     Row(("no-multicast-peers", "no-loopback-peers"), "built-in",
         "multicast and loopback peers are denied by default"),
     Row(("no-cli",), "built-in", "there is no telnet CLI"),
@@ -210,7 +209,8 @@ ROWS: tuple[Row, ...] = (
         "the port always serves UDP and TCP together; to refuse one, leave its rule out of "
         "`iceward firewall`"),
     Row(("dtls",), "unsupported", "no DTLS listener (browsers do not use DTLS to TURN)"),
-    Row(("no-udp-relay",), "unsupported", "relays are UDP; TCP relaying is not supported"),
+    Row(("no-udp-relay", "no-tcp-relay"), "unsupported",
+        "UDP relays and RFC 6062 TCP relays are always served"),
     Row(("stun-only", "no-stun", "secure-stun"), "unsupported",
         "STUN Binding is always answered without authentication, and TURN is always on"),
     Row(("tcp-proxy-port",), "unsupported", "no PROXY protocol listener"),

@@ -25,6 +25,7 @@ from typing import Any
 
 from iceward.net import sniff
 from iceward.net.bandwidth import AllocationLimit, NodeCapacity
+from iceward.net.databind import DataBindHandoff, PipedStream, splice_to_pipe
 from iceward.net.fastpath import FastPath, load_engine
 from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
@@ -34,6 +35,7 @@ from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
 from iceward.net.stream import StreamAcceptor, StreamConnection
+from iceward.net.tcprelay import TcpRelays
 from iceward.net.tls import server_context
 from iceward.net.tlsroute import HttpGate, TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
@@ -47,7 +49,9 @@ from iceward.turn.events import (
     AuthRefused,
     ChannelInstalled,
     ChannelRemoved,
+    DataConnectionBound,
     Output,
+    PeerConnect,
     PeerRefused,
     ToClient,
     ToPeer,
@@ -112,6 +116,8 @@ class RelayEngine:
             log, logging.WARNING, "refused TCP/TLS connections over the per-source cap"
         )
         self._relays: UdpRelayAllocator | None = None
+        self._tcp_relays: TcpRelays | None = None  # RFC 6062 (net/tcprelay.py)
+        self._databind: DataBindHandoff | None = None  # its data connections across workers
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._tls: ssl.SSLContext | None = None
@@ -166,6 +172,11 @@ class RelayEngine:
             self._handoff = ReservationHandoff(
                 slot.handoff_name, slot.index, slot.count, self._relays, loop, self._deliver
             )
+            self._databind = DataBindHandoff(
+                slot.handoff_name, slot.index, slot.count, loop, self._adopt_piped
+            )
+        elif slot.count > 1:
+            params.turn.tcp_refusal = "TCP relaying needs the workers' hand-off"
         if slot.quota_fd is not None:
             self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)
         self.core = TurnServer(
@@ -179,6 +190,9 @@ class RelayEngine:
             id_step=slot.count,
         )
         PRESSURE.install(loop, self.core.counters)
+        self._tcp_relays = self._relays.tcp = TcpRelays(
+            loop, self.core, self._apply, self._internal_error
+        )
         if self.fast is not None and params.turn.change_addresses is None:
             # RFC 5780 answers carry more than the mapped address: those stay in the core.
             self.fast.answer_binding(True)
@@ -269,6 +283,10 @@ class RelayEngine:
             self._timer.cancel()
         if self._handoff is not None:
             self._handoff.close()
+        if self._databind is not None:
+            self._databind.close()
+        if self._tcp_relays is not None:
+            self._tcp_relays.close()
         if self._relays is not None:
             self._relays.close()
         if self.fast is not None:
@@ -333,6 +351,7 @@ class RelayEngine:
     def relay_port_usage(self) -> tuple[int, int]:
         lo, hi = self.slot.relay_ports
         in_use = len(self._relays.active) if self._relays is not None else 0
+        in_use += self._tcp_relays.listening if self._tcp_relays is not None else 0
         return in_use, (hi - lo + 1) * len(self.params.relay_ips)
 
     def local_snapshot(self) -> Snapshot:
@@ -371,6 +390,11 @@ class RelayEngine:
                     "channels": [
                         {"number": ch.number, "peer": f"{ch.peer[0]}:{ch.peer[1]}"}
                         for ch in alloc.channels.values()
+                    ],
+                    # RFC 6062 peer connections (TCP allocations): connecting, pending, bound.
+                    "tcpConnections": [
+                        {"id": pc.id, "peer": f"{pc.peer[0]}:{pc.peer[1]}", "state": pc.state}
+                        for pc in (self.core.tcp.of(alloc.id) if self.core else [])
                     ],
                     "ageSeconds": round(now - alloc.created, 1),
                     "idleSeconds": round(now - last_active, 1),
@@ -472,7 +496,45 @@ class RelayEngine:
         assert self.core is not None and conn.five_tuple is not None
         if self._handoff is not None and self._handoff.hold(data, conn.five_tuple):
             return
+        if self._databind is not None and self._pipe_out(conn, data):
+            return
         self._feed(self._from_client, data, conn.five_tuple)
+
+    # -- RFC 6062 data connections across workers (net/databind.py) ---------------------------
+    def _pipe_out(self, conn: StreamConnection, data: bytes) -> bool:
+        """A ConnectionBind for another worker's peer connection: the connection goes there."""
+        assert self._databind is not None and conn.five_tuple is not None
+        owner = self._databind.owner(data)
+        if owner is None or conn.transport is None or self.loop is None:
+            return False
+        pipe = self._databind.send(owner, data, conn.five_tuple)
+        if pipe is None:
+            return False
+        self._streams.pop(conn.five_tuple, None)
+        self._release(conn)
+        conn.hand_over(splice_to_pipe(self.loop, conn.transport, pipe))
+        return True
+
+    def _adopt_piped(self, sock: socket.socket, ft: FiveTuple, data: bytes) -> None:
+        """Another worker's client connection, piped here with its ConnectionBind."""
+        loop = self.loop
+        if loop is None or not self.listening or ft in self._streams:
+            sock.close()
+            return
+        conn = PipedStream(ft, self._on_stream_message, self._on_stream_open, self._on_close)
+        conn.counted = True
+        self._per_source[ft.client[0]] = self._per_source.get(ft.client[0], 0) + 1
+
+        async def start() -> None:
+            try:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            except OSError:
+                sock.close()
+                self._release(conn)
+                return
+            conn.data_received(data)
+
+        loop.create_task(start())
 
     def _to_http(self, conn: StreamConnection) -> HttpGate | None:
         """A connection on the TLS port turned out to be HTTP: it leaves the TURN side for a
@@ -644,6 +706,10 @@ class RelayEngine:
                 self._peer_refused(out)  # type: ignore[arg-type]
             elif kind is AuthRefused:
                 self._auth_refused(out)  # type: ignore[arg-type]
+            elif kind is PeerConnect and self._tcp_relays is not None:  # RFC 6062
+                self._tcp_relays.connect(out.connection)  # type: ignore[union-attr]
+            elif kind is DataConnectionBound:
+                self._data_bound(out)  # type: ignore[arg-type]
         self._arm_timer()
 
     def _to_client(self, ft: FiveTuple, data: bytes) -> None:
@@ -655,6 +721,15 @@ class RelayEngine:
             conn = self._streams.get(ft)
             if conn is not None:
                 conn.write(data)
+
+    def _data_bound(self, bound: DataConnectionBound) -> None:
+        """RFC 6062: the client connection now carries a peer connection's bytes; it leaves
+        the STUN streams (and their per-source count and sweep)."""
+        stream = self._streams.pop(bound.five_tuple, None)
+        if stream is None or stream.transport is None or self._tcp_relays is None:
+            return  # closed meanwhile: the peer connection waits out its bind timeout
+        self._release(stream)
+        stream.hand_over(self._tcp_relays.bind(bound.connection, stream.transport))
 
     def _arm_timer(self) -> None:
         assert self.core is not None and self.loop is not None
@@ -775,6 +850,8 @@ class RelayEngine:
                 sums[0] += packets
                 sums[1] += nbytes
         self._activity.pop(alloc.id, None)
+        if alloc.tcp and self._tcp_relays is not None:
+            self._tcp_relays.close_allocation(alloc.id)
         if self.on_removed is not None:
             self.on_removed(alloc, reason)
         ft = alloc.five_tuple

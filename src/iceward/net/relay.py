@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from iceward.net.fastpath import RELAY, FastPath
 from iceward.net.links import LinkedSocket
 from iceward.net.portpool import PortPool
+from iceward.net.tcprelay import TcpRelays, bind_listener
 from iceward.stun.constants import FAMILY_IPV4, FAMILY_IPV6
 from iceward.turn.allocation import Address, Relay, TrafficCounters
 from iceward.turn.server import RelayUnavailable
@@ -276,6 +277,8 @@ class UdpRelayAllocator:
         self._ids = itertools.count(1)
         #: relay id -> its socket: the core's relays, as the engine finds them.
         self.active: dict[int, RelaySocket] = {}
+        #: Where RFC 6062 TCP relays listen (set by the engine; None: none are made).
+        self.tcp: TcpRelays | None = None
 
     def families(self) -> frozenset[int]:
         return frozenset(self._ips)
@@ -310,11 +313,13 @@ class UdpRelayAllocator:
         return handle
 
     def allocate(
-        self, family: int, *, even: bool = False, reserve_next: bool = False
+        self, family: int, *, even: bool = False, reserve_next: bool = False, tcp: bool = False
     ) -> tuple[Relay, bytes | None]:
         if family not in self._ips:
             raise RelayUnavailable(440, "address family not configured for relaying")
         pool = self._pools[family]
+        if tcp:
+            return self._tcp_relay(family, pool), None
         if not even and not reserve_next:
             sock = pool.take(lambda port: self._bind(family, port))
             if sock is None:
@@ -340,6 +345,23 @@ class UdpRelayAllocator:
             pool.hold(port)
             return self._wrap(sock, family), token
         raise RelayUnavailable(508, "no free relay port")
+
+    def _tcp_relay(self, family: int, pool: PortPool) -> Relay:
+        """RFC 6062: a listening TCP socket on a port of the same range."""
+        if self.tcp is None:
+            raise RelayUnavailable(442, "TCP relaying is not served here")
+        ip = self._ips[family]
+        try:
+            sock = pool.take(lambda port: bind_listener(ip, port))
+        except OSError as exc:
+            why = f"cannot bind a TCP relay on {ip}: {exc.strerror}"
+            raise RelayUnavailable(508, why) from None
+        if sock is None:
+            raise RelayUnavailable(508, "no free relay port")
+        port = sock.getsockname()[1]
+        handle = Relay(next(self._ids), family, (self._advertise.get(ip, ip), port))
+        self.tcp.listen(handle, sock)
+        return handle
 
     def allocate_reserved(self, token: bytes) -> Relay:
         entry = self._reserved.pop(token, None)
@@ -379,6 +401,10 @@ class UdpRelayAllocator:
         self._pools[family].release(sock.getsockname()[1])
 
     def release(self, relay: Relay) -> None:
+        port = self.tcp.unlisten(relay) if self.tcp is not None else None
+        if port is not None:
+            self._pools[relay.family].release(port)
+            return
         sock = self.active.pop(relay.id, None)
         if sock is not None:
             self._pools[relay.family].release(sock.bound[1])

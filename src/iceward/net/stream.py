@@ -86,6 +86,8 @@ class StreamConnection(asyncio.Protocol):
         self.counted = False
         #: Why it was refused (a ``drop`` reason for the owner to count), if it was.
         self.refused: str | None = None
+        #: Takes the bytes after the message that ended the STUN framing (see :meth:`hand_over`).
+        self._successor: Callable[[bytes], None] | None = None
         #: The first bytes were checked for a PROXY header (never welcome here: a trusted
         #: sender's was taken off before, see :mod:`iceward.net.prelude`).
         self._checked = False
@@ -109,6 +111,13 @@ class StreamConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
             return
         transport.write(data)
+
+    def hand_over(self, successor: Callable[[bytes], None]) -> None:
+        """RFC 6062 ConnectionBind: from the end of the current message on, the stream is
+        relayed data: ``successor`` takes what is already buffered, the transport is another
+        protocol's, and this one neither frames nor reports a close any more."""
+        self._closed = True
+        self._successor = successor
 
     def abort(self, why: str, level: int = logging.INFO) -> None:
         log.log(level, "closing %s: %s", self.five_tuple, why)
@@ -171,6 +180,9 @@ class StreamConnection(asyncio.Protocol):
                 return
             pos += total
             if self._closed:
+                if self._successor is not None and size > pos:  # handed over (RFC 6062)
+                    self._successor(bytes(buf[pos:]))
+                    buf.clear()
                 return
         if pos:
             self.active = True

@@ -147,6 +147,7 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         max_allocations_per_user=settings.max_allocations_per_user,
         max_allocations=settings.max_allocations,
         max_permissions_per_allocation=settings.max_permissions,
+        max_tcp_connections=settings.max_tcp_connections,
         max_auth_failures=settings.max_auth_failures,
         max_challenges=settings.max_challenges,
     )

@@ -104,6 +104,8 @@ class Allocation:
     transaction_id: bytes
     allocate_response: bytes
     dont_fragment: bool = False
+    #: RFC 6062: the relayed address is a TCP listener (no channels, no Send indications).
+    tcp: bool = False
     permissions: dict[str, float] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)
     channels_by_peer: dict[Address, Channel] = field(default_factory=dict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
+from iceward.turn.tcprelay import PeerConnection
 
 
 @dataclass(slots=True)
@@ -72,6 +73,23 @@ class PeerRefused:
     reason: str
 
 
+@dataclass(slots=True)
+class PeerConnect:
+    """RFC 6062 Connect: open a TCP connection from the relayed address to ``connection.peer``
+    and report the outcome with ``TurnServer.connect_result``."""
+
+    connection: PeerConnection
+
+
+@dataclass(slots=True)
+class DataConnectionBound:
+    """RFC 6062 ConnectionBind succeeded: after its response, the client connection
+    ``five_tuple`` stops carrying STUN and carries ``connection``'s bytes both ways."""
+
+    connection: PeerConnection
+    five_tuple: FiveTuple
+
+
 Output = (
     ToClient
     | ToPeer
@@ -81,4 +99,6 @@ Output = (
     | ChannelRemoved
     | PeerRefused
     | AuthRefused
+    | PeerConnect
+    | DataConnectionBound
 )

@@ -38,17 +38,22 @@ from iceward.turn.events import (
     AuthRefused,
     ChannelInstalled,
     ChannelRemoved,
+    DataConnectionBound,
     Output,
+    PeerConnect,
     PeerRefused,
     ToClient,
     ToPeer,
 )
 from iceward.turn.policy import PeerPolicy, PolicyDecision
 from iceward.turn.quota import LocalQuota, QuotaLedger
+from iceward.turn.tcprelay import BOUND, CONNECTING, PENDING, ConnectionRefused, PeerConnections
 
 _CHANNEL_HEADER = struct.Struct("!HH")
 _ALLOCATE_REQUEST = struct.pack("!H", C.ALLOCATE)  # the class bits of a request are 0
-_TURN_METHODS = frozenset({C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND})
+_TURN_METHODS = frozenset(
+    {C.ALLOCATE, C.REFRESH, C.CREATE_PERMISSION, C.CHANNEL_BIND, C.CONNECT, C.CONNECTION_BIND}
+)
 #: method -> its request counter, built once rather than formatted per request.
 _REQUEST_COUNTER = {method: f"request.{name}" for method, name in C.METHOD_NAMES.items()}
 _OWN_RELAY = PolicyDecision(False, "the allocation's own relayed address")
@@ -72,9 +77,10 @@ class RelayAllocator(Protocol):
     def families(self) -> frozenset[int]: ...
 
     def allocate(
-        self, family: int, *, even: bool = False, reserve_next: bool = False
+        self, family: int, *, even: bool = False, reserve_next: bool = False, tcp: bool = False
     ) -> tuple[Relay, bytes | None]:
-        """A relay for ``family``; with ``reserve_next`` also a token for the next port."""
+        """A relay for ``family``; with ``reserve_next`` also a token for the next port; with
+        ``tcp`` a listening TCP socket (RFC 6062) instead of a UDP one."""
         ...
 
     def allocate_reserved(self, token: bytes) -> Relay: ...
@@ -106,6 +112,11 @@ class TurnConfig:
     #: responses then carry OTHER-ADDRESS and RESPONSE-ORIGIN, and CHANGE-REQUEST is honoured by
     #: answering from the other IP and/or port (the I/O adapter listens on all four).
     change_addresses: tuple[Address, Address] | None = None
+    #: RFC 6062 TCP allocations; None allows them, else the reason phrase of the 442 refusing
+    #: them (with several workers a data connection may reach a worker not holding its peer).
+    tcp_refusal: str | None = None
+    #: Peer connections (pending or bound) per TCP allocation.
+    max_tcp_connections: int = 32
 
 
 @dataclass(slots=True)
@@ -172,6 +183,8 @@ class TurnServer:
         #: (account, username) -> the reason phrase refusing a new allocation (a byte quota
         #: reached), or None to admit it; set by the adapter that keeps usage.
         self.admit: Callable[[str, str], str | None] | None = None
+        #: RFC 6062 peer connections of the TCP allocations.
+        self.tcp = PeerConnections(config.max_tcp_connections, (first_id - 1) % id_step, id_step)
 
     # -- queries -------------------------------------------------------------------------------
     @property
@@ -321,6 +334,9 @@ class TurnServer:
             if msg.method == C.ALLOCATE:
                 self._allocate(msg, ft, auth, now, out)
                 return out
+            if msg.method == C.CONNECTION_BIND:
+                self._connection_bind(msg, ft, auth, out)
+                return out
             alloc = self._allocations.get(ft)
             if alloc is None:
                 raise _Reply(437)
@@ -330,6 +346,8 @@ class TurnServer:
                 self._refresh(msg, alloc, auth, now, out)
             elif msg.method == C.CREATE_PERMISSION:
                 self._create_permission(msg, alloc, auth, now, out)
+            elif msg.method == C.CONNECT:
+                self._connect(msg, alloc, auth, now, out)
             else:
                 self._channel_bind(msg, alloc, auth, now, out)
         except _Reply as r:
@@ -520,12 +538,15 @@ class TurnServer:
         transport = msg.get(C.REQUESTED_TRANSPORT)
         if transport is None:
             raise _Reply(400, "REQUESTED-TRANSPORT missing")
-        if A.decode_one_byte(transport, "REQUESTED-TRANSPORT") != C.TRANSPORT_UDP:
+        tcp = A.decode_one_byte(transport, "REQUESTED-TRANSPORT") == C.TRANSPORT_TCP
+        if not tcp and A.decode_one_byte(transport, "REQUESTED-TRANSPORT") != C.TRANSPORT_UDP:
             raise _Reply(442)
         token = msg.get(C.RESERVATION_TOKEN)
         even = msg.get(C.EVEN_PORT)
         requested_family = msg.get(C.REQUESTED_ADDRESS_FAMILY)
         additional_family = msg.get(C.ADDITIONAL_ADDRESS_FAMILY)
+        if tcp:
+            self._check_tcp_allocate(msg, ft)
         if token is not None and (
             even is not None or requested_family is not None or additional_family is not None
         ):
@@ -561,6 +582,8 @@ class TurnServer:
         try:
             if token is not None:
                 relay = self.relays.allocate_reserved(token)
+            elif tcp:
+                relay = self.relays.allocate(families[0], tcp=True)[0]
             else:
                 reserve_next = A.decode_even_port(even) if even is not None else False
                 relay, new_token = self.relays.allocate(
@@ -601,6 +624,7 @@ class TurnServer:
             transaction_id=txid,
             allocate_response=reply.data,
             dont_fragment=msg.has(C.DONT_FRAGMENT),
+            tcp=tcp,
         )
         self._allocations[ft] = alloc
         self._by_id[alloc.id] = alloc
@@ -679,6 +703,8 @@ class TurnServer:
     def _channel_bind(
         self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
     ) -> None:
+        if alloc.tcp:
+            raise _Reply(400, "No channels on a TCP allocation")
         number_v, peer_v = msg.get(C.CHANNEL_NUMBER), msg.get(C.XOR_PEER_ADDRESS)
         if number_v is None or peer_v is None:
             raise _Reply(400, "CHANNEL-NUMBER or XOR-PEER-ADDRESS missing")
@@ -726,6 +752,9 @@ class TurnServer:
             peer = A.decode_xor_address(peer_v, msg.transaction_id)
         except StunError:
             self.counters["drop.send_indication"] += 1
+            return []
+        if alloc.tcp:  # RFC 6062: a TCP allocation's data goes over its data connections
+            self.counters["drop.send_indication_tcp"] += 1
             return []
         relay = alloc.relays.get(family_of(peer[0]))
         if relay is None or not alloc.has_permission(peer[0], now):
@@ -777,7 +806,118 @@ class TurnServer:
             self.relays.release(relay)
         for channel in alloc.channels.values():
             out.append(ChannelRemoved(channel))
+        if alloc.tcp:
+            self.tcp.drop_allocation(alloc.id)  # the adapter closes them with the allocation
         out.append(AllocationRemoved(alloc, reason))
+
+    # -- RFC 6062 TCP relaying -----------------------------------------------------------------
+    def _check_tcp_allocate(self, msg: Message, ft: FiveTuple) -> None:
+        """RFC 6062 5.1: TCP relays for TCP/TLS clients, one family, no UDP-only attributes."""
+        if self.config.tcp_refusal is not None:
+            raise _Reply(442, self.config.tcp_refusal)
+        if not ft.is_stream:
+            raise _Reply(400, "TCP relaying needs a TCP or TLS connection")
+        if msg.has(C.DONT_FRAGMENT) or msg.has(C.EVEN_PORT) or msg.has(C.RESERVATION_TOKEN):
+            raise _Reply(400, "DONT-FRAGMENT, EVEN-PORT or RESERVATION-TOKEN on TCP")
+        if msg.has(C.ADDITIONAL_ADDRESS_FAMILY):
+            raise _Reply(400, "ADDITIONAL-ADDRESS-FAMILY on TCP")
+
+    def _connect(
+        self, msg: Message, alloc: Allocation, auth: _Auth, now: float, out: list[Output]
+    ) -> None:
+        """RFC 6062 5.2: after the peer policy and the permission, ask the adapter to connect;
+        the answer waits for :meth:`connect_result`."""
+        if not alloc.tcp:
+            raise _Reply(400, "Connect needs a TCP allocation")
+        peer_v = msg.get(C.XOR_PEER_ADDRESS)
+        if peer_v is None:
+            raise _Reply(400, "XOR-PEER-ADDRESS missing")
+        refused: list[Output] = []
+        try:
+            peer = self._peer_address(peer_v, msg, alloc, refused)
+        finally:
+            out.extend(refused)
+        if not alloc.has_permission(peer[0], now):
+            self.counters["tcp.refused_no_permission"] += 1
+            raise _Reply(403, "No permission for that peer")
+        relay = alloc.relays[family_of(peer[0])]
+        try:
+            conn = self.tcp.open(alloc, relay, peer, CONNECTING, (msg, auth))
+        except ConnectionRefused as exc:
+            self.counters["tcp.refused_cap" if exc.code == 508 else "tcp.refused_duplicate"] += 1
+            raise _Reply(exc.code, str(exc)) from None
+        out.append(PeerConnect(conn))
+
+    def connect_result(self, connection_id: int, ok: bool, now: float) -> list[Output]:
+        """The adapter's outcome of a :class:`PeerConnect`: the Connect's answer (CONNECTION-ID,
+        or 447 and the entry forgotten)."""
+        conn = self.tcp.get(connection_id)
+        if conn is None or conn.state != CONNECTING or conn.request is None:
+            return []  # the allocation ended meanwhile
+        msg, auth = conn.request
+        assert isinstance(auth, _Auth)
+        conn.request = None
+        ft = conn.allocation.five_tuple
+        if not ok:
+            self.tcp.remove(connection_id)
+            self.counters["tcp.connect_failed"] += 1
+            return [self._error(msg, ft, 447, auth)]
+        conn.state = PENDING
+        self.counters["tcp.connected"] += 1
+        attrs = [(C.CONNECTION_ID, A.encode_u32(connection_id))]
+        return [self._reply(msg, ft, C.SUCCESS, attrs, auth)]
+
+    def accept_peer(
+        self, relay_id: int, peer: Address, now: float
+    ) -> tuple[int | None, list[Output]]:
+        """RFC 6062 5.3: a peer connected to a TCP relayed address. Its CONNECTION-ID and the
+        ConnectionAttempt for the client, or None (no permission, over the cap): close it."""
+        alloc = self._by_relay.get(relay_id)
+        if alloc is None or not alloc.tcp:
+            return None, []
+        if not alloc.has_permission(peer[0], now):
+            self.counters["tcp.refused_no_permission"] += 1
+            return None, []
+        try:
+            conn = self.tcp.open(alloc, alloc.relays[family_of(peer[0])], peer, PENDING)
+        except (ConnectionRefused, KeyError) as exc:
+            code = exc.code if isinstance(exc, ConnectionRefused) else 0
+            self.counters["tcp.refused_cap" if code == 508 else "tcp.refused_duplicate"] += 1
+            return None, []
+        self.counters["tcp.attempts"] += 1
+        txid = _transaction_id()
+        attrs = [
+            (C.XOR_PEER_ADDRESS, A.encode_xor_address(peer, txid)),
+            (C.CONNECTION_ID, A.encode_u32(conn.id)),
+        ]
+        data = encode_message(C.CONNECTION_ATTEMPT, C.INDICATION, txid, attrs)
+        return conn.id, [ToClient(alloc.five_tuple, data)]
+
+    def _connection_bind(self, msg: Message, ft: FiveTuple, auth: _Auth, out: list[Output]) -> None:
+        """RFC 6062 5.4: a new client connection takes over a pending peer connection."""
+        if not ft.is_stream:
+            raise _Reply(400, "ConnectionBind needs a TCP or TLS connection")
+        if ft in self._allocations:
+            raise _Reply(400, "ConnectionBind on a control connection")
+        value = msg.get(C.CONNECTION_ID)
+        conn = None
+        if value is not None and len(value) == 4:
+            conn = self.tcp.get(A.decode_u32(value, "CONNECTION-ID"))
+        if conn is None or conn.state != PENDING:
+            self.counters["tcp.bind_unknown"] += 1
+            raise _Reply(400, "Unknown CONNECTION-ID")
+        if conn.allocation.username != auth.username:
+            raise _Reply(441)
+        conn.state = BOUND
+        self.counters["tcp.bound"] += 1
+        out.append(self._reply(msg, ft, C.SUCCESS, [], auth))
+        out.append(DataConnectionBound(conn, ft))
+
+    def tcp_closed(self, connection_id: int, now: float) -> list[Output]:
+        """The adapter closed a peer connection (either side ended, or no ConnectionBind came
+        in time): its CONNECTION-ID and its peer are free again."""
+        self.tcp.remove(connection_id)
+        return []
 
 
 def claimed_reservation(data: bytes) -> bytes | None:
