@@ -30,6 +30,7 @@ from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
 from iceward.net.httpshandoff import HttpsPipe
 from iceward.net.localaddrs import expand_local
+from iceward.net.nativestream import NativeStream
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
@@ -665,6 +666,13 @@ class RelayEngine:
                 listener.fd, ft.client, channel.number, relay.fd, channel.peer, alloc.counters
             )
             return
+        native = self._native_stream(ft)
+        if native is not None:
+            assert self.fast is not None
+            self.fast.install(
+                native.fd, ft.client, channel.number, relay.fd, channel.peer, alloc.counters
+            )
+            return
         to_peer = ClientEntry(relay.sock.sendto, channel.peer, alloc.counters)
         if ft.transport == "udp":
             peer_send = relay.link(channel.peer)
@@ -689,6 +697,19 @@ class RelayEngine:
                 conn.write, None, channel.number, alloc.counters, True
             )
 
+    def _native_stream(self, ft: FiveTuple) -> NativeStream | None:
+        """A plain TCP client's connection as the native engine serves it (made on its first
+        channel), or None: no engine, TLS, or gone."""
+        if self.fast is None or ft.transport != "tcp":
+            return None
+        conn = self._streams.get(ft)
+        if conn is None:
+            return None
+        if conn.native is None and NativeStream.usable(conn.transport):
+            assert conn.transport is not None
+            conn.native = NativeStream(self.fast, conn.transport, conn.write, ft.client)
+        return conn.native
+
     def _uninstall(self, channel: Channel) -> None:
         alloc = channel.allocation
         ft = alloc.five_tuple
@@ -696,6 +717,10 @@ class RelayEngine:
             listener = self._udp.get(ft.server)
             if listener is not None:
                 self.fast.uninstall(listener.fd, ft.client, channel.number)
+            return
+        conn = self._streams.get(ft) if self.fast is not None else None
+        if conn is not None and conn.native is not None:
+            self.fast.uninstall(conn.native.fd, ft.client, channel.number)  # type: ignore[union-attr]
             return
         relay = self._socket_of(alloc.relays.get(family_of(channel.peer[0])))
         if relay is not None:
