@@ -6,7 +6,10 @@
    mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
    fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
    removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
-   request that lies, and a valid Binding request handed back.
+   request that lies, and a valid Binding request handed back. TCP client streams: ChannelData
+   frames served from a stream cut anywhere (and at every byte), with lying lengths, garbage and
+   frames for Python between them; peer datagrams framed onto a TCP connection whose writes come
+   up short, finished in order by a stand-in for the Python transport.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
