@@ -31,10 +31,11 @@
  * here: asyncio reads it. stream_input() serves the ChannelData frames at the front of what was
  * read for installed channels ((stream fd, client, channel) entries, as a listener's) and stops at
  * the first frame it does not serve, which Python handles as before. A peer's datagram whose
- * entry points at a stream is framed (padded to 4 bytes, RFC 8656 section 12.5) and written to
- * the socket at once; if the socket takes less than the whole frame, or the stream is held (its
- * Python transport has bytes waiting), the rest and every later frame go back to Python, which
- * writes them through the transport in order and releases the hold once its buffer is empty.
+ * entry points at a stream is framed (padded to 4 bytes, RFC 8656 section 12.5); the frames of
+ * one poll for one stream leave in one sendmsg at its end. If the socket takes less than all of
+ * them, or the stream is held (its Python transport has bytes waiting), the rest of the frame cut
+ * short and every later frame go back to Python, which writes them through the transport in
+ * order and releases the hold once its buffer is empty.
  *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
@@ -145,6 +146,17 @@ typedef struct {
     int len;   /* of data */
 } fp_out;
 
+/* A frame for a stream, written when the poll ends. */
+typedef struct {
+    int fd;
+    int slot;
+    char *data;
+    int len;
+    char hdr[4];
+} fp_sout;
+
+#define FP_STREAM_IOV 1020 /* iovecs per stream sendmsg (3 per frame), under IOV_MAX */
+
 typedef struct fp_engine {
     int epfd;
     pthread_mutex_t lock;
@@ -175,6 +187,10 @@ typedef struct fp_engine {
     uint64_t rcbuf[FP_POOL][4];
     fp_miss miss[FP_MAXOUT];
     fp_out out[FP_MAXOUT];
+    fp_sout sout[FP_MAXOUT];
+    int nsout;
+    uint8_t sdone[FP_MAXOUT];
+    struct iovec stiov[FP_STREAM_IOV];
     char hdrs[FP_MAXOUT][4];
     unsigned char answers[FP_MAXOUT][FP_BINDING_MAX];
     struct mmsghdr smsg[FP_MAXOUT];
@@ -967,45 +983,111 @@ static size_t fp_stream_input(fp_engine *e, int fd, const struct sockaddr *src, 
     return pos;
 }
 
-/* Caller holds the lock. A peer's datagram p[0..len) framed for entry x's stream: written now,
- * or (what the socket did not take, every frame while the stream is held) handed to Python. */
-static void fp_stream_send(fp_engine *e, fp_entry *x, int fd, int slot, char *p, int len) {
-    int sfd = x->out_fd;
-    if (e->nmiss == FP_MAXOUT) { /* no room to hand a rest back: the whole frame is dropped */
+/* Hands frame f (from byte skip on) back to Python, for the stream's transport. */
+static void fp_stream_hand(fp_engine *e, const fp_sout *f, int skip) {
+    fp_miss *m = &e->miss[e->nmiss++];
+    m->fd = f->fd;
+    m->slot = f->slot;
+    m->data = f->data;
+    m->len = f->len;
+    m->skip = skip;
+    memcpy(m->hdr, f->hdr, 4);
+    m->stream = 1;
+}
+
+/* Caller holds the lock. A peer's datagram p[0..len) framed for entry x's stream: queued for
+ * the end of the poll, or (the stream held) handed to Python. Room is kept in the miss list for
+ * every queued frame, so that a frame cut short can always be finished; without room the whole
+ * frame is dropped, which keeps the stream's framing. */
+static void fp_stream_send(fp_engine *e, fp_entry *x, int slot, char *p, int len) {
+    if (e->nmiss + e->nsout >= FP_MAXOUT) {
         e->stat_dropped++;
         return;
     }
+    fp_sout f = {x->out_fd, slot, p, len,
+                 {(char)(x->out_chan >> 8), (char)(x->out_chan & 0xFF), (char)(len >> 8),
+                  (char)(len & 0xFF)}};
+    if (e->kinds[x->out_fd] == FP_STREAM)
+        e->sout[e->nsout++] = f;
+    else
+        fp_stream_hand(e, &f, 0);
+}
+
+/* Caller holds the lock. Writes the queued frames, one sendmsg per stream (in runs of
+ * FP_STREAM_IOV iovecs); what a socket did not take goes to Python and holds the stream. */
+static void fp_stream_flush(fp_engine *e) {
     static const char zeros[4];
-    char hdr[4] = {(char)(x->out_chan >> 8), (char)(x->out_chan & 0xFF), (char)(len >> 8),
-                   (char)(len & 0xFF)};
-    int pad = -len & 3;
-    int written = 0;
-    if (e->kinds[sfd] == FP_STREAM) {
-        struct iovec iov[3] = {{hdr, 4}, {p, (size_t)len}, {(void *)zeros, (size_t)pad}};
-        struct msghdr h;
-        memset(&h, 0, sizeof(h));
-        h.msg_iov = iov;
-        h.msg_iovlen = pad ? 3 : 2;
-        ssize_t r = sendmsg(sfd, &h, MSG_DONTWAIT | MSG_NOSIGNAL);
-        e->stat_send_calls++;
-        if (r == 4 + len + pad)
-            return;
-        if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            e->stat_send_errors++; /* the connection is going: Python hears of it */
-            return;
+    int n = e->nsout;
+    memset(e->sdone, 0, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        if (e->sdone[i])
+            continue;
+        int fd = e->sout[i].fd;
+        int held = 0;
+        for (int j = i; j < n;) {
+            /* One run: the frames of fd from j on, as many as the iovecs hold. */
+            int iv = 0, first = -1, last = j;
+            size_t want = 0;
+            for (int k = j; k < n && iv + 3 <= FP_STREAM_IOV; k++) {
+                fp_sout *f = &e->sout[k];
+                if (e->sdone[k] || f->fd != fd)
+                    continue;
+                if (first < 0)
+                    first = k;
+                int pad = -f->len & 3;
+                e->stiov[iv++] = (struct iovec){f->hdr, 4};
+                e->stiov[iv++] = (struct iovec){f->data, (size_t)f->len};
+                if (pad)
+                    e->stiov[iv++] = (struct iovec){(void *)zeros, (size_t)pad};
+                want += (size_t)(4 + f->len + pad);
+                last = k + 1;
+            }
+            if (first < 0)
+                break;
+            ssize_t r = 0;
+            if (!held) {
+                struct msghdr h;
+                memset(&h, 0, sizeof(h));
+                h.msg_iov = e->stiov;
+                h.msg_iovlen = (size_t)iv;
+                do {
+                    r = sendmsg(fd, &h, MSG_DONTWAIT | MSG_NOSIGNAL);
+                } while (r < 0 && errno == EINTR);
+                e->stat_send_calls++;
+                if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                    e->stat_send_errors++; /* the connection is going: Python hears of it */
+                    for (int k = first; k < last; k++)
+                        if (e->sout[k].fd == fd)
+                            e->sdone[k] = 1;
+                    j = last;
+                    continue;
+                }
+                if (r < 0)
+                    r = 0;
+            }
+            size_t taken = (size_t)r;
+            for (int k = first; k < last; k++) {
+                fp_sout *f = &e->sout[k];
+                if (e->sdone[k] || f->fd != fd)
+                    continue;
+                e->sdone[k] = 1;
+                size_t size = (size_t)(4 + f->len + (-f->len & 3));
+                if (taken >= size) {
+                    taken -= size;
+                    continue;
+                }
+                fp_stream_hand(e, f, (int)taken); /* cut short, or after one that was */
+                taken = 0;
+                held = 1;
+            }
+            if ((size_t)r < want)
+                held = 1;
+            j = last;
         }
-        written = r > 0 ? (int)r : 0;
-        e->kinds[sfd] = FP_STREAM_HELD;
+        if (held && fd < e->nkinds && e->kinds[fd] == FP_STREAM)
+            e->kinds[fd] = FP_STREAM_HELD;
     }
-    fp_miss *m = &e->miss[e->nmiss++];
-    m->fd = sfd;
-    m->slot = slot;
-    m->data = p;
-    m->len = len;
-    m->skip = written;
-    memcpy(m->hdr, hdr, 4);
-    m->stream = 1;
-    (void)fd;
+    e->nsout = 0;
 }
 
 static char *fp_slot_data(fp_engine *e, int slot) { return e->pool + (size_t)slot * FP_STRIDE + 4; }
@@ -1077,12 +1159,12 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
             x->bytes += (uint64_t)len;
             e->stat_hits++;
             if (x->out_fd < e->nkinds && e->kinds[x->out_fd] >= FP_STREAM)
-                fp_stream_send(e, x, fd, s, (char *)p, len);
+                fp_stream_send(e, x, s, (char *)p, len);
             else
                 fp_add_out(e, x->out_fd, x, hdr, (char *)p, len);
             goto next;
         }
-        if (e->nmiss == FP_MAXOUT) {
+        if (e->nmiss + e->nsout >= FP_MAXOUT) { /* (room kept for queued stream frames) */
             e->stat_dropped++;
         } else {
             fp_miss *m = &e->miss[e->nmiss++];
@@ -1111,6 +1193,7 @@ static int fp_poll(fp_engine *e, int timeout) {
     int used = 0;
     e->nmiss = 0;
     e->nout = 0;
+    e->nsout = 0;
     for (int i = 0; i < n && used < FP_POOL; i++) {
         int fd = ev[i].data.fd;
         int kind = fd >= 0 && fd < e->nkinds ? e->kinds[fd] : 0;
@@ -1141,6 +1224,7 @@ static int fp_poll(fp_engine *e, int timeout) {
         used += r;
     }
     fp_flush(e);
+    fp_stream_flush(e);
     pthread_mutex_unlock(&e->lock);
     return e->nmiss;
 }

@@ -126,6 +126,14 @@ class StreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        native = self.native
+        if native is not None and not self._buf:  # nothing held back: the engine reads data
+            pos = native.input(data, 0)
+            if pos:
+                self.active = True
+                if pos == len(data):
+                    return
+                data = data[pos:]
         buf = self._buf
         buf += data
         if not self._checked:
