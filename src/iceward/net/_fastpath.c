@@ -1484,14 +1484,14 @@ static PyObject *Engine_collect(Engine *self, PyObject *args) {
     return list;
 }
 
-/* A stream frame handed back: (stream fd, its bytes from m->skip on, None). */
-static PyObject *stream_rest(const fp_miss *m) {
-    int pad = -m->len & 3;
-    Py_ssize_t total = 4 + m->len + pad;
-    PyObject *data = PyBytes_FromStringAndSize(NULL, total - m->skip);
-    if (data == NULL)
-        return NULL;
-    char *out = PyBytes_AS_STRING(data);
+/* Bytes of stream frame m handed back (from m->skip on). */
+static Py_ssize_t stream_size(const fp_miss *m) {
+    return 4 + m->len + (-m->len & 3) - m->skip;
+}
+
+/* Writes stream frame m (from m->skip on) at out; returns the end. */
+static char *stream_copy(const fp_miss *m, char *out) {
+    Py_ssize_t total = 4 + m->len + (-m->len & 3);
     Py_ssize_t i = m->skip; /* header, data, zeros: from i on */
     if (i < 4) {
         memcpy(out, m->hdr + i, (size_t)(4 - i));
@@ -1504,7 +1504,28 @@ static PyObject *stream_rest(const fp_miss *m) {
         i = 4 + m->len;
     }
     memset(out, 0, (size_t)(total - i));
-    return Py_BuildValue("(iNO)", m->fd, data, Py_None);
+    return out + (total - i);
+}
+
+/* (stream fd, bytes, None): every frame of misses[i..n) for the stream of misses[i], in order,
+ * in one piece (one write for the transport: over TLS, one record); each is marked in taken. */
+static PyObject *stream_rest(const fp_miss *misses, int i, int n, uint8_t *taken) {
+    int fd = misses[i].fd;
+    Py_ssize_t size = 0;
+    for (int j = i; j < n; j++)
+        if (misses[j].stream && misses[j].fd == fd)
+            size += stream_size(&misses[j]);
+    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
+    if (data == NULL)
+        return NULL;
+    char *out = PyBytes_AS_STRING(data);
+    for (int j = i; j < n; j++) {
+        if (misses[j].stream && misses[j].fd == fd) {
+            out = stream_copy(&misses[j], out);
+            taken[j] = 1;
+        }
+    }
+    return Py_BuildValue("(iNO)", fd, data, Py_None);
 }
 
 /* add_stream(fd): a TCP client's socket that entries may write ChannelData frames to. */
@@ -1562,7 +1583,8 @@ static PyObject *Engine_stream_input(Engine *self, PyObject *args) {
 }
 
 /* poll(timeout_ms=0) -> [(fd, data, (host, port))]: the datagrams that were not table hits;
- * (stream fd, bytes, None): the rest of a frame for a TCP client, for its transport. */
+ * (stream fd, bytes, None): frames for a TCP/TLS client (all of this poll's, the first maybe a
+ * rest), for its transport. */
 static PyObject *Engine_poll(Engine *self, PyObject *args) {
     int timeout = 0;
     if (!PyArg_ParseTuple(args, "|i", &timeout) || check_open(self))
@@ -1581,33 +1603,39 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
         self->busy = 0;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    PyObject *list = PyList_New(n);
+    PyObject *list = PyList_New(0);
     if (list == NULL) {
         self->busy = 0;
         return NULL;
     }
+    uint8_t *taken = e->sdone; /* free once the poll has flushed */
+    memset(taken, 0, (size_t)n);
     for (int i = 0; i < n; i++) {
         fp_miss *m = &e->miss[i];
-        if (m->stream) { /* (stream fd, the rest of a frame, None) */
-            PyObject *item = stream_rest(m);
-            if (item == NULL) {
+        if (taken[i])
+            continue;
+        if (m->stream) { /* (stream fd, its frames, None) */
+            PyObject *item = stream_rest(e->miss, i, n, taken);
+            if (item == NULL || PyList_Append(list, item) != 0) {
+                Py_XDECREF(item);
                 Py_DECREF(list);
                 self->busy = 0;
                 return NULL;
             }
-            PyList_SET_ITEM(list, i, item);
+            Py_DECREF(item);
             continue;
         }
         PyObject *addr = make_addr(&e->names[m->slot]);
         PyObject *item = addr == NULL ? NULL
                                       : Py_BuildValue("(iy#N)", m->fd, m->data,
                                                       (Py_ssize_t)m->len, addr);
-        if (item == NULL) {
+        if (item == NULL || PyList_Append(list, item) != 0) {
+            Py_XDECREF(item);
             Py_DECREF(list);
             self->busy = 0;
             return NULL;
         }
-        PyList_SET_ITEM(list, i, item);
+        Py_DECREF(item);
     }
     self->busy = 0;
     return list;

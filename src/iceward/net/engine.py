@@ -698,16 +698,18 @@ class RelayEngine:
             )
 
     def _native_stream(self, ft: FiveTuple) -> NativeStream | None:
-        """A plain TCP client's connection as the native engine serves it (made on its first
-        channel), or None: no engine, TLS, or gone."""
-        if self.fast is None or ft.transport != "tcp":
+        """A TCP or TLS client's connection as the native engine serves it (made on its first
+        channel), or None: no engine, or gone."""
+        if self.fast is None or ft.transport == "udp":
             return None
         conn = self._streams.get(ft)
         if conn is None:
             return None
         if conn.native is None and NativeStream.usable(conn.transport):
             assert conn.transport is not None
-            conn.native = NativeStream(self.fast, conn.transport, conn.write, ft.client)
+            conn.native = NativeStream(
+                self.fast, conn.transport, conn.write, ft.client, ft.transport == "tls"
+            )
         return conn.native
 
     def _uninstall(self, channel: Channel) -> None:

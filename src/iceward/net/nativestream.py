@@ -1,4 +1,4 @@
-"""A plain TCP client connection served by the native engine (:mod:`iceward.net.fastpath`).
+"""A TCP or TLS client connection served by the native engine (:mod:`iceward.net.fastpath`).
 
 asyncio still reads the socket: :meth:`NativeStream.input` lets the engine serve the ChannelData
 frames at the front of what was read, for channels installed with this stream, and stops at the
@@ -9,6 +9,12 @@ another socket while an entry names it). Writes must stay in order: whenever Pyt
 holds bytes back (a STUN answer the socket did not take at once), the stream is held and the
 engine hands every frame to :meth:`NativeStream._rest`, which writes it through the transport;
 once the transport's buffer is empty again the engine writes directly.
+
+Over TLS the engine reads what the TLS transport decrypted (the same way), and the stream stays
+held: the engine frames each peer datagram, the frames of one poll for the connection come
+back as one piece, and the transport encrypts them in one write (one TLS record, not one per
+datagram). Kernel TLS, which would let the engine write the socket itself, is not used: the
+kernel here has no ``tls`` module to test it against.
 """
 
 from __future__ import annotations
@@ -25,43 +31,51 @@ from iceward.turn.allocation import Address
 class NativeStream:
     """The engine's side of one TCP client connection."""
 
-    __slots__ = ("_fast", "_transport", "_write", "fd", "input")
+    __slots__ = ("_encrypted", "_fast", "_transport", "_write", "fd", "input")
 
     def __init__(
-        self, fast: FastPath, transport: asyncio.BaseTransport, write: Any, client: Address
+        self,
+        fast: FastPath,
+        transport: asyncio.BaseTransport,
+        write: Any,
+        client: Address,
+        encrypted: bool = False,
     ) -> None:
         """``write`` is the connection's own write (its backlog limit applies); ``client`` is
-        the key of its entries (the connection's five-tuple client)."""
+        the key of its entries (the connection's five-tuple client); ``encrypted``: TLS."""
         sock = transport.get_extra_info("socket")
         self.fd = os.dup(sock.fileno())
         self._fast = fast
         self._transport = transport
         self._write = write
+        self._encrypted = encrypted
         #: ``input(buffer, pos) -> pos``: serve the frames from pos on, say where it stopped.
         self.input = partial(fast.engine.stream_input, self.fd, client)
         try:
             fast.add_stream(self.fd, self._rest)
+            if encrypted:  # never written by the engine: TLS is the transport's
+                fast.hold_stream(self.fd, True)
         except BaseException:
             os.close(self.fd)
             raise
 
     @staticmethod
     def usable(transport: asyncio.BaseTransport | None) -> bool:
-        """A transport over a plain socket (not TLS) whose descriptor can be shared."""
+        """An open transport over a socket whose descriptor can be shared."""
         if transport is None or transport.is_closing():
-            return False
-        if transport.get_extra_info("sslcontext") is not None:
             return False
         sock = transport.get_extra_info("socket")
         return sock is not None and sock.fileno() >= 0
 
     def wrote(self) -> None:
         """Python wrote to the transport: if bytes are waiting there, frames go through it."""
-        if self._transport.get_write_buffer_size():  # type: ignore[attr-defined]
+        if not self._encrypted and self._transport.get_write_buffer_size():  # type: ignore[attr-defined]
             self._fast.hold_stream(self.fd, True)
 
     def _rest(self, data: bytes, _: Any) -> None:
         self._write(data)
+        if self._encrypted:
+            return
         transport = self._transport
         if not transport.is_closing() and not transport.get_write_buffer_size():  # type: ignore[attr-defined]
             self._fast.hold_stream(self.fd, False)
