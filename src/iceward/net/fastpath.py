@@ -11,9 +11,8 @@ under a token. :meth:`FastPath.sync` adds what they counted since the last call 
 :class:`TrafficCounters`, so readers of those counters see exact numbers after a sync. A plain TCP
 client's channels are the same two entries with its socket (:mod:`iceward.net.nativestream`) in
 the listener's place: Python reads the stream and the engine serves the ChannelData frames at its
-front; peer datagrams are framed onto the socket here. TLS clients stay on the Python path (their
-relay sockets are still served here: a peer datagram with no native entry goes to the relay's
-Python table).
+front; peer datagrams are framed onto the socket here. A TLS client's entries are the same,
+except that its frames always come back to Python (one piece per poll) for the TLS transport.
 
 STUN Binding: with :meth:`FastPath.answer_binding` on, a Binding request that needs nothing but
 the client's address (no attributes, or only SOFTWARE and FINGERPRINT) is answered by the engine
