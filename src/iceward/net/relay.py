@@ -93,6 +93,12 @@ def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
     counters.bytes_to_client += nbytes
 
 
+def _write(send: Callable[..., Any], frames: list[bytes]) -> None:
+    """One write of a stream client's frames, which are then cleared."""
+    send(frames[0] if len(frames) == 1 else b"".join(frames))
+    frames.clear()
+
+
 class _Handed:
     """A datagram the native engine handed over, read by the forwarding loop as a link's
     socket would be read: so its framing and counting are the loop's own."""
@@ -178,6 +184,8 @@ class RelaySocket(LinkedSocket):
         stream = False
         limiter: Any = None
         packets = nbytes = 0
+        # A stream client's frames of one run leave in one write (over TLS, one record).
+        frames: list[bytes] = []
         try:
             for _ in range(batch):
                 try:
@@ -199,6 +207,8 @@ class RelaySocket(LinkedSocket):
                     if run is not None:
                         _count(run, packets, nbytes)
                         packets = nbytes = 0
+                        if frames:
+                            _write(send, frames)
                     run = entry
                     limiter = entry.counters.limiter if entry is not None else None
                     if entry is not None:
@@ -223,7 +233,7 @@ class RelaySocket(LinkedSocket):
                     if stream:
                         pad = -n & 3
                         frame = bytes(view[: 4 + n])  # a copy: the buffer is reused
-                        send(frame + b"\x00" * pad if pad else frame)
+                        frames.append(frame + b"\x00" * pad if pad else frame)
                     elif client is None:
                         send(view[: 4 + n])
                     else:
@@ -233,6 +243,8 @@ class RelaySocket(LinkedSocket):
         finally:
             if run is not None:
                 _count(run, packets, nbytes)
+                if frames:
+                    _write(send, frames)
 
 
 def _family_of_ip(ip: str) -> int:
