@@ -67,7 +67,7 @@ async def relay_stream(eng: Any, chunks: list[bytes], native: bool) -> dict[str,
     if native:
         fast = FastPath(type(eng)(), loop, lambda: None)  # a new engine: closed with fast
         fast.register(relay.fileno(), RELAY, lambda data, addr: None)
-        conn.native = NativeStream(fast, transport, conn.write, conn.five_tuple.client)
+        conn.native = NativeStream(fast, transport, conn.writelines, conn.five_tuple.client)
         fast.install(
             conn.native.fd,
             conn.five_tuple.client,
@@ -156,7 +156,7 @@ async def peer_to_client(eng: Any, sizes: list[int], held: bool) -> tuple[bytes,
     assert conn.five_tuple is not None
     fast = FastPath(type(eng)(), loop, lambda: None)
     fast.register(relay.fileno(), RELAY, lambda data, addr: None)
-    native = conn.native = NativeStream(fast, transport, conn.write, conn.five_tuple.client)
+    native = conn.native = NativeStream(fast, transport, conn.writelines, conn.five_tuple.client)
     counters = TrafficCounters()
     fast.install(
         native.fd, conn.five_tuple.client, CHANNEL, relay.fileno(), peer.getsockname(), counters

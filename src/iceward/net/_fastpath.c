@@ -34,8 +34,8 @@
  * entry points at a stream is framed (padded to 4 bytes, RFC 8656 section 12.5); the frames of
  * one poll for one stream leave in one sendmsg at its end. If the socket takes less than all of
  * them, or the stream is held (its Python transport has bytes waiting), the rest of the frame cut
- * short and every later frame go back to Python, which writes them through the transport in
- * order and releases the hold once its buffer is empty.
+ * short and every later frame go back to Python (a list per stream per poll), which writes them
+ * through the transport in order and releases the hold once its buffer is empty.
  *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
@@ -1507,25 +1507,32 @@ static char *stream_copy(const fp_miss *m, char *out) {
     return out + (total - i);
 }
 
-/* (stream fd, bytes, None): every frame of misses[i..n) for the stream of misses[i], in order,
- * in one piece (one write for the transport: over TLS, one record); each is marked in taken. */
+/* (stream fd, [frame bytes...], None): every frame of misses[i..n) for the stream of misses[i],
+ * in order (the first maybe the rest of one cut short), for one write of the transport (over
+ * TLS, a record each: some clients read one message per record); each is marked in taken. */
 static PyObject *stream_rest(const fp_miss *misses, int i, int n, uint8_t *taken) {
     int fd = misses[i].fd;
-    Py_ssize_t size = 0;
-    for (int j = i; j < n; j++)
-        if (misses[j].stream && misses[j].fd == fd)
-            size += stream_size(&misses[j]);
-    PyObject *data = PyBytes_FromStringAndSize(NULL, size);
-    if (data == NULL)
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
         return NULL;
-    char *out = PyBytes_AS_STRING(data);
     for (int j = i; j < n; j++) {
-        if (misses[j].stream && misses[j].fd == fd) {
-            out = stream_copy(&misses[j], out);
-            taken[j] = 1;
+        if (!misses[j].stream || misses[j].fd != fd)
+            continue;
+        taken[j] = 1;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, stream_size(&misses[j]));
+        if (data == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        stream_copy(&misses[j], PyBytes_AS_STRING(data));
+        int failed = PyList_Append(frames, data);
+        Py_DECREF(data);
+        if (failed) {
+            Py_DECREF(frames);
+            return NULL;
         }
     }
-    return Py_BuildValue("(iNO)", fd, data, Py_None);
+    return Py_BuildValue("(iNO)", fd, frames, Py_None);
 }
 
 /* add_stream(fd): a TCP client's socket that entries may write ChannelData frames to. */
@@ -1583,8 +1590,8 @@ static PyObject *Engine_stream_input(Engine *self, PyObject *args) {
 }
 
 /* poll(timeout_ms=0) -> [(fd, data, (host, port))]: the datagrams that were not table hits;
- * (stream fd, bytes, None): frames for a TCP/TLS client (all of this poll's, the first maybe a
- * rest), for its transport. */
+ * (stream fd, [frames], None): this poll's frames for a TCP/TLS client (the first maybe a rest),
+ * for its transport. */
 static PyObject *Engine_poll(Engine *self, PyObject *args) {
     int timeout = 0;
     if (!PyArg_ParseTuple(args, "|i", &timeout) || check_open(self))
@@ -1614,7 +1621,7 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
         fp_miss *m = &e->miss[i];
         if (taken[i])
             continue;
-        if (m->stream) { /* (stream fd, its frames, None) */
+        if (m->stream) { /* (stream fd, [frames], None) */
             PyObject *item = stream_rest(e->miss, i, n, taken);
             if (item == NULL || PyList_Append(list, item) != 0) {
                 Py_XDECREF(item);

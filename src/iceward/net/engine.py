@@ -694,7 +694,7 @@ class RelayEngine:
                 return
             conn.channels[channel.number] = to_peer
             relay.channels[channel.peer] = PeerEntry(
-                conn.write, None, channel.number, alloc.counters, True
+                conn.writelines, None, channel.number, alloc.counters, True
             )
 
     def _native_stream(self, ft: FiveTuple) -> NativeStream | None:
@@ -708,7 +708,7 @@ class RelayEngine:
         if conn.native is None and NativeStream.usable(conn.transport):
             assert conn.transport is not None
             conn.native = NativeStream(
-                self.fast, conn.transport, conn.write, ft.client, ft.transport == "tls"
+                self.fast, conn.transport, conn.writelines, ft.client, ft.transport == "tls"
             )
         return conn.native
 

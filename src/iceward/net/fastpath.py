@@ -12,7 +12,7 @@ under a token. :meth:`FastPath.sync` adds what they counted since the last call 
 client's channels are the same two entries with its socket (:mod:`iceward.net.nativestream`) in
 the listener's place: Python reads the stream and the engine serves the ChannelData frames at its
 front; peer datagrams are framed onto the socket here. A TLS client's entries are the same,
-except that its frames always come back to Python (one piece per poll) for the TLS transport.
+except that its frames always come back to Python (a list per poll) for the TLS transport.
 
 STUN Binding: with :meth:`FastPath.answer_binding` on, a Binding request that needs nothing but
 the client's address (no attributes, or only SOFTWARE and FINGERPRINT) is answered by the engine
@@ -39,6 +39,8 @@ RELAY = 2
 
 #: fd -> what to do with a datagram the tables did not serve: handler(data, source address).
 Handler = Callable[[bytes, Address], None]
+#: A stream's: handler(frames, None), what the engine did not write to the stream itself.
+StreamHandler = Callable[[list[bytes], None], None]
 
 
 def load_engine() -> tuple[Any, str]:
@@ -73,7 +75,7 @@ class FastPath:
         self.engine = engine
         self._on_error = on_error
         self._loop = loop
-        self._handlers: dict[int, Handler] = {}
+        self._handlers: dict[int, Handler | StreamHandler] = {}
         #: token -> (counters, True for the client->peer direction).
         self._tokens: dict[int, tuple[TrafficCounters, bool]] = {}
         #: (listener fd, client, channel) -> (to-peer token, relay fd, peer, to-client token).
@@ -103,10 +105,11 @@ class FastPath:
         if self._handlers.pop(fd, None) is not None and not self.closed:
             self.engine.remove_socket(fd)
 
-    def add_stream(self, fd: int, handler: Handler) -> None:
+    def add_stream(self, fd: int, handler: StreamHandler) -> None:
         """A TCP client's socket (the engine's own descriptor for it): channels installed with
-        it in the listener's place are served natively; ``handler(data, None)`` gets the frames
-        (or the rest of one) the socket did not take, for the Python transport."""
+        it in the listener's place are served natively; ``handler(frames, None)`` gets a list of
+        the frames (the first maybe the rest of one) the socket did not take, for the Python
+        transport."""
         self.engine.add_stream(fd)
         self._handlers[fd] = handler
         self._by_stream[fd] = set()

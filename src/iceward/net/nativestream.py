@@ -11,10 +11,11 @@ engine hands every frame to :meth:`NativeStream._rest`, which writes it through 
 once the transport's buffer is empty again the engine writes directly.
 
 Over TLS the engine reads what the TLS transport decrypted (the same way), and the stream stays
-held: the engine frames each peer datagram, the frames of one poll for the connection come
-back as one piece, and the transport encrypts them in one write (one TLS record, not one per
-datagram). Kernel TLS, which would let the engine write the socket itself, is not used: the
-kernel here has no ``tls`` module to test it against.
+held: the engine frames each peer datagram and the frames of one poll for the connection come
+back together, for one ``writelines`` of the transport (a record per frame, as some clients,
+turnutils_uclient among them, read one message per record; one socket write for them all).
+Kernel TLS, which would let the engine write the socket itself, is not used: the kernel here
+has no ``tls`` module to test it against.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class NativeStream:
         client: Address,
         encrypted: bool = False,
     ) -> None:
-        """``write`` is the connection's own write (its backlog limit applies); ``client`` is
-        the key of its entries (the connection's five-tuple client); ``encrypted``: TLS."""
+        """``write`` is the connection's own ``writelines`` (its backlog limit applies);
+        ``client`` is the key of its entries (the connection's five-tuple client);
+        ``encrypted``: TLS."""
         sock = transport.get_extra_info("socket")
         self.fd = os.dup(sock.fileno())
         self._fast = fast
@@ -72,8 +74,8 @@ class NativeStream:
         if not self._encrypted and self._transport.get_write_buffer_size():  # type: ignore[attr-defined]
             self._fast.hold_stream(self.fd, True)
 
-    def _rest(self, data: bytes, _: Any) -> None:
-        self._write(data)
+    def _rest(self, frames: list[bytes], _: Any) -> None:
+        self._write(frames)
         if self._encrypted:
             return
         transport = self._transport

@@ -78,7 +78,8 @@ class PeerEntry:
         counters: TrafficCounters,
         stream: bool,
     ) -> None:
-        #: ``sock.sendto`` of the client's UDP listener, or the stream connection's ``write``.
+        #: ``sock.sendto`` of the client's UDP listener, or the stream connection's
+        #: ``writelines`` (a list of frames: one write, each frame its own TLS record).
         self.send = send
         self.client = client
         self.number = number
@@ -94,8 +95,9 @@ def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
 
 
 def _write(send: Callable[..., Any], frames: list[bytes]) -> None:
-    """One write of a stream client's frames, which are then cleared."""
-    send(frames[0] if len(frames) == 1 else b"".join(frames))
+    """One write of a stream client's frames (each its own TLS record: some clients read one
+    message per record), which are then cleared."""
+    send(frames.copy())
     frames.clear()
 
 
@@ -184,7 +186,7 @@ class RelaySocket(LinkedSocket):
         stream = False
         limiter: Any = None
         packets = nbytes = 0
-        # A stream client's frames of one run leave in one write (over TLS, one record).
+        # A stream client's frames of one run leave in one write.
         frames: list[bytes] = []
         try:
             for _ in range(batch):

@@ -120,6 +120,18 @@ class StreamConnection(asyncio.Protocol):
         if self.native is not None:
             self.native.wrote()
 
+    def writelines(self, frames: list[bytes]) -> None:
+        """Frames in one write; over TLS each is its own record (turnutils_uclient, for one,
+        reads one message per record)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            return
+        transport.writelines(frames)
+        if self.native is not None:
+            self.native.wrote()
+
     def abort(self, why: str, level: int = logging.INFO) -> None:
         log.log(level, "closing %s: %s", self.five_tuple, why)
         if self.transport is not None:
