@@ -707,9 +707,12 @@ class RelayEngine:
             return None
         if conn.native is None and NativeStream.usable(conn.transport):
             assert conn.transport is not None
-            conn.native = NativeStream(
-                self.fast, conn.transport, conn.writelines, ft.client, ft.transport == "tls"
-            )
+            try:
+                conn.native = NativeStream(
+                    self.fast, conn.transport, conn.writelines, ft.client, ft.transport == "tls"
+                )
+            except OSError:  # no descriptor to spare (EMFILE): the Python path serves it
+                return None
         return conn.native
 
     def _uninstall(self, channel: Channel) -> None:
