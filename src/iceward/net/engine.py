@@ -725,8 +725,11 @@ class RelayEngine:
             return
         conn = self._streams.get(ft) if self.fast is not None else None
         if conn is not None and conn.native is not None:
-            self.fast.uninstall(conn.native.fd, ft.client, channel.number)  # type: ignore[union-attr]
-            return
+            assert self.fast is not None
+            key = (conn.native.fd, ft.client, channel.number)
+            if self.fast.installed(*key):  # (not if the engine had no descriptor for it then)
+                self.fast.uninstall(*key)
+                return
         relay = self._socket_of(alloc.relays.get(family_of(channel.peer[0])))
         if relay is not None:
             relay.channels.pop(channel.peer, None)

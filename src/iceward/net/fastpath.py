@@ -190,6 +190,9 @@ class FastPath:
         """The node's (this process's share of its) bytes/s, each direction."""
         self.engine.set_capacity(rate)
 
+    def installed(self, listener_fd: int, client: Address, number: int) -> bool:
+        return (listener_fd, client, number) in self._installed
+
     def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
         key = (listener_fd, client, number)
         found = self._installed.pop(key, None)
