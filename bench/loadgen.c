@@ -35,6 +35,15 @@
  * A client given channel 0 sends STUN Binding requests instead (bench/control_bench.py): the
  * transaction id carries the send time and the epoch, each success answer counts as a round trip
  * and is replaced at once; PAYLOAD is then unused (but must still be valid).
+ *
+ * TURN over TCP or TLS (built with -DLOADGEN_STREAM -lssl -lcrypto; LOADGEN_STREAM=tcp|tls in
+ * the environment): each FD is a TCP socket connected to the server and nothing more. The
+ * generator makes the TLS handshake itself (TLS) and the TURN set-up on it, as the allocation
+ * belongs to the connection: Allocate, 401, Allocate signed with the long-term credential, then
+ * ChannelBind to the echo peer; LOADGEN_TURN="USER:REALM:PASSWORD:PEER_IP:PEER_PORT". The load is
+ * then ChannelData framed on the stream, padded to 4 bytes (RFC 8656 section 12.5): a client's
+ * window refill leaves in one write (one TLS record), and what comes back is parsed out of the
+ * stream; STUN messages on it are skipped.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -67,6 +76,11 @@
 
 struct client {
     int fd;
+    void *ssl;           /* TLS: its SSL object */
+    unsigned char *rx;   /* stream: bytes received, not yet a whole frame */
+    size_t rx_len;
+    unsigned char *out;  /* stream: bytes not yet written */
+    size_t out_len;
     uint16_t channel;
     int inflight;
     uint32_t epoch;
@@ -158,12 +172,20 @@ static int send_msgs(int fd, int n) {
 }
 
 /* Top up one client's window to WINDOW messages in flight. */
+static int stream_mode; /* 0: UDP; 1: TCP; 2: TLS */
+static void stream_refill(struct client *c, int want);
+static void stream_read(struct client *c);
+
 static void refill(struct client *c) {
     int want = window_size - c->inflight;
     if (want <= 0)
         return;
     uint64_t t = now_ns();
     memcpy(c->tx + time_at(c), &t, sizeof t);
+    if (stream_mode) {
+        stream_refill(c, want);
+        return;
+    }
     size_t seg = c->stun ? STUN_REQUEST : 4 + (size_t)payload;
     for (int i = 0; i < BATCH; i++) {
         txiov[i].iov_base = c->tx;
@@ -188,7 +210,36 @@ static void refill(struct client *c) {
     }
 }
 
+/* One message back (a datagram, or a frame out of a stream): a round trip, or a bad one. */
+static void on_reply(struct client *c, const unsigned char *p, unsigned len, uint64_t t) {
+    unsigned ch = ((unsigned)p[0] << 8) | p[1];
+    unsigned dlen = ((unsigned)p[2] << 8) | p[3];
+    if (c->stun ? len < STUN_REQUEST || ch != 0x0101
+                : len < 4 + 12 || ch != c->channel || dlen != (unsigned)payload || len < 4 + dlen) {
+        bad++;
+        return;
+    }
+    uint64_t sent;
+    memcpy(&sent, p + time_at(c), sizeof sent);
+    uint64_t rtt = t - sent;
+    rtt_sum_ns += rtt;
+    uint64_t us = rtt / 1000;
+    if (us < HIST_US)
+        hist[us]++;
+    else
+        hist_over++;
+    round_trips++;
+    uint32_t epoch;
+    memcpy(&epoch, p + epoch_at(c), sizeof epoch);
+    if (epoch == c->epoch && c->inflight > 0)
+        c->inflight--;
+}
+
 static void on_client(struct client *c) {
+    if (stream_mode) {
+        stream_read(c);
+        return;
+    }
     for (;;) {
         for (int i = 0; i < BATCH; i++) {
             rxiov[i].iov_base = rxbuf[i];
@@ -201,32 +252,8 @@ static void on_client(struct client *c) {
         if (n <= 0)
             break;
         uint64_t t = now_ns();
-        for (int i = 0; i < n; i++) {
-            unsigned char *p = rxbuf[i];
-            unsigned len = rxmsgs[i].msg_len;
-            unsigned ch = ((unsigned)p[0] << 8) | p[1];
-            unsigned dlen = ((unsigned)p[2] << 8) | p[3];
-            if (c->stun ? len < STUN_REQUEST || ch != 0x0101
-                        : len < 4 + 12 || ch != c->channel || dlen != (unsigned)payload ||
-                              len < 4 + dlen) {
-                bad++;
-                continue;
-            }
-            uint64_t sent;
-            memcpy(&sent, p + time_at(c), sizeof sent);
-            uint64_t rtt = t - sent;
-            rtt_sum_ns += rtt;
-            uint64_t us = rtt / 1000;
-            if (us < HIST_US)
-                hist[us]++;
-            else
-                hist_over++;
-            round_trips++;
-            uint32_t epoch;
-            memcpy(&epoch, p + epoch_at(c), sizeof epoch);
-            if (epoch == c->epoch && c->inflight > 0)
-                c->inflight--;
-        }
+        for (int i = 0; i < n; i++)
+            on_reply(c, rxbuf[i], rxmsgs[i].msg_len, t);
         c->last_rx = t;
         refill(c);
         if (n < BATCH)
@@ -288,6 +315,20 @@ static void on_echo(int fd) {
             break;
     }
 }
+
+#ifdef LOADGEN_STREAM
+#include "loadgen_stream.c"
+#else
+static void stream_refill(struct client *c, int want) { (void)c, (void)want; }
+static void stream_read(struct client *c) { (void)c; }
+static void stream_setup(void) {
+    if (getenv("LOADGEN_STREAM") && *getenv("LOADGEN_STREAM")) {
+        fprintf(stderr, "loadgen: built without -DLOADGEN_STREAM\n");
+        exit(2);
+    }
+}
+static void stream_flush_all(void) {}
+#endif
 
 struct snapshot {
     char stat[2][512];
@@ -469,6 +510,7 @@ int main(int argc, char **argv) {
         }
     }
 
+    stream_setup();
     int ep = epoll_create1(0);
     if (ep < 0)
         die("epoll_create1");
@@ -506,6 +548,7 @@ int main(int argc, char **argv) {
             else
                 on_client(&clients[id]);
         }
+        stream_flush_all();
         uint64_t t = now_ns();
         if (n == 0)
             idle_ns += t - t_prev;

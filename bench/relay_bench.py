@@ -40,6 +40,15 @@ How:
   when an undisturbed run of the same server and payload exists; on a shared machine, more
   ``--rounds`` or ``--nice -10`` (root) help.
 
+TURN over TCP or TLS (``--client-transport tcp|tls``): each client is a TCP connection to the
+server (its TLS port, with a self-signed certificate made here for both servers, for ``tls``)
+relaying to the same UDP echo peer. The generator is then built with OpenSSL (``-lssl -lcrypto``:
+``apt install libssl-dev``) and does the TLS handshake and the TURN set-up (Allocate, 401, signed
+Allocate, ChannelBind) itself on each connection, since an allocation belongs to its connection;
+every run opens new connections. ChannelData travels framed on the stream, padded to 4 bytes, a
+client's window refill in one write (one TLS record); "gen idle" still tells whether the
+generator was the bottleneck.
+
 Several workers (``--workers N``, N > 1, a scaling note rather than a one-core comparison):
 
 * iceward runs ``--workers N`` (a supervisor and N worker processes sharing the ports through an
@@ -118,6 +127,7 @@ USER = PASSWORD = REALM = "bench"
 TARGET = 0.8  # iceward round trips/s as a fraction of coturn's
 HERE = Path(__file__).resolve().parent
 LOADGEN_SOURCE = HERE / "loadgen.c"
+TRANSPORTS = ("udp", "tcp", "tls")
 ICEWARD_RELAY_PORTS = (62000, 62999)
 COTURN_RELAY_PORTS = (63000, 63999)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -174,10 +184,19 @@ class Server:
         self.cpus = cpus  # all its processes and threads (workers inherit the affinity)
         self.env: dict[str, str] | None = None
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Where TLS clients connect (``--client-transport tls``), else None.
+        self.tls_port: int | None = None
 
     @property
     def address(self) -> tuple[str, int]:
         return (HOST, self.port)
+
+    def stream_address(self, transport: str) -> tuple[str, int]:
+        """Where a TCP (the listening port) or TLS client connects."""
+        if transport == "tls":
+            assert self.tls_port is not None
+            return (HOST, self.tls_port)
+        return self.address
 
     @property
     def pid(self) -> int:
@@ -323,7 +342,6 @@ def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> 
         "serve",
         "--listen", HOST,
         "--port", str(port),
-        "--tls-port", "0",
         "--relay-ip", HOST,
         "--relay-ports", f"{low}-{high}",
         "--user", f"{USER}:{PASSWORD}",
@@ -334,9 +352,17 @@ def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> 
         "--log-level", "info",  # control events only: says which relay path it runs
         "--workers", str(args.workers),  # its default is one per core
     ]  # fmt: skip
+    tls_port = None
+    if args.client_transport == "tls":
+        tls_port = _free_port()
+        cert, key = make_certificate(tmp)
+        argv += ["--tls-port", str(tls_port), "--cert", str(cert), "--key", str(key)]
+    else:
+        argv += ["--tls-port", "0"]
     if name == "limited":
         argv += shlex.split(args.limited_args)
     server = Server(name, argv, port, tmp / f"{name}.log", args.server_cpu_list, args.nice)
+    server.tls_port = tls_port
     if args.iceward_path != "auto":
         switch = "0" if args.iceward_path == "python" else "1"
         server.env = {**os.environ, "ICEWARD_FASTPATH": switch}
@@ -361,7 +387,6 @@ def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
         "--lt-cred-mech",
         f"--user={USER}:{PASSWORD}",
         f"--realm={REALM}",
-        "--no-tls",
         "--no-dtls",
         "--no-cli",
         "--allow-loopback-peers",
@@ -370,7 +395,33 @@ def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
         f"--log-file={tmp / 'coturn-file.log'}",
         "--simple-log",
     ]
-    return Server("coturn", argv, port, tmp / "coturn.log", args.server_cpu_list, args.nice)
+    tls_port = None
+    if args.client_transport == "tls":
+        tls_port = _free_port()
+        cert, key = make_certificate(tmp)
+        argv += [f"--tls-listening-port={tls_port}", f"--cert={cert}", f"--pkey={key}"]
+    else:
+        argv += ["--no-tls"]
+    server = Server("coturn", argv, port, tmp / "coturn.log", args.server_cpu_list, args.nice)
+    server.tls_port = tls_port
+    return server
+
+
+def make_certificate(tmp: Path) -> tuple[Path, Path]:
+    """A self-signed P-256 certificate for localhost (made once, shared by both servers)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    if not cert.exists():
+        res = subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                "-keyout", str(key), "-out", str(cert),
+            ],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if res.returncode != 0:
+            raise BenchError(f"openssl could not make a certificate:\n{res.stderr}")
+    return cert, key
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,15 +556,20 @@ def client_spread(clients: list[TurnClient], workers: int) -> tuple[list[int], i
 # Load generator
 
 
-def build_loadgen(tmp: Path) -> Path:
+def build_loadgen(tmp: Path, stream: bool = False) -> Path:
+    """``stream``: with TURN over TCP/TLS (OpenSSL: ``apt install libssl-dev``)."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
         raise BenchError("gcc not found (needed to build bench/loadgen.c)")
     out = tmp / "loadgen"
     cmd = [gcc, "-O2", "-Wall", "-o", str(out), str(LOADGEN_SOURCE)]
+    if stream:
+        cmd[3:3] = ["-DLOADGEN_STREAM", "-Wno-deprecated-declarations"]
+        cmd += ["-lssl", "-lcrypto"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if res.returncode != 0:
-        raise BenchError(f"building loadgen failed:\n{res.stderr}")
+        hint = " (TCP/TLS clients need OpenSSL: apt install libssl-dev)" if stream else ""
+        raise BenchError(f"building loadgen failed{hint}:\n{res.stderr}")
     return out
 
 
@@ -567,6 +623,32 @@ def run_once(
     return run_loadgen(args, loadgen, server, senders, echo, payload)
 
 
+def run_stream_once(
+    args: argparse.Namespace, loadgen: Path, server: Server, echo: socket.socket, payload: int
+) -> dict[str, Any]:
+    """One run with TURN over TCP/TLS: new connections, set up by the generator itself."""
+    if server.proc is None or server.proc.poll() is not None:
+        raise BenchError(f"{server.name} is not running:\n{server.log_tail()}")
+    drain(echo)
+    address = server.stream_address(args.client_transport)
+    conns = []
+    try:
+        for _ in range(args.clients):
+            conn = socket.create_connection(address, timeout=5)
+            conns.append(conn)
+        senders = [(conn.fileno(), 0x4000 + i) for i, conn in enumerate(conns)]
+        peer_ip, peer_port = echo.getsockname()[:2]
+        env = {
+            "LOADGEN_STREAM": args.client_transport,
+            "LOADGEN_TURN": f"{USER}:{REALM}:{PASSWORD}:{peer_ip}:{peer_port}",
+        }
+        return run_loadgen(args, loadgen, server, senders, echo, payload, env)
+    finally:
+        for conn in conns:
+            conn.close()
+        time.sleep(0.2)  # the server ends those allocations before the next run
+
+
 def run_loadgen(
     args: argparse.Namespace,
     loadgen: Path,
@@ -574,6 +656,7 @@ def run_loadgen(
     senders: list[tuple[int, int]],
     echo: socket.socket,
     payload: int,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One measured window of ``loadgen`` over ``senders`` (fd, channel; channel 0: STUN
     Binding requests) and the figures per round trip, from its CPU samples."""
@@ -603,6 +686,7 @@ def run_loadgen(
             **os.environ,
             "LOADGEN_NO_GSO": "1" if args.no_gso else "0",
             "LOADGEN_SLEEP": "1" if args.sleep else "0",
+            **(extra_env or {}),
         },
     )
     try:
@@ -748,6 +832,7 @@ def summarize(
             ice, cot = row["iceward"], row["coturn"]
             row["throughput_ratio"] = ice["round_trips_per_s"] / cot["round_trips_per_s"]
             row["cpu_per_rt_ratio"] = ice["core_cpu_us_per_rt"] / cot["core_cpu_us_per_rt"]
+            row["proc_cpu_per_rt_ratio"] = ice["proc_cpu_us_per_rt"] / cot["proc_cpu_us_per_rt"]
             row["meets_target"] = row["throughput_ratio"] >= TARGET
         out.append(row)
     return out
@@ -812,7 +897,8 @@ def print_table(
                 "the generator's own, srv core = that share of the CPUs"
             )
     print(
-        f"relay round trips over UDP ChannelData, {args.clients} clients x {args.window} in "
+        f"relay round trips over {args.client_transport.upper()} ChannelData (UDP peer), "
+        f"{args.clients} clients x {args.window} in "
         f"flight, {args.duration:g} s per run, median of {args.rounds} rounds (undisturbed ones "
         f"if any); {where}"
     )
@@ -859,7 +945,7 @@ def print_table(
             verdict = "meets" if row["meets_target"] else "BELOW"
             print(
                 f"{'ratio':<9}{row['payload']:>8}{row['throughput_ratio']:>10.2f}x"
-                f"{row['cpu_per_rt_ratio']:>11.2f}x"
+                f"{row['cpu_per_rt_ratio']:>11.2f}x{row['proc_cpu_per_rt_ratio']:>11.2f}x"
                 f"   iceward/coturn; throughput {verdict} the {TARGET:g}x target"
             )
         print()
@@ -877,6 +963,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--payloads", default="100,1200", help="payload sizes in bytes [100,1200]")
     p.add_argument("--rounds", type=int, default=3, help="runs per server and payload [3]")
     p.add_argument("--servers", default="iceward,coturn", help="which to run [iceward,coturn]")
+    p.add_argument(
+        "--client-transport",
+        choices=TRANSPORTS,
+        default="udp",
+        help="how the clients reach the server: UDP, TCP, or TLS on its TLS port [udp]",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -947,6 +1039,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--duration 0..600 s, --warmup 0..60 s, --rounds 1..50")
     if not 1 <= args.workers <= 64:
         p.error("--workers 1..64")
+    if args.client_transport != "udp" and args.workers != 1:
+        p.error("--client-transport tcp/tls: one worker (--workers 1)")
     if args.coturn_relay_threads is None:
         args.coturn_relay_threads = args.workers
     cpus = os.sched_getaffinity(0)
@@ -972,7 +1066,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 CONFIG_KEYS = (
     "duration", "warmup", "clients", "window", "payloads", "rounds",
     "servers", "server_cpu", "client_cpu", "coturn_relay_threads", "nice", "no_gso", "sleep",
-    "iceward_path", "workers", "server_cpu_list", "limited_args", "base_cmd",
+    "iceward_path", "workers", "server_cpu_list", "limited_args", "base_cmd", "client_transport",
 )  # fmt: skip
 
 
@@ -994,7 +1088,8 @@ def main(argv: list[str] | None = None) -> int:
     spread: dict[str, list[int]] = {}
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     try:
-        loadgen = build_loadgen(tmp)
+        stream = args.client_transport != "udp"
+        loadgen = build_loadgen(tmp, stream)
         for name in args.servers:
             server = make_coturn(args, tmp) if name == "coturn" else make_iceward(args, tmp, name)
             servers.append(server)
@@ -1007,7 +1102,14 @@ def main(argv: list[str] | None = None) -> int:
             except OSError:
                 echo.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
         echo.bind((HOST, 0))
-        for server in servers:
+        for server in servers if stream else ():
+            log(
+                f"# {server.name}: pid {server.pid}, CPUs {server.affinity()}, "
+                f"{args.client_transport.upper()} clients to "
+                f"{':'.join(map(str, server.stream_address(args.client_transport)))}"
+                f"{server.relay_path()}"
+            )
+        for server in servers if not stream else ():
             clients = []
             for i in range(args.clients):
                 client = TurnClient(server.address, 0x4000 + i)
@@ -1047,7 +1149,10 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.rounds):
             for payload in args.payloads:
                 for server in servers:
-                    r = run_once(args, loadgen, server, clients_of[server.name], echo, payload)
+                    if stream:
+                        r = run_stream_once(args, loadgen, server, echo, payload)
+                    else:
+                        r = run_once(args, loadgen, server, clients_of[server.name], echo, payload)
                     r["round"] = rnd
                     results.append(r)
                     by_process = ""

@@ -21,6 +21,9 @@
  * FINGERPRINT exactly when the request had one; a valid request must never come back as a miss,
  * a lying one never be answered.
  *
+ * TCP client streams (fastpath_fuzz_stream.c): frames served from a stream cut anywhere, with
+ * lying lengths and garbage, and peer datagrams framed onto a stream whose writes come up short.
+ *
  * The engine's count of entries per socket (which spares remove_socket a scan of the table when
  * no entry uses the socket) is checked against the table now and then and at the end.
  */
@@ -543,6 +546,8 @@ static void poll_once(fp_engine *e) {
     }
 }
 
+#include "fastpath_fuzz_stream.c"
+
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 3.0;
     rng_state = argc > 2 ? strtoull(argv[2], NULL, 10) : (uint64_t)time(NULL);
@@ -667,6 +672,7 @@ int main(int argc, char **argv) {
         FAIL("%ld Binding answers arrived, %llu counted", answered,
              (unsigned long long)e->stat_bindings);
     fp_free(e);
+    fuzz_streams(seconds / 2);
     for (int id = 0; id < nb; id++)
         if (B[id].peer_fd >= 0)
             close(B[id].peer_fd);

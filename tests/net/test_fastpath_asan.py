@@ -6,7 +6,10 @@
    mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
    fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
    removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
-   request that lies, and a valid Binding request handed back.
+   request that lies, and a valid Binding request handed back. TCP client streams: ChannelData
+   frames served from a stream cut anywhere (and at every byte), with lying lengths, garbage and
+   frames for Python between them; peer datagrams framed onto a TCP connection whose writes come
+   up short, finished in order by a stand-in for the Python transport.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
@@ -96,6 +99,16 @@ PY_DRIVER = textwrap.dedent(
     lfd, rfd = listener.fileno(), relay.fileno()
     caddr, paddr = client.getsockname(), peer.getsockname()
     laddr, raddr = listener.getsockname(), relay.getsockname()
+    # A TCP client's stream: frames read from it go out of relay2, peer2's datagrams onto it.
+    stream, stream_client = socket.socketpair()
+    stream.setblocking(False)
+    stream_client.setblocking(False)
+    relay2, peer2 = udp(), udp()
+    eng.add_socket(relay2.fileno(), _fastpath.RELAY)
+    sfd, r2fd, p2addr = stream.fileno(), relay2.fileno(), peer2.getsockname()
+    eng.add_stream(sfd)
+    eng.install_client(sfd, caddr, 0x4100, r2fd, p2addr, 1000)
+    eng.install_peer(r2fd, p2addr, sfd, caddr, 0x4100, 1001)
     token = 0
     bound = set()
     end = time.monotonic() + seconds
@@ -133,10 +146,29 @@ PY_DRIVER = textwrap.dedent(
                 peer.sendto(body, raddr)
             except BlockingIOError:
                 pass
+        elif r < 0.62:  # stream input: whole, cut, lying and garbage frames, any position
+            buf = bytearray()
+            for _ in range(rnd.randrange(1, 6)):
+                body = os.urandom(rnd.randrange(0, 300))
+                number = rnd.choice((0x4100, 0x4101, rnd.randrange(0, 0x10000)))
+                size = rnd.choice((len(body), len(body) + rnd.randrange(1, 70000)))
+                buf += struct.pack("!HH", number, size & 0xFFFF) + body + bytes(-len(body) & 3)
+            buf = buf[: rnd.randrange(0, len(buf) + 1)]
+            pos = rnd.randrange(-2, len(buf) + 3)
+            try:
+                end = eng.stream_input(sfd, caddr, rnd.choice((buf, bytes(buf))), pos)
+                assert pos <= end <= len(buf)
+            except ValueError:
+                assert not 0 <= pos <= len(buf)
+            peer2.sendto(os.urandom(rnd.randrange(0, 1500)), relay2.getsockname())
+            eng.hold_stream(sfd, rnd.random() < 0.3)
         elif r < 0.95:
             for fd, data, addr in eng.poll(0):
+                if fd == sfd:
+                    assert addr is None and all(isinstance(f, bytes) for f in data)
+                    continue
                 assert fd in (lfd, rfd) and isinstance(data, bytes) and len(addr) == 2
-            for s in (client, peer):
+            for s in (client, peer, stream_client, peer2):
                 try:
                     while True:
                         s.recv(65536)
@@ -154,6 +186,7 @@ PY_DRIVER = textwrap.dedent(
                 except (TypeError, ValueError, OverflowError):
                     pass
     eng.remove_socket(rfd)
+    eng.remove_socket(sfd)
     eng.collect()
     eng.close()
     try:

@@ -102,7 +102,7 @@ def test_peer_to_client_from_the_listener_address(rig: Rig) -> None:
 
 def test_peer_to_stream_client_is_padded_and_native_bytes_framed_alike(rig: Rig) -> None:
     written: list[bytes] = []
-    rig.relay.channels[rig.paddr] = PeerEntry(written.append, None, 0x4003, rig.counters, True)
+    rig.relay.channels[rig.paddr] = PeerEntry(written.extend, None, 0x4003, rig.counters, True)
     for p in (b"abc", b"abcd", b"abcde"):
         rig.peer.sendto(p, rig.relayed)
     rig.pump(lambda: len(written) == 3)
@@ -139,9 +139,9 @@ def test_one_batch_from_several_peers_is_counted_per_channel(rig: Rig) -> None:
     try:
         written: list[bytes] = []
         mine, theirs = TrafficCounters(), TrafficCounters()
-        rig.relay.channels[rig.paddr] = PeerEntry(written.append, None, 0x4006, mine, True)
+        rig.relay.channels[rig.paddr] = PeerEntry(written.extend, None, 0x4006, mine, True)
         rig.relay.channels[other.getsockname()] = PeerEntry(
-            written.append, None, 0x4007, theirs, True
+            written.extend, None, 0x4007, theirs, True
         )
         for sender, data in [
             (rig.peer, b"a1"),

@@ -40,10 +40,15 @@ def flooded(series: list[Sample]) -> float:
     return found[-1][0] - found[0][0] if len(found) >= 2 else 0.0
 
 
-@pytest.mark.parametrize("fastpath", ["1", "0"], ids=["native", "python"])
+@pytest.mark.parametrize(
+    ("fastpath", "transport"),
+    [("1", "udp"), ("0", "udp"), ("1", "tcp")],
+    ids=["native", "python", "native-tcp"],
+)
 def test_max_bps_holds_a_flood_to_the_limit(
-    fastpath: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fastpath: str, transport: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Over TCP (``-t``) the engine serves the client's stream with the same buckets."""
     uclient = require_tool("turnutils_uclient")
     monkeypatch.setenv("ICEWARD_FASTPATH", fastpath)
     server = start_server(
@@ -53,7 +58,18 @@ def test_max_bps_holds_a_flood_to_the_limit(
     try:
         admin = cli(server, "keys", "add", "ops", "--admin")
         flood = subprocess.Popen(
-            [uclient, *FLOOD, "-W", server.secret, "-u", "flood", "-p", str(server.port), HOST],
+            [
+                uclient,
+                *FLOOD,
+                *(["-t"] if transport == "tcp" else []),
+                "-W",
+                server.secret,
+                "-u",
+                "flood",
+                "-p",
+                str(server.port),
+                HOST,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

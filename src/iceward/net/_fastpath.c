@@ -26,6 +26,17 @@
  * earned since, drawing it from the node's bucket of that direction when a capacity is set, and
  * drops (and counts on the entry) what it cannot pay for.
  *
+ * TCP clients (streams): a plain TCP client connection's socket (a duplicate of it, so that its
+ * number cannot be reused while an entry names it) is known to the engine as a stream, not polled
+ * here: asyncio reads it. stream_input() serves the ChannelData frames at the front of what was
+ * read for installed channels ((stream fd, client, channel) entries, as a listener's) and stops at
+ * the first frame it does not serve, which Python handles as before. A peer's datagram whose
+ * entry points at a stream is framed (padded to 4 bytes, RFC 8656 section 12.5); the frames of
+ * one poll for one stream leave in one sendmsg at its end. If the socket takes less than all of
+ * them, or the stream is held (its Python transport has bytes waiting), the rest of the frame cut
+ * short and every later frame go back to Python (a list per stream per poll), which writes them
+ * through the transport in order and releases the hold once its buffer is empty.
+ *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
 #define _GNU_SOURCE
@@ -59,6 +70,8 @@
 
 #define FP_LISTENER 1
 #define FP_RELAY 2
+#define FP_STREAM 3      /* a TCP client's socket, written to, never polled here */
+#define FP_STREAM_HELD 4 /* the same, while its frames go through Python */
 
 #define FP_BATCH 64            /* buffers per recvmmsg */
 #define FP_POOL 128            /* buffers per poll */
@@ -118,6 +131,9 @@ typedef struct {
     int slot; /* the buffer, whose source address it is */
     char *data;
     int len;
+    int skip;    /* stream frames: bytes of the frame already written */
+    char hdr[4]; /* stream frames: the ChannelData header (data, then padding, follow) */
+    uint8_t stream;
 } fp_miss;
 
 typedef struct {
@@ -129,6 +145,17 @@ typedef struct {
     char *data;
     int len;   /* of data */
 } fp_out;
+
+/* A frame for a stream, written when the poll ends. */
+typedef struct {
+    int fd;
+    int slot;
+    char *data;
+    int len;
+    char hdr[4];
+} fp_sout;
+
+#define FP_STREAM_IOV 1020 /* iovecs per stream sendmsg (3 per frame), under IOV_MAX */
 
 typedef struct fp_engine {
     int epfd;
@@ -160,6 +187,10 @@ typedef struct fp_engine {
     uint64_t rcbuf[FP_POOL][4];
     fp_miss miss[FP_MAXOUT];
     fp_out out[FP_MAXOUT];
+    fp_sout sout[FP_MAXOUT];
+    int nsout;
+    uint8_t sdone[FP_MAXOUT];
+    struct iovec stiov[FP_STREAM_IOV];
     char hdrs[FP_MAXOUT][4];
     unsigned char answers[FP_MAXOUT][FP_BINDING_MAX];
     struct mmsghdr smsg[FP_MAXOUT];
@@ -503,13 +534,43 @@ static int fp_add_socket(fp_engine *e, int fd, int kind) {
     return 0;
 }
 
+/* Caller holds the lock. fd is a TCP client's socket: entries may write frames to it. */
+static int fp_add_stream(fp_engine *e, int fd) {
+    if (fd < 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (fd >= e->nkinds) {
+        int n = e->nkinds ? e->nkinds : 64;
+        while (n <= fd)
+            n *= 2;
+        uint8_t *k = realloc(e->kinds, (size_t)n);
+        if (k == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
+        memset(k + e->nkinds, 0, (size_t)(n - e->nkinds));
+        e->kinds = k;
+        e->nkinds = n;
+    }
+    e->kinds[fd] = FP_STREAM;
+    return 0;
+}
+
+/* Caller holds the lock. Hold (1) or release (0) a stream's frames for Python's transport. */
+static void fp_hold_stream(fp_engine *e, int fd, int held) {
+    if (fd >= 0 && fd < e->nkinds && e->kinds[fd] >= FP_STREAM)
+        e->kinds[fd] = held ? FP_STREAM_HELD : FP_STREAM;
+}
+
 /* Caller holds the lock. Purges every entry that reads or writes fd. */
 static void fp_remove_socket(fp_engine *e, int fd) {
     if (fd < 0)
         return;
     if (fd < e->nkinds && e->kinds[fd]) {
+        if (e->kinds[fd] < FP_STREAM)
+            epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
         e->kinds[fd] = 0;
-        epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
     }
     if (!fp_in_use(e, fd))
         return;
@@ -882,6 +943,153 @@ static int fp_serve_binding(fp_engine *e, int fd, const struct sockaddr *src,
     return 1;
 }
 
+/* ---- TCP client streams ------------------------------------------------------------------- */
+
+/* Bytes of the whole ChannelData frame at p[0..avail) (header, data, padding to 4), or 0 if
+ * there is none there: too short, cut off, or not ChannelData (STUN, garbage: Python's). */
+static size_t fp_stream_frame(const unsigned char *p, size_t avail) {
+    if (avail < 4 || p[0] < 0x40 || p[0] > 0x7F)
+        return 0;
+    size_t length = ((size_t)p[2] << 8) | p[3];
+    size_t total = (4 + length + 3) & ~(size_t)3;
+    return total <= avail ? total : 0;
+}
+
+/* Caller holds the lock. Serves the frames of buf[pos..len), read from stream fd of client src,
+ * while each is ChannelData on an installed channel (sent to the peer, batched); returns where
+ * it stopped: at a frame for Python, or at what is not yet a whole frame. */
+static size_t fp_stream_input(fp_engine *e, int fd, const struct sockaddr *src, unsigned char *buf,
+                              size_t len, size_t pos) {
+    fp_key k;
+    size_t total;
+    e->nout = 0;
+    while (pos < len && (total = fp_stream_frame(buf + pos, len - pos)) != 0) {
+        unsigned char *p = buf + pos;
+        if (fp_make_key(&k, FP_LISTENER, fd, src, (uint16_t)((p[0] << 8) | p[1])) != 0)
+            break;
+        fp_entry *x = *fp_find(e, &k);
+        if (x == NULL)
+            break;
+        int length = (p[2] << 8) | p[3];
+        if (x->bucket == NULL || fp_pay(e, x, length)) {
+            x->packets++;
+            x->bytes += (uint64_t)length;
+            e->stat_hits++;
+            fp_add_out(e, x->out_fd, x, NULL, (char *)p + 4, length);
+        }
+        pos += total;
+    }
+    fp_flush(e);
+    return pos;
+}
+
+/* Hands frame f (from byte skip on) back to Python, for the stream's transport. */
+static void fp_stream_hand(fp_engine *e, const fp_sout *f, int skip) {
+    fp_miss *m = &e->miss[e->nmiss++];
+    m->fd = f->fd;
+    m->slot = f->slot;
+    m->data = f->data;
+    m->len = f->len;
+    m->skip = skip;
+    memcpy(m->hdr, f->hdr, 4);
+    m->stream = 1;
+}
+
+/* Caller holds the lock. A peer's datagram p[0..len) framed for entry x's stream: queued for
+ * the end of the poll, or (the stream held) handed to Python. Room is kept in the miss list for
+ * every queued frame, so that a frame cut short can always be finished; without room the whole
+ * frame is dropped, which keeps the stream's framing. */
+static void fp_stream_send(fp_engine *e, fp_entry *x, int slot, char *p, int len) {
+    if (e->nmiss + e->nsout >= FP_MAXOUT) {
+        e->stat_dropped++;
+        return;
+    }
+    fp_sout f = {x->out_fd, slot, p, len,
+                 {(char)(x->out_chan >> 8), (char)(x->out_chan & 0xFF), (char)(len >> 8),
+                  (char)(len & 0xFF)}};
+    if (e->kinds[x->out_fd] == FP_STREAM)
+        e->sout[e->nsout++] = f;
+    else
+        fp_stream_hand(e, &f, 0);
+}
+
+/* Caller holds the lock. Writes the queued frames, one sendmsg per stream (in runs of
+ * FP_STREAM_IOV iovecs); what a socket did not take goes to Python and holds the stream. */
+static void fp_stream_flush(fp_engine *e) {
+    static const char zeros[4];
+    int n = e->nsout;
+    memset(e->sdone, 0, (size_t)n);
+    for (int i = 0; i < n; i++) {
+        if (e->sdone[i])
+            continue;
+        int fd = e->sout[i].fd;
+        int held = 0;
+        for (int j = i; j < n;) {
+            /* One run: the frames of fd from j on, as many as the iovecs hold. */
+            int iv = 0, first = -1, last = j;
+            size_t want = 0;
+            for (int k = j; k < n && iv + 3 <= FP_STREAM_IOV; k++) {
+                fp_sout *f = &e->sout[k];
+                if (e->sdone[k] || f->fd != fd)
+                    continue;
+                if (first < 0)
+                    first = k;
+                int pad = -f->len & 3;
+                e->stiov[iv++] = (struct iovec){f->hdr, 4};
+                e->stiov[iv++] = (struct iovec){f->data, (size_t)f->len};
+                if (pad)
+                    e->stiov[iv++] = (struct iovec){(void *)zeros, (size_t)pad};
+                want += (size_t)(4 + f->len + pad);
+                last = k + 1;
+            }
+            if (first < 0)
+                break;
+            ssize_t r = 0;
+            if (!held) {
+                struct msghdr h;
+                memset(&h, 0, sizeof(h));
+                h.msg_iov = e->stiov;
+                h.msg_iovlen = (size_t)iv;
+                do {
+                    r = sendmsg(fd, &h, MSG_DONTWAIT | MSG_NOSIGNAL);
+                } while (r < 0 && errno == EINTR);
+                e->stat_send_calls++;
+                if (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+                    e->stat_send_errors++; /* the connection is going: Python hears of it */
+                    for (int k = first; k < last; k++)
+                        if (e->sout[k].fd == fd)
+                            e->sdone[k] = 1;
+                    j = last;
+                    continue;
+                }
+                if (r < 0)
+                    r = 0;
+            }
+            size_t taken = (size_t)r;
+            for (int k = first; k < last; k++) {
+                fp_sout *f = &e->sout[k];
+                if (e->sdone[k] || f->fd != fd)
+                    continue;
+                e->sdone[k] = 1;
+                size_t size = (size_t)(4 + f->len + (-f->len & 3));
+                if (taken >= size) {
+                    taken -= size;
+                    continue;
+                }
+                fp_stream_hand(e, f, (int)taken); /* cut short, or after one that was */
+                taken = 0;
+                held = 1;
+            }
+            if ((size_t)r < want)
+                held = 1;
+            j = last;
+        }
+        if (held && fd < e->nkinds && e->kinds[fd] == FP_STREAM)
+            e->kinds[fd] = FP_STREAM_HELD;
+    }
+    e->nsout = 0;
+}
+
 static char *fp_slot_data(fp_engine *e, int slot) { return e->pool + (size_t)slot * FP_STRIDE + 4; }
 
 /* One received buffer: one datagram, or several of one size from one sender (UDP GRO). */
@@ -950,10 +1158,13 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
             x->packets++;
             x->bytes += (uint64_t)len;
             e->stat_hits++;
-            fp_add_out(e, x->out_fd, x, hdr, (char *)p, len);
+            if (x->out_fd < e->nkinds && e->kinds[x->out_fd] >= FP_STREAM)
+                fp_stream_send(e, x, s, (char *)p, len);
+            else
+                fp_add_out(e, x->out_fd, x, hdr, (char *)p, len);
             goto next;
         }
-        if (e->nmiss == FP_MAXOUT) {
+        if (e->nmiss + e->nsout >= FP_MAXOUT) { /* (room kept for queued stream frames) */
             e->stat_dropped++;
         } else {
             fp_miss *m = &e->miss[e->nmiss++];
@@ -961,6 +1172,7 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
             m->slot = s;
             m->data = (char *)p;
             m->len = len;
+            m->stream = 0;
             e->stat_misses++;
         }
     next:
@@ -981,6 +1193,7 @@ static int fp_poll(fp_engine *e, int timeout) {
     int used = 0;
     e->nmiss = 0;
     e->nout = 0;
+    e->nsout = 0;
     for (int i = 0; i < n && used < FP_POOL; i++) {
         int fd = ev[i].data.fd;
         int kind = fd >= 0 && fd < e->nkinds ? e->kinds[fd] : 0;
@@ -1011,6 +1224,7 @@ static int fp_poll(fp_engine *e, int timeout) {
         used += r;
     }
     fp_flush(e);
+    fp_stream_flush(e);
     pthread_mutex_unlock(&e->lock);
     return e->nmiss;
 }
@@ -1270,7 +1484,114 @@ static PyObject *Engine_collect(Engine *self, PyObject *args) {
     return list;
 }
 
-/* poll(timeout_ms=0) -> [(fd, data, (host, port))]: the datagrams that were not table hits. */
+/* Bytes of stream frame m handed back (from m->skip on). */
+static Py_ssize_t stream_size(const fp_miss *m) {
+    return 4 + m->len + (-m->len & 3) - m->skip;
+}
+
+/* Writes stream frame m (from m->skip on) at out; returns the end. */
+static char *stream_copy(const fp_miss *m, char *out) {
+    Py_ssize_t total = 4 + m->len + (-m->len & 3);
+    Py_ssize_t i = m->skip; /* header, data, zeros: from i on */
+    if (i < 4) {
+        memcpy(out, m->hdr + i, (size_t)(4 - i));
+        out += 4 - i;
+        i = 4;
+    }
+    if (i < 4 + m->len) {
+        memcpy(out, m->data + (i - 4), (size_t)(4 + m->len - i));
+        out += 4 + m->len - i;
+        i = 4 + m->len;
+    }
+    memset(out, 0, (size_t)(total - i));
+    return out + (total - i);
+}
+
+/* (stream fd, [frame bytes...], None): every frame of misses[i..n) for the stream of misses[i],
+ * in order (the first maybe the rest of one cut short), for one write of the transport (over
+ * TLS, a record each: some clients read one message per record); each is marked in taken. */
+static PyObject *stream_rest(const fp_miss *misses, int i, int n, uint8_t *taken) {
+    int fd = misses[i].fd;
+    PyObject *frames = PyList_New(0);
+    if (frames == NULL)
+        return NULL;
+    for (int j = i; j < n; j++) {
+        if (!misses[j].stream || misses[j].fd != fd)
+            continue;
+        taken[j] = 1;
+        PyObject *data = PyBytes_FromStringAndSize(NULL, stream_size(&misses[j]));
+        if (data == NULL) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+        stream_copy(&misses[j], PyBytes_AS_STRING(data));
+        int failed = PyList_Append(frames, data);
+        Py_DECREF(data);
+        if (failed) {
+            Py_DECREF(frames);
+            return NULL;
+        }
+    }
+    return Py_BuildValue("(iNO)", fd, frames, Py_None);
+}
+
+/* add_stream(fd): a TCP client's socket that entries may write ChannelData frames to. */
+static PyObject *Engine_add_stream(Engine *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd) || check_open(self))
+        return NULL;
+    lock_engine(self);
+    int r = fp_add_stream(self->e, fd);
+    int err = errno;
+    pthread_mutex_unlock(&self->e->lock);
+    if (r != 0) {
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* hold_stream(fd, held): frames for the stream go through Python (its transport has a backlog). */
+static PyObject *Engine_hold_stream(Engine *self, PyObject *args) {
+    int fd, held;
+    if (!PyArg_ParseTuple(args, "ip", &fd, &held) || check_open(self))
+        return NULL;
+    lock_engine(self);
+    fp_hold_stream(self->e, fd, held);
+    pthread_mutex_unlock(&self->e->lock);
+    Py_RETURN_NONE;
+}
+
+/* stream_input(fd, client, buffer, pos) -> where serving stopped (see the top). */
+static PyObject *Engine_stream_input(Engine *self, PyObject *args) {
+    int fd;
+    PyObject *client;
+    Py_buffer buf;
+    Py_ssize_t pos;
+    struct sockaddr_storage src;
+    socklen_t srclen;
+    if (!PyArg_ParseTuple(args, "iOy*n", &fd, &client, &buf, &pos))
+        return NULL;
+    if (check_open(self) || parse_addr(client, &src, &srclen)) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    if (pos < 0 || pos > buf.len) {
+        PyBuffer_Release(&buf);
+        PyErr_SetString(PyExc_ValueError, "pos outside the buffer");
+        return NULL;
+    }
+    lock_engine(self);
+    size_t end = fp_stream_input(self->e, fd, (struct sockaddr *)&src, (unsigned char *)buf.buf,
+                                 (size_t)buf.len, (size_t)pos);
+    pthread_mutex_unlock(&self->e->lock);
+    PyBuffer_Release(&buf);
+    return PyLong_FromSize_t(end);
+}
+
+/* poll(timeout_ms=0) -> [(fd, data, (host, port))]: the datagrams that were not table hits;
+ * (stream fd, [frames], None): this poll's frames for a TCP/TLS client (the first maybe a rest),
+ * for its transport. */
 static PyObject *Engine_poll(Engine *self, PyObject *args) {
     int timeout = 0;
     if (!PyArg_ParseTuple(args, "|i", &timeout) || check_open(self))
@@ -1289,23 +1610,39 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
         self->busy = 0;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    PyObject *list = PyList_New(n);
+    PyObject *list = PyList_New(0);
     if (list == NULL) {
         self->busy = 0;
         return NULL;
     }
+    uint8_t *taken = e->sdone; /* free once the poll has flushed */
+    memset(taken, 0, (size_t)n);
     for (int i = 0; i < n; i++) {
         fp_miss *m = &e->miss[i];
+        if (taken[i])
+            continue;
+        if (m->stream) { /* (stream fd, [frames], None) */
+            PyObject *item = stream_rest(e->miss, i, n, taken);
+            if (item == NULL || PyList_Append(list, item) != 0) {
+                Py_XDECREF(item);
+                Py_DECREF(list);
+                self->busy = 0;
+                return NULL;
+            }
+            Py_DECREF(item);
+            continue;
+        }
         PyObject *addr = make_addr(&e->names[m->slot]);
         PyObject *item = addr == NULL ? NULL
                                       : Py_BuildValue("(iy#N)", m->fd, m->data,
                                                       (Py_ssize_t)m->len, addr);
-        if (item == NULL) {
+        if (item == NULL || PyList_Append(list, item) != 0) {
+            Py_XDECREF(item);
             Py_DECREF(list);
             self->busy = 0;
             return NULL;
         }
-        PyList_SET_ITEM(list, i, item);
+        Py_DECREF(item);
     }
     self->busy = 0;
     return list;
@@ -1425,6 +1762,12 @@ static PyMethodDef Engine_methods[] = {
      "add_socket(fd, kind): watch a listener (1) or relay (2) socket."},
     {"remove_socket", (PyCFunction)Engine_remove_socket, METH_VARARGS,
      "remove_socket(fd): stop watching fd and purge every entry using it."},
+    {"add_stream", (PyCFunction)Engine_add_stream, METH_VARARGS,
+     "add_stream(fd): a TCP client's socket, for entries to write frames to."},
+    {"hold_stream", (PyCFunction)Engine_hold_stream, METH_VARARGS,
+     "hold_stream(fd, held): hand the stream's frames to Python (True) or write them (False)."},
+    {"stream_input", (PyCFunction)Engine_stream_input, METH_VARARGS,
+     "stream_input(fd, client, buffer, pos) -> where the served frames end."},
     {"install_client", (PyCFunction)Engine_install_client, METH_VARARGS,
      "install_client(listener_fd, client, channel, relay_fd, peer, token)"},
     {"install_peer", (PyCFunction)Engine_install_peer, METH_VARARGS,

@@ -31,6 +31,7 @@ from iceward.net.fdlimit import PRESSURE, Throttled
 from iceward.net.handoff import ReservationHandoff
 from iceward.net.httpshandoff import HttpsPipe
 from iceward.net.localaddrs import expand_local
+from iceward.net.nativestream import NativeStream
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
@@ -755,6 +756,13 @@ class RelayEngine:
                 listener.fd, ft.client, channel.number, relay.fd, channel.peer, alloc.counters
             )
             return
+        native = self._native_stream(ft)
+        if native is not None:
+            assert self.fast is not None
+            self.fast.install(
+                native.fd, ft.client, channel.number, relay.fd, channel.peer, alloc.counters
+            )
+            return
         to_peer = ClientEntry(relay.sock.sendto, channel.peer, alloc.counters)
         if ft.transport == "udp":
             peer_send = relay.link(channel.peer)
@@ -776,8 +784,26 @@ class RelayEngine:
                 return
             conn.channels[channel.number] = to_peer
             relay.channels[channel.peer] = PeerEntry(
-                conn.write, None, channel.number, alloc.counters, True
+                conn.writelines, None, channel.number, alloc.counters, True
             )
+
+    def _native_stream(self, ft: FiveTuple) -> NativeStream | None:
+        """A TCP or TLS client's connection as the native engine serves it (made on its first
+        channel), or None: no engine, or gone."""
+        if self.fast is None or ft.transport == "udp":
+            return None
+        conn = self._streams.get(ft)
+        if conn is None:
+            return None
+        if conn.native is None and NativeStream.usable(conn.transport):
+            assert conn.transport is not None
+            try:
+                conn.native = NativeStream(
+                    self.fast, conn.transport, conn.writelines, ft.client, ft.transport == "tls"
+                )
+            except OSError:  # no descriptor to spare (EMFILE): the Python path serves it
+                return None
+        return conn.native
 
     def _uninstall(self, channel: Channel) -> None:
         alloc = channel.allocation
@@ -787,6 +813,13 @@ class RelayEngine:
             if listener is not None:
                 self.fast.uninstall(listener.fd, ft.client, channel.number)
             return
+        conn = self._streams.get(ft) if self.fast is not None else None
+        if conn is not None and conn.native is not None:
+            assert self.fast is not None
+            key = (conn.native.fd, ft.client, channel.number)
+            if self.fast.installed(*key):  # (not if the engine had no descriptor for it then)
+                self.fast.uninstall(*key)
+                return
         relay = self._socket_of(alloc.relays.get(family_of(channel.peer[0])))
         if relay is not None:
             relay.channels.pop(channel.peer, None)

@@ -8,9 +8,11 @@ is one reader on the asyncio loop.
 Tables and counters: a UDP client's channel is two entries, (listener, client, channel) -> (relay,
 peer) and (relay, peer) -> (listener, client, channel), each counting packets and payload bytes
 under a token. :meth:`FastPath.sync` adds what they counted since the last call to the allocation's
-:class:`TrafficCounters`, so readers of those counters see exact numbers after a sync. TCP/TLS
-clients stay on the Python path (their relay sockets are still served here: a peer datagram with
-no native entry goes to the relay's Python table).
+:class:`TrafficCounters`, so readers of those counters see exact numbers after a sync. A plain TCP
+client's channels are the same two entries with its socket (:mod:`iceward.net.nativestream`) in
+the listener's place: Python reads the stream and the engine serves the ChannelData frames at its
+front; peer datagrams are framed onto the socket here. A TLS client's entries are the same,
+except that its frames always come back to Python (a list per poll) for the TLS transport.
 
 STUN Binding: with :meth:`FastPath.answer_binding` on, a Binding request that needs nothing but
 the client's address (no attributes, or only SOFTWARE and FINGERPRINT) is answered by the engine
@@ -37,6 +39,8 @@ RELAY = 2
 
 #: fd -> what to do with a datagram the tables did not serve: handler(data, source address).
 Handler = Callable[[bytes, Address], None]
+#: A stream's: handler(frames, None), what the engine did not write to the stream itself.
+StreamHandler = Callable[[list[bytes], None], None]
 
 
 def load_engine() -> tuple[Any, str]:
@@ -71,13 +75,15 @@ class FastPath:
         self.engine = engine
         self._on_error = on_error
         self._loop = loop
-        self._handlers: dict[int, Handler] = {}
+        self._handlers: dict[int, Handler | StreamHandler] = {}
         #: token -> (counters, True for the client->peer direction).
         self._tokens: dict[int, tuple[TrafficCounters, bool]] = {}
         #: (listener fd, client, channel) -> (to-peer token, relay fd, peer, to-client token).
         self._installed: dict[tuple[int, Address, int], tuple[int, int, Address, int]] = {}
         #: relay fd -> the keys of ``_installed`` through it.
         self._by_relay: dict[int, set[tuple[int, Address, int]]] = {}
+        #: TCP client stream fd -> the keys of ``_installed`` reading it.
+        self._by_stream: dict[int, set[tuple[int, Address, int]]] = {}
         #: id(allocation counters) -> the id of its to-peer bucket (to-client: the next one).
         self._buckets: dict[int, int] = {}
         self._next_bucket = 1
@@ -95,6 +101,28 @@ class FastPath:
         relay's own entries are uninstalled first (their counts taken as they go), so the engine
         has none left to look for in its whole table."""
         for key in list(self._by_relay.pop(fd, ())):
+            self.uninstall(*key)
+        if self._handlers.pop(fd, None) is not None and not self.closed:
+            self.engine.remove_socket(fd)
+
+    def add_stream(self, fd: int, handler: StreamHandler) -> None:
+        """A TCP client's socket (the engine's own descriptor for it): channels installed with
+        it in the listener's place are served natively; ``handler(frames, None)`` gets a list of
+        the frames (the first maybe the rest of one) the socket did not take, for the Python
+        transport."""
+        self.engine.add_stream(fd)
+        self._handlers[fd] = handler
+        self._by_stream[fd] = set()
+
+    def hold_stream(self, fd: int, held: bool) -> None:
+        """While held, every frame for the stream goes to its handler (the transport has bytes
+        waiting: what the engine wrote would overtake them)."""
+        if not self.closed:
+            self.engine.hold_stream(fd, held)
+
+    def remove_stream(self, fd: int) -> None:
+        """Before the descriptor closes: its entries uninstalled (their counts taken)."""
+        for key in list(self._by_stream.pop(fd, ())):
             self.uninstall(*key)
         if self._handlers.pop(fd, None) is not None and not self.closed:
             self.engine.remove_socket(fd)
@@ -128,6 +156,9 @@ class FastPath:
         self._tokens[to_client] = (counters, False)
         self._installed[key] = (to_peer, relay_fd, peer, to_client)
         self._by_relay.setdefault(relay_fd, set()).add(key)
+        stream_keys = self._by_stream.get(listener_fd)
+        if stream_keys is not None:
+            stream_keys.add(key)
         self.engine.install_client(listener_fd, client, number, relay_fd, peer, to_peer)
         self.engine.install_peer(relay_fd, peer, listener_fd, client, number, to_client)
         self._limit(key, counters)
@@ -160,6 +191,9 @@ class FastPath:
         """The node's (this process's share of its) bytes/s, each direction."""
         self.engine.set_capacity(rate)
 
+    def installed(self, listener_fd: int, client: Address, number: int) -> bool:
+        return (listener_fd, client, number) in self._installed
+
     def uninstall(self, listener_fd: int, client: Address, number: int) -> None:
         key = (listener_fd, client, number)
         found = self._installed.pop(key, None)
@@ -171,6 +205,9 @@ class FastPath:
             keys.discard(key)
             if not keys:
                 del self._by_relay[relay_fd]
+        stream_keys = self._by_stream.get(listener_fd)
+        if stream_keys is not None:
+            stream_keys.discard(key)
         engine = self.engine
         self._take_drops()
         for token, counts in (

@@ -79,7 +79,8 @@ class PeerEntry:
         counters: TrafficCounters,
         stream: bool,
     ) -> None:
-        #: ``sock.sendto`` of the client's UDP listener, or the stream connection's ``write``.
+        #: ``sock.sendto`` of the client's UDP listener, or the stream connection's
+        #: ``writelines`` (a list of frames: one write, each frame its own TLS record).
         self.send = send
         self.client = client
         self.number = number
@@ -92,6 +93,13 @@ def _count(entry: PeerEntry, packets: int, nbytes: int) -> None:
     counters = entry.counters
     counters.packets_to_client += packets
     counters.bytes_to_client += nbytes
+
+
+def _write(send: Callable[..., Any], frames: list[bytes]) -> None:
+    """One write of a stream client's frames (each its own TLS record: some clients read one
+    message per record), which are then cleared."""
+    send(frames.copy())
+    frames.clear()
 
 
 class _Handed:
@@ -181,6 +189,8 @@ class RelaySocket(LinkedSocket):
         stream = False
         limiter: Any = None
         packets = nbytes = 0
+        # A stream client's frames of one run leave in one write.
+        frames: list[bytes] = []
         try:
             for _ in range(batch):
                 try:
@@ -202,6 +212,8 @@ class RelaySocket(LinkedSocket):
                     if run is not None:
                         _count(run, packets, nbytes)
                         packets = nbytes = 0
+                        if frames:
+                            _write(send, frames)
                     run = entry
                     limiter = entry.counters.limiter if entry is not None else None
                     if entry is not None:
@@ -226,7 +238,7 @@ class RelaySocket(LinkedSocket):
                     if stream:
                         pad = -n & 3
                         frame = bytes(view[: 4 + n])  # a copy: the buffer is reused
-                        send(frame + b"\x00" * pad if pad else frame)
+                        frames.append(frame + b"\x00" * pad if pad else frame)
                     elif client is None:
                         send(view[: 4 + n])
                     else:
@@ -236,6 +248,8 @@ class RelaySocket(LinkedSocket):
         finally:
             if run is not None:
                 _count(run, packets, nbytes)
+                if frames:
+                    _write(send, frames)
 
 
 def _family_of_ip(ip: str) -> int:

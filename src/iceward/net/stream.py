@@ -27,13 +27,16 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iceward.net import proxyproto, sniff
 from iceward.net.fdlimit import FD_ERRNOS, FdPressure, Throttled
 from iceward.net.prelude import Prelude
 from iceward.net.udp import ClientEntry
 from iceward.turn.allocation import Address, FiveTuple
+
+if TYPE_CHECKING:
+    from iceward.net.nativestream import NativeStream
 
 log = logging.getLogger("iceward.net")
 
@@ -68,6 +71,8 @@ class StreamConnection(asyncio.Protocol):
         self.peer = peer
         self.five_tuple: FiveTuple | None = None
         self.channels: dict[int, ClientEntry] = {}
+        #: The native engine's side of the connection, once a channel is installed there.
+        self.native: NativeStream | None = None
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._on_message = on_message
@@ -102,6 +107,9 @@ class StreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._closed:
             self._closed = True
+            native, self.native = self.native, None
+            if native is not None:  # its counts are taken before the owner ends the allocation
+                native.close()
             self._on_close(self)
 
     def write(self, data: Any) -> None:
@@ -111,6 +119,20 @@ class StreamConnection(asyncio.Protocol):
         if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
             return
         transport.write(data)
+        if self.native is not None:
+            self.native.wrote()
+
+    def writelines(self, frames: list[bytes]) -> None:
+        """Frames in one write; over TLS each is its own record (turnutils_uclient, for one,
+        reads one message per record)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            return
+        transport.writelines(frames)
+        if self.native is not None:
+            self.native.wrote()
 
     def hand_over(self, successor: Callable[[bytes], None]) -> None:
         """RFC 6062 ConnectionBind: from the end of the current message on, the stream is
@@ -125,6 +147,14 @@ class StreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        native = self.native
+        if native is not None and not self._buf:  # nothing held back: the engine reads data
+            pos = native.input(data, 0)
+            if pos:
+                self.active = True
+                if pos == len(data):
+                    return
+                data = data[pos:]
         buf = self._buf
         buf += data
         if not self._checked:
@@ -140,7 +170,12 @@ class StreamConnection(asyncio.Protocol):
         pos = 0
         size = len(buf)
         channels = self.channels
+        native = self.native
         while size - pos >= 4:
+            if native is not None:  # the frames the engine serves, up to one it does not
+                pos = native.input(buf, pos)
+                if size - pos < 4:
+                    break
             first = buf[pos]
             if 0x40 <= first <= 0x7F:
                 length = (buf[pos + 2] << 8) | buf[pos + 3]
