@@ -143,6 +143,45 @@ def test_an_allocation_keeps_its_silent_connection_open(make_server: MakeServer)
     assert dropped(server, "idle_timeout") >= 1
 
 
+def test_relayed_data_for_a_client_that_never_reads_is_dropped_and_counted(
+    make_server: MakeServer,
+) -> None:
+    """A TCP client that stops reading holds at most 1 MiB of relayed data in the server's
+    write buffer; the rest is dropped like a full UDP socket's and counted. The connection
+    itself keeps working once the client reads again."""
+    server = make_server()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((HOST, server.port))
+    client = BlockingTurnClient(
+        (HOST, server.port), "alice", "wonderland", transport="tcp", sock=sock
+    )
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((HOST, 0))
+    try:
+        relayed = client.allocate()
+        client.create_permission(peer.getsockname())
+        client.channel_bind(0x4000, peer.getsockname())
+        payload = bytes(1200)
+        for _burst in range(80):  # 12 MB in bursts the relay socket's buffer can take
+            for _ in range(128):
+                peer.sendto(payload, relayed)
+            time.sleep(0.002)
+        deadline = time.monotonic() + 10
+        while dropped(server, "client_backlog") == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert dropped(server, "client_backlog") > 0
+        client.sock.settimeout(5)
+        drained = 0
+        while drained < (1 << 20):  # what the server held for it arrives in order
+            chunk = client.sock.recv(65536)
+            assert chunk, "closed"
+            drained += len(chunk)
+    finally:
+        client.close()
+        peer.close()
+
+
 def test_per_source_cap_counts_tcp_and_tls_and_leaves_other_sources_alone(
     make_server: MakeServer,
 ) -> None:

@@ -482,6 +482,8 @@ class RelayEngine:
             kind, self._on_stream_message, self._on_stream_open, self._on_close, peer
         )
         conn.counted = True
+        if self.core is not None:
+            conn.counters = self.core.counters
         return conn
 
     def _on_stream_open(self, conn: StreamConnection) -> None:

@@ -26,7 +26,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from iceward.net import proxyproto, sniff
@@ -93,6 +93,8 @@ class StreamConnection(asyncio.Protocol):
         self.refused: str | None = None
         #: Takes the bytes after the message that ended the STUN framing (see :meth:`hand_over`).
         self._successor: Callable[[bytes], None] | None = None
+        #: The owner's counters: relayed data dropped for a full write backlog is counted there.
+        self.counters: MutableMapping[str, int] | None = None
         #: The first bytes were checked for a PROXY header (never welcome here: a trusted
         #: sender's was taken off before, see :mod:`iceward.net.prelude`).
         self._checked = False
@@ -117,6 +119,7 @@ class StreamConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            self._backlog_drop()
             return
         transport.write(data)
         if self.native is not None:
@@ -129,10 +132,15 @@ class StreamConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            self._backlog_drop()
             return
         transport.writelines(frames)
         if self.native is not None:
             self.native.wrote()
+
+    def _backlog_drop(self) -> None:
+        if self.counters is not None:
+            self.counters["drop.client_backlog"] += 1
 
     def hand_over(self, successor: Callable[[bytes], None]) -> None:
         """RFC 6062 ConnectionBind: from the end of the current message on, the stream is
