@@ -24,6 +24,8 @@ import secrets
 import string
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -115,6 +117,20 @@ class IssuanceRow(Base):
 #: Columns added since a table was first made: ``create_all`` makes missing tables only, so a
 #: store made by an older iceward gains these at open (nullable, no data to move).
 ADDED_COLUMNS: tuple[tuple[str, str], ...] = (("issuance", "nodes"),)
+
+#: The PostgreSQL advisory lock held while tables are made or upgraded: the nodes of a fleet
+#: starting together would otherwise race in CREATE TABLE (a duplicate ``pg_type`` row).
+SCHEMA_LOCK = 0x1CE3A2D
+
+
+@contextmanager
+def schema_change(engine: Engine) -> Iterator[Connection]:
+    """One transaction that makes or upgrades tables, one process at a time on PostgreSQL
+    (SQLite's own file lock serialises its writers)."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+        yield conn
 
 
 class ReportRow(Base):
@@ -376,8 +392,9 @@ class Store:
             self._watch_file(self.path)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            Base.metadata.create_all(self.engine)
-            self._add_columns()
+            with schema_change(self.engine) as conn:
+                Base.metadata.create_all(conn)
+                self._add_columns(conn)
             with self._session.begin() as s:
                 if s.get(RevisionRow, 1) is None:
                     s.add(RevisionRow(id=1, value=0))
@@ -385,15 +402,14 @@ class Store:
             self.engine.dispose()
             raise StoreUnavailable(f"{self.health.subject}: {describe_failure(exc)}") from None
 
-    def _add_columns(self) -> None:
+    def _add_columns(self, conn: Connection) -> None:
         """:data:`ADDED_COLUMNS` missing from a store made by an older iceward."""
-        inspector = inspect(self.engine)
+        inspector = inspect(conn)
         for table, column in ADDED_COLUMNS:
             present = {c["name"] for c in inspector.get_columns(table)}
             if column not in present:
                 kind = Base.metadata.tables[table].c[column].type.compile(self.engine.dialect)
-                with self.engine.begin() as conn:
-                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
 
     def _watch_file(self, path: Path) -> None:
         """Connections hold the file they opened: when it is deleted or replaced, a pooled

@@ -17,9 +17,17 @@ from typing import Any
 
 from sqlalchemy import Insert, and_, delete, func, insert, inspect, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
-from iceward.store import STORE_FAILURES, Store, StoreError, StoreUnavailable, describe_failure
+from iceward.store import (
+    STORE_FAILURES,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    describe_failure,
+    schema_change,
+)
 from iceward.usage.record import UsageRecord
 from iceward.usage.tables import LabelRow, QuotaRow, UsageBase, UsageRow
 
@@ -91,20 +99,19 @@ class UsageStore:
         self.store = store
         self._session = sessionmaker(store.engine, expire_on_commit=False)
         try:
-            UsageBase.metadata.create_all(store.engine)
-            self._add_seq()
+            with schema_change(store.engine) as conn:
+                UsageBase.metadata.create_all(conn)
+                self._add_seq(conn)
         except STORE_FAILURES as exc:
             raise StoreUnavailable(f"{store.health.subject}: {describe_failure(exc)}") from None
 
-    def _add_seq(self) -> None:
+    def _add_seq(self, conn: Connection) -> None:
         """The ``seq`` column and its unique key, in a table made by an older iceward (its rows
         keep NULL, which the key does not compare)."""
-        engine = self.store.engine
-        if "seq" not in {c["name"] for c in inspect(engine).get_columns("usage_records")}:
-            with engine.begin() as conn:
-                conn.execute(text("ALTER TABLE usage_records ADD COLUMN seq INTEGER"))
+        if "seq" not in {c["name"] for c in inspect(conn).get_columns("usage_records")}:
+            conn.execute(text("ALTER TABLE usage_records ADD COLUMN seq INTEGER"))
         for index in UsageBase.metadata.tables["usage_records"].indexes:
-            index.create(engine, checkfirst=True)
+            index.create(conn, checkfirst=True)
 
     # -- labels --------------------------------------------------------------------------------
     def remember_label(self, username: str, label: str) -> None:
