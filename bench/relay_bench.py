@@ -330,6 +330,12 @@ def iceward_command(args: argparse.Namespace) -> list[str]:
 VARIANT_PORTS = {"iceward": ICEWARD_RELAY_PORTS, "limited": (61000, 61999), "base": (60000, 60999)}
 
 
+def wants_tls(args: argparse.Namespace) -> bool:
+    """TLS clients: a TLS port and a certificate (other benches reusing the start-up helpers
+    have no ``--client-transport``: UDP)."""
+    return getattr(args, "client_transport", "udp") == "tls"
+
+
 def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> Server:
     """``iceward``; ``limited``: the same with ``--limited-args`` (usage accounting every
     second and a ``--max-bps`` no flow reaches: the limiter's full cost, no drop); ``base``:
@@ -353,7 +359,7 @@ def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> 
         "--workers", str(args.workers),  # its default is one per core
     ]  # fmt: skip
     tls_port = None
-    if args.client_transport == "tls":
+    if wants_tls(args):
         tls_port = _free_port()
         cert, key = make_certificate(tmp)
         argv += ["--tls-port", str(tls_port), "--cert", str(cert), "--key", str(key)]
@@ -396,7 +402,7 @@ def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
         "--simple-log",
     ]
     tls_port = None
-    if args.client_transport == "tls":
+    if wants_tls(args):
         tls_port = _free_port()
         cert, key = make_certificate(tmp)
         argv += [f"--tls-listening-port={tls_port}", f"--cert={cert}", f"--pkey={key}"]
