@@ -6,10 +6,11 @@
    mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
    fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
    removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
-   request that lies, and a valid Binding request handed back. TCP client streams: ChannelData
-   frames served from a stream cut anywhere (and at every byte), with lying lengths, garbage and
-   frames for Python between them; peer datagrams framed onto a TCP connection whose writes come
-   up short, finished in order by a stand-in for the Python transport.
+   request that lies, and a valid Binding request handed back; the per-source budget comes and
+   goes meanwhile. TCP client streams: ChannelData frames served from a stream cut anywhere (and
+   at every byte), with lying lengths, garbage and frames for Python between them; peer
+   datagrams framed onto a TCP connection whose writes come up short, finished in order by a
+   stand-in for the Python transport.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
@@ -179,6 +180,13 @@ PY_DRIVER = textwrap.dedent(
             eng.stats()
             eng.take_bindings()
             eng.answer_binding(rnd.random() < 0.8)
+            total, per_source = eng.take_source_drops()
+            assert sum(n for _, n in per_source) <= total
+            eng.source_budget(rnd.choice((0, 3, 50, 1e5)))
+            try:
+                eng.source_budget(rnd.choice((-1.0, float("nan"))))
+            except ValueError:
+                pass
         else:
             for bad in (("x", 1), ("1.2.3.4",), "1.2.3.4", ("::1", 70000), ("1.2.3.4", -1)):
                 try:
