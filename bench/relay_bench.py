@@ -353,7 +353,7 @@ def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> 
         "--workers", str(args.workers),  # its default is one per core
     ]  # fmt: skip
     tls_port = None
-    if args.client_transport == "tls":
+    if getattr(args, "client_transport", "udp") == "tls":  # (control_bench's args have none)
         tls_port = _free_port()
         cert, key = make_certificate(tmp)
         argv += ["--tls-port", str(tls_port), "--cert", str(cert), "--key", str(key)]
@@ -400,7 +400,7 @@ def make_coturn(args: argparse.Namespace, tmp: Path) -> Server:
         "--simple-log",
     ]
     tls_port = None
-    if args.client_transport == "tls":
+    if getattr(args, "client_transport", "udp") == "tls":  # (control_bench's args have none)
         tls_port = _free_port()
         cert, key = make_certificate(tmp)
         argv += [f"--tls-listening-port={tls_port}", f"--cert={cert}", f"--pkey={key}"]
