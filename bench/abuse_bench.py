@@ -4,7 +4,8 @@
     .venv/bin/python bench/abuse_bench.py --half-open 500 --guesses 20000 --samples 300
 
 One ``iceward serve`` on loopback with its default limits (500 TCP/TLS connections per source,
-60 failed authentications a minute per source, the connection timeout given here). Two parts:
+60 failed authentications a minute per source, 1000 STUN messages a second per UDP source, the
+connection timeout given here). Two parts:
 
 * **Half-open TLS.** A legitimate client on 127.0.0.2 times ``--samples`` TLS allocations
   (connect, handshake, Allocate, 401, signed Allocate, close), first alone, then while an
@@ -14,7 +15,12 @@ One ``iceward serve`` on loopback with its default limits (500 TCP/TLS connectio
   and the server's CPU over the phase.
 * **Guessing.** The attacker sends signed Allocates with a wrong password over UDP as fast as one
   socket allows (at least ``--guesses``), while the client times UDP allocations. Reported: guesses
-  answered and dropped unanswered, the server CPU per guess, the client's latency.
+  answered and dropped unanswered, the server CPU per guess, the client's latency. Before the
+  per-source request budget each guess was parsed and its HMAC checked (about 10 µs): the flood
+  took a whole core, the kernel dropped datagrams for everyone (818k in 58 s) and 39 of the
+  client's 200 allocations failed (p50 190 ms); with it, the guesses beyond the budget are
+  dropped before parsing, the kernel drops none and the client sees 0 to 2 failures in 200,
+  p50 0.5 ms (``--guesses 2000000 --half-open 10``, this 2-core machine, busy).
 """
 
 from __future__ import annotations

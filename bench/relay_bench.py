@@ -367,6 +367,10 @@ def make_iceward(args: argparse.Namespace, tmp: Path, name: str = "iceward") -> 
         argv += ["--tls-port", "0"]
     if name == "limited":
         argv += shlex.split(args.limited_args)
+    if name != "base" and not args.iceward_cmd and getattr(args, "source", None) is None:
+        # Every client here is 127.0.0.1: a load, not one source to hold back (this tree's flag;
+        # another build, --iceward-cmd or control_callgrind's --source, runs with its defaults).
+        argv += ["--max-requests-per-source", "0"]
     server = Server(name, argv, port, tmp / f"{name}.log", args.server_cpu_list, args.nice)
     server.tls_port = tls_port
     if args.iceward_path != "auto":

@@ -302,6 +302,15 @@ class ServerSettings(BaseSettings):
     max_challenges: int = Field(
         500, ge=1, description="401 challenges answered per UDP source IP per second."
     )
+    max_requests_per_source: int = Field(
+        1000,
+        ge=0,
+        description="STUN messages (not ChannelData) read per UDP source IP (IPv6: per /64) "
+        "per second, bursts of as many, each worker; the rest are dropped before parsing. A "
+        "client sends a few a second (allocation, refreshes, keepalives), so 1000 leaves room "
+        "for an office behind one NAT; 0 = no limit.",
+        json_schema_extra=_shown("N"),
+    )
     workers: int | None = Field(
         None, ge=1, le=128, description="Relaying processes sharing the ports [one per core]."
     )

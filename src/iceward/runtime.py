@@ -37,6 +37,7 @@ FIELDS = (
     "packets_to_peer",
     "packets_to_client",
     "suppressed",
+    "dropped",
 )
 
 

@@ -21,6 +21,10 @@
  * FINGERPRINT exactly when the request had one; a valid request must never come back as a miss,
  * a lying one never be answered.
  *
+ * Per-source budget: it comes and goes (off, a few a second, generous) during all of the above;
+ * what it drops is neither answered nor handed back (the Binding checks stand), ChannelData never
+ * pays for it, and the drops it reports per source never exceed what it counted in all.
+ *
  * TCP client streams (fastpath_fuzz_stream.c): frames served from a stream cut anywhere, with
  * lying lengths and garbage, and peer datagrams framed onto a stream whose writes come up short.
  *
@@ -121,6 +125,27 @@ static int visit_limited(void *ctx, uint64_t token, uint64_t dropped, uint64_t u
         FAIL("collect_limited returned token %llu with %llu drops", (unsigned long long)token,
              (unsigned long long)dropped);
     return 0;
+}
+
+static uint64_t source_drops;
+
+static int visit_source(void *ctx, uint64_t slot, uint64_t dropped, uint64_t unused) {
+    (void)ctx;
+    (void)unused;
+    if (slot >= FP_SRC_SLOTS || dropped == 0)
+        FAIL("take_source_drops returned slot %llu with %llu drops", (unsigned long long)slot,
+             (unsigned long long)dropped);
+    source_drops += dropped;
+    return 0;
+}
+
+/* The budget's drops since the last call: per source never more than in all. */
+static void take_source_drops(fp_engine *e) {
+    source_drops = 0;
+    uint64_t total = fp_take_source_drops(e, visit_source, NULL);
+    if (source_drops > total)
+        FAIL("%llu drops reported per source, %llu in all", (unsigned long long)source_drops,
+             (unsigned long long)total);
 }
 
 static void bind_slot(fp_engine *e, int s) {
@@ -623,6 +648,11 @@ int main(int argc, char **argv) {
             fp_add_socket(e, relay[s], FP_RELAY);
             bind_slot(e, s);
         } else if (r < 985) {
+            if (rnd() % 4 == 0) { /* the per-source budget comes, changes, goes */
+                static const double budgets[] = {0, 3, 50, 100000};
+                take_source_drops(e);
+                fp_set_source_budget(e, budgets[rnd() % 4]);
+            }
             fp_collect(e, (int)(rnd() & 1), visit, NULL);
             if (rnd() % 16 == 0)
                 check_uses(e);
@@ -658,6 +688,9 @@ int main(int argc, char **argv) {
             if (B[id].received[d] > B[id].counted[d])
                 FAIL("binding %d dir %d: %llu arrived, %llu counted", id, d,
                      (unsigned long long)B[id].received[d], (unsigned long long)B[id].counted[d]);
+    take_source_drops(e);
+    fprintf(stderr, "fastpath_fuzz: %llu datagrams dropped by the per-source budget\n",
+            (unsigned long long)e->stat_src_dropped);
     fprintf(stderr,
             "fastpath_fuzz: %ld iterations, %d bindings, %ld forwarded, %ld misses, %llu gso "
             "sends, %llu gro buffers, %u Binding requests (%ld answered, %llu counted, %ld handed "

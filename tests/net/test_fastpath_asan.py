@@ -6,10 +6,11 @@
    mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
    fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
    removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
-   request that lies, and a valid Binding request handed back. TCP client streams: ChannelData
-   frames served from a stream cut anywhere (and at every byte), with lying lengths, garbage and
-   frames for Python between them; peer datagrams framed onto a TCP connection whose writes come
-   up short, finished in order by a stand-in for the Python transport.
+   request that lies, and a valid Binding request handed back; the per-source budget comes and
+   goes meanwhile. TCP client streams: ChannelData frames served from a stream cut anywhere (and
+   at every byte), with lying lengths, garbage and frames for Python between them; peer
+   datagrams framed onto a TCP connection whose writes come up short, finished in order by a
+   stand-in for the Python transport.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
@@ -94,6 +95,14 @@ PY_DRIVER = textwrap.dedent(
     eng = _fastpath.Engine()
     eng.answer_binding(True)
     listener, relay, client, peer = udp(), udp(), udp(), udp()
+    # IPv6: a listener and a client on ::1 (the per-source budget keys them by /64).
+    listener6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    listener6.bind(("::1", 0))
+    client6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    client6.bind(("::1", 0))
+    client6.setblocking(False)
+    eng.add_socket(listener6.fileno(), _fastpath.LISTENER)
+    l6addr = listener6.getsockname()[:2]
     eng.add_socket(listener.fileno(), _fastpath.LISTENER)
     eng.add_socket(relay.fileno(), _fastpath.RELAY)
     lfd, rfd = listener.fileno(), relay.fileno()
@@ -111,8 +120,9 @@ PY_DRIVER = textwrap.dedent(
     eng.install_peer(r2fd, p2addr, sfd, caddr, 0x4100, 1001)
     token = 0
     bound = set()
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
+    sources = set()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
         r = rnd.random()
         if r < 0.05:
             number = rnd.randrange(0x4000, 0x4010)
@@ -143,6 +153,7 @@ PY_DRIVER = textwrap.dedent(
                 data = struct.pack("!HH", rnd.randrange(0, 0x10000), n) + body
             try:
                 client.sendto(data, laddr)
+                client6.sendto(data, l6addr)
                 peer.sendto(body, raddr)
             except BlockingIOError:
                 pass
@@ -167,8 +178,9 @@ PY_DRIVER = textwrap.dedent(
                 if fd == sfd:
                     assert addr is None and all(isinstance(f, bytes) for f in data)
                     continue
-                assert fd in (lfd, rfd) and isinstance(data, bytes) and len(addr) == 2
-            for s in (client, peer, stream_client, peer2):
+                assert fd in (lfd, rfd, listener6.fileno()) and isinstance(data, bytes)
+                assert len(addr) == 2
+            for s in (client, peer, stream_client, peer2, client6):
                 try:
                     while True:
                         s.recv(65536)
@@ -179,12 +191,21 @@ PY_DRIVER = textwrap.dedent(
             eng.stats()
             eng.take_bindings()
             eng.answer_binding(rnd.random() < 0.8)
+            total, per_source = eng.take_source_drops()
+            assert sum(n for _, n in per_source) <= total
+            sources.update(source for source, _ in per_source)
+            eng.source_budget(rnd.choice((0, 3, 50, 1e5)))
+            try:
+                eng.source_budget(rnd.choice((-1.0, float("nan"))))
+            except ValueError:
+                pass
         else:
             for bad in (("x", 1), ("1.2.3.4",), "1.2.3.4", ("::1", 70000), ("1.2.3.4", -1)):
                 try:
                     eng.install_client(lfd, bad, 0x4000, rfd, paddr, 1)
                 except (TypeError, ValueError, OverflowError):
                     pass
+    assert sources == {"127.0.0.1", "::/64"}, sources  # both families were held to budgets
     eng.remove_socket(rfd)
     eng.remove_socket(sfd)
     eng.collect()

@@ -35,7 +35,8 @@ def test_allocate_delete_churn_beside_a_long_lived_allocation_keeps_memory_flat(
 ) -> None:
     """Each deleted allocation used to stay in the timer heap until its old expiry, holding its
     closed relay socket and a 64 KiB buffer: RSS grew by ~100 MB per 1,500 rounds."""
-    server = make_server("--log-level", "warning", http=False)
+    # One address allocating as fast as it can: a load, beyond the per-source request budget.
+    server = make_server("--log-level", "warning", "--max-requests-per-source", "0", http=False)
     keeper = BlockingTurnClient((HOST, server.port), "alice", "wonderland")
     churner = BlockingTurnClient((HOST, server.port), "alice", "wonderland")
     try:

@@ -37,6 +37,11 @@
  * short and every later frame go back to Python (a list per stream per poll), which writes them
  * through the transport in order and releases the hold once its buffer is empty.
  *
+ * Per-source budget (source_budget): every datagram a listener reads that is not ChannelData (a
+ * STUN message, or garbage) first spends a token of its source's bucket, before the Binding
+ * answer and before the hand-off to Python; without one it is dropped and counted (per source
+ * for the log, in all for the metric). See fp_src_over.
+ *
  * Compiled without Python (FP_NO_PYTHON) the core is driven by the sanitizer fuzz test.
  */
 #define _GNU_SOURCE
@@ -54,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -155,6 +161,17 @@ typedef struct {
     char hdr[4];
 } fp_sout;
 
+/* One source's budget: a token bucket of STUN messages (rate = burst = the engine's src_rate). */
+typedef struct {
+    uint8_t addr[16];  /* IPv4 as ::ffff:a.b.c.d; IPv6: its /64, the rest zero */
+    uint8_t used;
+    uint32_t dropped;  /* since the last fp_take_source_drops */
+    double tokens;
+    double last;       /* seconds, CLOCK_MONOTONIC */
+} fp_src;
+
+#define FP_SRC_SLOTS 4096 /* direct-mapped by a keyed hash of the address; a power of 2 */
+
 #define FP_STREAM_IOV 1020 /* iovecs per stream sendmsg (3 per frame), under IOV_MAX */
 
 typedef struct fp_engine {
@@ -181,6 +198,11 @@ typedef struct fp_engine {
     uint64_t stat_recv_calls, stat_gro_buffers, stat_dropped, stat_limited;
     fp_bucket *bhash[FP_BUCKET_HASH];
     fp_bucket node[2]; /* the node's capacity per direction; rate 0: none */
+    double src_rate;   /* STUN messages per second per source; 0: no budget */
+    uint64_t src_key;  /* the hash key of the source table, random per engine */
+    double poll_now;   /* the clock, read once per poll when the budget first needs it; 0: not yet */
+    uint64_t stat_src_dropped, src_dropped_untaken;
+    fp_src src[FP_SRC_SLOTS];
     struct mmsghdr rmsg[FP_POOL];
     struct iovec riov[FP_POOL];
     struct sockaddr_storage names[FP_POOL];
@@ -447,6 +469,101 @@ static int fp_collect_limited(fp_engine *e, fp_visit_fn visit, void *ctx) {
     return 0;
 }
 
+/* ---- per-source budget for STUN messages -------------------------------------------------- */
+
+/* The table's key of a source: IPv4 (and IPv4-mapped IPv6) as ::ffff:a.b.c.d, IPv6 by its /64
+ * (one subscriber's network: a host picks any address in it). 0, or -1 for another family. */
+static int fp_src_key(const struct sockaddr *sa, uint8_t k[16]) {
+    memset(k, 0, 16);
+    if (sa->sa_family == AF_INET) {
+        k[10] = k[11] = 0xFF;
+        memcpy(k + 12, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 0;
+    }
+    if (sa->sa_family != AF_INET6)
+        return -1;
+    const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    memcpy(k, a, memcmp(a, mapped, 12) == 0 ? 16 : 8);
+    return 0;
+}
+
+/* splitmix64's finaliser: every input bit reaches every output bit (the slot is the low bits). */
+static uint64_t fp_mix(uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+static fp_src *fp_src_slot(fp_engine *e, const uint8_t k[16]) {
+    uint64_t a, b;
+    memcpy(&a, k, 8);
+    memcpy(&b, k + 8, 8);
+    return &e->src[fp_mix(fp_mix(a ^ e->src_key) ^ b) & (FP_SRC_SLOTS - 1)];
+}
+
+/* The hook: 1 if datagram p[0..len) from sa, read on a listener, is dropped for its source's
+ * budget. ChannelData (first byte 0x40-0x7F) never spends. A source whose slot holds another
+ * address evicts it and starts with a full bucket (a collision never makes one source pay for
+ * another; the key is random per engine, so a sender cannot pick colliding addresses). */
+static int fp_src_over(fp_engine *e, const struct sockaddr *sa, const unsigned char *p, int len) {
+    if (e->src_rate <= 0 || (len > 0 && p[0] >= 0x40 && p[0] <= 0x7F))
+        return 0;
+    uint8_t k[16];
+    if (fp_src_key(sa, k) != 0)
+        return 0;
+    if (e->poll_now == 0)
+        e->poll_now = fp_now();
+    double now = e->poll_now;
+    fp_src *s = fp_src_slot(e, k);
+    if (!s->used || memcmp(s->addr, k, 16) != 0) {
+        memcpy(s->addr, k, 16);
+        s->used = 1;
+        s->dropped = 0;
+        s->tokens = e->src_rate;
+    } else {
+        s->tokens += (now - s->last) * e->src_rate;
+        if (s->tokens > e->src_rate)
+            s->tokens = e->src_rate;
+    }
+    s->last = now;
+    if (s->tokens >= 1.0) {
+        s->tokens -= 1.0;
+        return 0;
+    }
+    if (s->dropped < UINT32_MAX)
+        s->dropped++;
+    e->stat_src_dropped++;
+    e->src_dropped_untaken++;
+    return 1;
+}
+
+/* Caller holds the lock. The budget, messages per second per source (0: none); the table starts
+ * empty. */
+static void fp_set_source_budget(fp_engine *e, double rate) {
+    e->src_rate = rate > 0 ? rate : 0;
+    memset(e->src, 0, sizeof(e->src));
+}
+
+/* Caller holds the lock. Hands each source's nonzero drop count to visit (slot, drops, 0),
+ * zeroing it; returns the drops of every source since the last call (those of evicted slots
+ * included) and zeroes that too. */
+static uint64_t fp_take_source_drops(fp_engine *e, fp_visit_fn visit, void *ctx) {
+    for (size_t i = 0; i < FP_SRC_SLOTS; i++) {
+        fp_src *s = &e->src[i];
+        if (s->dropped == 0)
+            continue;
+        if (visit(ctx, i, s->dropped, 0) != 0)
+            break;
+        s->dropped = 0;
+    }
+    uint64_t n = e->src_dropped_untaken;
+    e->src_dropped_untaken = 0;
+    return n;
+}
+
 /* ---- engine ------------------------------------------------------------------------------- */
 
 static fp_engine *fp_new(void) {
@@ -459,6 +576,8 @@ static fp_engine *fp_new(void) {
     e->pool = malloc((size_t)FP_POOL * FP_STRIDE);
     e->gso = 1;
     e->gro = 1;
+    if (getrandom(&e->src_key, sizeof(e->src_key), GRND_NONBLOCK) != sizeof(e->src_key))
+        e->src_key = (uint64_t)fp_now() * 0x9E3779B97F4A7C15ULL ^ (uint64_t)(uintptr_t)e;
     if (e->epfd < 0 || e->buckets == NULL || e->pool == NULL ||
         pthread_mutex_init(&e->lock, NULL) != 0) {
         if (e->epfd >= 0)
@@ -1142,6 +1261,8 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
                     }
                 }
             }
+            if (fp_src_over(e, src, p, len))
+                goto next; /* over its source's budget: dropped before any parsing */
             if (e->binding && fp_serve_binding(e, fd, src, p, len))
                 goto next; /* a plain STUN Binding request, answered here */
         } else if (peer_entry != NULL && len <= 65535) {
@@ -1194,6 +1315,7 @@ static int fp_poll(fp_engine *e, int timeout) {
     e->nmiss = 0;
     e->nout = 0;
     e->nsout = 0;
+    e->poll_now = 0;
     for (int i = 0; i < n && used < FP_POOL; i++) {
         int fd = ev[i].data.fd;
         int kind = fd >= 0 && fd < e->nkinds ? e->kinds[fd] : 0;
@@ -1739,18 +1861,77 @@ static PyObject *Engine_collect_limited(Engine *self, PyObject *noargs) {
     return list;
 }
 
+/* source_budget(rate): STUN messages per second per source on the listeners (0: none). */
+static PyObject *Engine_source_budget(Engine *self, PyObject *args) {
+    double rate;
+    if (!PyArg_ParseTuple(args, "d", &rate) || check_open(self))
+        return NULL;
+    if (rate < 0 || rate != rate) {
+        PyErr_SetString(PyExc_ValueError, "rate must be a non-negative number");
+        return NULL;
+    }
+    lock_engine(self);
+    fp_set_source_budget(self->e, rate);
+    pthread_mutex_unlock(&self->e->lock);
+    Py_RETURN_NONE;
+}
+
+typedef struct {
+    PyObject *list;
+    const fp_engine *e;
+} source_ctx;
+
+/* The key of source slot i as text: an IPv4 address, or an IPv6 /64 ("2001:db8::/64"). */
+static int append_source(void *ctx, uint64_t slot, uint64_t drops, uint64_t unused) {
+    (void)unused;
+    const source_ctx *c = ctx;
+    const uint8_t *k = c->e->src[slot].addr;
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+    char host[INET6_ADDRSTRLEN + 4];
+    if (memcmp(k, mapped, 12) == 0) {
+        inet_ntop(AF_INET, k + 12, host, sizeof(host));
+    } else {
+        inet_ntop(AF_INET6, k, host, INET6_ADDRSTRLEN);
+        strcat(host, "/64");
+    }
+    PyObject *t = Py_BuildValue("(sK)", host, (unsigned long long)drops);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append(c->list, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* take_source_drops() -> (dropped in all, [(source, dropped)]) since the last call. */
+static PyObject *Engine_take_source_drops(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    source_ctx ctx = {PyList_New(0), self->e};
+    if (ctx.list == NULL)
+        return NULL;
+    lock_engine(self);
+    uint64_t total = fp_take_source_drops(self->e, append_source, &ctx);
+    pthread_mutex_unlock(&self->e->lock);
+    if (PyErr_Occurred()) {
+        Py_DECREF(ctx.list);
+        return NULL;
+    }
+    return Py_BuildValue("(KN)", (unsigned long long)total, ctx.list);
+}
+
 static PyObject *Engine_stats(Engine *self, PyObject *noargs) {
     if (check_open(self))
         return NULL;
     fp_engine *e = self->e;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
+        "{sKsKsKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
         (unsigned long long)e->stat_bindings, "misses",
         (unsigned long long)e->stat_misses, "recv_calls", (unsigned long long)e->stat_recv_calls,
         "gro_buffers", (unsigned long long)e->stat_gro_buffers, "send_calls",
         (unsigned long long)e->stat_send_calls, "gso_sends", (unsigned long long)e->stat_gso_sends,
         "send_errors", (unsigned long long)e->stat_send_errors, "dropped",
         (unsigned long long)e->stat_dropped, "limited", (unsigned long long)e->stat_limited,
+        "source_dropped", (unsigned long long)e->stat_src_dropped,
         "entries", (Py_ssize_t)e->count, "gso", e->gso, "gro",
         e->gro);
 }
@@ -1790,6 +1971,10 @@ static PyMethodDef Engine_methods[] = {
      "set_capacity(rate): the node's bytes/s each direction (0: none)"},
     {"collect_limited", (PyCFunction)Engine_collect_limited, METH_NOARGS,
      "collect_limited() -> [(token, dropped)] since the last call"},
+    {"source_budget", (PyCFunction)Engine_source_budget, METH_VARARGS,
+     "source_budget(rate): STUN messages per second per source on listeners (0: none)"},
+    {"take_source_drops", (PyCFunction)Engine_take_source_drops, METH_NOARGS,
+     "take_source_drops() -> (dropped, [(source, dropped)]) since the last call"},
     {"stats", (PyCFunction)Engine_stats, METH_NOARGS, "Counters of the engine itself."},
     {NULL, NULL, 0, NULL},
 };

@@ -35,6 +35,7 @@ from iceward.net.nativestream import NativeStream
 from iceward.net.relay import PeerEntry, RelaySocket, UdpRelayAllocator
 from iceward.net.sharedquota import SharedQuota
 from iceward.net.slot import WorkerSlot
+from iceward.net.srcbudget import SourceBudget
 from iceward.net.stream import StreamAcceptor, StreamConnection
 from iceward.net.tcprelay import TcpRelays
 from iceward.net.tls import server_context
@@ -88,6 +89,8 @@ class EngineParams:
     #: Bytes/s per allocation and for the whole server, each direction; 0: no limit.
     max_bps: int = 0
     bps_capacity: int = 0
+    #: STUN messages per second per source IP on the UDP listeners, each process; 0: no limit.
+    max_requests_per_source: int = 0
 
 
 class RelayEngine:
@@ -135,6 +138,11 @@ class RelayEngine:
         self._peer_log = LogThrottle()
         self._auth_log = LogThrottle()
         self._proxy_log = LogThrottle()
+        #: The Python path's per-source budget (the native engine keeps its own).
+        self._budget: SourceBudget | None = None
+        self._rate_log = LogThrottle()
+        #: source -> datagrams over its budget dropped since its last log line.
+        self._rate_unlogged: dict[str, int] = {}
         #: Serves HTTP on the TLS port (a fresh protocol per connection), once the owner has an
         #: HTTP app; None: HTTP asked for there is refused.
         self.http_protocol: Callable[[], asyncio.Protocol] | None = None
@@ -201,8 +209,14 @@ class RelayEngine:
             self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
             if self.fast is not None:
                 self.fast.set_capacity(self._capacity.rate)
+        # Each worker holds each source to the whole budget: the kernel steers a source's ports
+        # to different workers, but one socket's datagrams always reach the same one.
+        if params.max_requests_per_source and self.fast is not None:
+            self.fast.source_budget(params.max_requests_per_source)
+        elif params.max_requests_per_source:
+            self._budget = SourceBudget(params.max_requests_per_source)
         for sock in slot.udp:
-            listener = UdpListener(sock, loop, self._on_udp_miss, self.fast)
+            listener = UdpListener(sock, loop, self._on_udp_miss, self.fast, self._budget)
             self._udp[listener.local] = listener
         proxy_from = [ipaddress.ip_network(n, strict=False) for n in params.proxy_from]
         for sock in slot.tcp:
@@ -304,12 +318,39 @@ class RelayEngine:
 
     def sync_traffic(self) -> None:
         """Bring the allocations' counters (and the core's Binding count) up to date with what the
-        native fast path counted."""
+        native fast path counted, and the requests dropped over their source's budget."""
         if self.fast is not None:
             self.fast.sync()
             answered = self.fast.take_bindings()
             if answered and self.core is not None:
                 self.core.counters["request.Binding"] += answered
+            self._over_budget(*self.fast.take_source_drops())
+        elif self._budget is not None:
+            self._over_budget(*self._budget.take())
+
+    def _over_budget(self, total: int, per_source: list[tuple[str, int]]) -> None:
+        """Datagrams dropped over their source's budget: counted
+        (``iceward_dropped{reason="request_rate"}``), and logged once a minute per source with
+        how many were dropped since its last line."""
+        if not total or self.core is None:
+            return
+        self.core.counters["drop.request_rate"] += total
+        unlogged = self._rate_unlogged
+        now = time.monotonic()
+        for source, dropped in per_source:
+            if len(unlogged) >= 4096 and source not in unlogged:
+                unlogged.clear()
+            unlogged[source] = unlogged.get(source, 0) + dropped
+            write, _ = self._rate_log.admit(source, now)
+            if write:
+                count = unlogged.pop(source)
+                log.warning(
+                    "requests over the per-source budget dropped: source=%s dropped=%d budget=%d/s",
+                    source,
+                    count,
+                    self.params.max_requests_per_source,
+                    extra={"event": "request_rate", "client": source, "dropped": count},
+                )
 
     def _track_activity(self) -> None:
         if self.core is None:

@@ -271,6 +271,18 @@ class FastPath:
         count: int = self.engine.take_bindings()
         return count
 
+    def source_budget(self, rate: float) -> None:
+        """STUN messages per second per source the listeners pass on (0: no budget); the rest
+        are dropped before the Binding answer and the hand-off (:mod:`iceward.net.srcbudget`)."""
+        self.engine.source_budget(rate)
+
+    def take_source_drops(self) -> tuple[int, list[tuple[str, int]]]:
+        """(dropped in all, [(source, dropped)]) over the budget since the last call."""
+        if self.closed:
+            return 0, []
+        total, per_source = self.engine.take_source_drops()
+        return int(total), list(per_source)
+
     def stats(self) -> dict[str, int]:
         stats: dict[str, int] = self.engine.stats()
         return stats

@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
 from iceward.net.fastpath import LISTENER, FastPath
 from iceward.net.links import LinkedSocket
 from iceward.net.listeners import bind_udp
+from iceward.net.srcbudget import SourceBudget
 from iceward.turn.allocation import Address, TrafficCounters
 
 BATCH = 64
@@ -56,8 +58,12 @@ class UdpListener(LinkedSocket):
         loop: asyncio.AbstractEventLoop,
         on_miss: Callable[[UdpListener, bytes, Address], None],
         fast: FastPath | None = None,
+        budget: SourceBudget | None = None,
     ) -> None:
+        """``budget``: the per-source budget the Python path applies before ``on_miss`` (the
+        native engine applies its own)."""
         self.local: Address = sock.getsockname()[:2]
+        self._budget = budget
         self.channels: dict[ChannelKey, ClientEntry] = {}
         self._v6 = sock.family == socket.AF_INET6
         self._on_miss = on_miss
@@ -90,8 +96,8 @@ class UdpListener(LinkedSocket):
     def _forward(self, sock: socket.socket, client: Address | None) -> None:
         """The one client -> peer loop, for the listener (``client`` None: each datagram says
         whose it is) and for a link (connected to ``client``: no address to read). A bound
-        channel's ChannelData goes to the peer from the listener's buffer; the rest to
-        ``on_miss``."""
+        channel's ChannelData goes to the peer from the listener's buffer; the rest, within its
+        source's budget (the clock read once per batch), to ``on_miss``."""
         recvfrom = sock.recvfrom_into
         recv = sock.recv_into
         buf = self._buf
@@ -100,6 +106,9 @@ class UdpListener(LinkedSocket):
         unpack = _HEADER.unpack_from
         on_miss = self._on_miss
         v6 = self._v6
+        budget = self._budget
+        allow = budget.allow if budget is not None else None
+        now = time.monotonic() if budget is not None else 0.0
         addr: Any = client
         for _ in range(BATCH):
             try:
@@ -136,4 +145,10 @@ class UdpListener(LinkedSocket):
                     except OSError:
                         pass
                     continue
+            if (
+                allow is not None
+                and (n == 0 or not 0x40 <= buf[0] <= 0x7F)
+                and not allow(addr[0], now)
+            ):
+                continue  # over its source's budget: dropped before any parsing
             on_miss(self, bytes(mv[:n]), addr)

@@ -92,6 +92,7 @@ class RelayProcess:
             proxy_from=list(settings.proxy_protocol_from),
             max_bps=settings.max_bps,
             bps_capacity=settings.bps_capacity,
+            max_requests_per_source=settings.max_requests_per_source,
         )
         files = (slot.tls_files or tls_files(plan)) if slot.tls else None
         #: The certificate and key the TLS listeners serve, None without TLS.
