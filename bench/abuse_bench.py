@@ -78,7 +78,7 @@ def allocate(send: object, recv: object) -> None:
     send(encode_message(C.ALLOCATE, C.REQUEST, os.urandom(12), attrs, integrity_key=key))
     answer = parse_message(recv())
     if answer.cls != C.SUCCESS:
-        raise RuntimeError(f"allocation answered {answer.cls:#x}")
+        raise RuntimeError(f"allocation answered {answer.get(C.ERROR_CODE)!r}")
 
 
 def tls_allocation(port: int) -> None:
@@ -88,11 +88,14 @@ def tls_allocation(port: int) -> None:
         allocate(s.sendall, lambda: read_stun(s))
 
 
-def udp_allocation(port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((CLIENT, 0))
-        s.settimeout(1)  # a lost datagram counts as a failure, not a retransmission
-        allocate(lambda d: s.sendto(d, (HOST, port)), lambda: s.recv(4096))
+def udp_allocation(port: int, held: list[socket.socket]) -> None:
+    """One allocation from a new socket, kept open in ``held``: a closed one's port could come
+    back for a later sample and meet its own allocation (437)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    held.append(s)
+    s.bind((CLIENT, 0))
+    s.settimeout(1)  # a lost datagram counts as a failure, not a retransmission
+    allocate(lambda d: s.sendto(d, (HOST, port)), lambda: s.recv(4096))
 
 
 def timed(samples: int, once: object) -> tuple[list[float], int]:
@@ -257,7 +260,10 @@ def main() -> None:
                 target=lambda: result.append(guess(ports["port"], stop, args.guesses))
             )
             flood.start()
-            during = timed(args.samples, lambda: udp_allocation(ports["port"]))
+            held: list[socket.socket] = []
+            during = timed(args.samples, lambda: udp_allocation(ports["port"], held))
+            for sock in held:
+                sock.close()
             stop.set()
             flood.join()
             spent = cpu_seconds(proc.pid) - cpu
