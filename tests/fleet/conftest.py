@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,35 +178,45 @@ def write_region_map(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
-    redis = RedisServer(root / "redis")
-    postgres = PostgresServer()
-    fleet = Fleet(redis, postgres, {}, "", "", root)
+@contextmanager
+def running_fleet(root: Path, start: Callable[[Fleet], Fleet]) -> Iterator[Fleet]:
+    """A fleet in ``root`` with its own Redis and PostgreSQL, as ``start`` brings it up; after,
+    its nodes are stopped together (each takes a moment) and both services removed."""
+    fleet = Fleet(RedisServer(root / "redis"), PostgresServer(), {}, "", "", root)
     try:
-        yield start_fleet(fleet)
+        yield start(fleet)
     finally:
-        for node in fleet.nodes.values():  # all at once: each takes a moment to stop
+        for node in fleet.nodes.values():
             if node.proc.poll() is None:
                 node.proc.terminate()
         for node in fleet.nodes.values():
             stop_process(node.proc)
-        redis.stop()
-        postgres.remove()
+        fleet.redis.stop()
+        fleet.postgres.remove()
+
+
+def start_services(fleet: Fleet) -> None:
+    """Redis and PostgreSQL up, and the fleet's API keys made in the store."""
+    fleet.redis.start()
+    fleet.postgres.init()
+    fleet.postgres.start()
+    store = Store(fleet.postgres.url)
+    fleet.api_key = store.add_api_key("app")
+    fleet.admin_key = store.add_api_key("ops", admin=True)
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with running_fleet(tmp_path_factory.mktemp("fleet"), start_fleet) as running:
+        yield running
 
 
 def start_fleet(fleet: Fleet) -> Fleet:
     from tests.fleet.mmdb import write_mmdb
 
-    root, redis, postgres = fleet.root, fleet.redis, fleet.postgres
-    redis.start()
-    postgres.init()
-    postgres.start()
-    store = Store(postgres.url)
-    fleet.api_key = store.add_api_key("app")
-    fleet.admin_key = store.add_api_key("ops", admin=True)
-    store.close()
+    root = fleet.root
+    start_services(fleet)
     region_map = write_region_map(root / "regions.txt")
     geoip = write_mmdb(
         root / "geo.mmdb",

@@ -22,10 +22,16 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from iceward.store import Store
-from tests.conftest import require_tool, stop_process
-from tests.fleet.conftest import Fleet, Node, http, wait_for, wait_ready
-from tests.fleet.services import PostgresServer, RedisServer
+from tests.conftest import require_tool
+from tests.fleet.conftest import (
+    Fleet,
+    Node,
+    http,
+    running_fleet,
+    start_services,
+    wait_for,
+    wait_ready,
+)
 from tests.net.turnclient import BlockingTurnClient, TurnError
 
 INTERVAL = 0.5
@@ -33,33 +39,19 @@ INTERVAL = 0.5
 FLAGS = ("--usage-interval", str(INTERVAL), "--user-quota", "0")
 
 
+def start_two_nodes(fleet: Fleet) -> Fleet:
+    start_services(fleet)
+    for node_id in ("n1", "n2"):
+        fleet.start(node_id, *FLAGS)
+    for node in fleet.nodes.values():
+        wait_ready(node)
+    return fleet
+
+
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("usagefleet")
-    redis = RedisServer(root / "redis")
-    postgres = PostgresServer()
-    fleet = Fleet(redis, postgres, {}, "", "", root)
-    try:
-        redis.start()
-        postgres.init()
-        postgres.start()
-        store = Store(postgres.url)
-        fleet.api_key = store.add_api_key("app")
-        fleet.admin_key = store.add_api_key("ops", admin=True)
-        store.close()
-        for node_id in ("n1", "n2"):
-            fleet.start(node_id, *FLAGS)
-        for node in fleet.nodes.values():
-            wait_ready(node)
-        yield fleet
-    finally:
-        for node in fleet.nodes.values():  # all at once: each takes a moment to stop
-            if node.proc.poll() is None:
-                node.proc.terminate()
-        for node in fleet.nodes.values():
-            stop_process(node.proc)
-        redis.stop()
-        postgres.remove()
+    with running_fleet(tmp_path_factory.mktemp("usagefleet"), start_two_nodes) as running:
+        yield running
 
 
 def credentials(fleet: Fleet, user: str, label: str) -> tuple[str, str]:

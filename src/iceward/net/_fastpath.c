@@ -620,25 +620,32 @@ static void fp_free(fp_engine *e) {
     free(e);
 }
 
+/* Caller holds the lock. The kinds table reaches fd (doubling; new slots 0). */
+static int fp_cover_fd(fp_engine *e, int fd) {
+    if (fd < e->nkinds)
+        return 0;
+    int n = e->nkinds ? e->nkinds : 64;
+    while (n <= fd)
+        n *= 2;
+    uint8_t *k = realloc(e->kinds, (size_t)n);
+    if (k == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memset(k + e->nkinds, 0, (size_t)(n - e->nkinds));
+    e->kinds = k;
+    e->nkinds = n;
+    return 0;
+}
+
 /* Caller holds the lock. */
 static int fp_add_socket(fp_engine *e, int fd, int kind) {
     if (fd < 0 || (kind != FP_LISTENER && kind != FP_RELAY)) {
         errno = EINVAL;
         return -1;
     }
-    if (fd >= e->nkinds) {
-        int n = e->nkinds ? e->nkinds : 64;
-        while (n <= fd)
-            n *= 2;
-        uint8_t *k = realloc(e->kinds, (size_t)n);
-        if (k == NULL) {
-            errno = ENOMEM;
-            return -1;
-        }
-        memset(k + e->nkinds, 0, (size_t)(n - e->nkinds));
-        e->kinds = k;
-        e->nkinds = n;
-    }
+    if (fp_cover_fd(e, fd) != 0)
+        return -1;
     struct epoll_event ev;
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
@@ -659,19 +666,8 @@ static int fp_add_stream(fp_engine *e, int fd) {
         errno = EINVAL;
         return -1;
     }
-    if (fd >= e->nkinds) {
-        int n = e->nkinds ? e->nkinds : 64;
-        while (n <= fd)
-            n *= 2;
-        uint8_t *k = realloc(e->kinds, (size_t)n);
-        if (k == NULL) {
-            errno = ENOMEM;
-            return -1;
-        }
-        memset(k + e->nkinds, 0, (size_t)(n - e->nkinds));
-        e->kinds = k;
-        e->nkinds = n;
-    }
+    if (fp_cover_fd(e, fd) != 0)
+        return -1;
     e->kinds[fd] = FP_STREAM;
     return 0;
 }
