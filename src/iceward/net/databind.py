@@ -23,12 +23,11 @@ from collections.abc import Callable
 
 from iceward.net.stream import StreamConnection
 from iceward.net.tcprelay import Side
+from iceward.net.workerchannel import WorkerChannel
 from iceward.turn.allocation import FiveTuple, TrafficCounters
 from iceward.turn.tcprelay import bound_connection_id
 
 log = logging.getLogger("iceward.server")
-
-_MAX_MESSAGE = 65536 + 512
 
 #: Takes a pipe end from another worker: (socket, the client's five-tuple, its first request).
 Adopt = Callable[[socket.socket, FiveTuple, bytes], None]
@@ -54,35 +53,16 @@ class PipedStream(StreamConnection):
         self._on_open(self)
 
 
-class DataBindHandoff:
+class DataBindHandoff(WorkerChannel):
     """One worker's end: sends data connections to their owners, adopts the ones sent here."""
+
+    MAX_MESSAGE = 65536 + 512
 
     def __init__(
         self, base_name: str, index: int, count: int, loop: asyncio.AbstractEventLoop, adopt: Adopt
     ) -> None:
-        self._base = base_name
-        self.index = index
-        self._count = count
-        self._loop = loop
         self._adopt = adopt
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            self.sock.bind(self._name(index))
-            self.sock.setblocking(False)
-        except OSError:
-            self.sock.close()
-            raise
-        loop.add_reader(self.sock.fileno(), self._on_readable)
-
-    def _name(self, index: int) -> str:
-        return f"\0{self._base}bind{index}"
-
-    def close(self) -> None:
-        try:
-            self._loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
+        super().__init__(base_name, "bind", index, count, loop)
 
     def owner(self, data: bytes) -> int | None:
         """The other worker a ConnectionBind in ``data`` belongs to, else None."""
@@ -107,27 +87,20 @@ class DataBindHandoff:
         ours.setblocking(False)
         return ours
 
-    def _on_readable(self) -> None:
-        for _ in range(64):
-            try:
-                message, fds, _, _ = socket.recv_fds(self.sock, _MAX_MESSAGE, 1)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            socks = [socket.socket(fileno=fd) for fd in fds]
-            header, _, data = message.partition(b"\n")
-            try:
-                kind, cip, cport, sip, sport = json.loads(header)
-                five_tuple = FiveTuple(str(kind), (str(cip), int(cport)), (str(sip), int(sport)))
-            except (ValueError, TypeError):
-                five_tuple = None
-            if five_tuple is None or len(socks) != 1:
-                for sock in socks:
-                    sock.close()
-                continue
-            socks[0].setblocking(False)
-            self._adopt(socks[0], five_tuple, data)
+    def _on_message(self, message: bytes, fds: list[int], sender: str | bytes) -> None:
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        header, _, data = message.partition(b"\n")
+        try:
+            kind, cip, cport, sip, sport = json.loads(header)
+            five_tuple = FiveTuple(str(kind), (str(cip), int(cport)), (str(sip), int(sport)))
+        except (ValueError, TypeError):
+            five_tuple = None
+        if five_tuple is None or len(socks) != 1:
+            for sock in socks:
+                sock.close()
+            return
+        socks[0].setblocking(False)
+        self._adopt(socks[0], five_tuple, data)
 
 
 def splice_to_pipe(

@@ -19,6 +19,7 @@ import socket
 from collections.abc import Callable
 
 from iceward.net.relay import UdpRelayAllocator
+from iceward.net.workerchannel import WorkerChannel
 from iceward.turn.allocation import FiveTuple
 from iceward.turn.server import claimed_reservation
 
@@ -32,7 +33,7 @@ MAX_PER_TOKEN = 8
 _ASK, _HERE, _NONE = b"T", b"R", b"N"
 
 
-class ReservationHandoff:
+class ReservationHandoff(WorkerChannel):
     """One worker's end: asks other workers for reservations, and gives its own away."""
 
     def __init__(
@@ -46,36 +47,18 @@ class ReservationHandoff:
     ) -> None:
         """``base_name`` + index is each worker's abstract Unix socket name; ``deliver`` hands a
         held-back request to the core."""
-        self._base = base_name
-        self.index = index
-        self._count = count
         self._allocator = allocator
-        self._loop = loop
         self._deliver = deliver
         self._waiting: dict[bytes, list[tuple[bytes, FiveTuple]]] = {}
         self._timers: dict[bytes, asyncio.TimerHandle] = {}
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            self.sock.bind(self._name(index))
-            self.sock.setblocking(False)
-        except OSError:
-            self.sock.close()
-            raise
-        loop.add_reader(self.sock.fileno(), self._on_readable)
-
-    def _name(self, index: int) -> str:
-        return f"\0{self._base}{index}"
+        super().__init__(base_name, "", index, count, loop)
 
     def close(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         self._waiting.clear()
-        try:
-            self._loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
+        super().close()
 
     def hold(self, data: bytes, five_tuple: FiveTuple) -> bool:
         """True when ``data`` is an Allocate claiming another worker's reservation: it will be
@@ -103,29 +86,22 @@ class ReservationHandoff:
         self._timers[token] = self._loop.call_later(TIMEOUT, self._finish, token)
         return True
 
-    def _on_readable(self) -> None:
-        for _ in range(64):
-            try:
-                message, fds, _, sender = socket.recv_fds(self.sock, 64, 1)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            kind, token = message[:1], message[1:9]
-            if kind == _ASK and len(token) == 8 and not fds:
-                self._give(token, sender)
-            elif kind == _HERE and len(fds) == 1 and len(message) == 10:
-                sock = socket.socket(fileno=fds[0])
-                if token in self._waiting:
-                    self._allocator.adopt(token, sock, message[9])
-                else:
-                    sock.close()  # we gave up waiting: the port is free again
-                self._finish(token)
+    def _on_message(self, message: bytes, fds: list[int], sender: str | bytes) -> None:
+        kind, token = message[:1], message[1:9]
+        if kind == _ASK and len(token) == 8 and not fds:
+            self._give(token, sender)
+        elif kind == _HERE and len(fds) == 1 and len(message) == 10:
+            sock = socket.socket(fileno=fds[0])
+            if token in self._waiting:
+                self._allocator.adopt(token, sock, message[9])
             else:
-                for fd in fds:
-                    socket.socket(fileno=fd).close()
-                if kind == _NONE:
-                    self._finish(token)
+                sock.close()  # we gave up waiting: the port is free again
+            self._finish(token)
+        else:
+            for fd in fds:
+                socket.socket(fileno=fd).close()
+            if kind == _NONE:
+                self._finish(token)
 
     def _give(self, token: bytes, asker: str | bytes) -> None:
         reserved = self._allocator.give_away(token)
