@@ -253,6 +253,50 @@ def test_connect_bind_and_relay_both_ways(
     assert echo[0] in json.loads(final[3])
 
 
+def test_max_bps_holds_a_tcp_relay_to_the_rate_without_losing_a_byte(
+    tmp_path: Path, echo: tuple[str, int]
+) -> None:
+    """``--max-bps`` on a TCP allocation: a stream cannot drop, so the relay stops reading the
+    side that spent its budget until the rate has earned it back; every byte arrives, at the
+    rate (each way: the echo peer sends it all back). A read is forwarded whole and paid for
+    after, so the rate holds over many reads (asyncio reads up to 256 KiB at a time): measured
+    from the first third of the stream on, once the bursts are spent."""
+    rate = 2_000_000
+    limited = start_server(
+        tmp_path,
+        "--allow-peer",
+        f"{PEER_HOST}/32",
+        "--max-bps",
+        str(rate),
+        allow_loopback=False,
+        workers=1,
+    )
+    try:
+        client, _ = control(limited)
+        client.create_permission(echo)
+        data, _ = data_connection(limited, connect(client, echo))
+        payload = os.urandom(8_000_000)
+        sender = threading.Thread(target=data.sendall, args=(payload,), daemon=True)
+        sender.start()
+        got = bytearray()
+        data.settimeout(30)
+        crossed = 0.0  # when the first third was back: the bursts are spent by then
+        while len(got) < len(payload):
+            chunk = data.recv(65536)
+            assert chunk, "closed"
+            got += chunk
+            if not crossed and len(got) >= len(payload) // 3:
+                crossed, at = time.monotonic(), len(got)
+        steady = (len(got) - at) / (time.monotonic() - crossed)
+        sender.join(5)
+        assert got == payload
+        assert 0.8 * rate <= steady <= 1.15 * rate, f"{steady:.0f} B/s against {rate}"
+        data.close()
+        client.close()
+    finally:
+        limited.stop()
+
+
 def test_connection_attempt_from_a_permitted_peer(server: RunningServer) -> None:
     """A peer with a permission connecting in is announced (ConnectionAttempt) and bound; one
     without is closed; closing either end of a pair closes the other."""

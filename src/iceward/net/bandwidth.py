@@ -75,7 +75,9 @@ class AllocationLimit:
         counters.budget_to_peer = counters.budget_to_client = self.burst
         counters.limiter = self
 
-    def refill(self, counters: TrafficCounters, to_peer: bool, wanted: int) -> bool:
+    def earn(self, counters: TrafficCounters, to_peer: bool) -> float:
+        """Add to one direction's budget what the rate earned since it was last topped up
+        (within the node's capacity): the budget now."""
         now = self._clock()
         i = 0 if to_peer else 1
         budget = counters.budget_to_peer if to_peer else counters.budget_to_client
@@ -84,16 +86,23 @@ class AllocationLimit:
         if self._node is not None and earned > 0:
             earned = self._node.take(to_peer, earned, now)
         budget += max(0.0, earned)
-        ok = budget >= 0
-        if not ok:  # dropped: its bytes are not spent
-            budget += wanted
-            self.drops["drop.bandwidth"] += 1
-            if to_peer:
-                counters.dropped_to_peer += 1
-            else:
-                counters.dropped_to_client += 1
         if to_peer:
             counters.budget_to_peer = budget
         else:
             counters.budget_to_client = budget
-        return ok
+        return budget
+
+    def refill(self, counters: TrafficCounters, to_peer: bool, wanted: int) -> bool:
+        """A datagram of ``wanted`` bytes, already spent from a budget that went negative: True
+        when what was earned since covers it; else it is dropped (its bytes given back)."""
+        budget = self.earn(counters, to_peer)
+        if budget >= 0:
+            return True
+        self.drops["drop.bandwidth"] += 1  # dropped: its bytes are not spent
+        if to_peer:
+            counters.dropped_to_peer += 1
+            counters.budget_to_peer = budget + wanted
+        else:
+            counters.dropped_to_client += 1
+            counters.budget_to_client = budget + wanted
+        return False

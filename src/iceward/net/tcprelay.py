@@ -69,6 +69,8 @@ class Side(asyncio.Protocol):
         self.other: Side | None = None
         self.held = bytearray()
         self.closed = False
+        #: Not read until the allocation's rate (``--max-bps``) has earned back what it sent.
+        self.rate_paused = False
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -97,6 +99,45 @@ class Side(asyncio.Protocol):
         else:
             c.packets_to_client += 1
             c.bytes_to_client += nbytes
+        if c.limiter is not None:
+            self._spend(nbytes)
+
+    def _spend(self, nbytes: int) -> None:
+        """A bandwidth limit on a stream: nothing is dropped, but once the budget is spent this
+        side is not read until the rate has earned the deficit back (TCP then slows the sender)."""
+        c = self.counters
+        if self.to_peer:
+            c.budget_to_peer -= nbytes
+            budget = c.budget_to_peer
+        else:
+            c.budget_to_client -= nbytes
+            budget = c.budget_to_client
+        limiter = c.limiter
+        if budget >= 0 or limiter is None or self.rate_paused or self.transport is None:
+            return
+        budget = limiter.earn(c, self.to_peer)
+        if budget < 0:
+            self.rate_paused = True
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(-budget / limiter.rate, self._rate_resume)
+
+    def _rate_resume(self) -> None:
+        self.rate_paused = False
+        c, other = self.counters, self.other
+        if self.closed or self.transport is None or c.limiter is None:
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()  # the limit was lifted
+            return
+        budget = c.limiter.earn(c, self.to_peer)
+        if budget < 0:
+            self.rate_paused = True
+            asyncio.get_running_loop().call_later(-budget / c.limiter.rate, self._rate_resume)
+            return
+        if other is not None and other.transport is not None:
+            high = other.transport.get_write_buffer_limits()[1]
+            if other.transport.get_write_buffer_size() > high:
+                return  # the other side's resume_writing reads this one again
+        self.transport.resume_reading()
 
     def flush(self) -> None:
         """Pass on what was held once both ends exist, and read again."""
@@ -114,8 +155,9 @@ class Side(asyncio.Protocol):
             self.other.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.resume_reading()
+        other = self.other
+        if other is not None and other.transport is not None and not other.rate_paused:
+            other.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # one side's FIN ends the pair

@@ -73,6 +73,14 @@ class TrafficCounters:
 class BandwidthLimit(Protocol):
     """Refills a direction's budget when the forwarding path has spent it."""
 
+    #: Bytes per second each direction.
+    rate: float
+
+    def earn(self, counters: TrafficCounters, to_peer: bool) -> float:
+        """Add what the rate earned since the last top-up; the direction's budget now (a
+        stream, which cannot drop, waits while it is negative)."""
+        ...
+
     def refill(self, counters: TrafficCounters, to_peer: bool, wanted: int) -> bool:
         """Add to the budget of a direction short of ``wanted`` bytes (already subtracted);
         False: the datagram is dropped (its bytes given back and the drop counted)."""
