@@ -395,9 +395,9 @@ class Store:
             with schema_change(self.engine) as conn:
                 Base.metadata.create_all(conn)
                 self._add_columns(conn)
-            with self._session.begin() as s:
-                if s.get(RevisionRow, 1) is None:
-                    s.add(RevisionRow(id=1, value=0))
+                # Under the same lock: two nodes both finding no row would both insert it.
+                if conn.execute(select(RevisionRow.id).where(RevisionRow.id == 1)).first() is None:
+                    conn.execute(insert(RevisionRow).values(id=1, value=0))
         except STORE_FAILURES as exc:  # one line naming the store, not SQLAlchemy's SQL dump
             self.engine.dispose()
             raise StoreUnavailable(f"{self.health.subject}: {describe_failure(exc)}") from None

@@ -1,5 +1,6 @@
 """Nodes of a fleet starting together against a fresh PostgreSQL all open the store: making the
-tables is serialised, so none of them fails on a duplicate ``pg_type`` row (real PostgreSQL)."""
+tables and the first revision row is serialised, so none of them fails on a duplicate
+``pg_type`` row or a duplicate revision row (real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from iceward.store import Store, StoreUnavailable
 from iceward.usage.store import UsageStore
 from tests.fleet.services import PostgresServer
 
-NODES = 6
-ROUNDS = 3
+NODES = 16
+ROUNDS = 5
 
 
 @pytest.fixture(scope="module")
