@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningServer
-from tests.realclients.test_chromium import PAGE, browser, browser_ca  # noqa: F401 - fixtures
+from tests.realclients.test_chromium import (  # noqa: F401 - fixtures
+    PAGE,
+    browser,
+    browser_ca,
+    describe,
+)
 
 pytestmark = pytest.mark.realclient
 
@@ -22,7 +27,7 @@ async ({key, transport}) => {
     body: JSON.stringify({user: 'browser-user', ttl: 600, transports: [transport]}),
   });
   const doc = await response.json();
-  const report = await runRelayTest({iceServers: doc.iceServers, count: 10, timeoutMs: 10000});
+  const report = await runRelayTest({iceServers: doc.iceServers, count: 10, timeoutMs: 20000});
   return {status: response.status, doc, report};
 }
 """
@@ -55,8 +60,9 @@ def test_chromium_relays_with_credentials_from_the_api(
     turn = next(s for s in result["doc"]["iceServers"] if "username" in s)
     assert turn["urls"] == [f"turn:127.0.0.1:{server.port}?transport={transport}"]
     report = result["report"]
-    assert report["ok"], report
-    assert report["received"]["pc2"] == [f"pc1->pc2 #{i}" for i in range(10)]
+    why = describe(report, server)
+    assert report["ok"], why
+    assert report["received"]["pc2"] == [f"pc1->pc2 #{i}" for i in range(10)], why
     for name in ("pc1", "pc2"):
         local = report["selected"][name]["local"]
         assert local["candidateType"] == "relay" and local["relayProtocol"] == transport

@@ -168,7 +168,7 @@ async def peer_to_client(eng: Any, sizes: list[int], held: bool) -> tuple[bytes,
         payload = bytes([i & 0xFF]) * size
         peer.sendto(payload, relay.getsockname())
         expected += frame(CHANNEL, payload)
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.005)
     client.settimeout(2)
     got = b""
     while len(got) < len(expected):
@@ -193,3 +193,112 @@ def test_peer_datagrams_are_framed_onto_the_stream_in_order(engine: Any) -> None
     _, held_sends = asyncio.run(peer_to_client(engine, sizes, held=True))
     # The first through the transport, which had nothing waiting: released, the rest direct.
     assert held_sends == len(sizes) - 1
+
+
+def data_indication(payload: bytes) -> bytes:
+    """What the relay's Python handler writes here: a STUN message carrying ``payload``."""
+    body = payload + b"\x00" * (-len(payload) & 3)
+    return struct.pack("!HHI", 0x0017, len(body), 0x2112A442) + bytes(12) + body
+
+
+def parse_client_stream(data: bytes) -> list[tuple[str, bytes]]:
+    """Split what the client read into ChannelData frames and STUN messages; a byte that starts
+    neither (framing broken) fails."""
+    messages, pos = [], 0
+    while pos < len(data):
+        assert len(data) - pos >= 4, f"a cut-off message at {pos}"
+        first = data[pos]
+        if 0x40 <= first <= 0x7F:
+            number, size = struct.unpack_from("!HH", data, pos)
+            assert number == CHANNEL, f"channel {number:#x} at {pos}: framing broken"
+            messages.append(("channel", data[pos + 4 : pos + 4 + size]))
+            pos += 4 + size + (-size & 3)
+        else:
+            kind, size = struct.unpack_from("!HH", data, pos)
+            assert kind == 0x0017, f"{kind:#06x} at {pos}: framing broken"
+            body = data[pos + 20 : pos + 20 + size]
+            messages.append(("stun", body.rstrip(b"\x00")))  # the payload's bytes are never 0
+            pos += 20 + size
+    assert pos == len(data), "a cut-off message at the end"
+    return messages
+
+
+async def mixed_flood(eng: Any, rounds: int) -> list[tuple[str, bytes]]:
+    """A client that reads slowly through small buffers, so the engine's writes are often cut
+    short, gets frames from the engine and messages from Python's relay handler in the same
+    polls."""
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(listener.getsockname())
+    accepted, _ = listener.accept()
+    listener.close()
+    accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    relay = socket.socket(type=socket.SOCK_DGRAM)
+    relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    relay.bind(("127.0.0.1", 0))
+    relay.setblocking(False)
+    native_peer, python_peer = (socket.socket(type=socket.SOCK_DGRAM) for _ in range(2))
+    for peer in (native_peer, python_peer):
+        peer.bind(("127.0.0.1", 0))
+    conn = StreamConnection("tcp", lambda *_: None, lambda _: None, lambda _: None)
+    transport, _ = await loop.connect_accepted_socket(lambda: conn, accepted)
+    assert conn.five_tuple is not None
+    fast = FastPath(type(eng)(), loop, lambda: None)
+    fast.register(relay.fileno(), RELAY, lambda data, _: conn.write(data_indication(data)))
+    native = conn.native = NativeStream(fast, transport, conn.writelines, conn.five_tuple.client)
+    fast.install(
+        native.fd,
+        conn.five_tuple.client,
+        CHANNEL,
+        relay.fileno(),
+        native_peer.getsockname(),
+        TrafficCounters(),
+    )
+    received = bytearray()
+    done = False
+
+    def read_slowly() -> None:
+        client.settimeout(0.5)
+        while True:
+            try:
+                chunk = client.recv(4096)
+            except TimeoutError:
+                if done:
+                    return
+                continue
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = loop.run_in_executor(None, read_slowly)
+    for i in range(rounds):
+        for peer, mark in ((native_peer, 0xA0), (python_peer, 0xB0)):
+            peer.sendto(bytes([mark | i % 16]) * (301 + i % 200), relay.getsockname())
+        if i % 32 == 31:
+            await asyncio.sleep(0.005)
+    while transport.get_write_buffer_size():  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    done = True
+    await reader
+    transport.close()
+    await asyncio.sleep(0)
+    fast.unregister(relay.fileno())
+    fast.close()
+    for s in (client, relay, native_peer, python_peer):
+        s.close()
+    return parse_client_stream(bytes(received))
+
+
+def test_engine_frames_and_python_messages_interleave_without_breaking_the_framing(
+    engine: Any,  # noqa: F811
+) -> None:
+    """A frame the socket took only part of is finished before Python's handler for another
+    datagram of the same poll writes to the connection."""
+    messages = asyncio.run(mixed_flood(engine, 1500))
+    kinds = {kind for kind, _ in messages}
+    assert kinds == {"channel", "stun"}
+    for kind, payload in messages:  # each whole: one repeated byte, from the right path
+        assert len(set(payload)) == 1 and payload[0] >> 4 == (0xA if kind == "channel" else 0xB)

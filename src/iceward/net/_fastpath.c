@@ -1735,12 +1735,28 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
     }
     uint8_t *taken = e->sdone; /* free once the poll has flushed */
     memset(taken, 0, (size_t)n);
-    for (int i = 0; i < n; i++) {
-        fp_miss *m = &e->miss[i];
-        if (taken[i])
-            continue;
-        if (m->stream) { /* (stream fd, [frames], None) */
-            PyObject *item = stream_rest(e->miss, i, n, taken);
+    /* Streams' frames first: the rest of a frame the socket took only part of must reach the
+     * transport before any other datagram's handler writes to that connection. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < n; i++) {
+            fp_miss *m = &e->miss[i];
+            if (taken[i] || m->stream != (pass == 0))
+                continue;
+            if (m->stream) { /* (stream fd, [frames], None) */
+                PyObject *item = stream_rest(e->miss, i, n, taken);
+                if (item == NULL || PyList_Append(list, item) != 0) {
+                    Py_XDECREF(item);
+                    Py_DECREF(list);
+                    self->busy = 0;
+                    return NULL;
+                }
+                Py_DECREF(item);
+                continue;
+            }
+            PyObject *addr = make_addr(&e->names[m->slot]);
+            PyObject *item = addr == NULL ? NULL
+                                          : Py_BuildValue("(iy#N)", m->fd, m->data,
+                                                          (Py_ssize_t)m->len, addr);
             if (item == NULL || PyList_Append(list, item) != 0) {
                 Py_XDECREF(item);
                 Py_DECREF(list);
@@ -1748,19 +1764,7 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
                 return NULL;
             }
             Py_DECREF(item);
-            continue;
         }
-        PyObject *addr = make_addr(&e->names[m->slot]);
-        PyObject *item = addr == NULL ? NULL
-                                      : Py_BuildValue("(iy#N)", m->fd, m->data,
-                                                      (Py_ssize_t)m->len, addr);
-        if (item == NULL || PyList_Append(list, item) != 0) {
-            Py_XDECREF(item);
-            Py_DECREF(list);
-            self->busy = 0;
-            return NULL;
-        }
-        Py_DECREF(item);
     }
     self->busy = 0;
     return list;
