@@ -378,8 +378,7 @@ class ServerSettings(BaseSettings):
     )
     region_fallback: list[str] = Field(
         default_factory=list,
-        description="Regions to try when one has no healthy node: eu=us-east,us-west "
-        "(repeatable).",
+        description="Regions to try when one has no healthy node: eu=us-east,us-west (repeatable).",
         json_schema_extra=_shown("REGION=REGION,..."),
     )
     ready_file: Path | None = Field(
@@ -560,6 +559,7 @@ class ServerSettings(BaseSettings):
         if value is not None and not re.fullmatch(r"[^@\s:/]+@[^@\s:/]+\.[^@\s:/]+", value):
             raise ValueError(f"ACME email {value!r} is not an email address")
         return value
+
     @field_validator("cluster")
     @classmethod
     def _check_cluster(cls, value: str | None) -> str | None:

@@ -146,6 +146,7 @@ def create_app(
         version=__version__,
         description="Ephemeral TURN credentials, admin and metrics of an iceward server.",
     )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 naming each field and what is wrong, without echoing the input back: it may be a

@@ -630,4 +630,3 @@ def render_toml(result: Result) -> str:
         for _, labels, text in notes:
             lines += _comment(f"- {labels}: {text}")
     return "\n".join(lines) + "\n"
-

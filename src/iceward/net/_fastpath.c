@@ -1742,21 +1742,15 @@ static PyObject *Engine_poll(Engine *self, PyObject *args) {
             fp_miss *m = &e->miss[i];
             if (taken[i] || m->stream != (pass == 0))
                 continue;
+            PyObject *item;
             if (m->stream) { /* (stream fd, [frames], None) */
-                PyObject *item = stream_rest(e->miss, i, n, taken);
-                if (item == NULL || PyList_Append(list, item) != 0) {
-                    Py_XDECREF(item);
-                    Py_DECREF(list);
-                    self->busy = 0;
-                    return NULL;
-                }
-                Py_DECREF(item);
-                continue;
+                item = stream_rest(e->miss, i, n, taken);
+            } else {
+                PyObject *addr = make_addr(&e->names[m->slot]);
+                item = addr == NULL ? NULL
+                                    : Py_BuildValue("(iy#N)", m->fd, m->data,
+                                                    (Py_ssize_t)m->len, addr);
             }
-            PyObject *addr = make_addr(&e->names[m->slot]);
-            PyObject *item = addr == NULL ? NULL
-                                          : Py_BuildValue("(iy#N)", m->fd, m->data,
-                                                          (Py_ssize_t)m->len, addr);
             if (item == NULL || PyList_Append(list, item) != 0) {
                 Py_XDECREF(item);
                 Py_DECREF(list);
@@ -1808,8 +1802,8 @@ static PyObject *Engine_limit(Engine *self, PyObject *args) {
     return PyBool_FromLong(r == 0);
 }
 
-/* set_capacity(rate): the node's bytes/s each direction, drawn on by every limited entry. */
-static PyObject *Engine_set_capacity(Engine *self, PyObject *args) {
+/* One rate (a non-negative number) from args, handed to set under the engine's lock. */
+static PyObject *set_rate(Engine *self, PyObject *args, void (*set)(fp_engine *, double)) {
     double rate;
     if (!PyArg_ParseTuple(args, "d", &rate) || check_open(self))
         return NULL;
@@ -1818,9 +1812,14 @@ static PyObject *Engine_set_capacity(Engine *self, PyObject *args) {
         return NULL;
     }
     lock_engine(self);
-    fp_set_capacity(self->e, rate);
+    set(self->e, rate);
     pthread_mutex_unlock(&self->e->lock);
     Py_RETURN_NONE;
+}
+
+/* set_capacity(rate): the node's bytes/s each direction, drawn on by every limited entry. */
+static PyObject *Engine_set_capacity(Engine *self, PyObject *args) {
+    return set_rate(self, args, fp_set_capacity);
 }
 
 /* take_bindings() -> how many Binding requests were answered here since the last call. */
@@ -1863,17 +1862,7 @@ static PyObject *Engine_collect_limited(Engine *self, PyObject *noargs) {
 
 /* source_budget(rate): STUN messages per second per source on the listeners (0: none). */
 static PyObject *Engine_source_budget(Engine *self, PyObject *args) {
-    double rate;
-    if (!PyArg_ParseTuple(args, "d", &rate) || check_open(self))
-        return NULL;
-    if (rate < 0 || rate != rate) {
-        PyErr_SetString(PyExc_ValueError, "rate must be a non-negative number");
-        return NULL;
-    }
-    lock_engine(self);
-    fp_set_source_budget(self->e, rate);
-    pthread_mutex_unlock(&self->e->lock);
-    Py_RETURN_NONE;
+    return set_rate(self, args, fp_set_source_budget);
 }
 
 typedef struct {

@@ -115,32 +115,34 @@ class StreamConnection(asyncio.Protocol):
             self._on_close(self)
 
     def write(self, data: Any) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
-            self._backlog_drop()
-            return
-        transport.write(data)
-        if self.native is not None:
-            self.native.wrote()
+        transport = self._writable()
+        if transport is not None:
+            transport.write(data)
+            self._wrote()
 
     def writelines(self, frames: list[bytes]) -> None:
         """Frames in one write; over TLS each is its own record (turnutils_uclient, for one,
         reads one message per record)."""
+        transport = self._writable()
+        if transport is not None:
+            transport.writelines(frames)
+            self._wrote()
+
+    def _writable(self) -> asyncio.Transport | None:
+        """The transport, if open and not over its backlog (else None: what would be written
+        is dropped, and counted when over the backlog)."""
         transport = self.transport
         if transport is None or transport.is_closing():
-            return
+            return None
         if transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
-            self._backlog_drop()
-            return
-        transport.writelines(frames)
+            if self.counters is not None:
+                self.counters["drop.client_backlog"] += 1
+            return None
+        return transport
+
+    def _wrote(self) -> None:
         if self.native is not None:
             self.native.wrote()
-
-    def _backlog_drop(self) -> None:
-        if self.counters is not None:
-            self.counters["drop.client_backlog"] += 1
 
     def hand_over(self, successor: Callable[[bytes], None]) -> None:
         """RFC 6062 ConnectionBind: from the end of the current message on, the stream is
