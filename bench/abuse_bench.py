@@ -37,6 +37,10 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.net.turnclient import read_stun
+
 from edge_bench import start
 from iceward.stun import constants as C
 from iceward.stun.attributes import encode_one_byte
@@ -54,16 +58,6 @@ TRANSPORT = (C.REQUESTED_TRANSPORT, encode_one_byte(C.TRANSPORT_UDP))
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def read_stun(sock: socket.socket) -> bytes:
-    data = b""
-    while len(data) < 20 or len(data) < 20 + int.from_bytes(data[2:4], "big"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 def allocate(send: object, recv: object) -> None:

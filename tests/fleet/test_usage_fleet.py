@@ -10,10 +10,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,6 +31,7 @@ from tests.fleet.conftest import (
     wait_ready,
 )
 from tests.net.turnclient import BlockingTurnClient, TurnError
+from tests.usage.test_usage_server import Call
 
 INTERVAL = 0.5
 #: The fleet tests' --user-quota lifted: uclient holds more allocations than it allows.
@@ -101,30 +100,6 @@ def report(fleet: Fleet, node: str, by: str) -> dict[str, Any]:
     )
     assert status == 200, doc
     return dict(doc)
-
-
-class Call:
-    """One allocation on ``node`` with a channel to a local peer."""
-
-    def __init__(self, node: Node, username: str, password: str) -> None:
-        self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.peer.bind(("127.0.0.1", 0))
-        self.peer.settimeout(2)
-        self.client = BlockingTurnClient((node.ip, node.port), username, password)
-        self.relayed = self.client.allocate()
-        self.client.channel_bind(0x4000, self.peer.getsockname())
-
-    def exchange(self, count: int, up: int, down: int) -> None:
-        for _ in range(count):
-            self.client.send_channel_data(0x4000, b"u" * up)
-            self.peer.recvfrom(4096)
-            if down:
-                self.peer.sendto(b"d" * down, self.relayed)
-                self.client.receive_data()
-
-    def close(self) -> None:
-        self.client.close()
-        self.peer.close()
 
 
 TOTALS = re.compile(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)")
@@ -282,30 +257,13 @@ def test_a_node_killed_mid_call_loses_at_most_one_interval(fleet: Fleet) -> None
     node = fleet.start("n4", *FLAGS)
     wait_ready(node)
     call = Call(node, *credentials(fleet, "u-killed", "killed"))
-    sent: list[float] = []  # when each 200-byte datagram to the peer was relayed
-    stop = threading.Event()
 
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                call.exchange(1, 200, 0)
-            except OSError:
-                return  # the node is gone
-            sent.append(time.monotonic())
-            time.sleep(0.005)
-
-    worker = threading.Thread(target=traffic)
-    worker.start()
-    try:
-        time.sleep(6 * INTERVAL)
+    def kill() -> None:
         for pid in [*workers_of(node.proc.pid), node.proc.pid]:  # the whole node at once
             os.kill(pid, signal.SIGKILL)
-        killed = time.monotonic()
-        node.proc.wait(10)
-    finally:
-        stop.set()
-        worker.join(10)
-        call.close()
+
+    sent, killed = call.relay_until_killed(kill, INTERVAL)
+    node.proc.wait(10)
     before = sum(200 for t in sent if t < killed)
     # Everything relayed up to one interval (and a little scheduling slack) before the kill
     # reaches PostgreSQL, through the other nodes' consumers if n4's held it; nothing more.

@@ -22,7 +22,7 @@ from iceward.stun import encode_message, parse_message
 from tests.api.test_api import http, metric
 
 from ..conftest import HOST, TEST_WORKERS, RunningServer
-from .turnclient import BlockingTurnClient, TurnError
+from .turnclient import BlockingTurnClient, TurnError, read_stun
 
 MakeServer = Callable[..., RunningServer]
 
@@ -30,17 +30,6 @@ MakeServer = Callable[..., RunningServer]
 def binding_request() -> tuple[bytes, bytes]:
     txid = os.urandom(12)
     return txid, encode_message(C.BINDING, C.REQUEST, txid, fingerprint=True)
-
-
-def read_stun(sock: socket.socket) -> bytes:
-    """One STUN message off a stream socket (header first, then its length)."""
-    data = b""
-    while len(data) < 20 or len(data) < 20 + int.from_bytes(data[2:4], "big"):
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    return data
 
 
 def binding_answered(sock: socket.socket) -> bool:

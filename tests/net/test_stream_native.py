@@ -46,16 +46,26 @@ def sample_stream(tail: bytes) -> bytes:
     return b"".join(parts) + tail
 
 
-async def relay_stream(eng: Any, chunks: list[bytes], native: bool) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
+def sockets(client_buffer: int = 0) -> tuple[socket.socket, ...]:
+    """A loopback TCP connection (the client's end, the server's accepted end), a non-blocking
+    UDP relay socket and a UDP peer; ``client_buffer``: the client's receive buffer, if set."""
     listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
+    client = socket.socket()
+    if client_buffer:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, client_buffer)
+    client.connect(listener.getsockname())
     accepted, _ = listener.accept()
     listener.close()
     relay, peer = socket.socket(type=socket.SOCK_DGRAM), socket.socket(type=socket.SOCK_DGRAM)
     relay.bind(("127.0.0.1", 0))
     peer.bind(("127.0.0.1", 0))
     relay.setblocking(False)
+    return client, accepted, relay, peer
+
+
+async def relay_stream(eng: Any, chunks: list[bytes], native: bool) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    client, accepted, relay, peer = sockets()
     messages: list[bytes] = []
     conn = StreamConnection(
         "tcp", lambda _, data: messages.append(data), lambda _: None, lambda _: None
@@ -143,14 +153,7 @@ def test_a_stream_cut_anywhere_relays_as_the_python_framing_does(engine: Any) ->
 
 async def peer_to_client(eng: Any, sizes: list[int], held: bool) -> tuple[bytes, int]:
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.create_connection(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
-    relay, peer = socket.socket(type=socket.SOCK_DGRAM), socket.socket(type=socket.SOCK_DGRAM)
-    relay.bind(("127.0.0.1", 0))
-    peer.bind(("127.0.0.1", 0))
-    relay.setblocking(False)
+    client, accepted, relay, peer = sockets()
     conn = StreamConnection("tcp", lambda *_: None, lambda _: None, lambda _: None)
     transport, _ = await loop.connect_accepted_socket(lambda: conn, accepted)
     assert conn.five_tuple is not None
@@ -228,20 +231,11 @@ async def mixed_flood(eng: Any, rounds: int) -> list[tuple[str, bytes]]:
     short, gets frames from the engine and messages from Python's relay handler in the same
     polls."""
     loop = asyncio.get_running_loop()
-    listener = socket.create_server(("127.0.0.1", 0))
-    client = socket.socket()
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    client.connect(listener.getsockname())
-    accepted, _ = listener.accept()
-    listener.close()
+    client, accepted, relay, native_peer = sockets(client_buffer=4096)
     accepted.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    relay = socket.socket(type=socket.SOCK_DGRAM)
     relay.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-    relay.bind(("127.0.0.1", 0))
-    relay.setblocking(False)
-    native_peer, python_peer = (socket.socket(type=socket.SOCK_DGRAM) for _ in range(2))
-    for peer in (native_peer, python_peer):
-        peer.bind(("127.0.0.1", 0))
+    python_peer = socket.socket(type=socket.SOCK_DGRAM)
+    python_peer.bind(("127.0.0.1", 0))
     conn = StreamConnection("tcp", lambda *_: None, lambda _: None, lambda _: None)
     transport, _ = await loop.connect_accepted_socket(lambda: conn, accepted)
     assert conn.five_tuple is not None

@@ -14,6 +14,17 @@ from iceward.stun.message import Message, encode_message, parse_message
 Address = tuple[str, int]
 
 
+def read_stun(sock: socket.socket) -> bytes:
+    """One STUN message off a stream socket (header first, then its length)."""
+    data = b""
+    while len(data) < 20 or len(data) < 20 + int.from_bytes(data[2:4], "big"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
 class TurnError(Exception):
     def __init__(self, code: int, reason: str, reply: Message | None = None) -> None:
         super().__init__(f"{code} {reason}")

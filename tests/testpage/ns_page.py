@@ -23,9 +23,7 @@ def main(url: str, screenshot: str | None) -> None:
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 800})
             page.goto(url)
-            page.wait_for_function(
-                "document.body.dataset.state === 'done'", timeout=RUN_TIMEOUT_MS
-            )
+            page.wait_for_function("document.body.dataset.state === 'done'", timeout=RUN_TIMEOUT_MS)
             result = page.evaluate(RESULT_JS)
             if screenshot:
                 page.screenshot(path=screenshot, full_page=True)

@@ -126,9 +126,12 @@ def test_healthy_setup_every_transport_green_then_shared(
     page_says = page.evaluate("(hosts) => hosts.map((h) => internalReason(h))", HOSTS)
     assert page_says == [internal_reason(h) for h in HOSTS]
     # Titles and fixes come from the server's vocabulary, not from the page.
-    assert page.locator("#findings li[data-code=no-tls-443]").inner_text().count(
-        "No turns: URL on port 443"
-    ) == 1
+    assert (
+        page.locator("#findings li[data-code=no-tls-443]")
+        .inner_text()
+        .count("No turns: URL on port 443")
+        == 1
+    )
     screenshot(page, "test-page-healthy.png")
 
     # Which pair does the browser pick with every candidate allowed?

@@ -9,8 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 from tests.api.test_api import eventually
@@ -80,29 +78,11 @@ def test_a_node_killed_mid_call_loses_at_most_one_interval(tmp_path: Path) -> No
     (tmp_path / "k").mkdir()
     server = node(tmp_path, "k", f"sqlite:///{db}", "20700-20749")
     call = Call(server, "alice", "wonderland")
-    sent: list[float] = []  # the time each 200-byte datagram to the peer was relayed
-    stop = threading.Event()
 
-    def traffic() -> None:
-        while not stop.is_set():
-            try:
-                call.exchange(1, 200, 0)
-            except OSError:
-                return  # the server is gone
-            sent.append(time.monotonic())
-            time.sleep(0.005)
-
-    worker = threading.Thread(target=traffic)
-    worker.start()
-    try:
-        time.sleep(6 * INTERVAL)
-        os.kill(server.proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
-        server.proc.wait(10)
-    finally:
-        stop.set()
-        worker.join(10)
-        call.close()
+    sent, killed = call.relay_until_killed(
+        lambda: os.kill(server.proc.pid, signal.SIGKILL), INTERVAL
+    )
+    server.proc.wait(10)
     total, records = recorded(db, "k")
     assert records >= 4
     before = sum(200 for t in sent if t < killed)

@@ -57,20 +57,51 @@ def mint(server: RunningServer, key: str, user: str, label: str | None) -> tuple
 class Call:
     """One allocation with a channel to a local peer, relaying whole datagrams both ways."""
 
-    def __init__(self, server: RunningServer, username: str, password: str) -> None:
+    def __init__(self, server: Any, username: str, password: str) -> None:
+        """``server``: a :class:`RunningServer`, or a fleet node (its own ``ip``)."""
         self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.peer.bind((HOST, 0))
         self.peer.settimeout(2)
-        self.client = BlockingTurnClient((HOST, server.port), username, password)
+        address = (getattr(server, "ip", HOST), server.port)
+        self.client = BlockingTurnClient(address, username, password)
         self.relayed = self.client.allocate()
         self.client.channel_bind(0x4000, self.peer.getsockname())
 
     def exchange(self, count: int, up: int, down: int) -> None:
+        """``count`` times: ``up`` bytes to the peer, then ``down`` back (none if 0)."""
         for _ in range(count):
             self.client.send_channel_data(0x4000, b"u" * up)
             self.peer.recvfrom(4096)
-            self.peer.sendto(b"d" * down, self.relayed)
-            self.client.receive_data()
+            if down:
+                self.peer.sendto(b"d" * down, self.relayed)
+                self.client.receive_data()
+
+    def relay_until_killed(self, kill: Any, interval: float) -> tuple[list[float], float]:
+        """200-byte datagrams to the peer every 5 ms for six usage intervals, then ``kill()``
+        (signals sent): when each was relayed, and when the server was killed."""
+        sent: list[float] = []
+        stop = threading.Event()
+
+        def traffic() -> None:
+            while not stop.is_set():
+                try:
+                    self.exchange(1, 200, 0)
+                except OSError:
+                    return  # the server is gone
+                sent.append(time.monotonic())
+                time.sleep(0.005)
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            time.sleep(6 * interval)
+            kill()
+            killed = time.monotonic()
+        finally:
+            stop.set()
+            worker.join(10)
+            self.close()
+        return sent, killed
 
     def close(self) -> None:
         self.client.close()
