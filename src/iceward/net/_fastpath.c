@@ -20,6 +20,15 @@
  * SOFTWARE and a valid FINGERPRINT) is answered here too, when the control plane switched that on
  * (answer_binding): XOR-MAPPED-ADDRESS and, if the request had one, FINGERPRINT, the very bytes
  * the Python core sends; take_bindings() hands back how many, for the same request counter.
+ *
+ * The 401 to an unauthenticated TURN request is answered here too (answer_challenges): a
+ * well-formed request of a TURN method without MESSAGE-INTEGRITY(-SHA256) or RESERVATION-TOKEN
+ * gets the core's challenge byte for byte: the attributes the control plane encoded once around a
+ * NONCE made here as NonceManager makes it (HMAC-SHA256, written below: the build needs nothing
+ * but the Python headers), FINGERPRINT if the request had one. The core's rate of challenges per
+ * source IP holds (a second table beside the source budget's); take_challenges() hands back the
+ * requests by method, the 401s and the drops, for the core's counters. Anything else (signed,
+ * malformed, a realm too long for the buffer) goes to Python as before.
  * Bandwidth limits: an entry may draw on a token bucket (one per allocation and direction, shared
  * by its channels' entries, refcounted), filled lazily: a datagram subtracts its size, and only a
  * bucket gone short reads the clock (clock_gettime, a vDSO call, no syscall), adds what its rate
