@@ -28,6 +28,7 @@ from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.message import encode_message, parse_message
 from iceward.turn.allocation import FiveTuple
+from iceward.turn.events import ToClient
 from iceward.turn.server import TurnConfig
 from tests.api.test_api import http, metric
 from tests.conftest import HOST, RunningServer
@@ -68,7 +69,7 @@ def cut(data: bytes, keep: int) -> bytes:
 
 def lying_length(data: bytes, delta: int) -> bytes:
     length = struct.unpack_from("!H", data, 2)[0] + delta
-    return data[:2] + struct.pack("!H", length) + data[4:]
+    return data[:2] + struct.pack("!H", length & 0xFFFF) + data[4:]
 
 
 def wrong_fingerprint(data: bytes) -> bytes:
@@ -211,6 +212,80 @@ def test_the_engines_401_is_the_cores_byte_for_byte(fast: FastPath, host: str) -
         counted.count_challenges(*taken)
         assert counted.counters == reference.counters
         assert taken[1:] == (len(requests), 0)
+    finally:
+        listener.close()
+        client.close()
+
+
+def random_request(rnd: random.Random) -> bytes:
+    """A request of any method and class, with attributes of every kind the engine must tell
+    apart (signed ones, RESERVATION-TOKEN, FINGERPRINT anywhere, unknown ones, any lengths), now
+    and then cut, its length field lying, or a byte flipped."""
+    method = rnd.choice((*TURN_METHODS, *TURN_METHODS, C.BINDING, C.SEND, 0x00C, 0x0FF))
+    cls = rnd.choice((C.REQUEST,) * 6 + (C.INDICATION, C.SUCCESS, C.ERROR))
+    pool = [
+        C.SOFTWARE, 0x7F01, 0xC0DE, C.LIFETIME, C.USERNAME, C.REALM, C.NONCE, C.FINGERPRINT,
+        C.MESSAGE_INTEGRITY, C.MESSAGE_INTEGRITY_SHA256, C.RESERVATION_TOKEN, C.EVEN_PORT,
+    ]  # fmt: skip
+    attrs = []
+    for _ in range(rnd.randrange(4)):
+        kind = rnd.choice(pool)
+        size = {C.MESSAGE_INTEGRITY: 20, C.MESSAGE_INTEGRITY_SHA256: 32, C.FINGERPRINT: 4}
+        n = size.get(kind, rnd.randrange(0, 40)) if rnd.random() < 0.9 else rnd.randrange(40)
+        attrs.append((kind, rnd.randbytes(n)))
+    data = encode_message(method, cls, rnd.randbytes(12), attrs, fingerprint=rnd.random() < 0.5)
+    what = rnd.random()
+    if what < 0.05:
+        data = data[: rnd.randrange(len(data))]
+    elif what < 0.1:
+        data = lying_length(data, rnd.choice((-8, -4, -2, 2, 4, 8)))
+    elif what < 0.15:
+        at = rnd.randrange(len(data))
+        data = data[:at] + bytes([data[at] ^ (1 << rnd.randrange(8))]) + data[at + 1 :]
+    return data
+
+
+def test_random_requests_are_answered_natively_exactly_when_the_core_challenges(
+    fast: FastPath,
+) -> None:
+    """Over 300 random requests the engine answers those the core answers with its challenge
+    (signed ones and RESERVATION-TOKEN left to the core), with the core's bytes, and hands back
+    every other one unchanged."""
+    config = TurnConfig(realm="native.example", max_challenges=100_000)
+    core, _ = make_core(config=config)
+    assert fast.answer_challenges(core.native_challenge())
+    listener, client = bound(HOST), bound(HOST)
+    rnd = random.Random(5766)
+    try:
+        listener.setblocking(False)
+        client.settimeout(2.0)
+        fast.engine.add_socket(listener.fileno(), LISTENER)
+        to, me = listener.getsockname()[:2], client.getsockname()[:2]
+        ft = FiveTuple("udp", me, to)
+        for _ in range(3):
+            sent = [random_request(rnd) for _ in range(300)]
+            second = int(time.time())
+            for data in sent:
+                client.sendto(data, to)
+            reference, _ = make_core(config=config)
+            expected: dict[bytes, bytes] = {}
+            for data in sent:
+                out = reference.handle_client(data, ft, 0.0, second + 0.5)
+                if not out or not isinstance(out[0], ToClient):
+                    continue
+                reply = parse_message(out[0].data)
+                code = A.decode_error_code(reply.get(C.ERROR_CODE) or b"\0\0\3\0")[0]
+                plain = parse_message(data)
+                signed = plain.integrity_offset >= 0 or plain.integrity_sha256_offset >= 0
+                if code == 401 and not signed and not plain.has(C.RESERVATION_TOKEN):
+                    expected[data] = out[0].data
+            misses = poll_misses(fast, len(sent) - len(expected))
+            replies = [client.recv(2048) for _ in expected]
+            if int(time.time()) == second:
+                break
+        assert 30 <= len(expected) <= 250, len(expected)  # both kinds well represented
+        assert misses == [d for d in sent if d not in expected]
+        assert replies == list(expected.values())
     finally:
         listener.close()
         client.close()
