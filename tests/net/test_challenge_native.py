@@ -314,6 +314,27 @@ def test_the_rate_holds_per_source_and_a_long_realm_stays_with_the_core(fast: Fa
         requests, answers, dropped = fast.take_challenges()
         assert answers == got[flooder] + 5 and dropped == 200 - got[flooder]
         assert sum(n for _, n in requests) == 205
+        # The requests the core answers (RESERVATION-TOKEN) spend the same rate: over it they
+        # are dropped here, under it handed on.
+        claim = [(C.RESERVATION_TOKEN, b"t" * 8)]
+        begin = time.monotonic()
+        for _ in range(30):  # the flooder's bucket (refilled meanwhile) emptied again
+            flooder.sendto(request(C.REFRESH), to)
+        for _ in range(10):
+            flooder.sendto(request(C.ALLOCATE, claim), to)
+        other.sendto(request(C.ALLOCATE, claim), to)
+        handed: list[tuple[str, int]] = []
+        for _ in range(100):
+            handed += [addr for _, _, addr in fast.engine.poll(10)]
+            stats = fast.stats()
+            if len(handed) + stats["challenges"] + stats["challenges_dropped"] >= 205 + 41:
+                break
+        seconds = time.monotonic() - begin
+        _, answers, dropped_now = fast.take_challenges()
+        assert answers + dropped_now + handed.count(flooder.getsockname()) == 40
+        assert handed.count(other.getsockname()) == 1
+        assert answers + handed.count(flooder.getsockname()) <= 20 + 1 + 20 * seconds, seconds
+        drain(flooder, 0.1)
         # A realm the engine has no room for: switched off, the core answers.
         huge, _ = make_core(config=TurnConfig(realm="r" * 1000))
         assert not fast.answer_challenges(huge.native_challenge())
@@ -363,12 +384,22 @@ def test_a_server_counts_every_401_holds_the_rate_and_its_nonce_works(
         for method, name in ((C.ALLOCATE, "Allocate"), (C.REFRESH, "Refresh")) * 5:
             client.sendto(request(method, fingerprint=True), to)
             sent[f"request.{name}"] += 1
+        for _ in range(2):  # answered by the core, counted alike
+            client.sendto(request(C.ALLOCATE, [(C.RESERVATION_TOKEN, os.urandom(8))]), to)
+            sent["request.Allocate"] += 1
         for data in handed_back()[7:]:  # malformed: dropped by the core, never answered
             client.sendto(data, to)
-        assert drain(client) == 10
+        assert drain(client) == 12
         begin = time.monotonic()
-        for i in range(150):
-            flooder.sendto(request((C.CREATE_PERMISSION, C.CHANNEL_BIND)[i % 2]), to)
+        for i in range(150):  # every tenth one for the core (a RESERVATION-TOKEN): one rate
+            if i % 10 == 9:
+                data, name = request(C.ALLOCATE, [(C.RESERVATION_TOKEN, os.urandom(8))]), "Allocate"
+            elif i % 2:
+                data, name = request(C.CHANNEL_BIND), "ChannelBind"
+            else:
+                data, name = request(C.CREATE_PERMISSION), "CreatePermission"
+            flooder.sendto(data, to)
+            sent[f"request.{name}"] += 1
         for _ in range(5):
             other.sendto(request(C.ALLOCATE), to)
         answered_flood = drain(flooder)
@@ -376,13 +407,11 @@ def test_a_server_counts_every_401_holds_the_rate_and_its_nonce_works(
         assert drain(other) == 5
         assert 25 <= answered_flood <= 25 + 25 * seconds + 1, (answered_flood, seconds)
         sent["request.Allocate"] += 5
-        sent["request.CreatePermission"] += 75
-        sent["request.ChannelBind"] += 75
         after = counts(server)
         delta = {k: after[k] - before[k] for k in after}
         assert delta == {
             **{k: float(sent[k]) for k in delta if k.startswith("request.")},
-            "error.401": 10.0 + answered_flood + 5,
+            "error.401": 12.0 + answered_flood + 5,
             "drop.challenge_rate": 150.0 - answered_flood,
             "drop.malformed": float(len(handed_back()) - 7),
         }

@@ -22,13 +22,15 @@
  * the Python core sends; take_bindings() hands back how many, for the same request counter.
  *
  * The 401 to an unauthenticated TURN request is answered here too (answer_challenges): a
- * well-formed request of a TURN method without MESSAGE-INTEGRITY(-SHA256) or RESERVATION-TOKEN
- * gets the core's challenge byte for byte: the attributes the control plane encoded once around a
- * NONCE made here as NonceManager makes it (HMAC-SHA256, written below: the build needs nothing
- * but the Python headers), FINGERPRINT if the request had one. The core's rate of challenges per
- * source IP holds (a second table beside the source budget's); take_challenges() hands back the
- * requests by method, the 401s and the drops, for the core's counters. Anything else (signed,
- * malformed, a realm too long for the buffer) goes to Python as before.
+ * well-formed request of a TURN method without MESSAGE-INTEGRITY(-SHA256) (nor RESERVATION-TOKEN:
+ * workers may first hand the reserved port over) gets the core's challenge byte for byte: the
+ * attributes the control plane encoded once around a NONCE made here as NonceManager makes it
+ * (HMAC-SHA256, written below: the build needs nothing but the Python headers), FINGERPRINT if
+ * the request had one. The core's rate of challenges per source IP holds (a second table beside
+ * the source budget's; the requests left to the core spend it too); take_challenges() hands back
+ * the requests by method, the 401s and the drops, for the core's counters. Anything else
+ * (signed, malformed, a realm too long for the buffer) goes to Python as before.
+ *
  * Bandwidth limits: an entry may draw on a token bucket (one per allocation and direction, shared
  * by its channels' entries, refcounted), filled lazily: a datagram subtracts its size, and only a
  * bucket gone short reads the clock (clock_gettime, a vDSO call, no syscall), adds what its rate
@@ -1277,12 +1279,13 @@ static int fp_set_challenge(fp_engine *e, unsigned methods, const unsigned char 
 /* The method of p[0..len) if the core would answer it with a 401 and nothing else: a request
  * (class bits 0) of a challenged method, the header right (magic cookie, length a multiple of 4
  * covering exactly the datagram), every attribute inside it, nothing after a FINGERPRINT of 4
- * bytes whose CRC is right, and no MESSAGE-INTEGRITY(-SHA256) (a signed request is the core's)
- * nor RESERVATION-TOKEN (with workers it may be held for the worker owning the port). Sets
- * *fingerprint when the request had one (the answer has one then). -1 for anything else, which
- * the core handles as before. */
+ * bytes whose CRC is right, and no MESSAGE-INTEGRITY(-SHA256) (a signed request is the core's).
+ * Sets *fingerprint when the request had one (the answer has one then), and *reservation when
+ * it claims a RESERVATION-TOKEN (with workers the core may first fetch the reserved port from
+ * another: it spends the source's challenge rate here, and is answered by the core). -1 for
+ * anything else, which the core handles as before. */
 static int fp_challenge_method(const fp_challenge *c, const unsigned char *p, int len,
-                               int *fingerprint) {
+                               int *fingerprint, int *reservation) {
     if (len < 20 || p[0] != 0 || p[1] >= 16 || !(c->methods & (1u << p[1])) ||
         fp_be32(p + 4) != FP_STUN_COOKIE)
         return -1;
@@ -1290,6 +1293,7 @@ static int fp_challenge_method(const fp_challenge *c, const unsigned char *p, in
     if ((length & 3) != 0 || 20 + length != len)
         return -1;
     int fp = -1;
+    *reservation = 0;
     for (int pos = 20; pos < len;) {
         if (len - pos < 4 || fp >= 0)
             return -1; /* truncated, or something after FINGERPRINT */
@@ -1301,9 +1305,10 @@ static int fp_challenge_method(const fp_challenge *c, const unsigned char *p, in
             if (alen != 4)
                 return -1;
             fp = pos;
-        } else if (type == FP_ATTR_MESSAGE_INTEGRITY || type == FP_ATTR_MESSAGE_INTEGRITY_SHA256 ||
-                   type == FP_ATTR_RESERVATION_TOKEN) {
+        } else if (type == FP_ATTR_MESSAGE_INTEGRITY || type == FP_ATTR_MESSAGE_INTEGRITY_SHA256) {
             return -1;
+        } else if (type == FP_ATTR_RESERVATION_TOKEN) {
+            *reservation = 1;
         }
         pos = next;
     }
@@ -1387,12 +1392,13 @@ static int fp_challenge_answer(const fp_challenge *c, const unsigned char *p, in
 
 /* 1 if p[0..len), received on listener fd from src, was an unauthenticated TURN request
  * answered here with a 401, or dropped over its source's rate of challenges (as the core
- * drops it: counted for the request and for the drop). */
+ * drops it: counted for the request and for the drop). One rate for every challenge a source
+ * gets: a request the core answers (a RESERVATION-TOKEN) spends it here too. */
 static int fp_serve_challenge(fp_engine *e, int fd, const struct sockaddr *src,
                               const unsigned char *p, int len) {
     const fp_challenge *c = &e->chal;
-    int fingerprint = 0;
-    int method = fp_challenge_method(c, p, len, &fingerprint);
+    int fingerprint = 0, reservation = 0;
+    int method = fp_challenge_method(c, p, len, &fingerprint, &reservation);
     if (method < 0)
         return 0;
     uint8_t k[16];
@@ -1402,6 +1408,8 @@ static int fp_serve_challenge(fp_engine *e, int fd, const struct sockaddr *src,
         e->stat_challenge_drops++;
         return 1;
     }
+    if (reservation)
+        return 0;
     if (e->nout == FP_MAXOUT || e->nchal == FP_CHALLENGE_SLOTS)
         fp_flush(e);
     struct timespec ts;
