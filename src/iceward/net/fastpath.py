@@ -21,12 +21,13 @@ request counter stays exact. Anything else (RFC 5780 CHANGE-REQUEST, unknown att
 FINGERPRINT) comes back to Python as before.
 
 401 challenges: with :meth:`FastPath.answer_challenges` on, a well-formed TURN request without
-MESSAGE-INTEGRITY(-SHA256) (nor RESERVATION-TOKEN, which workers may hand to each other) is
-answered by the engine with the core's 401, byte for byte: the pieces come from
-:meth:`TurnServer.native_challenge`, the nonce is :class:`NonceManager`'s (HMAC-SHA256 in C, the
-second read from the wall clock per answer), FINGERPRINT when the request had one; the core's
-``max_challenges`` per source IP a second holds, the rest dropped. :meth:`FastPath.take_challenges`
-says how many of each, for :meth:`TurnServer.count_challenges`.
+MESSAGE-INTEGRITY(-SHA256) is answered by the engine with the core's 401, byte for byte: the
+pieces come from :meth:`TurnServer.native_challenge`, the nonce is :class:`NonceManager`'s
+(HMAC-SHA256 in C, the second read from the wall clock per answer), FINGERPRINT when the request
+had one; the core's ``max_challenges`` per source IP a second holds, the rest dropped. One that
+claims a RESERVATION-TOKEN (workers may hand the reserved port over first) spends that rate and
+goes to the core. :meth:`FastPath.take_challenges` says how many of each, for
+:meth:`TurnServer.count_challenges`.
 
 ``ICEWARD_FASTPATH=0`` (or a missing extension) selects the pure-Python path; ``ICEWARD_FASTPATH=
 "1 nogso"`` / ``"1 nogro"`` keep the native path without UDP GSO sends / UDP GRO receives.
