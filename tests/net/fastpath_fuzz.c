@@ -21,6 +21,13 @@
  * FINGERPRINT exactly when the request had one; a valid request must never come back as a miss,
  * a lying one never be answered.
  *
+ * 401 challenges (answered in the engine, switched on throughout): a share of those requests are
+ * TURN requests (every method) instead, lying or not the same ways, or signed (MESSAGE-INTEGRITY:
+ * never answered here). Every answer must be a well-formed 401 of the request's method, its
+ * attributes the template's in order, its NONCE the one the client's address and the second call
+ * for, a right FINGERPRINT exactly when the request had one; a valid one is never handed back
+ * (answered, or dropped over the challenge rate, which comes and goes: off, 3/s, 50/s, ample).
+ *
  * Per-source budget: it comes and goes (off, a few a second, generous) during all of the above;
  * what it drops is neither answered nor handed back (the Binding checks stand), ChannelData never
  * pays for it, and the drops it reports per source never exceed what it counted in all.
@@ -66,10 +73,22 @@ static unsigned char gbuf[140000];
 static long failures, forwarded, misses_seen;
 
 #define MAXQ (1 << 20)
-enum { Q_VALID = 1, Q_LYING = 2, Q_UNKNOWN = 3, Q_FP = 4 };
-static uint8_t query[MAXQ]; /* per Binding request sent: what it deserves, Q_FP if it had one */
+enum { Q_VALID = 1, Q_LYING = 2, Q_UNKNOWN = 3, Q_FP = 4, Q_TURN = 8 };
+static uint8_t query[MAXQ]; /* per request sent: what it deserves, Q_FP if it had one, Q_TURN */
+static uint8_t qmethod[MAXQ];
 static uint32_t nq;
-static long answered, bindings_missed;
+static long answered, bindings_missed, challenged, challenges_missed;
+
+/* The 401 template the engine is given: ERROR-CODE and REALM, then PASSWORD-ALGORITHMS and
+ * SOFTWARE around the NONCE. */
+static const unsigned char chal_head[] = {0x00, 0x09, 0x00, 0x13, 0, 0, 4, 1, 'U', 'n', 'a', 'u',
+                                          't', 'h', 'e', 'n', 't', 'i', 'c', 'a', 't', 'e', 'd',
+                                          0, 0x00, 0x14, 0x00, 0x04, 'f', 'u', 'z', 'z'};
+static const unsigned char chal_tail[] = {0x80, 0x02, 0x00, 0x08, 0, 1, 0, 0, 0, 2, 0, 0,
+                                          0x80, 0x22, 0x00, 0x05, 'f', 'u', 'z', 'z', '1', 0, 0, 0};
+static const char chal_prefix[] = "obMatJos2gAAA";
+static const unsigned char chal_key[32] = "0123456789abcdef0123456789abcdef";
+static const uint8_t turn_methods[] = {3, 4, 8, 9, 10, 11};
 
 static uint64_t rnd(void) {
     rng_state ^= rng_state << 13;
@@ -129,6 +148,15 @@ static int visit_limited(void *ctx, uint64_t token, uint64_t dropped, uint64_t u
 
 static uint64_t source_drops;
 
+static int visit_challenges(void *ctx, uint64_t method, uint64_t requests, uint64_t unused) {
+    (void)ctx;
+    (void)unused;
+    if (method >= 16 || !(method == 3 || method == 4 || method >= 8) || requests == 0)
+        FAIL("take_challenges returned method %llu with %llu requests",
+             (unsigned long long)method, (unsigned long long)requests);
+    return 0;
+}
+
 static int visit_source(void *ctx, uint64_t slot, uint64_t dropped, uint64_t unused) {
     (void)ctx;
     (void)unused;
@@ -183,10 +211,13 @@ static void stun_header(unsigned char *p, uint16_t type, int length, uint32_t q)
     fp_put32(p + 16, (uint32_t)rnd());
 }
 
-/* A Binding request into p; returns its size and sets *kind (Q_VALID/Q_LYING/Q_UNKNOWN | Q_FP). */
+/* A Binding request (or, one time in three, a TURN request) into p; returns its size and sets
+ * *kind (Q_VALID/Q_LYING/Q_UNKNOWN | Q_FP | Q_TURN). */
 static int make_binding(unsigned char *p, uint32_t q, int *kind) {
     int n = 20, fp = 0, lie = (int)(rnd() % 12);
-    stun_header(p, 0x0001, 0, q);
+    int turn = rnd() % 3 == 0;
+    qmethod[q] = turn ? turn_methods[rnd() % sizeof(turn_methods)] : 1;
+    stun_header(p, qmethod[q], 0, q);
     if (rnd() & 1) { /* SOFTWARE of any length, zero padded */
         int len = (int)(rnd() % 40);
         fp_put16(p + n, FP_ATTR_SOFTWARE);
@@ -200,6 +231,13 @@ static int make_binding(unsigned char *p, uint32_t q, int *kind) {
         fp_put16(p + n + 2, 4);
         fp_put32(p + n + 4, 0);
         n += 8;
+    }
+    if (lie == 9) { /* signed (MESSAGE-INTEGRITY or -SHA256): the core's */
+        int sha = (int)(rnd() & 1);
+        fp_put16(p + n, sha ? 0x001C : 0x0008);
+        fp_put16(p + n + 2, sha ? 32 : 20);
+        memset(p + n + 4, 0x5A, sha ? 32 : 20);
+        n += sha ? 36 : 24;
     }
     if (rnd() & 1 || lie == 2 || lie == 3) {
         fp = n;
@@ -217,7 +255,8 @@ static int make_binding(unsigned char *p, uint32_t q, int *kind) {
         }
     }
     fp_put16(p + 2, (uint32_t)(n - 20));
-    *kind = lie >= 1 && lie <= 3 ? Q_LYING : Q_VALID;
+    /* (the 401 comes before an unknown attribute's 420: a TURN request with one is valid) */
+    *kind = (lie == 1 && !turn) || lie == 2 || lie == 3 || lie == 9 ? Q_LYING : Q_VALID;
     switch (lie) {
     case 4: /* truncated anywhere */
         n = (int)(rnd() % (unsigned)n);
@@ -255,6 +294,8 @@ static int make_binding(unsigned char *p, uint32_t q, int *kind) {
     }
     if (*kind == Q_VALID && fp)
         *kind |= Q_FP;
+    if (turn)
+        *kind |= Q_TURN;
     return n;
 }
 
@@ -313,16 +354,71 @@ static void check_answer(int s, const unsigned char *p, ssize_t n) {
         FAIL("client %d: wrong FINGERPRINT in the answer to %u", s, q);
 }
 
-/* A datagram handed back to Python: a valid Binding request must not be one. */
+/* One 401 at client s: well-formed, for a TURN request that deserved one, the engine's nonce
+ * for this client at this second (or the one before: a poll may straddle the tick). */
+static void check_challenge(int s, const unsigned char *p, ssize_t n) {
+    uint32_t q;
+    memcpy(&q, p + 12, 4);
+    if (n < 20 || memcmp(p + 8, "BIND", 4) != 0 || q >= nq) {
+        FAIL("client %d: 401 to no request", s);
+        return;
+    }
+    challenged++;
+    int kind = query[q], fp = (kind & Q_FP) != 0;
+    if ((kind & 3) != Q_VALID && (kind & 3) != Q_UNKNOWN) /* a mutation may stay valid */
+        FAIL("client %d: request %u lies and was challenged", s, q);
+    if ((kind & 3) == Q_UNKNOWN)
+        fp = n >= 8 && fp_be16(p + n - 8) == FP_ATTR_FINGERPRINT;
+    if (!(kind & Q_TURN) && (kind & 3) != Q_UNKNOWN)
+        FAIL("client %d: Binding request %u challenged", s, q);
+    int nonce = (int)strlen(chal_prefix) + 34, at = 20;
+    int size = 20 + (int)sizeof(chal_head) + 4 + ((nonce + 3) & ~3) + (int)sizeof(chal_tail) +
+               (fp ? 8 : 0);
+    if (n != size || fp_be16(p + 2) != n - 20 || fp_be32(p + 4) != FP_STUN_COOKIE ||
+        ((kind & 3) == Q_VALID && fp_be16(p) != (0x0110 | qmethod[q]))) {
+        FAIL("client %d: malformed 401 to %u (%zd bytes)", s, q, n);
+        return;
+    }
+    if (memcmp(p + at, chal_head, sizeof(chal_head)) != 0)
+        FAIL("client %d: the 401's head is not the template's", s);
+    at += (int)sizeof(chal_head);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    fp_challenge c;
+    memset(&c, 0, sizeof(c));
+    memcpy(c.prefix, chal_prefix, strlen(chal_prefix));
+    c.nprefix = (int)strlen(chal_prefix);
+    fp_hmac_init(&c.key, chal_key, sizeof(chal_key));
+    char want[2][FP_NONCE_PREFIX_MAX + 34];
+    fp_nonce(&c, (const struct sockaddr *)&caddr[s], (long long)now.tv_sec, want[0]);
+    fp_nonce(&c, (const struct sockaddr *)&caddr[s], (long long)now.tv_sec - 1, want[1]);
+    if (fp_be16(p + at) != FP_ATTR_NONCE || fp_be16(p + at + 2) != nonce ||
+        (memcmp(p + at + 4, want[0], (size_t)nonce) != 0 &&
+         memcmp(p + at + 4, want[1], (size_t)nonce) != 0))
+        FAIL("client %d: wrong NONCE in the 401 to %u", s, q);
+    at += 4 + ((nonce + 3) & ~3);
+    if (memcmp(p + at, chal_tail, sizeof(chal_tail)) != 0)
+        FAIL("client %d: the 401's tail is not the template's", s);
+    at += (int)sizeof(chal_tail);
+    if (fp && (fp_be16(p + at) != FP_ATTR_FINGERPRINT || fp_be16(p + at + 2) != 4 ||
+               fp_be32(p + at + 4) != (fp_crc32(p, (size_t)at) ^ FP_STUN_FINGERPRINT_XOR)))
+        FAIL("client %d: wrong FINGERPRINT in the 401 to %u", s, q);
+}
+
+/* A datagram handed back to Python: a valid Binding or TURN request must not be one (a TURN
+ * request is answered or dropped over the rate). */
 static void check_miss(const fp_miss *m) {
     const unsigned char *d = (const unsigned char *)m->data;
     uint32_t q;
     if (m->len < 20 || memcmp(d + 8, "BIND", 4) != 0)
         return;
     memcpy(&q, d + 12, 4);
-    if (q < nq && (query[q] & 3) == Q_VALID && fp_be16(d) == 0x0001)
-        FAIL("valid Binding request %u handed back", q);
-    bindings_missed++;
+    if (q < nq && (query[q] & 3) == Q_VALID && fp_be16(d) == qmethod[q])
+        FAIL("valid %s request %u handed back", qmethod[q] == 1 ? "Binding" : "TURN", q);
+    if (q < nq && (query[q] & Q_TURN))
+        challenges_missed++;
+    else
+        bindings_missed++;
 }
 
 /* Read everything that arrived at clients and peers and check it. */
@@ -332,6 +428,10 @@ static void drain(void) {
         while ((n = recv(client[s], buf, sizeof(buf), MSG_DONTWAIT)) >= 0) {
             if (n >= 2 && buf[0] == 0x01 && buf[1] == 0x01) {
                 check_answer(s, buf, n);
+                continue;
+            }
+            if (n >= 2 && buf[0] == 0x01 && (buf[1] & 0xF0) == 0x10) {
+                check_challenge(s, buf, n);
                 continue;
             }
             if (n < 9) {
@@ -585,6 +685,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     e->binding = 1;
+    unsigned methods = 0;
+    for (size_t i = 0; i < sizeof(turn_methods); i++)
+        methods |= 1u << turn_methods[i];
+    if (fp_set_challenge(e, methods, chal_head, sizeof(chal_head), chal_tail, sizeof(chal_tail),
+                         chal_prefix, (int)strlen(chal_prefix), chal_key, sizeof(chal_key), 0) != 0)
+        FAIL("fp_set_challenge refused the template");
     for (int l = 0; l < 2; l++) {
         listener[l] = udp_socket(0x7F000001, &laddr[l]);
         fp_add_socket(e, listener[l], FP_LISTENER);
@@ -653,6 +759,13 @@ int main(int argc, char **argv) {
                 take_source_drops(e);
                 fp_set_source_budget(e, budgets[rnd() % 4]);
             }
+            if (rnd() % 4 == 0) { /* the challenge rate comes, changes, goes */
+                static const double rates[] = {0, 3, 50, 100000};
+                uint64_t dropped;
+                fp_take_challenges(e, visit_challenges, NULL, &dropped);
+                e->chal.rate = rates[rnd() % 4];
+                memset(e->chal_src, 0, sizeof(e->chal_src));
+            }
             fp_collect(e, (int)(rnd() & 1), visit, NULL);
             if (rnd() % 16 == 0)
                 check_uses(e);
@@ -701,6 +814,13 @@ int main(int argc, char **argv) {
             (unsigned long long)e->stat_limited, failures);
     if (answered == 0 || bindings_missed == 0)
         FAIL("the Binding requests were never both answered and handed back");
+    fprintf(stderr, "fastpath_fuzz: %ld 401s (%llu counted, %llu dropped over the rate), %ld TURN "
+            "requests handed back\n", challenged, (unsigned long long)e->stat_challenges,
+            (unsigned long long)e->stat_challenge_drops, challenges_missed);
+    if (challenged == 0 || challenges_missed == 0)
+        FAIL("the TURN requests were never both challenged and handed back");
+    if ((uint64_t)challenged > e->stat_challenges)
+        FAIL("%ld 401s arrived, %llu counted", challenged, (unsigned long long)e->stat_challenges);
     if ((uint64_t)answered > e->stat_bindings)
         FAIL("%ld Binding answers arrived, %llu counted", answered,
              (unsigned long long)e->stat_bindings);

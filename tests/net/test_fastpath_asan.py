@@ -2,15 +2,16 @@
 
 1. ``fastpath_fuzz.c`` (the engine's C core, no Python) floods real loopback sockets with valid
    and malformed datagrams (truncated ChannelData, length fields beyond the datagram, channel
-   numbers out of range, random bytes; STUN Binding requests valid, truncated, lying and
-   mutated), unbinds and rebinds during traffic and pulls sockets from under live entries; it
-   fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram forwarded for a
-   removed entry, any counter short of what arrived, a Binding answer that is wrong or answers a
-   request that lies, and a valid Binding request handed back; the per-source budget comes and
-   goes meanwhile. TCP client streams: ChannelData frames served from a stream cut anywhere (and
-   at every byte), with lying lengths, garbage and frames for Python between them; peer
-   datagrams framed onto a TCP connection whose writes come up short, finished in order by a
-   stand-in for the Python transport.
+   numbers out of range, random bytes; STUN Binding and TURN requests valid, signed, truncated,
+   lying and mutated), unbinds and rebinds during traffic and pulls sockets from under live
+   entries; it fails on any sanitizer report, any leak (LeakSanitizer at exit), any datagram
+   forwarded for a removed entry, any counter short of what arrived, a Binding answer or a 401
+   that is wrong (a 401's NONCE included) or answers a request that lies, and a valid Binding or
+   TURN request handed back; the per-source budget and the challenge rate come and go meanwhile.
+   TCP client streams: ChannelData frames served from a stream cut anywhere (and at every
+   byte), with lying lengths, garbage and frames for Python between them; peer datagrams framed
+   onto a TCP connection whose writes come up short, finished in order by a stand-in for the
+   Python transport.
 2. The extension itself, built with ASan into a temporary directory, is driven from Python
    (libasan preloaded) through its whole API, malformed floods included.
 
@@ -94,6 +95,12 @@ PY_DRIVER = textwrap.dedent(
 
     eng = _fastpath.Engine()
     eng.answer_binding(True)
+    # The 401 template: ERROR-CODE and REALM, then PASSWORD-ALGORITHMS and SOFTWARE.
+    head = bytes.fromhex("0009001300000401") + b"Unauthenticated" + bytes.fromhex("0000140004")
+    head += b"fuzz"
+    tail = bytes.fromhex("80020008000100000002000080220004") + b"fuzz"
+    methods = sum(1 << m for m in (3, 4, 8, 9, 10, 11))
+    eng.answer_challenges(methods, head, tail, b"obMatJos2gAAA", os.urandom(32), 50.0)
     listener, relay, client, peer = udp(), udp(), udp(), udp()
     # IPv6: a listener and a client on ::1 (the per-source budget keys them by /64).
     listener6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -138,9 +145,10 @@ PY_DRIVER = textwrap.dedent(
             n = rnd.randrange(0, 1500)
             body = os.urandom(n)
             kind = rnd.randrange(5)
-            if kind == 4:  # a STUN Binding request header, its length field true or not
+            if kind == 4:  # a Binding or TURN request header, its length field true or not
                 size = rnd.choice((n & ~3, n))
-                data = struct.pack("!HHI", 1, size, 0x2112A442) + body[:12].ljust(12, b"x")
+                method = rnd.choice((1, 3, 4, 8, 9, 10, 11))
+                data = struct.pack("!HHI", method, size, 0x2112A442) + body[:12].ljust(12, b"x")
                 data += body[12:]
             elif kind == 0:
                 data = struct.pack("!HH", rnd.randrange(0x4000, 0x4010), n) + body
@@ -191,6 +199,19 @@ PY_DRIVER = textwrap.dedent(
             eng.stats()
             eng.take_bindings()
             eng.answer_binding(rnd.random() < 0.8)
+            requests, answered, dropped = eng.take_challenges()
+            assert sum(n for _, n in requests) == answered + dropped
+            eng.answer_challenges(
+                rnd.choice((0, methods)), head, tail, b"obMatJos2gAAA", os.urandom(32),
+                rnd.choice((0.0, 3.0, 50.0, 1e5)),
+            )
+            for bad in ((1 << 16, 1.0, head), (methods, -1.0, head), (methods, 1.0, head * 40)):
+                try:
+                    eng.answer_challenges(bad[0], bad[2], tail, b"p", b"k", bad[1])
+                except ValueError:
+                    pass
+                else:
+                    raise AssertionError(f"answer_challenges took {bad[:2]}")
             total, per_source = eng.take_source_drops()
             assert sum(n for _, n in per_source) <= total
             sources.update(source for source, _ in per_source)

@@ -20,6 +20,17 @@
  * SOFTWARE and a valid FINGERPRINT) is answered here too, when the control plane switched that on
  * (answer_binding): XOR-MAPPED-ADDRESS and, if the request had one, FINGERPRINT, the very bytes
  * the Python core sends; take_bindings() hands back how many, for the same request counter.
+ *
+ * The 401 to an unauthenticated TURN request is answered here too (answer_challenges): a
+ * well-formed request of a TURN method without MESSAGE-INTEGRITY(-SHA256) (nor RESERVATION-TOKEN:
+ * workers may first hand the reserved port over) gets the core's challenge byte for byte: the
+ * attributes the control plane encoded once around a NONCE made here as NonceManager makes it
+ * (HMAC-SHA256, written below: the build needs nothing but the Python headers), FINGERPRINT if
+ * the request had one. The core's rate of challenges per source IP holds (a second table beside
+ * the source budget's; the requests left to the core spend it too); take_challenges() hands back
+ * the requests by method, the 401s and the drops, for the core's counters. Anything else
+ * (signed, malformed, a realm too long for the buffer) goes to Python as before.
+ *
  * Bandwidth limits: an entry may draw on a token bucket (one per allocation and direction, shared
  * by its channels' entries, refcounted), filled lazily: a datagram subtracts its size, and only a
  * bucket gone short reads the clock (clock_gettime, a vDSO call, no syscall), adds what its rate
@@ -56,6 +67,7 @@
 #include <netinet/udp.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -172,6 +184,33 @@ typedef struct {
 
 #define FP_SRC_SLOTS 4096 /* direct-mapped by a keyed hash of the address; a power of 2 */
 
+/* SHA-256 state (see fp_sha256_update). */
+typedef struct {
+    uint32_t h[8];
+    uint64_t n; /* bytes hashed so far */
+    unsigned char block[64];
+} fp_sha256;
+
+/* An HMAC-SHA256 key as the two hash states it starts from: a MAC costs no key schedule. */
+typedef struct {
+    fp_sha256 inner, outer;
+} fp_hmac;
+
+#define FP_CHALLENGE_MAX 1024    /* bytes of a 401 answered here; a longer one stays the core's */
+#define FP_CHALLENGE_SLOTS 256   /* 401s written per flush */
+#define FP_NONCE_PREFIX_MAX 64
+
+/* What the core's 401 holds (see fp_set_challenge). */
+typedef struct {
+    uint16_t methods; /* bit m: requests of TURN method m are challenged here; 0: none */
+    double rate;      /* answered per second per source IP, bursts of as many; 0: no limit */
+    unsigned char attrs[FP_CHALLENGE_MAX]; /* the attributes before the NONCE, then after it */
+    int nhead, ntail;
+    char prefix[FP_NONCE_PREFIX_MAX];
+    int nprefix;
+    fp_hmac key;
+} fp_challenge;
+
 #define FP_STREAM_IOV 1020 /* iovecs per stream sendmsg (3 per frame), under IOV_MAX */
 
 typedef struct fp_engine {
@@ -203,6 +242,12 @@ typedef struct fp_engine {
     double poll_now;   /* the clock, read once per poll when the budget first needs it; 0: not yet */
     uint64_t stat_src_dropped, src_dropped_untaken;
     fp_src src[FP_SRC_SLOTS];
+    fp_challenge chal;
+    fp_src chal_src[FP_SRC_SLOTS]; /* the challenges' rate per source IP (whole, not /64) */
+    uint64_t chal_requests[16];    /* per method, answered or dropped, since the last take */
+    uint64_t chal_answered, chal_dropped, stat_challenges, stat_challenge_drops;
+    int nchal;
+    unsigned char chal_out[FP_CHALLENGE_SLOTS][FP_CHALLENGE_MAX];
     struct mmsghdr rmsg[FP_POOL];
     struct iovec riov[FP_POOL];
     struct sockaddr_storage names[FP_POOL];
@@ -472,8 +517,9 @@ static int fp_collect_limited(fp_engine *e, fp_visit_fn visit, void *ctx) {
 /* ---- per-source budget for STUN messages -------------------------------------------------- */
 
 /* The table's key of a source: IPv4 (and IPv4-mapped IPv6) as ::ffff:a.b.c.d, IPv6 by its /64
- * (one subscriber's network: a host picks any address in it). 0, or -1 for another family. */
-static int fp_src_key(const struct sockaddr *sa, uint8_t k[16]) {
+ * (one subscriber's network: a host picks any address in it), or whole if whole (the core's
+ * challenge limit keys the address). 0, or -1 for another family. */
+static int fp_src_key(const struct sockaddr *sa, uint8_t k[16], int whole) {
     memset(k, 0, 16);
     if (sa->sa_family == AF_INET) {
         k[10] = k[11] = 0xFF;
@@ -484,7 +530,7 @@ static int fp_src_key(const struct sockaddr *sa, uint8_t k[16]) {
         return -1;
     const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
-    memcpy(k, a, memcmp(a, mapped, 12) == 0 ? 16 : 8);
+    memcpy(k, a, whole || memcmp(a, mapped, 12) == 0 ? 16 : 8);
     return 0;
 }
 
@@ -497,42 +543,51 @@ static uint64_t fp_mix(uint64_t x) {
     return x ^ (x >> 31);
 }
 
-static fp_src *fp_src_slot(fp_engine *e, const uint8_t k[16]) {
+static fp_src *fp_src_slot(const fp_engine *e, fp_src *table, const uint8_t k[16]) {
     uint64_t a, b;
     memcpy(&a, k, 8);
     memcpy(&b, k + 8, 8);
-    return &e->src[fp_mix(fp_mix(a ^ e->src_key) ^ b) & (FP_SRC_SLOTS - 1)];
+    return &table[fp_mix(fp_mix(a ^ e->src_key) ^ b) & (FP_SRC_SLOTS - 1)];
 }
 
-/* The hook: 1 if datagram p[0..len) from sa, read on a listener, is dropped for its source's
- * budget. ChannelData (first byte 0x40-0x7F) never spends. A source whose slot holds another
- * address evicts it and starts with a full bucket (a collision never makes one source pay for
- * another; the key is random per engine, so a sender cannot pick colliding addresses). */
-static int fp_src_over(fp_engine *e, const struct sockaddr *sa, const unsigned char *p, int len) {
-    if (e->src_rate <= 0 || (len > 0 && p[0] >= 0x40 && p[0] <= 0x7F))
-        return 0;
-    uint8_t k[16];
-    if (fp_src_key(sa, k) != 0)
-        return 0;
+/* One token from source k's bucket in table (FP_SRC_SLOTS slots; rate a second, bursts of as
+ * many): NULL if it had one, else its slot. A source whose slot holds another address evicts it
+ * and starts with a full bucket (a collision never makes one source pay for another; the key is
+ * random per engine, so a sender cannot pick colliding addresses). */
+static fp_src *fp_src_spend(fp_engine *e, fp_src *table, double rate, const uint8_t k[16]) {
     if (e->poll_now == 0)
         e->poll_now = fp_now();
     double now = e->poll_now;
-    fp_src *s = fp_src_slot(e, k);
+    fp_src *s = fp_src_slot(e, table, k);
     if (!s->used || memcmp(s->addr, k, 16) != 0) {
         memcpy(s->addr, k, 16);
         s->used = 1;
         s->dropped = 0;
-        s->tokens = e->src_rate;
+        s->tokens = rate;
     } else {
-        s->tokens += (now - s->last) * e->src_rate;
-        if (s->tokens > e->src_rate)
-            s->tokens = e->src_rate;
+        s->tokens += (now - s->last) * rate;
+        if (s->tokens > rate)
+            s->tokens = rate;
     }
     s->last = now;
     if (s->tokens >= 1.0) {
         s->tokens -= 1.0;
-        return 0;
+        return NULL;
     }
+    return s;
+}
+
+/* The hook: 1 if datagram p[0..len) from sa, read on a listener, is dropped for its source's
+ * budget. ChannelData (first byte 0x40-0x7F) never spends. */
+static int fp_src_over(fp_engine *e, const struct sockaddr *sa, const unsigned char *p, int len) {
+    if (e->src_rate <= 0 || (len > 0 && p[0] >= 0x40 && p[0] <= 0x7F))
+        return 0;
+    uint8_t k[16];
+    if (fp_src_key(sa, k, 0) != 0)
+        return 0;
+    fp_src *s = fp_src_spend(e, e->src, e->src_rate, k);
+    if (s == NULL)
+        return 0;
     if (s->dropped < UINT32_MAX)
         s->dropped++;
     e->stat_src_dropped++;
@@ -920,6 +975,7 @@ static void fp_flush(fp_engine *e) {
         fp_send_msgs(e, fd, m);
     }
     e->nout = 0;
+    e->nchal = 0;
 }
 
 /* ---- STUN Binding answered natively ------------------------------------------------------ */
@@ -1056,6 +1112,343 @@ static int fp_serve_binding(fp_engine *e, int fd, const struct sockaddr *src,
     e->stat_bindings++;
     e->bindings_untaken++;
     return 1;
+}
+
+/* ---- SHA-256 and HMAC-SHA256 (FIPS 180-4, RFC 2104): the challenge's nonce ---------------- */
+
+/* Written here rather than linked: the extension builds with nothing but the Python headers
+ * (fp_sha256 and fp_hmac are declared with the engine). */
+
+static const uint32_t fp_sha256_k[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+    0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+    0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+    0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+    0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+    0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+    0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+    0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2,
+};
+
+static uint32_t fp_ror(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
+
+static void fp_sha256_compress(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64];
+    for (int i = 0; i < 16; i++)
+        w[i] = fp_be32(p + 4 * i);
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = fp_ror(w[i - 15], 7) ^ fp_ror(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = fp_ror(w[i - 2], 17) ^ fp_ror(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+    for (int i = 0; i < 64; i++) {
+        uint32_t t1 = k + (fp_ror(e, 6) ^ fp_ror(e, 11) ^ fp_ror(e, 25)) + ((e & f) ^ (~e & g)) +
+                      fp_sha256_k[i] + w[i];
+        uint32_t t2 = (fp_ror(a, 2) ^ fp_ror(a, 13) ^ fp_ror(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+        k = g;
+        g = f;
+        f = e;
+        e = d + t1;
+        d = c;
+        c = b;
+        b = a;
+        a = t1 + t2;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+    h[5] += f;
+    h[6] += g;
+    h[7] += k;
+}
+
+static void fp_sha256_init(fp_sha256 *s) {
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+    memcpy(s->h, iv, sizeof(iv));
+    s->n = 0;
+}
+
+static void fp_sha256_update(fp_sha256 *s, const unsigned char *p, size_t n) {
+    size_t used = (size_t)(s->n & 63);
+    s->n += n;
+    if (used) {
+        size_t take = 64 - used < n ? 64 - used : n;
+        memcpy(s->block + used, p, take);
+        p += take;
+        n -= take;
+        if (used + take < 64)
+            return;
+        fp_sha256_compress(s->h, s->block);
+    }
+    for (; n >= 64; p += 64, n -= 64)
+        fp_sha256_compress(s->h, p);
+    memcpy(s->block, p, n);
+}
+
+static void fp_sha256_final(fp_sha256 *s, unsigned char out[32]) {
+    uint64_t bits = s->n * 8;
+    static const unsigned char pad[64] = {0x80};
+    size_t used = (size_t)(s->n & 63);
+    fp_sha256_update(s, pad, used < 56 ? 56 - used : 120 - used);
+    unsigned char len[8];
+    fp_put32(len, (uint32_t)(bits >> 32));
+    fp_put32(len + 4, (uint32_t)bits);
+    fp_sha256_update(s, len, 8);
+    for (int i = 0; i < 8; i++)
+        fp_put32(out + 4 * i, s->h[i]);
+}
+
+
+static void fp_hmac_init(fp_hmac *m, const unsigned char *key, size_t n) {
+    unsigned char k[64], pad[64];
+    memset(k, 0, sizeof(k));
+    if (n > 64) {
+        fp_sha256 s;
+        fp_sha256_init(&s);
+        fp_sha256_update(&s, key, n);
+        fp_sha256_final(&s, k);
+    } else if (n > 0) {
+        memcpy(k, key, n);
+    }
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x36;
+    fp_sha256_init(&m->inner);
+    fp_sha256_update(&m->inner, pad, 64);
+    for (int i = 0; i < 64; i++)
+        pad[i] = k[i] ^ 0x5C;
+    fp_sha256_init(&m->outer);
+    fp_sha256_update(&m->outer, pad, 64);
+}
+
+static void fp_hmac_sha256(const fp_hmac *m, const unsigned char *p, size_t n,
+                           unsigned char out[32]) {
+    fp_sha256 s = m->inner;
+    unsigned char inner[32];
+    fp_sha256_update(&s, p, n);
+    fp_sha256_final(&s, inner);
+    s = m->outer;
+    fp_sha256_update(&s, inner, 32);
+    fp_sha256_final(&s, out);
+}
+
+/* ---- the 401 to an unauthenticated TURN request, answered natively ------------------------ */
+
+#define FP_ATTR_NONCE 0x0015
+#define FP_ATTR_MESSAGE_INTEGRITY 0x0008
+#define FP_ATTR_MESSAGE_INTEGRITY_SHA256 0x001C
+#define FP_ATTR_RESERVATION_TOKEN 0x0022
+
+/* Caller holds the lock. What the core's challenge holds, from the control plane: methods (bit m
+ * for TURN method m, all below 16; 0 switches the answer off), the encoded attributes before the
+ * NONCE (head) and after it (tail), the nonce's fixed prefix and its HMAC key, and how many are
+ * answered per second per source IP (bursts of as many). -1 (EMSGSIZE) if an answer could
+ * exceed FP_CHALLENGE_MAX: the core keeps answering. The rate table starts empty. */
+static int fp_set_challenge(fp_engine *e, unsigned methods, const unsigned char *head, int nhead,
+                            const unsigned char *tail, int ntail, const char *prefix, int nprefix,
+                            const unsigned char *key, size_t nkey, double rate) {
+    fp_challenge *c = &e->chal;
+    if (methods == 0) {
+        c->methods = 0;
+        return 0;
+    }
+    if (nhead < 0 || ntail < 0 || nprefix < 0 || nprefix > FP_NONCE_PREFIX_MAX ||
+        20 + nhead + 4 + ((nprefix + 34 + 3) & ~3) + ntail + 8 > FP_CHALLENGE_MAX ||
+        (nhead & 3) || (ntail & 3)) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    memcpy(c->attrs, head, (size_t)nhead);
+    memcpy(c->attrs + nhead, tail, (size_t)ntail);
+    c->nhead = nhead;
+    c->ntail = ntail;
+    memcpy(c->prefix, prefix, (size_t)nprefix);
+    c->nprefix = nprefix;
+    fp_hmac_init(&c->key, key, nkey);
+    c->rate = rate > 0 ? rate : 0;
+    c->methods = (uint16_t)methods;
+    memset(e->chal_src, 0, sizeof(e->chal_src));
+    return 0;
+}
+
+/* The method of p[0..len) if the core would answer it with a 401 and nothing else: a request
+ * (class bits 0) of a challenged method, the header right (magic cookie, length a multiple of 4
+ * covering exactly the datagram), every attribute inside it, nothing after a FINGERPRINT of 4
+ * bytes whose CRC is right, and no MESSAGE-INTEGRITY(-SHA256) (a signed request is the core's).
+ * Sets *fingerprint when the request had one (the answer has one then), and *reservation when
+ * it claims a RESERVATION-TOKEN (with workers the core may first fetch the reserved port from
+ * another: it spends the source's challenge rate here, and is answered by the core). -1 for
+ * anything else, which the core handles as before. */
+static int fp_challenge_method(const fp_challenge *c, const unsigned char *p, int len,
+                               int *fingerprint, int *reservation) {
+    if (len < 20 || p[0] != 0 || p[1] >= 16 || !(c->methods & (1u << p[1])) ||
+        fp_be32(p + 4) != FP_STUN_COOKIE)
+        return -1;
+    int length = fp_be16(p + 2);
+    if ((length & 3) != 0 || 20 + length != len)
+        return -1;
+    int fp = -1;
+    *reservation = 0;
+    for (int pos = 20; pos < len;) {
+        if (len - pos < 4 || fp >= 0)
+            return -1; /* truncated, or something after FINGERPRINT */
+        int type = fp_be16(p + pos), alen = fp_be16(p + pos + 2);
+        int next = pos + 4 + ((alen + 3) & ~3);
+        if (next > len)
+            return -1;
+        if (type == FP_ATTR_FINGERPRINT) {
+            if (alen != 4)
+                return -1;
+            fp = pos;
+        } else if (type == FP_ATTR_MESSAGE_INTEGRITY || type == FP_ATTR_MESSAGE_INTEGRITY_SHA256) {
+            return -1;
+        } else if (type == FP_ATTR_RESERVATION_TOKEN) {
+            *reservation = 1;
+        }
+        pos = next;
+    }
+    if (fp >= 0 &&
+        (fp_crc32(p, (size_t)fp) ^ FP_STUN_FINGERPRINT_XOR) != fp_be32(p + fp + 4))
+        return -1;
+    *fingerprint = fp >= 0;
+    return p[1];
+}
+
+static void fp_hex(char *out, const unsigned char *p, int n) {
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 0; i < n; i++) {
+        out[2 * i] = digits[p[i] >> 4];
+        out[2 * i + 1] = digits[p[i] & 15];
+    }
+}
+
+/* The nonce NonceManager.issue gives client src at Unix second wall: the prefix, the second as
+ * 10 hex digits, and the first 24 hex digits of HMAC-SHA256(key, "<second>|<ip>|<port>"), the ip
+ * written as the engine hands it to Python (inet_ntop). Writes prefix + 34 bytes to out. */
+static int fp_nonce(const fp_challenge *c, const struct sockaddr *src, long long wall,
+                    char *out) {
+    char msg[11 + INET6_ADDRSTRLEN + 7], stamp[16];
+    int port;
+    snprintf(stamp, sizeof(stamp), "%010llx", wall);
+    if (strlen(stamp) != 10)
+        return -1; /* the year 36812 */
+    memcpy(msg, stamp, 10);
+    msg[10] = '|';
+    if (src->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)src;
+        inet_ntop(AF_INET, &s4->sin_addr, msg + 11, INET6_ADDRSTRLEN);
+        port = ntohs(s4->sin_port);
+    } else {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)src;
+        inet_ntop(AF_INET6, &s6->sin6_addr, msg + 11, INET6_ADDRSTRLEN);
+        port = ntohs(s6->sin6_port);
+    }
+    int n = 11 + (int)strlen(msg + 11);
+    n += snprintf(msg + n, sizeof(msg) - (size_t)n, "|%d", port);
+    unsigned char mac[32];
+    fp_hmac_sha256(&c->key, (const unsigned char *)msg, (size_t)n, mac);
+    memcpy(out, c->prefix, (size_t)c->nprefix);
+    memcpy(out + c->nprefix, stamp, 10);
+    fp_hex(out + c->nprefix + 10, mac, 12);
+    return c->nprefix + 34;
+}
+
+/* The 401 to request p (of method, with a FINGERPRINT if fingerprint) from src at Unix second
+ * wall, as the core's _challenge and _reply write it: ERROR-CODE, REALM, NONCE,
+ * PASSWORD-ALGORITHMS, SOFTWARE, then FINGERPRINT if the request had one. Returns its length
+ * (at most FP_CHALLENGE_MAX), 0 if it cannot be written. */
+static int fp_challenge_answer(const fp_challenge *c, const unsigned char *p, int method,
+                               int fingerprint, const struct sockaddr *src, long long wall,
+                               unsigned char *out) {
+    int n = 20;
+    memcpy(out + n, c->attrs, (size_t)c->nhead);
+    n += c->nhead;
+    int nonce = fp_nonce(c, src, wall, (char *)out + n + 4);
+    if (nonce < 0)
+        return 0;
+    fp_put16(out + n, FP_ATTR_NONCE);
+    fp_put16(out + n + 2, (uint32_t)nonce);
+    n += 4 + nonce;
+    while (nonce++ & 3)
+        out[n++] = 0;
+    memcpy(out + n, c->attrs + c->nhead, (size_t)c->ntail);
+    n += c->ntail;
+    int total = n + (fingerprint ? 8 : 0);
+    fp_put16(out, 0x0110 | (uint32_t)method); /* the error response class */
+    fp_put16(out + 2, (uint32_t)(total - 20));
+    memcpy(out + 4, p + 4, 16); /* cookie and transaction id */
+    if (fingerprint) {
+        fp_put16(out + n, FP_ATTR_FINGERPRINT);
+        fp_put16(out + n + 2, 4);
+        fp_put32(out + n + 4, fp_crc32(out, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
+    }
+    return total;
+}
+
+/* 1 if p[0..len), received on listener fd from src, was an unauthenticated TURN request
+ * answered here with a 401, or dropped over its source's rate of challenges (as the core
+ * drops it: counted for the request and for the drop). One rate for every challenge a source
+ * gets: a request the core answers (a RESERVATION-TOKEN) spends it here too. */
+static int fp_serve_challenge(fp_engine *e, int fd, const struct sockaddr *src,
+                              const unsigned char *p, int len) {
+    const fp_challenge *c = &e->chal;
+    int fingerprint = 0, reservation = 0;
+    int method = fp_challenge_method(c, p, len, &fingerprint, &reservation);
+    if (method < 0)
+        return 0;
+    uint8_t k[16];
+    if (c->rate > 0 && fp_src_key(src, k, 1) == 0 && fp_src_spend(e, e->chal_src, c->rate, k)) {
+        e->chal_requests[method]++;
+        e->chal_dropped++;
+        e->stat_challenge_drops++;
+        return 1;
+    }
+    if (reservation)
+        return 0;
+    if (e->nout == FP_MAXOUT || e->nchal == FP_CHALLENGE_SLOTS)
+        fp_flush(e);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned char *answer = e->chal_out[e->nchal];
+    int n = fp_challenge_answer(c, p, method, fingerprint, src, (long long)ts.tv_sec, answer);
+    if (n == 0)
+        return 0;
+    e->nchal++;
+    fp_out *o = &e->out[e->nout++];
+    o->fd = fd;
+    o->entry = NULL;
+    o->dst = (const struct sockaddr_storage *)src;
+    o->dstlen = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                           : sizeof(struct sockaddr_in);
+    o->hdr = NULL;
+    o->data = (char *)answer;
+    o->len = n;
+    e->chal_requests[method]++;
+    e->chal_answered++;
+    e->stat_challenges++;
+    return 1;
+}
+
+/* Caller holds the lock. Hands each method's requests challenged here (answered or dropped)
+ * to visit (method, requests, 0) and zeroes them; returns how many were answered and sets
+ * *dropped to how many were dropped over the rate, since the last call. */
+static uint64_t fp_take_challenges(fp_engine *e, fp_visit_fn visit, void *ctx, uint64_t *dropped) {
+    for (int m = 0; m < 16; m++) {
+        if (e->chal_requests[m] == 0)
+            continue;
+        if (visit(ctx, (uint64_t)m, e->chal_requests[m], 0) != 0)
+            break;
+        e->chal_requests[m] = 0;
+    }
+    uint64_t answered = e->chal_answered;
+    *dropped = e->chal_dropped;
+    e->chal_answered = e->chal_dropped = 0;
+    return answered;
 }
 
 /* ---- TCP client streams ------------------------------------------------------------------- */
@@ -1261,6 +1654,8 @@ static void fp_serve(fp_engine *e, int fd, int kind, int s) {
                 goto next; /* over its source's budget: dropped before any parsing */
             if (e->binding && fp_serve_binding(e, fd, src, p, len))
                 goto next; /* a plain STUN Binding request, answered here */
+            if (e->chal.methods && fp_serve_challenge(e, fd, src, p, len))
+                goto next; /* an unauthenticated TURN request: its 401, or dropped over the rate */
         } else if (peer_entry != NULL && len <= 65535) {
             fp_entry *x = peer_entry;
             if (x->bucket != NULL && !fp_pay(e, x, len))
@@ -1775,6 +2170,71 @@ static PyObject *Engine_answer_binding(Engine *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static int append_limited(void *list, uint64_t token, uint64_t drops, uint64_t unused) {
+    (void)unused;
+    PyObject *t = Py_BuildValue("(KK)", (unsigned long long)token, (unsigned long long)drops);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append((PyObject *)list, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* answer_challenges(methods, head, tail, nonce_prefix, nonce_key, per_second): answer the
+ * unauthenticated requests of methods (a bit mask; 0: none) on listeners with the core's 401
+ * (see fp_set_challenge); ValueError if such an answer could be too large for the engine. */
+static PyObject *Engine_answer_challenges(Engine *self, PyObject *args) {
+    unsigned int methods;
+    Py_buffer head, tail, prefix, key;
+    double rate;
+    if (!PyArg_ParseTuple(args, "Iy*y*y*y*d", &methods, &head, &tail, &prefix, &key, &rate))
+        return NULL;
+    PyObject *result = NULL;
+    if (check_open(self) == 0) {
+        if (methods > 0xFFFF || rate < 0 || rate != rate) {
+            PyErr_SetString(PyExc_ValueError, "methods below 16, rate a non-negative number");
+        } else if (head.len > FP_CHALLENGE_MAX || tail.len > FP_CHALLENGE_MAX ||
+                   prefix.len > FP_NONCE_PREFIX_MAX) {
+            PyErr_SetString(PyExc_ValueError, "the challenge is too large to answer natively");
+        } else {
+            lock_engine(self);
+            int r = fp_set_challenge(self->e, methods, head.buf, (int)head.len, tail.buf,
+                                     (int)tail.len, prefix.buf, (int)prefix.len, key.buf,
+                                     (size_t)key.len, rate);
+            pthread_mutex_unlock(&self->e->lock);
+            if (r != 0)
+                PyErr_SetString(PyExc_ValueError, "the challenge is too large to answer natively");
+            else
+                result = Py_NewRef(Py_None);
+        }
+    }
+    PyBuffer_Release(&head);
+    PyBuffer_Release(&tail);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&key);
+    return result;
+}
+
+/* take_challenges() -> ([(method, requests)], answered, dropped) since the last call: the
+ * requests challenged here by method, how many got their 401, how many were over the rate. */
+static PyObject *Engine_take_challenges(Engine *self, PyObject *noargs) {
+    if (check_open(self))
+        return NULL;
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
+        return NULL;
+    uint64_t dropped = 0;
+    lock_engine(self);
+    uint64_t answered = fp_take_challenges(self->e, append_limited, list, &dropped);
+    pthread_mutex_unlock(&self->e->lock);
+    if (PyErr_Occurred()) {
+        Py_DECREF(list);
+        return NULL;
+    }
+    return Py_BuildValue("(NKK)", list, (unsigned long long)answered,
+                         (unsigned long long)dropped);
+}
+
 /* limit(kind, fd, address, channel, bucket_id, rate, to_client): the entry draws on bucket
  * bucket_id (rate bytes/s; 0 lifts the limit). False if there is no such entry. */
 static PyObject *Engine_limit(Engine *self, PyObject *args) {
@@ -1833,15 +2293,6 @@ static PyObject *Engine_take_bindings(Engine *self, PyObject *noargs) {
     return PyLong_FromUnsignedLongLong((unsigned long long)n);
 }
 
-static int append_limited(void *list, uint64_t token, uint64_t drops, uint64_t unused) {
-    (void)unused;
-    PyObject *t = Py_BuildValue("(KK)", (unsigned long long)token, (unsigned long long)drops);
-    if (t == NULL)
-        return -1;
-    int r = PyList_Append((PyObject *)list, t);
-    Py_DECREF(t);
-    return r;
-}
 
 /* collect_limited() -> [(token, datagrams dropped by its bucket)] since the last call. */
 static PyObject *Engine_collect_limited(Engine *self, PyObject *noargs) {
@@ -1908,19 +2359,36 @@ static PyObject *Engine_take_source_drops(Engine *self, PyObject *noargs) {
     return Py_BuildValue("(KN)", (unsigned long long)total, ctx.list);
 }
 
+/* hmac_sha256(key, data) -> the engine's own HMAC-SHA256 (what its nonces are made with). */
+static PyObject *fastpath_hmac_sha256(PyObject *module, PyObject *args) {
+    Py_buffer key, data;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "y*y*", &key, &data))
+        return NULL;
+    fp_hmac m;
+    unsigned char mac[32];
+    fp_hmac_init(&m, key.buf, (size_t)key.len);
+    fp_hmac_sha256(&m, data.buf, (size_t)data.len, mac);
+    PyBuffer_Release(&key);
+    PyBuffer_Release(&data);
+    return PyBytes_FromStringAndSize((const char *)mac, 32);
+}
+
 static PyObject *Engine_stats(Engine *self, PyObject *noargs) {
     if (check_open(self))
         return NULL;
     fp_engine *e = self->e;
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
+        "{sKsKsKsKsKsKsKsKsKsKsKsKsKsnsisi}", "hits", (unsigned long long)e->stat_hits, "bindings",
         (unsigned long long)e->stat_bindings, "misses",
         (unsigned long long)e->stat_misses, "recv_calls", (unsigned long long)e->stat_recv_calls,
         "gro_buffers", (unsigned long long)e->stat_gro_buffers, "send_calls",
         (unsigned long long)e->stat_send_calls, "gso_sends", (unsigned long long)e->stat_gso_sends,
         "send_errors", (unsigned long long)e->stat_send_errors, "dropped",
         (unsigned long long)e->stat_dropped, "limited", (unsigned long long)e->stat_limited,
-        "source_dropped", (unsigned long long)e->stat_src_dropped,
+        "source_dropped", (unsigned long long)e->stat_src_dropped, "challenges",
+        (unsigned long long)e->stat_challenges, "challenges_dropped",
+        (unsigned long long)e->stat_challenge_drops,
         "entries", (Py_ssize_t)e->count, "gso", e->gso, "gro",
         e->gro);
 }
@@ -1954,6 +2422,10 @@ static PyMethodDef Engine_methods[] = {
      "answer_binding(on): answer plain STUN Binding requests on listeners natively"},
     {"take_bindings", (PyCFunction)Engine_take_bindings, METH_NOARGS,
      "take_bindings() -> Binding requests answered natively since the last call"},
+    {"answer_challenges", (PyCFunction)Engine_answer_challenges, METH_VARARGS,
+     "answer_challenges(methods, head, tail, nonce_prefix, nonce_key, per_second)"},
+    {"take_challenges", (PyCFunction)Engine_take_challenges, METH_NOARGS,
+     "take_challenges() -> ([(method, requests)], answered, dropped) since the last call"},
     {"limit", (PyCFunction)Engine_limit, METH_VARARGS,
      "limit(kind, fd, address, channel, bucket_id, rate, to_client) -> bool"},
     {"set_capacity", (PyCFunction)Engine_set_capacity, METH_VARARGS,
@@ -1978,8 +2450,14 @@ static PyTypeObject EngineType = {
     .tp_methods = Engine_methods,
 };
 
+static PyMethodDef fastpath_functions[] = {
+    {"hmac_sha256", fastpath_hmac_sha256, METH_VARARGS,
+     "hmac_sha256(key, data) -> the engine's HMAC-SHA256 of data"},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef fastpath_module = {
-    PyModuleDef_HEAD_INIT, "_fastpath", "iceward's native relay fast path.", -1, NULL,
+    PyModuleDef_HEAD_INIT, "_fastpath", "iceward's native relay fast path.", -1, fastpath_functions,
 };
 
 PyMODINIT_FUNC PyInit__fastpath(void) {

@@ -205,6 +205,10 @@ class RelayEngine:
         if self.fast is not None and params.turn.change_addresses is None:
             # RFC 5780 answers carry more than the mapped address: those stay in the core.
             self.fast.answer_binding(True)
+        # The 401 depends on nothing that changes while the process runs (realm, software,
+        # nonce key, rate): set once. A realm too long for the engine stays with the core.
+        if self.fast is not None and not self.fast.answer_challenges(self.core.native_challenge()):
+            log.info("401 challenges: answered by the core (too large for the native engine)")
         if params.bps_capacity:  # each worker relays its share of the node's capacity
             self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
             if self.fast is not None:
@@ -317,13 +321,17 @@ class RelayEngine:
         self._track_activity()
 
     def sync_traffic(self) -> None:
-        """Bring the allocations' counters (and the core's Binding count) up to date with what the
-        native fast path counted, and the requests dropped over their source's budget."""
+        """Bring the allocations' counters (and the core's counts of the Binding requests and
+        401 challenges answered natively) up to date with what the native fast path counted, and
+        the requests dropped over their source's budget."""
         if self.fast is not None:
             self.fast.sync()
             answered = self.fast.take_bindings()
             if answered and self.core is not None:
                 self.core.counters["request.Binding"] += answered
+            requests, challenged, dropped = self.fast.take_challenges()
+            if requests and self.core is not None:
+                self.core.count_challenges(requests, challenged, dropped)
             self._over_budget(*self.fast.take_source_drops())
         elif self._budget is not None:
             self._over_budget(*self._budget.take())

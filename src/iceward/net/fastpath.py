@@ -20,6 +20,15 @@ with the bytes the core would send; :meth:`FastPath.take_bindings` says how many
 request counter stays exact. Anything else (RFC 5780 CHANGE-REQUEST, unknown attributes, a wrong
 FINGERPRINT) comes back to Python as before.
 
+401 challenges: with :meth:`FastPath.answer_challenges` on, a well-formed TURN request without
+MESSAGE-INTEGRITY(-SHA256) is answered by the engine with the core's 401, byte for byte: the
+pieces come from :meth:`TurnServer.native_challenge`, the nonce is :class:`NonceManager`'s
+(HMAC-SHA256 in C, the second read from the wall clock per answer), FINGERPRINT when the request
+had one; the core's ``max_challenges`` per source IP a second holds, the rest dropped. One that
+claims a RESERVATION-TOKEN (workers may hand the reserved port over first) spends that rate and
+goes to the core. :meth:`FastPath.take_challenges` says how many of each, for
+:meth:`TurnServer.count_challenges`.
+
 ``ICEWARD_FASTPATH=0`` (or a missing extension) selects the pure-Python path; ``ICEWARD_FASTPATH=
 "1 nogso"`` / ``"1 nogro"`` keep the native path without UDP GSO sends / UDP GRO receives.
 """
@@ -33,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iceward.turn.allocation import Address, TrafficCounters
+from iceward.turn.server import NativeChallenge
 
 LISTENER = 1
 RELAY = 2
@@ -270,6 +280,37 @@ class FastPath:
             return 0
         count: int = self.engine.take_bindings()
         return count
+
+    def answer_challenges(self, challenge: NativeChallenge | None) -> bool:
+        """Let the engine answer the listeners' unauthenticated TURN requests with the core's
+        401 (None: no more); False if its answer could be too large for the engine (realm,
+        software), and the core keeps answering."""
+        if challenge is None:
+            self.engine.answer_challenges(0, b"", b"", b"", b"", 0.0)
+            return True
+        methods = sum(1 << m for m in challenge.methods if m < 16)
+        if methods != sum(1 << m for m in challenge.methods):
+            return False
+        try:
+            self.engine.answer_challenges(
+                methods,
+                challenge.head,
+                challenge.tail,
+                challenge.nonce_prefix,
+                challenge.nonce_key,
+                float(challenge.per_second),
+            )
+        except ValueError:
+            return False
+        return True
+
+    def take_challenges(self) -> tuple[list[tuple[int, int]], int, int]:
+        """([(method, requests)], answered, dropped over the rate) the engine challenged since
+        the last call."""
+        if self.closed:
+            return [], 0, 0
+        requests, answered, dropped = self.engine.take_challenges()
+        return list(requests), int(answered), int(dropped)
 
     def source_budget(self, rate: float) -> None:
         """STUN messages per second per source the listeners pass on (0: no budget); the rest

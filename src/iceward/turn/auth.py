@@ -39,6 +39,11 @@ class NonceManager:
         #: the same nonce, so its MAC is computed once. Bounded: emptied when full.
         self._verified: set[tuple[str, Address]] = set()
 
+    @property
+    def key(self) -> bytes:
+        """The HMAC key (for an I/O adapter that issues the same nonces natively)."""
+        return self._key
+
     def _mac(self, stamp: str, client: Address) -> str:
         msg = f"{stamp}|{client[0]}|{client[1]}".encode()
         return hmac_digest(self._key, msg, "sha256").hex()[:24]

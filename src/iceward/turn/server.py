@@ -23,7 +23,13 @@ from iceward.ratelimit import RateLimiter
 from iceward.stun import attributes as A
 from iceward.stun import constants as C
 from iceward.stun.integrity import verify_integrity
-from iceward.stun.message import Message, StunError, encode_message, parse_message
+from iceward.stun.message import (
+    Message,
+    StunError,
+    encode_attributes,
+    encode_message,
+    parse_message,
+)
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
 from iceward.turn.drain import (
@@ -126,6 +132,23 @@ class _Auth:
     key: bytes
     algorithm: int
     sha256_mac: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NativeChallenge:
+    """The core's 401 to an unauthenticated request, in pieces an I/O adapter can put together
+    for a client at a given second: the ``head`` attributes (encoded), a NONCE of
+    :meth:`NonceManager.issue`'s making (``nonce_prefix``, the second, the MAC with
+    ``nonce_key``), the ``tail`` attributes, and FINGERPRINT when the request had one; for
+    requests of ``methods`` without MESSAGE-INTEGRITY(-SHA256) received over UDP, at most
+    ``per_second`` a second per source IP (the rest dropped)."""
+
+    methods: frozenset[int]
+    head: bytes
+    tail: bytes
+    nonce_prefix: bytes
+    nonce_key: bytes
+    per_second: float
 
 
 class _Reply(Exception):
@@ -470,15 +493,45 @@ class TurnServer:
         return self._challenge(msg, ft, 401, wall)
 
     def _challenge(self, msg: Message, ft: FiveTuple, code: int, wall: float) -> ToClient:
-        attrs = [
+        attrs = self._challenge_attributes(code, self.nonces.issue(ft.client, wall).encode())
+        self.counters[f"error.{code}"] += 1
+        return self._reply(msg, ft, C.ERROR, attrs, None)
+
+    def _challenge_attributes(self, code: int, nonce: bytes) -> list[tuple[int, bytes]]:
+        return [
             (C.ERROR_CODE, A.encode_error_code(code)),
             (C.REALM, self.config.realm.encode()),
-            (C.NONCE, self.nonces.issue(ft.client, wall).encode()),
+            (C.NONCE, nonce),
             (C.PASSWORD_ALGORITHMS, _OFFERED_ALGORITHMS),
             (C.SOFTWARE, self.config.software.encode()),
         ]
-        self.counters[f"error.{code}"] += 1
-        return self._reply(msg, ft, C.ERROR, attrs, None)
+
+    def native_challenge(self) -> NativeChallenge:
+        """What an I/O adapter needs to answer an unauthenticated UDP request's 401 itself, as
+        :meth:`_authenticate` would (see :class:`NativeChallenge`)."""
+        attrs = self._challenge_attributes(401, b"")
+        at = [t for t, _ in attrs].index(C.NONCE)
+        return NativeChallenge(
+            methods=frozenset(_TURN_METHODS),
+            head=encode_attributes(attrs[:at]),
+            tail=encode_attributes(attrs[at + 1 :]),
+            nonce_prefix=self.nonces.prefix.encode(),
+            nonce_key=self.nonces.key,
+            per_second=self.config.max_challenges,
+        )
+
+    def count_challenges(
+        self, requests: list[tuple[int, int]], answered: int, dropped: int
+    ) -> None:
+        """Count requests challenged outside the core (``(method, requests)``, of which
+        ``answered`` got their 401 and ``dropped`` were over the rate) as if it had seen them."""
+        counters = self.counters
+        for method, n in requests:
+            counters[_REQUEST_COUNTER.get(method, "request.unknown")] += n
+        if answered:
+            counters["error.401"] += answered
+        if dropped:
+            counters["drop.challenge_rate"] += dropped
 
     def _error(
         self,
