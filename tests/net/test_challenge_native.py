@@ -10,6 +10,7 @@ another is answered, and let a client finish the flow with the nonce it was give
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
@@ -176,18 +177,30 @@ def test_the_engines_hmac_is_pythons() -> None:
         assert _fastpath.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_the_engines_401_is_the_cores_byte_for_byte(fast: FastPath, host: str) -> None:
-    """Both answer for the same second; a round that straddles a second tick is sent again."""
-    core, _ = make_core(config=TurnConfig(realm="native.example"))
-    assert fast.answer_challenges(core.native_challenge())
+@contextlib.contextmanager
+def listening(
+    fast: FastPath, host: str
+) -> Iterator[tuple[socket.socket, tuple[str, int], FiveTuple]]:
+    """A listener the engine reads on ``host`` and a client beside it: (client, the listener's
+    address, their five-tuple)."""
     listener, client = bound(host), bound(host)
     try:
         listener.setblocking(False)
         client.settimeout(2.0)
         fast.engine.add_socket(listener.fileno(), LISTENER)
         to, me = listener.getsockname()[:2], client.getsockname()[:2]
-        ft = FiveTuple("udp", me, to)
+        yield client, to, FiveTuple("udp", me, to)
+    finally:
+        listener.close()
+        client.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_engines_401_is_the_cores_byte_for_byte(fast: FastPath, host: str) -> None:
+    """Both answer for the same second; a round that straddles a second tick is sent again."""
+    core, _ = make_core(config=TurnConfig(realm="native.example"))
+    assert fast.answer_challenges(core.native_challenge())
+    with listening(fast, host) as (client, to, ft):
         for _ in range(3):
             requests, others = answered(), handed_back()
             second = int(time.time())
@@ -212,9 +225,6 @@ def test_the_engines_401_is_the_cores_byte_for_byte(fast: FastPath, host: str) -
         counted.count_challenges(*taken)
         assert counted.counters == reference.counters
         assert taken[1:] == (len(requests), 0)
-    finally:
-        listener.close()
-        client.close()
 
 
 def random_request(rnd: random.Random) -> bytes:
@@ -254,14 +264,8 @@ def test_random_requests_are_answered_natively_exactly_when_the_core_challenges(
     config = TurnConfig(realm="native.example", max_challenges=100_000)
     core, _ = make_core(config=config)
     assert fast.answer_challenges(core.native_challenge())
-    listener, client = bound(HOST), bound(HOST)
     rnd = random.Random(5766)
-    try:
-        listener.setblocking(False)
-        client.settimeout(2.0)
-        fast.engine.add_socket(listener.fileno(), LISTENER)
-        to, me = listener.getsockname()[:2], client.getsockname()[:2]
-        ft = FiveTuple("udp", me, to)
+    with listening(fast, HOST) as (client, to, ft):
         for _ in range(3):
             sent = [random_request(rnd) for _ in range(300)]
             second = int(time.time())
@@ -286,9 +290,6 @@ def test_random_requests_are_answered_natively_exactly_when_the_core_challenges(
         assert 30 <= len(expected) <= 250, len(expected)  # both kinds well represented
         assert misses == [d for d in sent if d not in expected]
         assert replies == list(expected.values())
-    finally:
-        listener.close()
-        client.close()
 
 
 def test_the_rate_holds_per_source_and_a_long_realm_stays_with_the_core(fast: FastPath) -> None:

@@ -1020,6 +1020,37 @@ static void fp_put32(unsigned char *p, uint32_t v) {
     fp_put16(p + 2, v & 0xFFFF);
 }
 
+/* An answer to request p whose attributes fill out[20..n): its header (type, length, the
+ * request's cookie and transaction id) and, if the request had one, FINGERPRINT. Its length. */
+static int fp_finish_answer(unsigned char *out, int n, uint32_t type, const unsigned char *p,
+                            int fingerprint) {
+    int total = n + (fingerprint ? 8 : 0);
+    fp_put16(out, type);
+    fp_put16(out + 2, (uint32_t)(total - 20));
+    memcpy(out + 4, p + 4, 16); /* cookie and transaction id */
+    if (fingerprint) {
+        fp_put16(out + n, FP_ATTR_FINGERPRINT);
+        fp_put16(out + n + 2, 4);
+        fp_put32(out + n + 4, fp_crc32(out, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
+    }
+    return total;
+}
+
+/* Caller holds the lock, and has made room in e->out. Answer data[0..n) to src, from listener
+ * fd, leaves with the poll's other sends. */
+static void fp_queue_answer(fp_engine *e, int fd, const struct sockaddr *src,
+                            const unsigned char *data, int n) {
+    fp_out *o = &e->out[e->nout++];
+    o->fd = fd;
+    o->entry = NULL;
+    o->dst = (const struct sockaddr_storage *)src;
+    o->dstlen = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                           : sizeof(struct sockaddr_in);
+    o->hdr = NULL;
+    o->data = (char *)data;
+    o->len = n;
+}
+
 /* The answer to p[0..len) if it is a Binding request that needs no Python: a well-formed header
  * (type 0x0001, magic cookie, length a multiple of 4 covering exactly the datagram) and only
  * SOFTWARE and FINGERPRINT (last, 4 bytes, its CRC right) as attributes. Writes the success
@@ -1077,16 +1108,7 @@ static int fp_binding_answer(const unsigned char *p, int len, const struct socka
     } else {
         return 0;
     }
-    int total = n + (fingerprint >= 0 ? 8 : 0);
-    fp_put16(out, 0x0101);
-    fp_put16(out + 2, (uint32_t)(total - 20));
-    memcpy(out + 4, p + 4, 16); /* cookie and transaction id */
-    if (fingerprint >= 0) {
-        fp_put16(out + n, FP_ATTR_FINGERPRINT);
-        fp_put16(out + n + 2, 4);
-        fp_put32(out + n + 4, fp_crc32(out, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
-    }
-    return total;
+    return fp_finish_answer(out, n, 0x0101, p, fingerprint >= 0);
 }
 
 /* 1 if p[0..len), received on listener fd from src, was a Binding request answered here. */
@@ -1100,15 +1122,7 @@ static int fp_serve_binding(fp_engine *e, int fd, const struct sockaddr *src,
     int n = fp_binding_answer(p, len, src, answer);
     if (n == 0)
         return 0;
-    fp_out *o = &e->out[e->nout++];
-    o->fd = fd;
-    o->entry = NULL;
-    o->dst = (const struct sockaddr_storage *)src;
-    o->dstlen = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                           : sizeof(struct sockaddr_in);
-    o->hdr = NULL;
-    o->data = (char *)answer;
-    o->len = n;
+    fp_queue_answer(e, fd, src, answer, n);
     e->stat_bindings++;
     e->bindings_untaken++;
     return 1;
@@ -1378,16 +1392,7 @@ static int fp_challenge_answer(const fp_challenge *c, const unsigned char *p, in
         out[n++] = 0;
     memcpy(out + n, c->attrs + c->nhead, (size_t)c->ntail);
     n += c->ntail;
-    int total = n + (fingerprint ? 8 : 0);
-    fp_put16(out, 0x0110 | (uint32_t)method); /* the error response class */
-    fp_put16(out + 2, (uint32_t)(total - 20));
-    memcpy(out + 4, p + 4, 16); /* cookie and transaction id */
-    if (fingerprint) {
-        fp_put16(out + n, FP_ATTR_FINGERPRINT);
-        fp_put16(out + n + 2, 4);
-        fp_put32(out + n + 4, fp_crc32(out, (size_t)n) ^ FP_STUN_FINGERPRINT_XOR);
-    }
-    return total;
+    return fp_finish_answer(out, n, 0x0110 | (uint32_t)method, p, fingerprint); /* error class */
 }
 
 /* 1 if p[0..len), received on listener fd from src, was an unauthenticated TURN request
@@ -1419,15 +1424,7 @@ static int fp_serve_challenge(fp_engine *e, int fd, const struct sockaddr *src,
     if (n == 0)
         return 0;
     e->nchal++;
-    fp_out *o = &e->out[e->nout++];
-    o->fd = fd;
-    o->entry = NULL;
-    o->dst = (const struct sockaddr_storage *)src;
-    o->dstlen = src->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                           : sizeof(struct sockaddr_in);
-    o->hdr = NULL;
-    o->data = (char *)answer;
-    o->len = n;
+    fp_queue_answer(e, fd, src, answer, n);
     e->chal_requests[method]++;
     e->chal_answered++;
     e->stat_challenges++;
