@@ -13,6 +13,7 @@ For each server, one after the other, on 127.0.0.1 (relay ports below the epheme
 
 Churn beside live allocations is what used to grow iceward from 245 MB to 2.1 GB in 35 s (deleted
 allocations pinned in the timer heap with a 64 KiB buffer each). iceward runs ``--workers 1``
+(``--workers N``: the supervisor and N workers, the baseline also shown per process)
 with the challenge limit raised (every client here shares one source IP); coturn with one relay
 thread. Nothing is sent anywhere but 127.0.0.1.
 """
@@ -27,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -76,7 +78,7 @@ def make_server(name: str, tmp: Path, args: argparse.Namespace) -> Server:
             "--data-dir", str(tmp / "iceward-data"),
             "--http", "off",
             "--log-level", "warning",
-            "--workers", "1",
+            "--workers", str(args.workers),
             "--max-challenges", "1000000",
         ]  # fmt: skip
         if not args.iceward_cmd:  # this tree's flag: every client here is 127.0.0.1, a load
@@ -101,14 +103,16 @@ def delete(client: TurnClient) -> None:
     client.transact(c.REFRESH, lambda _: [(c.LIFETIME, encode_u32(0))])
 
 
-def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
+def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="iceward-mem-") as tmp_name:
         server = make_server(name, Path(tmp_name), args)
         server.start()
         clients: list[TurnClient] = []
         try:
             time.sleep(1.0)
-            base = rss_kib([server.pid, *server.children()])
+            processes = [server.pid, *server.children()]
+            base = rss_kib(processes)
+            each = "+".join(f"{rss_kib([pid]) / 1024:.0f}" for pid in processes)
             for i in range(args.allocations):
                 client = TurnClient(server.address, 0x4000 + i % 0x3FFF)
                 client.allocate()
@@ -134,6 +138,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, float]:
             server.stop()
     return {
         "baseline_mb": base / 1024,
+        "processes": each,
         "live_mb": live / 1024,
         "per_allocation_kib": (live - base) / max(1, args.allocations),
         "churn_rounds": rounds,
@@ -148,11 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--churn-seconds", type=float, default=35.0)
     p.add_argument("--servers", default="iceward,coturn")
     p.add_argument("--iceward-cmd", default="", help="command that runs iceward")
+    p.add_argument(
+        "--workers", type=int, default=1, help="iceward's --workers (the supervisor and N workers)"
+    )
     args = p.parse_args(argv)
+    if not 1 <= args.workers <= 16:
+        p.error("--workers 1..16")
     if args.allocations > 4000:
         p.error("--allocations is at most 4000 (the relay port ranges hold 5000 each)")
     print(
-        f"{'server':<8} {'baseline MB':>11} {'live MB':>8} {'KiB/alloc':>9} "
+        f"{'server':<8} {'baseline MB':>11} {'per process':>14} {'live MB':>8} {'KiB/alloc':>9} "
         f"{'churn rounds':>12} {'refused':>7} {'after churn MB':>14}"
     )
     for name in args.servers.split(","):
@@ -162,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {exc}", file=sys.stderr)
             return 2
         print(
-            f"{name:<8} {r['baseline_mb']:>11.1f} {r['live_mb']:>8.1f} "
+            f"{name:<8} {r['baseline_mb']:>11.1f} {r['processes']:>14} {r['live_mb']:>8.1f} "
             f"{r['per_allocation_kib']:>9.1f} {r['churn_rounds']:>12.0f} "
             f"{r['churn_refused']:>7.0f} {r['churned_mb']:>14.1f}"
         )

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from iceward import __version__
-from iceward.net.tls import TlsFilesError, check_tls_files
+from iceward.net.tlsfiles import TlsFilesError, check_tls_files
 from tests.conftest import HOST, make_test_ca
 
 

@@ -33,7 +33,7 @@ from iceward.runtime import setup_logging, use_uvloop
 from iceward.turn.credentials import ice_servers, mint_rest_credential
 
 if TYPE_CHECKING:
-    from iceward.server import Server
+    from iceward.server.serve import Server
 
 app = typer.Typer(
     cls=TidyGroup,  # --help shows INTEGER, TEXT, PATH..., not <int>, <list[str]>, <bool>
@@ -130,7 +130,7 @@ app.command()(serve)
 
 
 async def _serve(settings: ServerSettings) -> None:
-    from iceward.server import run
+    from iceward.server.serve import run
 
     try:
         await run(settings, _print_ready)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from iceward.net.tls import ensure_self_signed
+from iceward.net.tlsfiles import ensure_self_signed
 from iceward.store import Store
 from iceward.turn.credentials import rest_password
 from tests.api.test_api import cli, http

@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from iceward.certs import make_ca_and_server_cert
-from iceward.net.tls import ensure_self_signed, server_context
+from iceward.net.tls import server_context
+from iceward.net.tlsfiles import ensure_self_signed
 
 
 def sans(cert: x509.Certificate) -> list[str]:

@@ -140,9 +140,32 @@ def test_clients_stay_on_their_worker_and_relay_across_workers(make_server: Make
             b.refresh(600)
         assert gone.value.code == 437
         assert a.refresh(600) == 600
+        # Having relayed, answered the admin API and made its metrics, a worker still holds
+        # no cryptography (its native library would be mapped): only the supervisor does.
+        for w in workers:
+            assert "cryptography" not in Path(f"/proc/{w['pid']}/maps").read_text()
     finally:
         a.close()
         b.close()
+
+
+#: What a relaying worker must not import: the HTTP stack, the ACME client, Redis (outside a
+#: fleet), cryptography, GeoIP, the CLI. Each costs every worker its memory (about 31 MB in all).
+SUPERVISOR_ONLY = (
+    "fastapi", "starlette", "uvicorn", "acme", "josepy", "redis", "cryptography", "maxminddb",
+    "typer", "rich", "prometheus_client",
+)  # fmt: skip
+
+
+def test_a_worker_imports_no_http_stack_acme_redis_or_cryptography() -> None:
+    code = (
+        "import sys, iceward.server.worker; "
+        f"print(' '.join(m for m in {SUPERVISOR_ONLY!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == []
 
 
 def allocate_with(client: BlockingTurnClient, *extra: tuple[int, bytes]) -> Any:

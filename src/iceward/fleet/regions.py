@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import maxminddb
-
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -80,6 +78,8 @@ class GeoIp:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        import maxminddb  # here: only a server given --geoip loads it (every worker would)
+
         try:
             self.reader = maxminddb.open_database(str(path))
         except FileNotFoundError:

@@ -8,17 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-from fastapi import FastAPI
-
-from iceward.autocert.files import AcmeFiles
-from iceward.autocert.http01 import router_for
 from iceward.config import ServerSettings, parse_http
-from iceward.server.http import HttpServer
 from iceward.snapshot import Snapshot
 
 if TYPE_CHECKING:
+    from iceward.autocert.files import AcmeFiles
     from iceward.autocert.manager import CertificateManager
+    from iceward.server.http import HttpServer
 
 log = logging.getLogger("iceward.acme")
 
@@ -27,7 +23,13 @@ ALPN_PORT = 443
 
 
 def acme_files(settings: ServerSettings) -> AcmeFiles | None:
-    return AcmeFiles.of(settings.data_dir) if settings.acme else None
+    if not settings.acme:
+        return None
+    # Imported here, as the x509 parsing below: relaying workers import this module for
+    # tls_challenges and load no cryptography unless --acme asks.
+    from iceward.autocert.files import AcmeFiles
+
+    return AcmeFiles.of(settings.data_dir)
 
 
 def tls_challenges(settings: ServerSettings) -> Path | None:
@@ -63,6 +65,12 @@ class Certificates:
     async def open(self) -> None:
         """Bind ``--acme-http``, serving HTTP-01 alone, if asked for (before any worker starts:
         a busy port is an OSError naming it)."""
+        # Imported here: relaying workers import this module and load no HTTP stack.
+        from fastapi import FastAPI
+
+        from iceward.autocert.http01 import router_for
+        from iceward.server.http import HttpServer
+
         router = router_for(self.settings)
         bind = parse_http(self.settings.acme_http) if self.settings.acme_http else None
         if router is None or bind is None:
@@ -112,6 +120,8 @@ class Certificates:
 
 
 def _names_not_after(chain: bytes) -> dict[str, float]:
+    from cryptography import x509
+
     leaf = x509.load_pem_x509_certificates(chain)[0]
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -4,15 +4,17 @@ API asks, built from the plan; None without ``--cluster`` (nothing changes then)
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from iceward import __version__
 from iceward.config import parse_external_ip, parse_region_fallback
-from iceward.fleet.issuer import FleetIssuer
-from iceward.fleet.member import FleetMember, NodeIdTaken
 from iceward.fleet.regions import RegionFileError, RegionResolver
 from iceward.net.sharedquota import FleetRow
 from iceward.server.plan import ServerPlan, node_id_of, specific
 from iceward.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from iceward.fleet.issuer import FleetIssuer
 
 
 def check_region_files(plan: ServerPlan) -> RegionResolver:
@@ -36,6 +38,10 @@ async def join_fleet(
     store again when another node announces a change. ``quota_fd`` is the quota memory of
     ``workers`` relaying processes (see iceward.net.sharedquota): with ``--user-quota`` it is
     shared with the fleet."""
+    # Imported here: relaying workers import this module, and only a fleet needs Redis.
+    from iceward.fleet.issuer import FleetIssuer
+    from iceward.fleet.member import FleetMember, NodeIdTaken
+
     settings = plan.settings
     if settings.cluster is None:
         return None

@@ -9,7 +9,6 @@ from pathlib import Path
 from iceward.net.engine import EngineParams, RelayEngine
 from iceward.net.listeners import ListenerSet, check_local_address, open_listeners
 from iceward.net.slot import WorkerSlot
-from iceward.net.tls import check_tls_files, ensure_self_signed
 from iceward.server.certificates import acme_files, tls_challenges
 from iceward.server.cluster import check_region_files
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
@@ -34,6 +33,8 @@ def check_before_start(plan: ServerPlan) -> None:
     the operator's ``--cert``/``--key`` load, HTTP-01 has the HTTP API to answer on, each relay
     address is one of this host's, the region map and GeoIP database read; else OSError naming
     the file, setting or address and the problem."""
+    from iceward.net.tlsfiles import check_tls_files  # the supervisor's: see tls_files
+
     settings = plan.settings
     if plan.tls_port is not None and settings.cert and settings.key:
         check_tls_files(settings.cert, settings.key)
@@ -54,6 +55,10 @@ def check_before_start(plan: ServerPlan) -> None:
 def tls_files(plan: ServerPlan) -> tuple[Path, Path]:
     """The operator's certificate and key, the ACME pair (a self-signed placeholder until the
     first is issued), or a self-signed pair made once in the data dir."""
+    # Imported here: relaying workers import this module, are handed the files, and never
+    # load the cryptography library this needs.
+    from iceward.net.tlsfiles import ensure_self_signed
+
     settings = plan.settings
     if settings.cert and settings.key:
         return settings.cert, settings.key

@@ -1,9 +1,9 @@
 """``iceward serve --workers N``: a supervisor, N relaying worker processes, and the control
-protocol between them (both halves here).
+protocol between them (the worker's half is :mod:`iceward.server.worker`).
 
 The supervisor opens every listening socket once, as reuseport groups of N (see
-:mod:`iceward.net.listeners`), and keeps them for its whole life; worker i is started
-(``python -m iceward.server.workers FD``) with the i-th socket of each group, its own slice of
+:mod:`iceward.net.listeners`), and keeps them for its whole life; worker i is started (the
+``main`` of :mod:`iceward.server.worker`) with the i-th socket of each group, its own slice of
 the relay port range, the nonce key all workers share and the shared quota memory. A worker owns
 the allocations it creates (:func:`owner_of` says which one from the id). The supervisor mints
 credentials and serves the HTTP API, summing the workers' metrics and allocations.
@@ -38,29 +38,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iceward.config import ServerSettings
 from iceward.fleet.issuer import FleetIssuer
 from iceward.net import sharedquota
 from iceward.net.fdlimit import PRESSURE, raise_open_files_limit
-from iceward.net.httpshandoff import HttpsIntake, HttpsSender
+from iceward.net.httpshandoff import HttpsIntake
 from iceward.net.listeners import ListenerSet
-from iceward.net.slot import WorkerSlot, relay_slice
+from iceward.net.slot import relay_slice
 from iceward.net.tls import server_context
-from iceward.runtime import setup_logging, use_uvloop
 from iceward.server.certificates import Certificates
 from iceward.server.cluster import join_fleet, shares_quota
 from iceward.server.credentials import CredentialSync, open_store, refresh_logged
-from iceward.server.drain import AlternateRow, DrainState, TableAlternates, alternates_table
+from iceward.server.drain import AlternateRow, DrainState, alternates_table
 from iceward.server.http import HttpServer, build_app
-from iceward.server.plan import ServerPlan, plan
-from iceward.server.process import RelayProcess, listeners_for, tls_files, usage_store
+from iceward.server.plan import ServerPlan
+from iceward.server.process import listeners_for, tls_files, usage_store
+from iceward.server.worker import LINE_LIMIT, control_line
 from iceward.snapshot import Snapshot
 from iceward.store import Store
 
 log = logging.getLogger("iceward.server")
 
-#: Longest control line (an allocation report of a busy worker is the largest).
-LINE_LIMIT = 64 * 1024 * 1024
 #: How long a worker may take to start, and to answer one control request.
 START_TIMEOUT = 30.0
 CALL_TIMEOUT = 5.0
@@ -73,132 +70,6 @@ def owner_of(allocation_id: int, workers: int) -> int:
     """The worker that owns an allocation: worker i of N numbers its allocations i + 1, step N
     (see :attr:`WorkerSlot.first_id`)."""
     return (allocation_id - 1) % workers
-
-
-def _line(message: dict[str, Any]) -> bytes:
-    return json.dumps(message).encode() + b"\n"
-
-
-# -- the worker's half ---------------------------------------------------------------------------
-
-
-def _slot(spec: dict[str, Any]) -> WorkerSlot:
-    fds = spec["fds"]
-    files = spec.get("tls_files")
-    return WorkerSlot(
-        index=int(spec["index"]),
-        count=int(spec["count"]),
-        generation=int(spec["generation"]),
-        nonce_key=bytes.fromhex(spec["nonce_key"]),
-        relay_ports=(int(spec["relay_ports"][0]), int(spec["relay_ports"][1])),
-        udp=[socket.socket(fileno=fd) for fd in fds["udp"]],
-        tcp=[socket.socket(fileno=fd) for fd in fds["tcp"]],
-        tls=[socket.socket(fileno=fd) for fd in fds["tls"]],
-        tls_files=(Path(files[0]), Path(files[1])) if files else None,
-        quota_fd=fds.get("quota"),
-        handoff_name=spec.get("handoff_name"),
-    )
-
-
-def _table(rows: list[list[Any]] | None) -> TableAlternates | None:
-    """The fleet's alternates the supervisor sent (None outside a fleet: the static list)."""
-    return TableAlternates(rows) if rows is not None else None
-
-
-async def _answer(process: RelayProcess, request: dict[str, Any]) -> Any:
-    op = request.get("op")
-    engine = process.engine
-    if op == "snapshot":
-        return engine.local_snapshot().to_json()
-    if op == "allocations":
-        return engine.local_allocations()
-    if op == "delete":
-        return engine.delete_local(int(request["arg"]))
-    if op == "refresh":
-        await process.refresh()
-        return True
-    if op == "drain":
-        process.drain(_table(request.get("arg")))
-        return True
-    raise ValueError(f"unknown request {op!r}")
-
-
-async def serve_worker(control_fd: int) -> int:
-    loop = asyncio.get_running_loop()
-    control = socket.socket(fileno=control_fd)
-    reader, writer = await asyncio.open_unix_connection(sock=control, limit=LINE_LIMIT)
-    spec = json.loads(await reader.readline())
-    settings = ServerSettings(**spec["settings"])
-    slot = _slot(spec)
-    setup_logging(settings.log_level, slot.index, settings.log_format)
-    process = RelayProcess(plan(settings, workers=slot.count), slot)
-    if spec.get("https_name"):
-        process.engine.https_elsewhere = HttpsSender(spec["https_name"]).send
-    try:
-        await process.start()
-    except (OSError, ValueError) as exc:
-        writer.write(_line({"error": str(exc)}))
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass  # the supervisor gave up already (another worker failed first)
-        return 2
-    if spec.get("draining"):
-        process.drain(_table(spec.get("alternates")))
-    stopped = asyncio.Event()
-    stopping: list[asyncio.Task[None]] = []
-
-    async def stop_process() -> None:
-        await process.stop()
-        stopped.set()
-
-    def stop() -> None:
-        if not stopping:
-            stopping.append(loop.create_task(stop_process()))
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    # SIGUSR1 sent to the whole group (systemctl kill) must not end a worker: it drains it; the
-    # supervisor, which decides when to exit, got it too.
-    loop.add_signal_handler(signal.SIGUSR1, process.drain)
-    writer.write(_line({"ready": True, "relay_path": process.engine.relay_path}))
-    await writer.drain()
-    requests = loop.create_task(_serve_requests(process, reader, writer))
-    waiting = loop.create_task(stopped.wait())
-    await asyncio.wait({requests, waiting}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done():  # the supervisor went away
-        log.warning("supervisor gone: stopping")
-        stop()
-        await waiting
-    requests.cancel()
-    return 0
-
-
-async def _serve_requests(
-    process: RelayProcess, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> None:
-    while True:
-        try:
-            line = await reader.readline()
-        except (ConnectionError, ValueError):
-            return
-        if not line:
-            return
-        try:
-            request = json.loads(line)
-            ident = request.get("id")
-        except (ValueError, AttributeError):
-            reply: dict[str, Any] = {"id": None, "error": "not a JSON object"}
-        else:
-            try:
-                reply = {"id": ident, "result": await _answer(process, request)}
-            except Exception as exc:  # a bad request must not end the worker
-                reply = {"id": ident, "error": str(exc)}
-        writer.write(_line(reply))
-        try:
-            await writer.drain()
-        except ConnectionError:
-            return
 
 
 # -- the supervisor's half -----------------------------------------------------------------------
@@ -419,7 +290,7 @@ class Supervisor:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-c",  # not -m: runpy would run this module a second time, with a warning
-                "from iceward.server.workers import main; main()",
+                "from iceward.server.worker import main; main()",
                 str(child.fileno()),
                 pass_fds=passed,
                 stdin=subprocess.DEVNULL,
@@ -443,7 +314,7 @@ class Supervisor:
             "alternates": self._alternates,
             "https_name": self._https_name if self._https is not None else None,
         }
-        writer.write(_line(spec))
+        writer.write(control_line(spec))
         await writer.drain()
         try:
             line = await asyncio.wait_for(reader.readline(), START_TIMEOUT)
@@ -553,7 +424,7 @@ class Supervisor:
         ident = self._ids
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         worker.pending[ident] = future
-        worker.writer.write(_line({"id": ident, "op": op, "arg": arg}))
+        worker.writer.write(control_line({"id": ident, "op": op, "arg": arg}))
         try:
             await worker.writer.drain()
             return await asyncio.wait_for(future, CALL_TIMEOUT)
@@ -689,17 +560,3 @@ class Supervisor:
                 }
             )
         return out
-
-
-def main() -> None:
-    use_uvloop()
-    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
-        sys.exit("usage: python -m iceward.server.workers CONTROL_FD (started by iceward serve)")
-    try:
-        sys.exit(asyncio.run(serve_worker(int(sys.argv[1]))))
-    except KeyboardInterrupt:
-        sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()

@@ -21,11 +21,8 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from redis.exceptions import RedisError
-
-from iceward.fleet.member import connect
 from iceward.net.engine import RelayEngine
 from iceward.store import STORE_FAILURES, describe_failure
 from iceward.turn.allocation import Allocation
@@ -33,8 +30,10 @@ from iceward.usage.enforce import Enforcer, evaluate
 from iceward.usage.quotas import NOTICE_LEVELS, notice_body
 from iceward.usage.record import Recorder, UsageRecord
 from iceward.usage.store import Quota, UsageStore
-from iceward.usage.stream import StreamConsumer, StreamWriter
 from iceward.usage.webhook import deliver
+
+if TYPE_CHECKING:
+    from iceward.usage.stream import StreamConsumer, StreamWriter
 
 log = logging.getLogger("iceward.usage")
 T = TypeVar("T")
@@ -96,6 +95,11 @@ class UsageService:
         self.engine.core.admit = self.admit
         self._task = loop.create_task(self._run())
         if self.params.cluster is not None:
+            # Imported here: a process outside a fleet (each relaying worker pays for what it
+            # loads) never loads the Redis client.
+            from iceward.fleet.member import connect
+            from iceward.usage.stream import StreamConsumer, StreamWriter
+
             redis = connect(self.params.cluster)
             counted = self._stream_count
             self.writer = StreamWriter(redis, counted)
@@ -117,6 +121,8 @@ class UsageService:
         if writer is None:
             await self._flush()
             return
+        from redis.exceptions import RedisError  # loaded with the writer (see start)
+
         for stream_task in self._stream_tasks:
             stream_task.cancel()
         writer.put(self._pending)
