@@ -11,6 +11,8 @@ const GATHER_TIMEOUT_MS = 10000;
 const CONNECT_TIMEOUT_MS = 10000;
 const MESSAGES = 20;
 const ECHO_WAIT_MS = 2000;
+// Warm-up messages sent (one every 100 ms) until one comes back, before the measured ones.
+const WARMUP_TRIES = 20;
 const MAX_RELAY_RTT_MS = 300;
 // A turns: URL that fails fast is asked again without TLS (turn:HOST:PORT?transport=tcp) for
 // this long: a connection refused arrives at once, a port that speaks only TLS stays silent.
@@ -453,12 +455,23 @@ async function dataPath(iceServers, policy) {
     out.connected = true;
     dc2.onmessage = (e) => dc2.send(e.data); // echo
     const seen = new Set();
+    let warm = false;
     dc1.onmessage = (e) => {
       const msg = JSON.parse(e.data);
+      if (msg.warmup) {
+        warm = true;
+        return;
+      }
       if (seen.has(msg.seq)) return;
       seen.add(msg.seq);
       rtts.push(performance.now() - msg.t);
     };
+    // A channel that has just opened may still refuse sends for a few milliseconds (Chromium
+    // drops them, logging "Send failed INVALID_STATE"): loss is measured from the first echo on.
+    for (let i = 0; !warm && i < WARMUP_TRIES; i++) {
+      dc1.send(JSON.stringify({ warmup: true }));
+      await sleep(100);
+    }
     for (let seq = 0; seq < MESSAGES; seq++) {
       dc1.send(JSON.stringify({ seq, t: performance.now(), pad: "x".repeat(seq % 2 ? 1000 : 100) }));
       out.sent += 1;
