@@ -116,8 +116,10 @@ def test_chromium_call_matches_the_report_and_the_admin_counters(page: Any, tmp_
             and the records have caught up with the counters."""
             before = admin_counters()
             stats = pg.evaluate("() => pairStats()")
-            label = group(report(server, admin, "label"), "label", LABEL)
             records = per_allocation(server, list(before))
+            # The report after the records it must sum: read before them, it could miss one
+            # written meanwhile (records only ever grow, so read after, it has them all).
+            label = group(report(server, admin, "label"), "label", LABEL)
             after = admin_counters()
             if len(before) != 2 or before != after or records != before or label is None:
                 return None
