@@ -71,13 +71,17 @@ class Message:
     fingerprint_offset: int = -1
     #: Comprehension-required attribute types this codec does not know (answer with 420).
     unknown_required: tuple[int, ...] = ()
+    #: Each type's first value: a request's handler reads about ten, each a dict lookup.
+    first: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.first:
+            for t, v in reversed(self.attributes):
+                self.first[t] = v
 
     def get(self, attr_type: int) -> bytes | None:
         """Value of the first attribute of that type, or None."""
-        for t, v in self.attributes:
-            if t == attr_type:
-                return v
-        return None
+        return self.first.get(attr_type)
 
     def get_all(self, attr_type: int) -> list[bytes]:
         """Values of every attribute of that type, in order."""
@@ -111,6 +115,7 @@ def parse_message(data: bytes, *, check_fingerprint: bool = True) -> Message:
         )
     method, cls = split_message_type(msg_type)
     attributes: list[tuple[int, bytes]] = []
+    first: dict[int, bytes] = {}
     unknown: list[int] = []
     integrity = integrity256 = fingerprint = -1
     pos = HEADER_LENGTH
@@ -151,6 +156,8 @@ def parse_message(data: bytes, *, check_fingerprint: bool = True) -> Message:
         elif attr_type < 0x8000 and attr_type not in KNOWN_ATTRIBUTES:
             unknown.append(attr_type)
         attributes.append((attr_type, value))
+        if attr_type not in first:
+            first[attr_type] = value
         pos = next_pos
     if fingerprint >= 0 and check_fingerprint:
         expected = _U32.unpack_from(data, fingerprint + 4)[0]
@@ -166,6 +173,7 @@ def parse_message(data: bytes, *, check_fingerprint: bool = True) -> Message:
         integrity_sha256_offset=integrity256,
         fingerprint_offset=fingerprint,
         unknown_required=tuple(unknown),
+        first=first,
     )
 
 
