@@ -199,7 +199,7 @@ def listening(
 def test_the_engines_401_is_the_cores_byte_for_byte(fast: FastPath, host: str) -> None:
     """Both answer for the same second; a round that straddles a second tick is sent again."""
     core, _ = make_core(config=TurnConfig(realm="native.example"))
-    assert fast.answer_challenges(core.native_challenge())
+    assert fast.answer_challenges(core.native_challenge()) is None
     with listening(fast, host) as (client, to, ft):
         for _ in range(3):
             requests, others = answered(), handed_back()
@@ -263,7 +263,7 @@ def test_random_requests_are_answered_natively_exactly_when_the_core_challenges(
     every other one unchanged."""
     config = TurnConfig(realm="native.example", max_challenges=100_000)
     core, _ = make_core(config=config)
-    assert fast.answer_challenges(core.native_challenge())
+    assert fast.answer_challenges(core.native_challenge()) is None
     rnd = random.Random(5766)
     with listening(fast, HOST) as (client, to, ft):
         for _ in range(3):
@@ -294,7 +294,7 @@ def test_random_requests_are_answered_natively_exactly_when_the_core_challenges(
 
 def test_the_rate_holds_per_source_and_a_long_realm_stays_with_the_core(fast: FastPath) -> None:
     core, _ = make_core(config=TurnConfig(max_challenges=20))
-    assert fast.answer_challenges(core.native_challenge())
+    assert fast.answer_challenges(core.native_challenge()) is None
     listener, flooder, other = bound(HOST), bound("127.0.0.3"), bound("127.0.0.4")
     try:
         listener.setblocking(False)
@@ -338,7 +338,8 @@ def test_the_rate_holds_per_source_and_a_long_realm_stays_with_the_core(fast: Fa
         drain(flooder, 0.1)
         # A realm the engine has no room for: switched off, the core answers.
         huge, _ = make_core(config=TurnConfig(realm="r" * 1000))
-        assert not fast.answer_challenges(huge.native_challenge())
+        why = fast.answer_challenges(huge.native_challenge())
+        assert why is not None and "--realm" in why and "1024 bytes" in why, why
         fast.answer_challenges(None)
         other.sendto(request(C.ALLOCATE), to)
         assert len(poll_misses(fast, 1)) == 1

@@ -2192,15 +2192,16 @@ static PyObject *Engine_answer_challenges(Engine *self, PyObject *args) {
             PyErr_SetString(PyExc_ValueError, "methods below 16, rate a non-negative number");
         } else if (head.len > FP_CHALLENGE_MAX || tail.len > FP_CHALLENGE_MAX ||
                    prefix.len > FP_NONCE_PREFIX_MAX) {
-            PyErr_SetString(PyExc_ValueError, "the challenge is too large to answer natively");
+            PyErr_Format(PyExc_ValueError, "longer than the engine's %d bytes", FP_CHALLENGE_MAX);
         } else {
             lock_engine(self);
             int r = fp_set_challenge(self->e, methods, head.buf, (int)head.len, tail.buf,
                                      (int)tail.len, prefix.buf, (int)prefix.len, key.buf,
                                      (size_t)key.len, rate);
             pthread_mutex_unlock(&self->e->lock);
-            if (r != 0)
-                PyErr_SetString(PyExc_ValueError, "the challenge is too large to answer natively");
+            if (r != 0) /* the whole answer, nonce and FINGERPRINT included */
+                PyErr_Format(PyExc_ValueError, "longer than the engine's %d bytes",
+                             FP_CHALLENGE_MAX);
             else
                 result = Py_NewRef(Py_None);
         }

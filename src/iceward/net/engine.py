@@ -207,8 +207,11 @@ class RelayEngine:
             self.fast.answer_binding(True)
         # The 401 depends on nothing that changes while the process runs (realm, software,
         # nonce key, rate): set once. A realm too long for the engine stays with the core.
-        if self.fast is not None and not self.fast.answer_challenges(self.core.native_challenge()):
-            log.info("401 challenges: answered by the core (too large for the native engine)")
+        why = (
+            None if self.fast is None else self.fast.answer_challenges(self.core.native_challenge())
+        )
+        if why is not None:
+            log.info("401 challenges: answered by the core, not the native engine: %s", why)
         if params.bps_capacity:  # each worker relays its share of the node's capacity
             self._capacity = NodeCapacity(params.bps_capacity / slot.count, loop.time)
             if self.fast is not None:

@@ -281,28 +281,27 @@ class FastPath:
         count: int = self.engine.take_bindings()
         return count
 
-    def answer_challenges(self, challenge: NativeChallenge | None) -> bool:
+    def answer_challenges(self, challenge: NativeChallenge | None) -> str | None:
         """Let the engine answer the listeners' unauthenticated TURN requests with the core's
-        401 (None: no more); False if its answer could be too large for the engine (realm,
-        software), and the core keeps answering."""
+        401 (None: no more). Returns None when it does, else why the core keeps answering."""
         if challenge is None:
             self.engine.answer_challenges(0, b"", b"", b"", b"", 0.0)
-            return True
-        methods = sum(1 << m for m in challenge.methods if m < 16)
-        if methods != sum(1 << m for m in challenge.methods):
-            return False
+            return None
+        if any(m >= 16 for m in challenge.methods):
+            return "a challenged TURN method is above the engine's 16"
         try:
             self.engine.answer_challenges(
-                methods,
+                sum(1 << m for m in challenge.methods),
                 challenge.head,
                 challenge.tail,
                 challenge.nonce_prefix,
                 challenge.nonce_key,
                 float(challenge.per_second),
             )
-        except ValueError:
-            return False
-        return True
+        except ValueError as exc:
+            size = len(challenge.head) + len(challenge.tail)
+            return f"--realm and --software ({size} bytes of attributes) make a 401 {exc}"
+        return None
 
     def take_challenges(self) -> tuple[list[tuple[int, int]], int, int]:
         """([(method, requests)], answered, dropped over the rate) the engine challenged since
