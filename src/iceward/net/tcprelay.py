@@ -8,8 +8,10 @@ connections nobody binds within :data:`~iceward.turn.tcprelay.BIND_TIMEOUT`, and
 data connection is bound, splices the two transports. Splicing is asyncio flow control and
 nothing else: what one side reads is written to the other, and when the other's write buffer
 passes its high-water mark the reading side is paused until it drains, so a slow end never
-makes the server buffer without bound. Bytes and reads are added to the allocation's counters
-(a "packet" of a TCP relay is one read), the ones the UDP relays and the usage records use.
+makes the server buffer without bound. Under ``--max-bps`` no more goes out than the
+allocation's budget holds: the rest of a read waits, and its side is not read, until the rate has
+earned it. Bytes and writes are added to the allocation's counters (a "packet" of a TCP relay is
+one write to the other side), the ones the UDP relays and the usage records use.
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ class Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.other: Side | None = None
         self.held = bytearray()
+        #: Read, but not yet paid for by the allocation's rate (``--max-bps``): this side is not
+        #: read again until the rate has earned it and it went out.
+        self.owed = bytearray()
         self.closed = False
-        #: Not read until the allocation's rate (``--max-bps``) has earned back what it sent.
         self.rate_paused = False
+        self._paying: asyncio.TimerHandle | None = None
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -86,10 +91,19 @@ class Side(asyncio.Protocol):
             if len(self.held) >= HELD_LIMIT and self.transport is not None:
                 self.transport.pause_reading()
             return
+        self._forward(data)
+
+    def _forward(self, data: bytes) -> None:
+        other = self.other
+        assert other is not None and other.transport is not None
         if other.transport.is_closing():
             return  # the pair is ending: nothing more goes through
-        self._count(len(data))
-        other.transport.write(data)
+        if self.counters.limiter is None and not self.owed:
+            self._count(len(data))
+            other.transport.write(data)
+            return
+        self.owed += data
+        self._pay()
 
     def _count(self, nbytes: int) -> None:
         c = self.counters
@@ -99,45 +113,55 @@ class Side(asyncio.Protocol):
         else:
             c.packets_to_client += 1
             c.bytes_to_client += nbytes
-        if c.limiter is not None:
-            self._spend(nbytes)
 
-    def _spend(self, nbytes: int) -> None:
-        """A bandwidth limit on a stream: nothing is dropped, but once the budget is spent this
-        side is not read until the rate has earned the deficit back (TCP then slows the sender)."""
-        c = self.counters
-        if self.to_peer:
-            c.budget_to_peer -= nbytes
-            budget = c.budget_to_peer
-        else:
-            c.budget_to_client -= nbytes
-            budget = c.budget_to_client
+    def _pay(self) -> None:
+        """A bandwidth limit on a stream: nothing is dropped, and no more goes out than the
+        budget holds. What it does not cover waits in ``owed``, and this side is not read, until
+        the rate has earned the next part (TCP then slows the sender)."""
+        other, c = self.other, self.counters
+        if self.closed or other is None or other.transport is None or other.transport.is_closing():
+            self.owed.clear()
+            return
         limiter = c.limiter
-        if budget >= 0 or limiter is None or self.rate_paused or self.transport is None:
+        n = len(self.owed)
+        if limiter is not None:
+            budget = limiter.earn(c, self.to_peer)
+            n = min(n, int(budget)) if budget > 0 else 0
+        if n:
+            chunk = bytes(self.owed[:n])
+            del self.owed[:n]
+            if limiter is not None:
+                if self.to_peer:
+                    c.budget_to_peer -= n
+                else:
+                    c.budget_to_client -= n
+            self._count(n)
+            other.transport.write(chunk)
+        if self.owed and limiter is not None:
+            if not self.rate_paused:
+                self.rate_paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+            # Out again once the rate earned the next part: a fiftieth of a second's worth (or
+            # what is left), so a paced stream goes out smoothly, not in bucket-sized bursts.
+            if self._paying is None:
+                step = min(len(self.owed), max(limiter.rate / 50, 1500))
+                loop = asyncio.get_running_loop()
+                self._paying = loop.call_later(step / limiter.rate, self._paid_later)
             return
-        budget = limiter.earn(c, self.to_peer)
-        if budget < 0:
-            self.rate_paused = True
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(-budget / limiter.rate, self._rate_resume)
-
-    def _rate_resume(self) -> None:
+        if not self.rate_paused:
+            return
         self.rate_paused = False
-        c, other = self.counters, self.other
-        if self.closed or self.transport is None or c.limiter is None:
-            if self.transport is not None and not self.closed:
-                self.transport.resume_reading()  # the limit was lifted
+        if self.transport is None:
             return
-        budget = c.limiter.earn(c, self.to_peer)
-        if budget < 0:
-            self.rate_paused = True
-            asyncio.get_running_loop().call_later(-budget / c.limiter.rate, self._rate_resume)
-            return
-        if other is not None and other.transport is not None:
-            high = other.transport.get_write_buffer_limits()[1]
-            if other.transport.get_write_buffer_size() > high:
-                return  # the other side's resume_writing reads this one again
+        high = other.transport.get_write_buffer_limits()[1]
+        if other.transport.get_write_buffer_size() > high:
+            return  # the other side's resume_writing reads this one again
         self.transport.resume_reading()
+
+    def _paid_later(self) -> None:
+        self._paying = None
+        self._pay()
 
     def flush(self) -> None:
         """Pass on what was held once both ends exist, and read again."""
@@ -145,9 +169,8 @@ class Side(asyncio.Protocol):
         if not self.held or other is None or other.transport is None or self.transport is None:
             return
         data, self.held = bytes(self.held), bytearray()
-        self._count(len(data))
-        other.transport.write(data)
-        if not self.closed:
+        self._forward(data)
+        if not self.closed and not self.rate_paused:
             self.transport.resume_reading()
 
     def pause_writing(self) -> None:  # this side's buffer is full: stop reading the other
