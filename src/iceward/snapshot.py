@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The usage records a process holds in memory for the fleet's stream (a level, not a total).
+USAGE_QUEUED = "usage.queued"
+#: Counters that are levels: what a process holds now, gone with it when it ends.
+LEVELS = frozenset({USAGE_QUEUED})
+
 
 @dataclass(slots=True)
 class Snapshot:
@@ -38,6 +43,12 @@ class Snapshot:
         self.ports_in_use += other.ports_in_use
         self.ports_total += other.ports_total
         self.certificates.update(other.certificates)
+
+    def totals(self) -> Snapshot:
+        """What a process that ended leaves to the sums: its totals (traffic, allocations
+        created, event counters) so they never go backwards; not its levels."""
+        counters = {k: n for k, n in self.counters.items() if k not in LEVELS}
+        return Snapshot(traffic=dict(self.traffic), created=dict(self.created), counters=counters)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -17,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from iceward.diagnose.findings import CODES
 from iceward.fleet.issuer import FleetFigures
-from iceward.snapshot import Snapshot
+from iceward.snapshot import LEVELS, USAGE_QUEUED, Snapshot
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created series are clutter
 
@@ -104,7 +104,7 @@ class ServerCollector(Collector):
             labels=["event"],
         )
         for name, n in sorted(c.items()):
-            if name.startswith("usage.") and name != "usage.queued":
+            if name.startswith("usage.") and name not in LEVELS:
                 usage.add_metric([name[len("usage.") :]], n)
         tcp = CounterMetricFamily(
             "iceward_tcp_relay_connections",
@@ -119,7 +119,7 @@ class ServerCollector(Collector):
             "iceward_usage_records_queued",
             "Usage records waiting in memory for the fleet's Redis stream",
         )
-        queued.add_metric([], c.get("usage.queued", 0))
+        queued.add_metric([], c.get(USAGE_QUEUED, 0))
         yield queued
 
         ports = GaugeMetricFamily("iceward_relay_ports", "Relay port pool", labels=["state"])

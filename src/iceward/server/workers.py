@@ -381,7 +381,8 @@ class Supervisor:
                 delay = RESTART_DELAYS[-1]
 
     def _retire(self, worker: _Worker) -> None:
-        """Forget a dead worker; keep what it had counted so the totals never go backwards."""
+        """Forget a dead worker; keep its totals so they never go backwards (not its levels: a
+        SIGKILLed worker's queued usage records are gone with it)."""
         if self._workers[worker.index] is worker:
             self._workers[worker.index] = None
         for future in worker.pending.values():
@@ -390,10 +391,7 @@ class Supervisor:
         worker.pending.clear()
         worker.writer.close()
         if worker.last_snapshot is not None:
-            kept = worker.last_snapshot
-            self._departed.add(
-                Snapshot(traffic=kept.traffic, created=kept.created, counters=kept.counters)
-            )
+            self._departed.add(worker.last_snapshot.totals())
 
     async def _read_replies(self, worker: _Worker) -> None:
         while True:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from iceward.net.engine import RelayEngine
+from iceward.snapshot import USAGE_QUEUED
 from iceward.store import STORE_FAILURES, describe_failure
 from iceward.turn.allocation import Allocation
 from iceward.usage.enforce import Enforcer, evaluate
@@ -135,7 +136,7 @@ class UsageService:
             log.warning("usage stream: %d records written directly: %s", writer.queued, exc)
             self._pending = writer.take_all()
             await self._flush(direct=True)
-        self._count("usage.queued", -self._counters.get("usage.queued", 0))
+        self._count(USAGE_QUEUED, -self._counters.get(USAGE_QUEUED, 0))
         assert self.consumer is not None
         await self.consumer.leave()
         await writer.redis.aclose()
@@ -213,7 +214,7 @@ class UsageService:
     def _stream_count(self, name: str, n: int) -> None:
         self._count("usage." + name, n)
         if self.writer is not None:  # a gauge, beside the counters
-            self._counters["usage.queued"] = self.writer.queued
+            self._counters[USAGE_QUEUED] = self.writer.queued
 
     async def _flush(self, direct: bool = False) -> bool:
         """Write what is pending to the store, or in a fleet hand it to the stream (unless
