@@ -451,6 +451,10 @@ class _Translation:
                           nonce)  # fmt: skip
             else:
                 self.set("nonce_lifetime", seconds, nonce)
+        for option, key in (("max-bps", "max_bps"), ("bps-capacity", "bps_capacity")):
+            entry = self.last(option)
+            if entry:
+                self.set(key, self.number(entry), entry)
         for option, key, default in (
             ("channel-lifetime", "channel_lifetime", 600),
             ("permission-lifetime", "permission_lifetime", 300),

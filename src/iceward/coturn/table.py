@@ -120,6 +120,11 @@ ROWS: tuple[Row, ...] = (
         "max-allocate-lifetime=7200"),
     Row(("stale-nonce",), "setting", "a bare flag means 600 s", ("nonce_lifetime",),
         "stale-nonce=300"),
+    Row(("max-bps",), "setting",
+        "bytes per second each direction, per allocation, in both (UDP relays drop what is over, "
+        "TCP relays wait); 0 is no limit in both", ("max_bps",), "max-bps=250000"),
+    Row(("bps-capacity",), "setting", "the node's, the same units", ("bps_capacity",),
+        "bps-capacity=12500000"),
     Row(("channel-lifetime",), "setting", "", ("channel_lifetime",), "channel-lifetime=600"),
     Row(("permission-lifetime",), "setting", "", ("permission_lifetime",),
         "permission-lifetime=300"),
@@ -195,8 +200,9 @@ ROWS: tuple[Row, ...] = (
     Row(("drain-min-allocations",), "elsewhere",
         "SIGTERM ends every allocation (logging its traffic) and exits"),
     Row(("acme-redirect",), "elsewhere",
-        "no ACME challenges on the TURN port: point `cert`/`key` at your ACME client's files "
-        "(SIGHUP reloads them)"),
+        "iceward gets its certificate itself: `acme = [\"turn.example.org\"]` (TLS-ALPN-01 on "
+        "the TLS port, or HTTP-01 on `acme_http`); or point `cert`/`key` at your ACME client's "
+        "files (SIGHUP reloads them)"),
     Row(("listening-device", "relay-device"), "elsewhere",
         "bind by address: `listen` and `relay_ip`"),
     Row(("aux-server", "alternate-server", "tls-alternate-server", "tcp-alternate-server",
@@ -213,7 +219,9 @@ ROWS: tuple[Row, ...] = (
         "UDP relays and RFC 6062 TCP relays are always served"),
     Row(("stun-only", "no-stun", "secure-stun"), "unsupported",
         "STUN Binding is always answered without authentication, and TURN is always on"),
-    Row(("tcp-proxy-port",), "unsupported", "no PROXY protocol listener"),
+    Row(("tcp-proxy-port",), "elsewhere",
+        "no separate port: the TCP and TLS ports read a PROXY v1/v2 header from the load "
+        "balancers listed in `proxy_protocol_from` (CIDRs)"),
     Row(("pkey-pwd",), "unsupported",
         "iceward reads an unencrypted key: `openssl pkey -in KEY -out PLAIN` (keep it 0600)"),
     Row(("cipher-list", "ec-curve-name", "dh566", "dh1066", "dh-file", "no-tlsv1_2", "tlsv1",
@@ -222,9 +230,7 @@ ROWS: tuple[Row, ...] = (
         "SOFTWARE (iceward and its version) is always sent"),
     Row(("check-origin-consistency", "mobility", "oauth", "server-name"), "unsupported",
         _AUTH_KINDS),
-    Row(("max-bps", "bps-capacity"), "unsupported",
-        "no bandwidth caps: quotas limit allocations, and each allocation's traffic is in "
-        "/metrics and the admin API"),
+
     Row(("keep-address-family",), "unsupported",
         "the relay's family follows REQUESTED-ADDRESS-FAMILY, IPv4 by default (RFC 8656)"),
     Row(("server-relay",), "unsupported",
