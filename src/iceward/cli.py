@@ -83,6 +83,11 @@ def serve(config: Path | None = None, **given: Any) -> None:
         pass
 
 
+def _switch(flag: str) -> str:
+    """An on/off setting's pair of flags: ``--name/--no-name``."""
+    return f"{flag}/--no-{flag[2:]}"
+
+
 def _serve_options() -> inspect.Signature:
     """`serve`'s options, one per setting, read off :class:`ServerSettings`: a new setting is
     one edit there. Every option defaults to None ("not given"), so the environment and the
@@ -103,6 +108,8 @@ def _serve_options() -> inspect.Signature:
             kind = next(a for a in get_args(kind) if a is not type(None))
         default = field.get_default(call_default_factory=True)
         shown = ",".join(default) if isinstance(default, list) else default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
         help_text = field.description or ""
         if shown not in (None, "") and name != "data_dir" and "[" not in help_text:
             help_text += f" [{shown}]"
@@ -114,7 +121,7 @@ def _serve_options() -> inspect.Signature:
                 annotation=Annotated[
                     kind | None,
                     Opt(
-                        flag_of(name),
+                        _switch(flag_of(name)) if kind is bool else flag_of(name),
                         help=help_text.replace("[", "\\["),
                         show_default=False,
                         metavar=metavar_of(name),

@@ -193,6 +193,11 @@ class ServerSettings(BaseSettings):
         10_000, ge=1, description="Allocations in all.", json_schema_extra=_flag("--total-quota")
     )
     max_permissions: int = Field(256, ge=1, description="Permissions per allocation.")
+    tcp_relay: bool = Field(
+        True,
+        description="Relay to TCP peers (RFC 6062) for TCP/TLS clients; off: 442 (coturn's "
+        "no-tcp-relay).",
+    )
     max_tcp_connections: int = Field(
         32, ge=1, description="RFC 6062 peer connections per TCP allocation."
     )

@@ -356,6 +356,25 @@ def test_denied_peer_is_refused_before_any_syn(server: RunningServer) -> None:
     client.close()
 
 
+def test_no_tcp_relay_refuses_tcp_allocations_and_serves_the_rest(tmp_path: Path) -> None:
+    """``--no-tcp-relay`` (coturn's no-tcp-relay): a TCP Allocate gets 442 saying so; TURN over
+    TCP with UDP relays goes on."""
+    off = start_server(tmp_path, "--no-tcp-relay", workers=1)
+    try:
+        with pytest.raises(TurnError) as refused:
+            control(off)
+        assert refused.value.code == 442
+        assert "TCP relaying is off" in str(refused.value)
+        client = BlockingTurnClient((HOST, off.port), USER, PASSWORD, transport="tcp")
+        txid = os.urandom(12)
+        udp_relay = [(C.REQUESTED_TRANSPORT, A.encode_one_byte(C.TRANSPORT_UDP))]
+        reply = client.request(C.ALLOCATE, udp_relay, txid)
+        assert reply.get(C.XOR_RELAYED_ADDRESS) is not None
+        client.close()
+    finally:
+        off.stop()
+
+
 def test_refusals_and_hostile_data_connections(server: RunningServer) -> None:
     """Unknown CONNECTION-ID, no permission, a closed port (447), ChannelBind on TCP, TCP over
     UDP; a ConnectionBind with a lying length or garbage is closed; a Connect flood stops at

@@ -451,6 +451,9 @@ class _Translation:
                           nonce)  # fmt: skip
             else:
                 self.set("nonce_lifetime", seconds, nonce)
+        no_tcp_relay = self.on("no-tcp-relay")
+        if no_tcp_relay:
+            self.set("tcp_relay", False, no_tcp_relay)
         for option, key in (("max-bps", "max_bps"), ("bps-capacity", "bps_capacity")):
             entry = self.last(option)
             if entry:

@@ -120,6 +120,7 @@ ROWS: tuple[Row, ...] = (
         "max-allocate-lifetime=7200"),
     Row(("stale-nonce",), "setting", "a bare flag means 600 s", ("nonce_lifetime",),
         "stale-nonce=300"),
+    Row(("no-tcp-relay",), "setting", "TCP Allocates get 442, as in coturn", ("tcp_relay",)),
     Row(("max-bps",), "setting",
         "bytes per second each direction, per allocation, in both (UDP relays drop what is over, "
         "TCP relays wait); 0 is no limit in both", ("max_bps",), "max-bps=250000"),
@@ -215,8 +216,7 @@ ROWS: tuple[Row, ...] = (
         "the port always serves UDP and TCP together; to refuse one, leave its rule out of "
         "`iceward firewall`"),
     Row(("dtls",), "unsupported", "no DTLS listener (browsers do not use DTLS to TURN)"),
-    Row(("no-udp-relay", "no-tcp-relay"), "unsupported",
-        "UDP relays and RFC 6062 TCP relays are always served"),
+    Row(("no-udp-relay",), "unsupported", "UDP relays are always served"),
     Row(("stun-only", "no-stun", "secure-stun"), "unsupported",
         "STUN Binding is always answered without authentication, and TURN is always on"),
     Row(("tcp-proxy-port",), "elsewhere",

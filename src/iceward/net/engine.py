@@ -184,7 +184,7 @@ class RelayEngine:
             self._databind = DataBindHandoff(
                 slot.handoff_name, slot.index, slot.count, loop, self._adopt_piped
             )
-        elif slot.count > 1:
+        elif slot.count > 1 and params.turn.tcp_refusal is None:
             params.turn.tcp_refusal = "TCP relaying needs the workers' hand-off"
         if slot.quota_fd is not None:
             self.quota = SharedQuota(slot.quota_fd, slot.count, slot.index)

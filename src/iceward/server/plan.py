@@ -24,6 +24,8 @@ from iceward.units import parse_duration
 from iceward.usage.service import UsageParams
 
 _WILDCARDS = ("0.0.0.0", "::")
+#: What a TCP Allocate is told (442) when TCP relaying is off.
+TCP_RELAY_OFF = "TCP relaying is off on this server"
 
 
 def primary_ip() -> str:
@@ -150,6 +152,7 @@ def plan(settings: ServerSettings, *, workers: int | None = None) -> ServerPlan:
         max_tcp_connections=settings.max_tcp_connections,
         max_auth_failures=settings.max_auth_failures,
         max_challenges=settings.max_challenges,
+        tcp_refusal=None if settings.tcp_relay else TCP_RELAY_OFF,
     )
     own = list(listen_specific)
     if settings.alternate_address:  # RFC 5780 (config checked: one listen IP, fixed port)
