@@ -19,6 +19,9 @@ import time
 from typing import Any
 
 LOG_FORMATS = ("text", "json")
+#: Whether this process writes records' fields (the json format): the text format shows only
+#: the message, so a caller on a hot path can skip building them (:func:`fields_written`).
+_fields_written = False
 
 #: What a JSON line may carry beside ts, level, logger, event and message, in this order.
 FIELDS = (
@@ -106,6 +109,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, separators=(",", ":"))
 
 
+def fields_written() -> bool:
+    """True when log records' ``extra`` fields reach the log (the json format)."""
+    return _fields_written
+
+
 def setup_logging(level: str, worker: int | None = None, log_format: str = "text") -> None:
     """Log to stderr at ``level`` (a name; INFO if unknown), in ``log_format`` (text or json).
 
@@ -117,6 +125,8 @@ def setup_logging(level: str, worker: int | None = None, log_format: str = "text
     # "Optimization"): finding the caller's frame and those ids cost half of each record.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    global _fields_written
+    _fields_written = log_format == "json"
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter(worker))

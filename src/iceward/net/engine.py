@@ -42,6 +42,7 @@ from iceward.net.tls import server_context
 from iceward.net.tlsroute import HttpGate, TlsRouter
 from iceward.net.udp import ClientEntry, UdpListener
 from iceward.ratelimit import LogThrottle
+from iceward.runtime import fields_written
 from iceward.snapshot import Snapshot
 from iceward.turn.allocation import Address, Allocation, Channel, FiveTuple, Relay
 from iceward.turn.auth import CredentialStore, NonceManager
@@ -946,19 +947,12 @@ class RelayEngine:
             listener = self._udp.get(ft.server)
             if listener is not None:
                 listener.unlink(ft.client)
+        if not log.isEnabledFor(logging.INFO):
+            return
         duration = self._clock() - alloc.created
-        log.info(
-            "allocation end client=%s user=%r reason=%r duration=%.1fs "
-            "to_peer_packets=%d to_peer_bytes=%d to_client_packets=%d to_client_bytes=%d",
-            alloc.five_tuple,
-            alloc.username,
-            reason,
-            duration,
-            c.packets_to_peer,
-            c.bytes_to_peer,
-            c.packets_to_client,
-            c.bytes_to_client,
-            extra={
+        fields = None
+        if fields_written():  # the json format; the text line carries it all in its message
+            fields = {
                 "event": "allocation_end",
                 "allocation": alloc.id,
                 "user": alloc.username,
@@ -972,7 +966,19 @@ class RelayEngine:
                 "bytes_to_client": c.bytes_to_client,
                 "packets_to_peer": c.packets_to_peer,
                 "packets_to_client": c.packets_to_client,
-            },
+            }
+        log.info(
+            "allocation end client=%s user=%r reason=%r duration=%.1fs "
+            "to_peer_packets=%d to_peer_bytes=%d to_client_packets=%d to_client_bytes=%d",
+            alloc.five_tuple,
+            alloc.username,
+            reason,
+            duration,
+            c.packets_to_peer,
+            c.bytes_to_peer,
+            c.packets_to_client,
+            c.bytes_to_client,
+            extra=fields,
         )
 
     def _peer_refused(self, refused: PeerRefused) -> None:
